@@ -1,0 +1,19 @@
+"""Evaluate stage: the logged model, loaded through MLflow, scored on the test split."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from mlops.config import PipelineConfig
+from mlops.dataset import DatasetRef
+from tasks.evaluation import EvaluationResult, log_evaluation_task, score_model_task
+from tasks.training import TrainingResult
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(
+    config: PipelineConfig, dataset: DatasetRef, training: TrainingResult, parent_run_id: str | None = None
+) -> EvaluationResult:
+    """Compute test-split metrics of the trained model and log them with plots."""
+    targets, scores = score_model_task(training.model_uri, dataset, "test")
+    return log_evaluation_task(config, dataset, training, targets, scores, parent_run_id)

@@ -1,0 +1,27 @@
+"""Preprocess stage: source file -> typed, split, profiled Parquet dataset version."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from mlops.config import PipelineConfig
+from mlops.dataset import DatasetRef
+from mlops.settings import get_settings
+from tasks.preprocessing import fingerprint_source_task, log_dataset_task, preprocess_dataset_task
+
+
+@flow(name="preprocess", log_prints=True)
+def preprocess_flow(config: PipelineConfig, parent_run_id: str | None = None) -> DatasetRef:
+    """Read the source with Dask, clean, split and profile it, and write a dataset version.
+
+    Args:
+        config: The use case.
+        parent_run_id: MLflow run to nest this stage's run under (the pipeline's).
+
+    Returns:
+        A reference to the written (or already present) dataset version.
+    """
+    fingerprint = fingerprint_source_task(config.data)
+    dataset = preprocess_dataset_task(config, get_settings().resolved_artifact_store, fingerprint)
+    log_dataset_task(config, dataset, parent_run_id)
+    return dataset

@@ -1,0 +1,21 @@
+"""Register stage: a model version with lineage tags and an alias."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from mlops.config import PipelineConfig
+from mlops.dataset import DatasetRef
+from model_registry.registry import RegisteredVersion
+from tasks.evaluation import EvaluationResult
+from tasks.registration import register_model_task
+from tasks.training import TrainingResult
+
+
+@flow(name="register", log_prints=True)
+def register_flow(
+    config: PipelineConfig, dataset: DatasetRef, training: TrainingResult, evaluation: EvaluationResult,
+    parent_run_id: str | None = None,
+) -> RegisteredVersion:
+    """Register the evaluated model: ``champion`` if it is the first version, else ``challenger``."""
+    return register_model_task(config, dataset, training, evaluation, parent_run_id)

@@ -1,0 +1,190 @@
+"""The ``mlops`` command line: run the pipeline, generate demo data, open the MLflow UI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mlops.config import PipelineConfig, load_config, parse_config
+from mlops.errors import ConfigError, MlopsError
+from mlops.settings import configure_environment, get_settings
+
+app = typer.Typer(
+    help="Retraining pipeline for tabular models: Prefect flows, LightGBM on Dask, MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Task(str, Enum):
+    binary = "binary"
+    multiclass = "multiclass"
+    regression = "regression"
+
+
+class Generator(str, Enum):
+    fraud = "fraud"
+    car_dealership = "car_dealership"
+
+
+@app.callback()
+def _configure() -> None:
+    """Runs before every command: local Prefect/Dask environment, before either is imported."""
+    configure_environment(get_settings())
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"\nerror: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(getattr(error, "exit_code", 1))
+
+
+def config_for_file(data: str, target: str, task: str | None, name: str | None) -> PipelineConfig:
+    """A config for the bring-your-own-file path: everything inferred from the file."""
+    stem = Path(data.rstrip("/")).name.split(".")[0] or "dataset"
+    use_case = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.") or "dataset"
+    raw: dict[str, Any] = {
+        "name": use_case,
+        "data": {"source": data, "target": target, "task": task},
+        "model": {"name": name or f"{use_case}-model"},
+    }
+    return parse_config(raw, origin="the command line")
+
+
+def ensure_synthetic_source(config: PipelineConfig) -> None:
+    """Generate the config's synthetic source if it is declared and not there yet."""
+    synthetic = config.data.synthetic
+    if synthetic is None or Path(config.data.source).exists() or "://" in config.data.source:
+        return
+    from mlops.synthetic import write_dataset
+
+    typer.echo(f"Generating {synthetic.rows:,} rows of '{synthetic.generator}' data -> {config.data.source}")
+    write_dataset(synthetic.generator, synthetic.rows, config.data.source, seed=synthetic.seed)
+
+
+def preflight(config: PipelineConfig) -> None:
+    """Cheap checks before any service starts: the file opens and the named columns exist."""
+    from tasks.preprocessing import _head, infer_schema, open_source
+
+    source = open_source(config.data)
+    infer_schema(_head(source, config.data.source, rows=1000), config.data, config.features)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Use-case YAML (see configs/README.md).")] = None,
+    data: Annotated[str | None, typer.Option(help="CSV or Parquet file/folder, local path or fsspec URL.")] = None,
+    target: Annotated[str | None, typer.Option(help="Column to predict (with --data).")] = None,
+    task: Annotated[Task | None, typer.Option(help="Learning task; inferred from the target if omitted.")] = None,
+    name: Annotated[str | None, typer.Option(help="Registered model name (default: <file>-model).")] = None,
+) -> None:
+    """Run the whole retraining pipeline: preprocess, train, evaluate, register.
+
+    Either --config configs/<use-case>.yaml, or --data FILE --target COLUMN to infer
+    everything from the file.
+    """
+    try:
+        if config is not None and data is not None:
+            raise ConfigError("Pass either --config or --data/--target, not both.")
+        if config is not None:
+            pipeline_config = load_config(config)
+        elif data is not None and target is not None:
+            pipeline_config = config_for_file(data, target, task.value if task else None, name)
+        else:
+            raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
+        ensure_synthetic_source(pipeline_config)
+        preflight(pipeline_config)
+        from flows.retrain import retraining_pipeline_flow
+
+        started = time.perf_counter()
+        result = retraining_pipeline_flow(pipeline_config)
+    except MlopsError as error:
+        _fail(error)
+    _print_summary(pipeline_config, result, time.perf_counter() - started)
+
+
+def _print_summary(config: PipelineConfig, result: Any, seconds: float) -> None:
+    from model_registry.tracking import tracking_uri_for
+
+    uri = tracking_uri_for(config)
+    typer.secho(f"\nPipeline finished in {seconds:.0f}s.", fg=typer.colors.GREEN, bold=True)
+    typer.echo(f"  Registered model : {result.model_name} version {result.model_version} "
+               f"(alias '{result.alias}')")
+    typer.echo(f"  Dataset version  : {result.dataset_version}  ({result.dataset_uri})")
+    typer.echo("  Test metrics     :")
+    for key, value in sorted(result.metrics.items()):
+        marker = "  <- primary" if key == result.primary_metric else ""
+        typer.echo(f"      {key:<18} {value:.4f}{marker}")
+    typer.echo(f"  MLflow store     : {uri}")
+    typer.echo(f"  Pipeline run     : {result.pipeline_run_id}")
+    typer.echo("\nWhere to look:")
+    typer.echo("  mlops ui            # then open http://127.0.0.1:5000")
+    typer.echo(f"  -> Experiments > {config.experiment_name}: the pipeline run with nested "
+               "preprocess/train/evaluate/register runs, metrics and plots")
+    typer.echo(f"  -> Models > {result.model_name}: version {result.model_version} "
+               f"with alias '{result.alias}'")
+
+
+@app.command()
+def generate(
+    generator: Annotated[Generator, typer.Argument(help="Which use case's data to generate.")],
+    out: Annotated[Path, typer.Option(help="Output file: .csv for CSV, otherwise Parquet.")],
+    rows: Annotated[int, typer.Option(min=1, help="Number of rows (any size; written in chunks).")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same data.")] = 0,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows held in memory at a time.")] = 250_000,
+) -> None:
+    """Write a seeded synthetic dataset (fraud or car_dealership) of any size, chunk by chunk."""
+    from mlops.synthetic import write_dataset
+
+    started = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 2 or done == rows:
+            last[0] = now
+            typer.echo(f"  {done:>12,} / {rows:,} rows ({100 * done / rows:5.1f}%)", err=True)
+
+    path = write_dataset(generator.value, rows, out, seed=seed, chunk_rows=chunk_rows, progress=progress)
+    size = path.stat().st_size / 2**20
+    typer.echo(f"Wrote {rows:,} rows to {path} ({size:,.1f} MiB) in {time.perf_counter() - started:.1f}s")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind; loopback by default.")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI on the project's tracking store (Ctrl-C to stop)."""
+    settings = get_settings()
+    uri = settings.resolved_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [mlflow_bin, "ui", "--backend-store-uri", uri, "--default-artifact-root",
+               settings.mlflow_artifact_root, "--host", host, "--port", str(port)]
+    typer.echo(f"MLflow UI on http://{host}:{port} (store: {uri})")
+    typer.echo("  " + " ".join(command))
+    raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
+
+
+@app.command("check-config")
+def check_config(config: Annotated[Path, typer.Argument(help="Use-case YAML to validate.")]) -> None:
+    """Validate a config file without running anything."""
+    try:
+        parsed = load_config(config)
+    except MlopsError as error:
+        _fail(error)
+    typer.echo(f"{config}: OK (use case '{parsed.name}', model '{parsed.model.name}')")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,200 @@
+"""Use-case configuration: one YAML file per use case, parsed into strict pydantic models.
+
+The parsed :class:`PipelineConfig` is the parameter of every flow, so Prefect validates it and
+the Prefect UI renders it as a form. ``configs/README.md`` documents every key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlops.errors import ConfigError
+
+TaskType = Literal["binary", "multiclass", "regression"]
+DatetimePart = Literal["year", "month", "day", "dayofweek", "dayofyear", "hour", "minute", "is_weekend"]
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticSource(StrictModel):
+    """Generate the source with a bundled generator when the file does not exist yet."""
+
+    generator: Literal["fraud", "car_dealership"]
+    rows: int = Field(gt=0, description="Number of rows to generate.")
+    seed: int = 0
+
+
+class DataConfig(StrictModel):
+    """Where the data comes from and how to read it."""
+
+    source: str = Field(description="Local path or fsspec URL of a CSV or Parquet file/folder.")
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    target: str = Field(description="Name of the column to predict.")
+    task: TaskType | None = Field(default=None, description="Inferred from the target if unset.")
+    id_column: str | None = Field(
+        default=None, description="Row key: drives the deterministic split, never a feature."
+    )
+    drop_columns: list[str] = Field(default_factory=list)
+    categorical: list[str] | None = Field(default=None, description="Inferred if unset.")
+    datetime: list[str] | None = Field(default=None, description="Inferred if unset.")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    blocksize: str = Field(default="64MB", description="Partition size when reading CSV.")
+    synthetic: SyntheticSource | None = None
+
+
+class FeatureConfig(StrictModel):
+    """Feature engineering, applied by the same code at training and serving time."""
+
+    datetime_parts: list[DatetimePart] = Field(default_factory=lambda: ["month", "dayofweek", "hour"])
+    log_transform: list[str] = Field(default_factory=list)
+    max_categories: int = Field(default=1000, gt=1, description="Most frequent values kept.")
+    max_cardinality_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Inferred text columns with more distinct values than this share of rows "
+        "are treated as identifiers and dropped.",
+    )
+
+
+class SplitConfig(StrictModel):
+    """Deterministic hash-based train/validation/test split."""
+
+    validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    seed: int = 42
+
+
+class ClusterConfig(StrictModel):
+    """The Dask cluster used for training."""
+
+    n_workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str = Field(default="4GiB", description="Per worker, e.g. '4GiB'.")
+    scheduler_address: str | None = Field(
+        default=None, description="Existing scheduler (tcp://host:8786); a LocalCluster if unset."
+    )
+    network_timeout_minutes: int = Field(
+        default=10, ge=1, description="LightGBM's socket time_out: a lost worker fails the run."
+    )
+
+
+class TrainingConfig(StrictModel):
+    """LightGBM parameters that matter; anything else goes in ``extra_params``."""
+
+    n_estimators: int = Field(default=500, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0, le=1)
+    num_leaves: int = Field(default=31, ge=2)
+    max_bin: int = Field(default=255, ge=2)
+    min_child_samples: int = Field(default=20, ge=1)
+    feature_fraction: float = Field(default=1.0, gt=0, le=1)
+    early_stopping_rounds: int = Field(default=30, ge=0, description="0 disables early stopping.")
+    class_weight: Literal["balanced"] | None = None
+    seed: int = 42
+    extra_params: dict[str, Any] = Field(default_factory=dict)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+
+class ModelConfig(StrictModel):
+    """How the model is named in the MLflow registry."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _MODEL_NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' or '-' (at most 100 characters)")
+        return value
+
+
+class TrackingConfig(StrictModel):
+    """MLflow experiment; the tracking URI comes from settings unless set here."""
+
+    experiment: str | None = Field(default=None, description="Defaults to the use-case name.")
+    tracking_uri: str | None = None
+
+
+class PipelineConfig(StrictModel):
+    """One use case: the parameter of every pipeline flow."""
+
+    name: str = Field(description="Use-case name, e.g. 'fraud-detection'.")
+    description: str = ""
+    data: DataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    model: ModelConfig
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _target_is_not_dropped(self) -> PipelineConfig:
+        if self.data.target in self.data.drop_columns:
+            raise ValueError(f"data.target '{self.data.target}' is also listed in data.drop_columns")
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment the pipeline logs to."""
+        return self.tracking.experiment or self.name
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        elif item["type"] == "missing":
+            problems.append(f"missing required key '{key}'")
+        else:
+            shown = item.get("input")
+            problems.append(f"key '{key}': {item['msg']} (got {shown!r})")
+    return f"Invalid configuration in {origin}: " + "; ".join(problems) + "."
+
+
+def parse_config(raw: dict[str, Any], origin: str = "<config>") -> PipelineConfig:
+    """Validate a config mapping.
+
+    Args:
+        raw: The mapping read from YAML (or built in code).
+        origin: Where it came from, named in error messages.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: naming the file and every unknown, missing or mistyped key.
+    """
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, origin)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a use-case YAML file.
+
+    Raises:
+        ConfigError: if the file is missing, is not a YAML mapping, or fails validation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}. Pass an existing YAML file to --config.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of keys, not {type(raw).__name__}.")
+    return parse_config(raw, origin=str(path))

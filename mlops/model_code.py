@@ -1,0 +1,7 @@
+"""MLflow models-from-code entry point: the registered model is defined by code, not a pickle."""
+
+from mlflow.models import set_model
+
+from mlops.pyfunc import LightGBMPipelineModel
+
+set_model(LightGBMPipelineModel())

@@ -1,0 +1,78 @@
+"""Process-wide settings, read once from the environment.
+
+Everything durable defaults to a folder under ``.mlops/`` in the working directory; the
+standard variables (``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``) and ``MLOPS_*`` variables
+point the same code at real servers.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the pipeline keeps its state and which engines it talks to."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore")
+
+    home: Path = Field(default=Path(".mlops"), description="Root of all local state.")
+    tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "MLOPS_TRACKING_URI"),
+        description="MLflow tracking/registry URI; default: SQLite under home.",
+    )
+    artifact_store: str | None = Field(
+        default=None,
+        description="fsspec URL where datasets and reports are written; default: home/artifacts.",
+    )
+    dask_scheduler_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLOPS_DASK_SCHEDULER_ADDRESS", "DASK_SCHEDULER_ADDRESS"),
+        description="Existing Dask scheduler to train on; default: a LocalCluster per run.",
+    )
+
+    @property
+    def home_dir(self) -> Path:
+        """Absolute path of the local state folder."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        """The MLflow tracking URI in use."""
+        return self.tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        """Where MLflow experiments created by the pipeline keep their artifacts."""
+        return (self.home_dir / "mlflow-artifacts").as_uri()
+
+    @property
+    def resolved_artifact_store(self) -> str:
+        """Root URL for datasets, reports and other pipeline artifacts."""
+        return self.artifact_store or str(self.home_dir / "artifacts")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the settings once per process."""
+    return Settings()
+
+
+def configure_environment(settings: Settings) -> None:
+    """Point Prefect at a SQLite-backed API under the local state folder and quiet noisy libraries.
+
+    Only fills in variables the user has not set, so ``PREFECT_API_URL`` (a running
+    server) or a custom ``PREFECT_HOME`` always wins. Must run before Prefect is imported.
+    """
+    os.environ.setdefault("PREFECT_HOME", str(settings.home_dir / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # Dask's per-worker INFO chatter drowns the stage logs; workers inherit this.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,133 @@
+"""Everything that writes models to MLflow: logging the pyfunc, versions, tags and aliases.
+
+Aliases only (``champion``, ``challenger``, ``previous``), never the deprecated stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightgbm as lgb
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+import mlops
+from mlops.dataset import DatasetRef
+from mlops.pyfunc import (
+    BOOSTER_ARTIFACT,
+    INFO_ARTIFACT,
+    SPEC_ARTIFACT,
+    predict_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous"
+
+
+class RegisteredVersion(BaseModel):
+    """A model version and the alias it was given."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    model_uri: str
+
+
+def _requirements() -> list[str]:
+    import importlib.metadata as md
+
+    names = ["lightgbm", "pandas", "numpy", "pyarrow", "pydantic", "scikit-learn"]
+    return [f"{n}=={md.version(n)}" for n in names]
+
+
+def log_pipeline_model(
+    run_id: str, booster: lgb.Booster, dataset: DatasetRef, input_example: pd.DataFrame
+) -> str:
+    """Log the booster + feature transform as an MLflow pyfunc with signature and input example.
+
+    The model is defined by code (MLflow's models-from-code, no pickle), and the feature code
+    (the ``mlops`` package) travels with it, so a version keeps predicting the way it was
+    validated even after the code changes.
+
+    Returns:
+        The logged model's URI (``models:/m-...``).
+    """
+    output = predict_frame(booster, dataset.feature_spec, dataset.task, dataset.classes, input_example)
+    signature = infer_signature(input_example, output)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        booster.save_model(folder / "model.txt")
+        (folder / "feature_spec.json").write_text(dataset.feature_spec.model_dump_json(indent=2))
+        info = {"task": dataset.task, "classes": dataset.classes, "target": dataset.target}
+        (folder / "model_info.json").write_text(json.dumps(info, indent=2))
+        with mlflow.start_run(run_id=run_id):
+            logged = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(mlops.__file__).parent / "model_code.py"),
+                artifacts={
+                    BOOSTER_ARTIFACT: str(folder / "model.txt"),
+                    SPEC_ARTIFACT: str(folder / "feature_spec.json"),
+                    INFO_ARTIFACT: str(folder / "model_info.json"),
+                },
+                code_paths=[str(Path(mlops.__file__).parent)],
+                signature=signature,
+                input_example=input_example,
+                pip_requirements=_requirements(),
+            )
+    return logged.model_uri
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version holding ``alias``, or None (also when the model does not exist)."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def register_model_version(
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    tags: Mapping[str, str],
+    description: str = "",
+) -> RegisteredVersion:
+    """Register a new version and give it an alias.
+
+    The first version of a model becomes ``champion``; later ones become ``challenger``
+    (promotion is the model gate's decision). If anything fails after the version was created,
+    the version is deleted, so the registry never holds a half-registered model.
+
+    Returns:
+        The version and its alias.
+    """
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=description or None)
+    version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags)).version)
+    try:
+        alias = CHALLENGER if alias_version(client, name, CHAMPION) else CHAMPION
+        client.set_registered_model_alias(name, alias, version)
+        registered = RegisteredVersion(
+            name=name, version=version, alias=alias, run_id=run_id, model_uri=model_uri
+        )
+    except Exception:
+        logger.error("Registering %s v%s failed; removing the version", name, version)
+        client.delete_model_version(name, version)
+        raise
+    logger.info("Registered %s version %s as '%s'", name, version, alias)
+    return registered

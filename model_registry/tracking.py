@@ -1,0 +1,146 @@
+"""The one MLflow tracking helper: experiments, pipeline/stage runs, batched logging.
+
+Functions take an explicit :class:`MlflowClient`. :func:`tracking_client` is the only place
+that points MLflow's global state at a tracking URI (needed by ``log_model``/``log_input``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from mlops.config import PipelineConfig
+from mlops.settings import Settings, get_settings
+
+_BATCH = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+_PARAM_BATCH = 100
+
+
+def tracking_uri_for(config: PipelineConfig, settings: Settings | None = None) -> str:
+    """The tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else SQLite under .mlops."""
+    settings = settings or get_settings()
+    return config.tracking.tracking_uri or settings.resolved_tracking_uri
+
+
+def tracking_client(config: PipelineConfig, settings: Settings | None = None) -> MlflowClient:
+    """A client for the config's tracking server; also sets MLflow's global URI for this process."""
+    settings = settings or get_settings()
+    uri = tracking_uri_for(config, settings)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str) -> str:
+    """The id of experiment ``name``, created with its artifacts under ``artifact_root``."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return client.create_experiment(name, artifact_location=f"{artifact_root}/{name}")
+
+
+def start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Create a run (nested under ``parent_run_id`` if given) and return its id."""
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+@contextmanager
+def stage_run(
+    client: MlflowClient,
+    experiment_id: str,
+    stage: str,
+    parent_run_id: str | None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """A nested run for one stage, ended FINISHED, or FAILED if the body raises."""
+    run_id = start_run(client, experiment_id, stage, parent_run_id, {"mlops.stage": stage, **(tags or {})})
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+@contextmanager
+def active_run(run_id: str) -> Iterator[mlflow.ActiveRun]:
+    """Make an existing run the active one, for fluent calls such as ``log_model``.
+
+    Leaving the block ends the run; :func:`stage_run` sets its final status afterwards.
+    """
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log parameters in batches, values stringified (MLflow's 6000-char limit applies)."""
+    items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), _PARAM_BATCH):
+        client.log_batch(run_id, params=items[start : start + _PARAM_BATCH])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log a set of scalar metrics in one call."""
+    stamp = _now_ms()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+
+
+def log_metric_history(client: MlflowClient, run_id: str, key: str, values: Sequence[float]) -> None:
+    """Log one value per step (e.g. per boosting iteration), 1000 points per call."""
+    stamp = _now_ms()
+    points = [Metric(key, float(v), stamp, step) for step, v in enumerate(values)]
+    for start in range(0, len(points), _BATCH):
+        client.log_batch(run_id, metrics=points[start : start + _BATCH])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set several run tags in one call."""
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_json(client: MlflowClient, run_id: str, payload: Any, artifact_file: str) -> None:
+    """Store a JSON document as a run artifact."""
+    client.log_text(run_id, json.dumps(payload, indent=2, default=str), artifact_file)
+
+
+def log_figures(client: MlflowClient, run_id: str, figures: Mapping[str, Any], folder: str = "plots") -> None:
+    """Save matplotlib figures as PNG artifacts under ``folder/`` and close them."""
+    import matplotlib.pyplot as plt
+
+    for name, figure in figures.items():
+        client.log_figure(run_id, figure, f"{folder}/{name}.png")
+        plt.close(figure)
+
+
+def log_files(client: MlflowClient, run_id: str, files: Iterable[tuple[str, bytes]], folder: str) -> None:
+    """Store in-memory files as artifacts under ``folder/``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files:
+            (Path(tmp) / name).write_bytes(content)
+        client.log_artifacts(run_id, tmp, folder)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

@@ -1,0 +1,74 @@
+"""The pipeline's parent MLflow run and the lineage facts every stage tags its runs with."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import lru_cache
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.runtime import flow_run
+
+from mlops.config import PipelineConfig
+from mlops.settings import get_settings
+from model_registry import tracking
+
+
+def experiment_for(config: PipelineConfig) -> tuple[MlflowClient, str]:
+    """A tracking client and the id of the config's experiment (created if needed)."""
+    client = tracking.tracking_client(config)
+    experiment_id = tracking.ensure_experiment(
+        client, config.experiment_name, get_settings().mlflow_artifact_root
+    )
+    return client, experiment_id
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The checked-out commit of the working directory, or 'unknown'."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def lineage_tags(config: PipelineConfig) -> dict[str, str]:
+    """Tags linking an MLflow run to its use case, Prefect flow run and code version."""
+    return {
+        "mlops.use_case": config.name,
+        "prefect.flow_run_id": str(flow_run.id or "none"),
+        "prefect.flow_run_name": str(flow_run.name or "none"),
+        "prefect.flow_name": str(flow_run.flow_name or "none"),
+        "git.commit": git_commit(),
+    }
+
+
+@task(name="open-pipeline-run")
+def open_pipeline_run_task(config: PipelineConfig) -> str:
+    """Create the pipeline's parent MLflow run; stages nest their runs under it."""
+    client, experiment_id = experiment_for(config)
+    run_id = tracking.start_run(
+        client, experiment_id, f"pipeline-{flow_run.name or 'local'}", tags=lineage_tags(config)
+    )
+    tracking.log_params(client, run_id, {"use_case": config.name, "model_name": config.model.name})
+    tracking.log_json(client, run_id, config.model_dump(mode="json"), "config.json")
+    return run_id
+
+
+@task(name="close-pipeline-run")
+def close_pipeline_run_task(
+    config: PipelineConfig, run_id: str, summary: dict[str, Any] | None, error: str | None = None
+) -> None:
+    """Record the outcome on the parent run and end it FINISHED or FAILED."""
+    client = tracking.tracking_client(config)
+    if summary:
+        metrics = {k: v for k, v in summary.items() if isinstance(v, float)}
+        tracking.log_metrics(client, run_id, metrics)
+        tracking.set_tags(client, run_id, {k: v for k, v in summary.items() if not isinstance(v, float)})
+    if error:
+        tracking.set_tags(client, run_id, {"mlops.error": error[:5000]})
+    client.set_terminated(run_id, status="FAILED" if error else "FINISHED")

@@ -1,0 +1,347 @@
+"""Training: LightGBM through ``lightgbm.dask`` with early stopping on the whole validation split.
+
+``lightgbm.dask`` has no early stopping of its own: each worker only sees its shard of an
+``eval_set``, computes a different score and stops at a different round, and the others then
+hang on the network (LightGBM issues #3712, #6351). Here every worker scores the *whole*
+validation split itself with :class:`GlobalValidationScorer`; data-parallel LightGBM builds
+identical trees on every worker, so all workers compute the same curve and stop together.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from typing import Any
+
+from pathlib import Path
+
+import dask.dataframe as dd
+import fsspec
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pandas as pd
+from distributed import Client
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
+from pydantic import BaseModel, ConfigDict
+
+from infra.dask_cluster import dask_client, worker_peak_memory
+from mlops.config import ClusterConfig, PipelineConfig, TaskType, TrainingConfig
+from mlops.dataset import TARGET_COLUMN, DatasetRef
+from mlops.errors import DataError
+from mlops.features import FeatureSpec, build_features
+from mlops.pyfunc import class_scores, predict_frame
+from mlops.settings import get_settings
+from model_registry import tracking
+from model_registry.registry import log_pipeline_model
+from tasks.evaluation import evaluation_figures, feature_importance_figure, learning_curve_figure
+from tasks.preprocessing import read_sample, read_split
+from tasks.tracking import experiment_for, lineage_tags
+
+_METRIC = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "rmse"}
+
+
+class TrainedModel(BaseModel):
+    """What a training run produced, before it is logged."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    booster: lgb.Booster
+    params: dict[str, Any]
+    best_iteration: int
+    iterations_run: int
+    validation_metric: str
+    validation_curve: list[float]
+    wall_time_s: float
+    peak_worker_memory_bytes: dict[str, int]
+    cluster: ClusterConfig
+
+
+# ---------------------------------------------------------------- validation scoring
+
+
+def validation_loss(task: TaskType, raw_scores: np.ndarray, labels: np.ndarray) -> float:
+    """Log-loss (classification) or RMSE (regression) of raw model scores."""
+    if task == "regression":
+        return float(np.sqrt(np.mean((raw_scores - labels) ** 2)))
+    eps = 1e-15
+    if task == "binary":
+        p = np.clip(1.0 / (1.0 + np.exp(-raw_scores)), eps, 1 - eps)
+        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    shifted = raw_scores - raw_scores.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(labels)), labels.astype(int)]))
+
+
+class GlobalValidationScorer:
+    """LightGBM callback: score every boosting round on the full validation split.
+
+    Keeps running raw scores (one tree's prediction per round), so each round costs one tree
+    over the validation rows. Stops training after ``patience`` rounds without improvement
+    (0 = never) and writes the curve to ``curve_path`` once training ends on this worker.
+    """
+
+    order = 30
+    before_iteration = False
+
+    def __init__(
+        self, validation_uri: str, spec: FeatureSpec, task: TaskType, n_classes: int,
+        patience: int, curve_path: str,
+    ) -> None:
+        self.validation_uri = validation_uri
+        self.spec = spec
+        self.task = task
+        self.n_classes = n_classes
+        self.patience = patience
+        self.curve_path = curve_path
+        self._features: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self._scores: np.ndarray | None = None
+        self.curve: list[float] = []
+
+    def _load(self) -> None:
+        frame = pd.read_parquet(self.validation_uri)
+        self._features = build_features(frame, self.spec).to_numpy()
+        self._labels = frame[TARGET_COLUMN].to_numpy(dtype="float64")
+        shape = (len(frame), self.n_classes) if self.task == "multiclass" else (len(frame),)
+        self._scores = np.zeros(shape)
+
+    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
+        if self._features is None:
+            self._load()
+        self._scores += env.model.predict(
+            self._features, start_iteration=env.iteration, num_iteration=1, raw_score=True
+        )
+        self.curve.append(validation_loss(self.task, self._scores, self._labels))
+        best = int(np.argmin(self.curve))
+        last_round = env.iteration == env.end_iteration - 1
+        stop = self.patience > 0 and len(self.curve) - 1 - best >= self.patience
+        if stop or last_round:
+            self._write_curve(env.params.get("local_listen_port", 0))
+        if stop:
+            score = [("validation", _METRIC[self.task], self.curve[best], False)]
+            raise lgb.callback.EarlyStopException(best, score)
+
+    def _write_curve(self, port: int) -> None:
+        fs, base = fsspec.core.url_to_fs(self.curve_path)
+        fs.makedirs(base, exist_ok=True)
+        with fs.open(f"{base}/curve-{port}.json", "w") as handle:
+            json.dump(self.curve, handle)
+
+
+def read_validation_curve(curve_path: str) -> list[float]:
+    """The validation curve written by one worker (all workers write the same curve)."""
+    fs, base = fsspec.core.url_to_fs(curve_path)
+    files = sorted(fs.glob(f"{base}/curve-*.json"))
+    if not files:
+        return []
+    with fs.open(files[0], "r") as handle:
+        return json.load(handle)
+
+
+# ---------------------------------------------------------------- training
+
+
+def lightgbm_params(training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
+    """LightGBM parameters for a dataset, from the config."""
+    cluster = training.cluster
+    params: dict[str, Any] = {
+        "n_estimators": training.n_estimators,
+        "learning_rate": training.learning_rate,
+        "num_leaves": training.num_leaves,
+        "max_bin": training.max_bin,
+        "min_child_samples": training.min_child_samples,
+        "colsample_bytree": training.feature_fraction,
+        "random_state": training.seed,
+        "time_out": cluster.network_timeout_minutes,
+        "verbose": -1,
+    }
+    if dataset.task == "multiclass":
+        params |= {"objective": "multiclass", "num_class": dataset.n_classes}
+    elif dataset.task == "binary":
+        params["objective"] = "binary"
+    else:
+        params["objective"] = "regression"
+    if training.class_weight and dataset.task != "regression":
+        params["class_weight"] = training.class_weight
+    return params | training.extra_params
+
+
+def _feature_partitions(
+    dataset: DatasetRef, split: str, min_partitions: int
+) -> tuple[dd.DataFrame, dd.Series]:
+    frame = dd.read_parquet(dataset.split_uris[split])
+    if frame.npartitions < min_partitions:  # every worker needs a share, or it sits idle
+        frame = frame.repartition(npartitions=min_partitions)
+    spec = dataset.feature_spec
+    meta = pd.DataFrame({name: pd.Series(dtype="float32") for name in spec.feature_names})
+    features = frame.map_partitions(build_features, spec, meta=meta)
+    labels = frame[TARGET_COLUMN]
+    return features, labels
+
+
+def train_lightgbm_on_dask(
+    client: Client, dataset: DatasetRef, training: TrainingConfig, work_uri: str
+) -> TrainedModel:
+    """Train a LightGBM model on the dataset's training split across the client's workers.
+
+    Args:
+        client: A connected Dask client (see ``infra.dask_cluster.dask_client``).
+        dataset: The preprocessed dataset.
+        training: Parameters, early stopping and the cluster shape.
+        work_uri: Scratch folder for the validation curve.
+
+    Returns:
+        The booster truncated to its best round, with the curve, timings and worker memory.
+
+    Raises:
+        DataError: if the training split is empty.
+    """
+    if dataset.row_counts.get("train", 0) == 0:
+        raise DataError(f"Dataset {dataset.version} has an empty training split.")
+    params = lightgbm_params(training, dataset)
+    estimator_class = lgb.DaskLGBMRegressor if dataset.task == "regression" else lgb.DaskLGBMClassifier
+    model = estimator_class(client=client, **params)
+    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    features, labels = _feature_partitions(dataset, "train", n_workers)
+    scorer = GlobalValidationScorer(
+        dataset.split_uris["validation"], dataset.feature_spec, dataset.task,
+        dataset.n_classes, training.early_stopping_rounds, work_uri,
+    )
+    started = time.perf_counter()
+    warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+    model.fit(
+        features, labels,
+        categorical_feature=dataset.feature_spec.categorical_features or "auto",
+        callbacks=[scorer],
+    )
+    wall_time = time.perf_counter() - started
+    curve = read_validation_curve(work_uri)
+    booster = model.booster_
+    best = int(np.argmin(curve)) + 1 if curve else booster.current_iteration()
+    final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    return TrainedModel(
+        booster=final, params=params, best_iteration=best,
+        iterations_run=len(curve) or booster.current_iteration(), validation_metric=_METRIC[dataset.task],
+        validation_curve=curve, wall_time_s=wall_time,
+        peak_worker_memory_bytes=worker_peak_memory(client), cluster=training.cluster,
+    )
+
+
+def feature_importance(booster: lgb.Booster) -> pd.DataFrame:
+    """Gain and split importance per feature, most important first."""
+    return pd.DataFrame({
+        "feature": booster.feature_name(),
+        "gain": booster.feature_importance("gain"),
+        "split": booster.feature_importance("split"),
+    }).sort_values("gain", ascending=False, ignore_index=True)
+
+
+# ---------------------------------------------------------------- logging and Prefect tasks
+
+
+class TrainingResult(BaseModel):
+    """The reference the train stage hands on: where the model is and how training went."""
+
+    run_id: str
+    model_uri: str
+    best_iteration: int
+    iterations_run: int
+    validation_metric: str
+    validation_score: float
+    wall_time_s: float
+    time_per_iteration_s: float
+    peak_worker_memory_bytes: int
+    cluster: ClusterConfig
+
+
+def log_training(
+    client: MlflowClient, experiment_id: str, dataset: DatasetRef, trained: TrainedModel,
+    parent_run_id: str | None, tags: dict[str, str],
+) -> TrainingResult:
+    """Log a training run: params, the per-round validation curve, plots, inputs and the model."""
+    run_id = tracking.start_run(client, experiment_id, "train", parent_run_id, {**tags, "mlops.stage": "train"})
+    cluster = trained.cluster
+    tracking.log_params(client, run_id, {
+        **trained.params, "best_iteration": trained.best_iteration, "dataset.version": dataset.version,
+        "cluster.n_workers": cluster.n_workers, "cluster.threads_per_worker": cluster.threads_per_worker,
+        "cluster.memory_limit": cluster.memory_limit, "cluster.scheduler": cluster.scheduler_address or "local",
+    })
+    tracking.log_metric_history(client, run_id, f"validation_{trained.validation_metric}", trained.validation_curve)
+    per_iteration = trained.wall_time_s / max(trained.iterations_run, 1)
+    peak = max(trained.peak_worker_memory_bytes.values(), default=0)
+    best_score = trained.validation_curve[trained.best_iteration - 1] if trained.validation_curve else float("nan")
+    tracking.log_metrics(client, run_id, {
+        "training_time_s": trained.wall_time_s, "time_per_iteration_s": per_iteration,
+        "iterations_run": trained.iterations_run, "peak_worker_memory_mb": peak / 2**20,
+        f"best_validation_{trained.validation_metric}": best_score,
+    })
+    importance = feature_importance(trained.booster)
+    tracking.log_figures(client, run_id, {
+        "feature_importance": feature_importance_figure(importance),
+        "learning_curve": learning_curve_figure(
+            trained.validation_curve, trained.best_iteration, trained.validation_metric
+        ),
+    })
+    client.log_text(run_id, importance.to_csv(index=False), "feature_importance.csv")
+    targets, scores = _validation_scores(trained.booster, dataset)
+    tracking.log_figures(client, run_id, evaluation_figures(dataset.task, targets, scores, dataset.classes, "validation"))
+    log_dataset_inputs(run_id, dataset)
+    model_uri = log_pipeline_model(run_id, trained.booster, dataset, read_sample(dataset))
+    client.set_terminated(run_id, status="FINISHED")
+    return TrainingResult(
+        run_id=run_id, model_uri=model_uri, best_iteration=trained.best_iteration,
+        iterations_run=trained.iterations_run, validation_metric=trained.validation_metric,
+        validation_score=best_score, wall_time_s=trained.wall_time_s,
+        time_per_iteration_s=per_iteration, peak_worker_memory_bytes=peak, cluster=cluster,
+    )
+
+
+def _validation_scores(booster: lgb.Booster, dataset: DatasetRef) -> tuple[np.ndarray, np.ndarray]:
+    frame = read_split(dataset, "validation")
+    predictions = predict_frame(booster, dataset.feature_spec, dataset.task, dataset.classes, frame)
+    return frame[TARGET_COLUMN].to_numpy(dtype="float64"), class_scores(predictions, dataset.task, dataset.classes)
+
+
+def log_dataset_inputs(run_id: str, dataset: DatasetRef) -> None:
+    """Attach the train and validation splits to the run as MLflow dataset inputs (digest = version)."""
+    schema = mlflow.types.Schema(
+        [mlflow.types.ColSpec(mlflow.types.DataType.string, c) for c in dataset.feature_spec.input_columns]
+    )
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
+        for split, context in (("train", "training"), ("validation", "validation")):
+            uri = dataset.split_uris[split]
+            source = resolve_dataset_source(uri if "://" in uri else Path(uri).resolve().as_uri())
+            meta = MetaDataset(source=source, name=f"{dataset.name}-{split}", digest=dataset.version, schema=schema)
+            mlflow.log_input(meta, context=context)
+
+
+@task(name="train-lightgbm-on-dask", timeout_seconds=6 * 3600)
+def train_model_task(dataset: DatasetRef, training: TrainingConfig, work_uri: str) -> TrainedModel:
+    """Build the Dask cluster, train, and tear the cluster down."""
+    logger = get_run_logger()
+    cluster = training.cluster
+    with dask_client(cluster, get_settings().dask_scheduler_address) as client:
+        workers = len(client.scheduler_info()["workers"])
+        logger.info("Training on %d Dask worker(s) (%s); %d training rows", workers,
+                    cluster.scheduler_address or "LocalCluster", dataset.row_counts["train"])
+        trained = train_lightgbm_on_dask(client, dataset, training, work_uri)
+    logger.info("Trained %d rounds in %.1fs; best round %d, validation %s %.5f",
+                trained.iterations_run, trained.wall_time_s, trained.best_iteration,
+                trained.validation_metric, trained.validation_curve[trained.best_iteration - 1]
+                if trained.validation_curve else float("nan"))
+    return trained
+
+
+@task(name="log-training")
+def log_training_task(
+    config: PipelineConfig, dataset: DatasetRef, trained: TrainedModel, parent_run_id: str | None
+) -> TrainingResult:
+    """Log the training run and the model to MLflow."""
+    client, experiment_id = experiment_for(config)
+    return log_training(client, experiment_id, dataset, trained, parent_run_id, lineage_tags(config))

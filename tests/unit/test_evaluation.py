@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from tasks.evaluation import compute_metrics, evaluation_figures, primary_metric
+
+
+def test_binary_metrics_on_known_scores():
+    labels = np.array([0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.6, 0.4, 0.8, 0.9])
+    metrics = compute_metrics("binary", labels, scores)
+    assert metrics["accuracy"] == pytest.approx(0.6)
+    assert metrics["precision"] == pytest.approx(2 / 3)
+    assert metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["roc_auc"] == pytest.approx(5 / 6)
+    assert primary_metric("binary") == "roc_auc"
+
+
+def test_multiclass_metrics_perfect_model():
+    labels = np.array([0, 1, 2, 2])
+    scores = np.eye(3)[labels] * 0.9 + 0.1 / 3
+    metrics = compute_metrics("multiclass", labels, scores)
+    assert metrics["accuracy"] == 1.0 and metrics["f1"] == 1.0 and metrics["roc_auc"] == 1.0
+
+
+def test_regression_metrics():
+    metrics = compute_metrics("regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]))
+    assert metrics["mae"] == pytest.approx(2 / 3)
+    assert metrics["rmse"] == pytest.approx(np.sqrt(4 / 3))
+
+
+def test_figures_per_task():
+    labels = np.array([0, 1, 2, 1, 0, 2])
+    scores = np.eye(3)[labels] * 0.7 + 0.1
+    names = set(evaluation_figures("multiclass", labels, scores, ["a", "b", "c"], "test"))
+    assert names == {"test_confusion_matrix", "test_roc_curve", "test_precision_recall_curve"}
+    assert set(evaluation_figures("regression", np.ones(5), np.ones(5), None, "test")) == {"test_residuals"}
