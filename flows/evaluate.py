@@ -12,7 +12,10 @@ from tasks.training import TrainingResult
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
-    config: PipelineConfig, dataset: DatasetRef, training: TrainingResult, parent_run_id: str | None = None
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    training: TrainingResult,
+    parent_run_id: str | None = None,
 ) -> EvaluationResult:
     """Compute test-split metrics of the trained model and log them with plots."""
     targets, scores = score_model_task(training.model_uri, dataset, "test")

@@ -14,7 +14,10 @@ from tasks.training import TrainingResult
 
 @flow(name="register", log_prints=True)
 def register_flow(
-    config: PipelineConfig, dataset: DatasetRef, training: TrainingResult, evaluation: EvaluationResult,
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    training: TrainingResult,
+    evaluation: EvaluationResult,
     parent_run_id: str | None = None,
 ) -> RegisteredVersion:
     """Register the evaluated model: ``champion`` if it is the first version, else ``challenger``."""

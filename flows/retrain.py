@@ -44,13 +44,19 @@ def retraining_pipeline_flow(config: PipelineConfig) -> PipelineResult:
         close_pipeline_run_task(config, parent, None, error=f"{type(error).__name__}: {error}")
         raise
     result = PipelineResult(
-        model_name=registered.name, model_version=registered.version, alias=registered.alias,
-        metrics=evaluation.metrics, primary_metric=evaluation.primary_metric,
-        dataset_version=dataset.version, dataset_uri=dataset.uri, pipeline_run_id=parent,
+        model_name=registered.name,
+        model_version=registered.version,
+        alias=registered.alias,
+        metrics=evaluation.metrics,
+        primary_metric=evaluation.primary_metric,
+        dataset_version=dataset.version,
+        dataset_uri=dataset.uri,
+        pipeline_run_id=parent,
         training_run_id=training.run_id,
     )
     summary = {f"test_{k}": v for k, v in evaluation.metrics.items()} | {
-        "model.version": registered.version, "model.alias": registered.alias,
+        "model.version": registered.version,
+        "model.alias": registered.alias,
         "dataset.version": dataset.version,
     }
     close_pipeline_run_task(config, parent, summary)

@@ -13,7 +13,9 @@ from tasks.training import TrainingResult, log_training_task, train_model_task
 
 
 @flow(name="train", log_prints=True)
-def train_flow(config: PipelineConfig, dataset: DatasetRef, parent_run_id: str | None = None) -> TrainingResult:
+def train_flow(
+    config: PipelineConfig, dataset: DatasetRef, parent_run_id: str | None = None
+) -> TrainingResult:
     """Train on the dataset's training split with early stopping on its validation split.
 
     Returns:

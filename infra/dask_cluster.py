@@ -34,7 +34,9 @@ def dask_client(cluster: ClusterConfig, default_scheduler: str | None = None) ->
         return
     logger.info(
         "Starting a LocalCluster: %d worker(s) x %d thread(s), %s each",
-        cluster.n_workers, cluster.threads_per_worker, cluster.memory_limit,
+        cluster.n_workers,
+        cluster.threads_per_worker,
+        cluster.memory_limit,
     )
     with (
         LocalCluster(

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,13 +25,13 @@ app = typer.Typer(
 )
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     binary = "binary"
     multiclass = "multiclass"
     regression = "regression"
 
 
-class Generator(str, Enum):
+class Generator(StrEnum):
     fraud = "fraud"
     car_dealership = "car_dealership"
 
@@ -50,7 +50,9 @@ def _fail(error: Exception) -> None:
 def config_for_file(data: str, target: str, task: str | None, name: str | None) -> PipelineConfig:
     """A config for the bring-your-own-file path: everything inferred from the file."""
     stem = Path(data.rstrip("/")).name.split(".")[0] or "dataset"
-    use_case = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.") or "dataset"
+    use_case = (
+        "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.") or "dataset"
+    )
     raw: dict[str, Any] = {
         "name": use_case,
         "data": {"source": data, "target": target, "task": task},
@@ -66,7 +68,9 @@ def ensure_synthetic_source(config: PipelineConfig) -> None:
         return
     from mlops.synthetic import write_dataset
 
-    typer.echo(f"Generating {synthetic.rows:,} rows of '{synthetic.generator}' data -> {config.data.source}")
+    typer.echo(
+        f"Generating {synthetic.rows:,} rows of '{synthetic.generator}' data -> {config.data.source}"
+    )
     write_dataset(synthetic.generator, synthetic.rows, config.data.source, seed=synthetic.seed)
 
 
@@ -80,11 +84,19 @@ def preflight(config: PipelineConfig) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Use-case YAML (see configs/README.md).")] = None,
-    data: Annotated[str | None, typer.Option(help="CSV or Parquet file/folder, local path or fsspec URL.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Use-case YAML (see configs/README.md).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="CSV or Parquet file/folder, local path or fsspec URL.")
+    ] = None,
     target: Annotated[str | None, typer.Option(help="Column to predict (with --data).")] = None,
-    task: Annotated[Task | None, typer.Option(help="Learning task; inferred from the target if omitted.")] = None,
-    name: Annotated[str | None, typer.Option(help="Registered model name (default: <file>-model).")] = None,
+    task: Annotated[
+        Task | None, typer.Option(help="Learning task; inferred from the target if omitted.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Registered model name (default: <file>-model).")
+    ] = None,
 ) -> None:
     """Run the whole retraining pipeline: preprocess, train, evaluate, register.
 
@@ -116,8 +128,10 @@ def _print_summary(config: PipelineConfig, result: Any, seconds: float) -> None:
 
     uri = tracking_uri_for(config)
     typer.secho(f"\nPipeline finished in {seconds:.0f}s.", fg=typer.colors.GREEN, bold=True)
-    typer.echo(f"  Registered model : {result.model_name} version {result.model_version} "
-               f"(alias '{result.alias}')")
+    typer.echo(
+        f"  Registered model : {result.model_name} version {result.model_version} "
+        f"(alias '{result.alias}')"
+    )
     typer.echo(f"  Dataset version  : {result.dataset_version}  ({result.dataset_uri})")
     typer.echo("  Test metrics     :")
     for key, value in sorted(result.metrics.items()):
@@ -127,19 +141,27 @@ def _print_summary(config: PipelineConfig, result: Any, seconds: float) -> None:
     typer.echo(f"  Pipeline run     : {result.pipeline_run_id}")
     typer.echo("\nWhere to look:")
     typer.echo("  mlops ui            # then open http://127.0.0.1:5000")
-    typer.echo(f"  -> Experiments > {config.experiment_name}: the pipeline run with nested "
-               "preprocess/train/evaluate/register runs, metrics and plots")
-    typer.echo(f"  -> Models > {result.model_name}: version {result.model_version} "
-               f"with alias '{result.alias}'")
+    typer.echo(
+        f"  -> Experiments > {config.experiment_name}: the pipeline run with nested "
+        "preprocess/train/evaluate/register runs, metrics and plots"
+    )
+    typer.echo(
+        f"  -> Models > {result.model_name}: version {result.model_version} "
+        f"with alias '{result.alias}'"
+    )
 
 
 @app.command()
 def generate(
     generator: Annotated[Generator, typer.Argument(help="Which use case's data to generate.")],
     out: Annotated[Path, typer.Option(help="Output file: .csv for CSV, otherwise Parquet.")],
-    rows: Annotated[int, typer.Option(min=1, help="Number of rows (any size; written in chunks).")] = 100_000,
+    rows: Annotated[
+        int, typer.Option(min=1, help="Number of rows (any size; written in chunks).")
+    ] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same data.")] = 0,
-    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows held in memory at a time.")] = 250_000,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="Rows held in memory at a time.")
+    ] = 250_000,
 ) -> None:
     """Write a seeded synthetic dataset (fraud or car_dealership) of any size, chunk by chunk."""
     from mlops.synthetic import write_dataset
@@ -153,15 +175,21 @@ def generate(
             last[0] = now
             typer.echo(f"  {done:>12,} / {rows:,} rows ({100 * done / rows:5.1f}%)", err=True)
 
-    path = write_dataset(generator.value, rows, out, seed=seed, chunk_rows=chunk_rows, progress=progress)
+    path = write_dataset(
+        generator.value, rows, out, seed=seed, chunk_rows=chunk_rows, progress=progress
+    )
     size = path.stat().st_size / 2**20
-    typer.echo(f"Wrote {rows:,} rows to {path} ({size:,.1f} MiB) in {time.perf_counter() - started:.1f}s")
+    typer.echo(
+        f"Wrote {rows:,} rows to {path} ({size:,.1f} MiB) in {time.perf_counter() - started:.1f}s"
+    )
 
 
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
-    host: Annotated[str, typer.Option(help="Interface to bind; loopback by default.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; loopback by default.")
+    ] = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the project's tracking store (Ctrl-C to stop)."""
     settings = get_settings()
@@ -169,15 +197,27 @@ def ui(
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    command = [mlflow_bin, "ui", "--backend-store-uri", uri, "--default-artifact-root",
-               settings.mlflow_artifact_root, "--host", host, "--port", str(port)]
+    command = [
+        mlflow_bin,
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        settings.mlflow_artifact_root,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     typer.echo(f"MLflow UI on http://{host}:{port} (store: {uri})")
     typer.echo("  " + " ".join(command))
     raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
 
 
 @app.command("check-config")
-def check_config(config: Annotated[Path, typer.Argument(help="Use-case YAML to validate.")]) -> None:
+def check_config(
+    config: Annotated[Path, typer.Argument(help="Use-case YAML to validate.")],
+) -> None:
     """Validate a config file without running anything."""
     try:
         parsed = load_config(config)

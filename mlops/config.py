@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mlops.errors import ConfigError
 
 TaskType = Literal["binary", "multiclass", "regression"]
-DatetimePart = Literal["year", "month", "day", "dayofweek", "dayofyear", "hour", "minute", "is_weekend"]
+DatetimePart = Literal[
+    "year", "month", "day", "dayofweek", "dayofyear", "hour", "minute", "is_weekend"
+]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -55,7 +57,9 @@ class DataConfig(StrictModel):
 class FeatureConfig(StrictModel):
     """Feature engineering, applied by the same code at training and serving time."""
 
-    datetime_parts: list[DatetimePart] = Field(default_factory=lambda: ["month", "dayofweek", "hour"])
+    datetime_parts: list[DatetimePart] = Field(
+        default_factory=lambda: ["month", "dayofweek", "hour"]
+    )
     log_transform: list[str] = Field(default_factory=list)
     max_categories: int = Field(default=1000, gt=1, description="Most frequent values kept.")
     max_cardinality_ratio: float = Field(
@@ -140,7 +144,9 @@ class PipelineConfig(StrictModel):
     @model_validator(mode="after")
     def _target_is_not_dropped(self) -> PipelineConfig:
         if self.data.target in self.data.drop_columns:
-            raise ValueError(f"data.target '{self.data.target}' is also listed in data.drop_columns")
+            raise ValueError(
+                f"data.target '{self.data.target}' is also listed in data.drop_columns"
+            )
         return self
 
     @property
@@ -196,5 +202,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     except yaml.YAMLError as error:
         raise ConfigError(f"Config file {path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"Config file {path} must hold a mapping of keys, not {type(raw).__name__}.")
+        raise ConfigError(
+            f"Config file {path} must hold a mapping of keys, not {type(raw).__name__}."
+        )
     return parse_config(raw, origin=str(path))

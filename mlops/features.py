@@ -92,7 +92,9 @@ def fit_feature_spec(
     vocabularies = {
         column: [
             value
-            for value, _ in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[:max_categories]
+            for value, _ in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[
+                :max_categories
+            ]
         ]
         for column, counts in category_counts.items()
     }
@@ -129,10 +131,14 @@ def build_features(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """
     missing = missing_input_columns(raw.columns, spec)
     if missing:
-        raise DataError(f"Input is missing columns {missing}; the model needs {spec.input_columns}.")
+        raise DataError(
+            f"Input is missing columns {missing}; the model needs {spec.input_columns}."
+        )
     out: dict[str, np.ndarray] = {}
     for column in spec.numeric:
-        values = pd.to_numeric(raw[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        values = pd.to_numeric(raw[column], errors="coerce").to_numpy(
+            dtype="float64", na_value=np.nan
+        )
         if column in spec.log_transform:
             out[f"log_{column}"] = np.sign(values) * np.log1p(np.abs(values))
         else:

@@ -65,5 +65,7 @@ class LightGBMPipelineModel(mlflow.pyfunc.PythonModel):
         self.spec = FeatureSpec.model_validate_json(Path(artifacts[SPEC_ARTIFACT]).read_text())
         self.booster = lgb.Booster(model_file=artifacts[BOOSTER_ARTIFACT])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         return predict_frame(self.booster, self.spec, self.task, self.classes, model_input)

@@ -69,10 +69,14 @@ def configure_environment(settings: Settings) -> None:
     Only fills in variables the user has not set, so ``PREFECT_API_URL`` (a running
     server) or a custom ``PREFECT_HOME`` always wins. Must run before Prefect is imported.
     """
-    os.environ.setdefault("PREFECT_HOME", str(settings.home_dir / "prefect"))
+    if "PREFECT_HOME" not in os.environ:
+        prefect_home = settings.home_dir / "prefect"
+        prefect_home.mkdir(parents=True, exist_ok=True)  # its SQLite file cannot create folders
+        os.environ["PREFECT_HOME"] = str(prefect_home)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     # Dask's per-worker INFO chatter drowns the stage logs; workers inherit this.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MPLCONFIGDIR", str(settings.home_dir / "cache" / "matplotlib"))

@@ -32,15 +32,69 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def fraud_chunk(rng: np.random.Generator, n: int, offset: int) -> pd.DataFrame:
     """Card transactions with about 1-2% fraud that depends on amount, hour, velocity and more."""
     merchants = np.array(
-        ["grocery", "fuel", "restaurant", "online_retail", "electronics", "travel",
-         "pharmacy", "entertainment", "jewelry", "gift_cards", "utilities", "clothing"]
+        [
+            "grocery",
+            "fuel",
+            "restaurant",
+            "online_retail",
+            "electronics",
+            "travel",
+            "pharmacy",
+            "entertainment",
+            "jewelry",
+            "gift_cards",
+            "utilities",
+            "clothing",
+        ]
     )
     merchant_p = np.array([0.22, 0.12, 0.15, 0.14, 0.06, 0.05, 0.07, 0.06, 0.02, 0.02, 0.05, 0.04])
     merchant_risk = np.array([-0.6, -0.3, -0.4, 0.5, 0.9, 0.6, -0.5, 0.0, 1.3, 1.6, -0.8, 0.1])
-    countries = np.array(["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "BR", "MX",
-                          "IN", "NG", "RU", "CN", "JP", "AU", "ZA", "TR", "AR", "PL"])
-    country_p = np.r_[0.55, 0.08, 0.06, 0.05, 0.03, 0.03, 0.02, 0.04, 0.02, 0.02,
-                      0.02, 0.01, 0.01, 0.01, 0.02, 0.01, 0.005, 0.005, 0.005, 0.005]
+    countries = np.array(
+        [
+            "US",
+            "GB",
+            "DE",
+            "FR",
+            "ES",
+            "IT",
+            "NL",
+            "CA",
+            "BR",
+            "MX",
+            "IN",
+            "NG",
+            "RU",
+            "CN",
+            "JP",
+            "AU",
+            "ZA",
+            "TR",
+            "AR",
+            "PL",
+        ]
+    )
+    country_p = np.r_[
+        0.55,
+        0.08,
+        0.06,
+        0.05,
+        0.03,
+        0.03,
+        0.02,
+        0.04,
+        0.02,
+        0.02,
+        0.02,
+        0.01,
+        0.01,
+        0.01,
+        0.02,
+        0.01,
+        0.005,
+        0.005,
+        0.005,
+        0.005,
+    ]
     country_p = country_p / country_p.sum()
 
     seconds = rng.integers(0, _SECONDS_PER_YEAR, n)
@@ -53,32 +107,44 @@ def fraud_chunk(rng: np.random.Generator, n: int, offset: int) -> pd.DataFrame:
     card_age = rng.gamma(2.0, 400.0, n)
     distance = rng.lognormal(2.0, 1.2, n)
     customer_age = np.clip(rng.normal(44, 15, n), 18, 95).round()
-    device = rng.choice(np.array(["mobile", "desktop", "tablet", "pos_terminal"]), n,
-                        p=[0.45, 0.2, 0.05, 0.3])
+    device = rng.choice(
+        np.array(["mobile", "desktop", "tablet", "pos_terminal"]), n, p=[0.45, 0.2, 0.05, 0.3]
+    )
     is_foreign = (country_idx != 0).astype(np.int8)
 
     night = ((hour <= 4) | (hour >= 23)).astype(float)
-    logit = 1.6 * (
-        0.55 * np.log1p(amount) + 1.1 * night + 0.35 * velocity + 0.9 * (card_age < 60)
-        + 0.6 * is_foreign + merchant_risk[merchant_idx] + 0.25 * np.log1p(distance)
-        - 0.01 * (customer_age - 44)
-    ) - 11.3
+    logit = (
+        1.6
+        * (
+            0.55 * np.log1p(amount)
+            + 1.1 * night
+            + 0.35 * velocity
+            + 0.9 * (card_age < 60)
+            + 0.6 * is_foreign
+            + merchant_risk[merchant_idx]
+            + 0.25 * np.log1p(distance)
+            - 0.01 * (customer_age - 44)
+        )
+        - 11.3
+    )
     is_fraud = (rng.random(n) < _sigmoid(logit)).astype(np.int8)
 
-    return pd.DataFrame({
-        "transaction_id": [f"tx-{i:010d}" for i in range(offset, offset + n)],
-        "transaction_time": times,
-        "amount": amount,
-        "merchant_category": merchants[merchant_idx],
-        "country": countries[country_idx],
-        "device_type": _with_missing(rng, device, 0.04),
-        "card_age_days": _with_missing(rng, card_age.round(), 0.02),
-        "customer_age": _with_missing(rng, customer_age, 0.03),
-        "transactions_last_24h": velocity,
-        "distance_from_home_km": _with_missing(rng, distance.round(2), 0.05),
-        "is_foreign": is_foreign,
-        "is_fraud": is_fraud,
-    })
+    return pd.DataFrame(
+        {
+            "transaction_id": [f"tx-{i:010d}" for i in range(offset, offset + n)],
+            "transaction_time": times,
+            "amount": amount,
+            "merchant_category": merchants[merchant_idx],
+            "country": countries[country_idx],
+            "device_type": _with_missing(rng, device, 0.04),
+            "card_age_days": _with_missing(rng, card_age.round(), 0.02),
+            "customer_age": _with_missing(rng, customer_age, 0.03),
+            "transactions_last_24h": velocity,
+            "distance_from_home_km": _with_missing(rng, distance.round(2), 0.05),
+            "is_foreign": is_foreign,
+            "is_fraud": is_fraud,
+        }
+    )
 
 
 def car_dealership_chunk(rng: np.random.Generator, n: int, offset: int) -> pd.DataFrame:
@@ -103,34 +169,41 @@ def car_dealership_chunk(rng: np.random.Generator, n: int, offset: int) -> pd.Da
     log_income = np.log(income)
     rural = (regions[region_idx] == "rural") | (regions[region_idx] == "mountain")
 
-    scores = np.stack([
-        1.2 - 0.04 * (age - 45) - 0.8 * (log_income - 11) - 0.4 * household,           # compact
-        1.0 + 0.1 * (log_income - 11) - 0.1 * household,                                 # sedan
-        0.6 + 0.35 * household + 0.5 * rural + 0.2 * (month >= 10),                      # suv
-        -0.5 + 1.6 * rural + 0.4 * (fuels[fuel_idx] == "diesel") - 0.3 * (age < 30),     # pickup
-        -1.8 + 0.8 * children,                                                           # minivan
-        -3.8 + 2.2 * (log_income - 11) + 0.006 * (credit - 690) + 0.5 * (trade_in == 1), # luxury
-    ], axis=1)
-    scores += rng.gumbel(size=scores.shape)
+    income_z = (log_income - 11.0) / 0.5
+    age_z = (age - 45) / 14
+    scores = np.stack(
+        [
+            1.0 - 1.2 * age_z - 1.0 * income_z - 0.8 * (household - 2.6),  # compact
+            1.2 + 0.3 * income_z - 0.3 * (household - 2.6) + 0.6 * age_z,  # sedan
+            0.8 + 0.7 * (household - 2.6) + 1.0 * rural + 0.5 * (month >= 10),  # suv
+            -1.0 + 2.6 * rural + 1.0 * (fuels[fuel_idx] == "diesel") - 0.8 * (age < 30),  # pickup
+            -2.2 + 1.6 * children,  # minivan
+            -3.0 + 2.4 * income_z + 0.01 * (credit - 690) + 0.8 * trade_in,  # luxury
+        ],
+        axis=1,
+    )
+    scores = 1.5 * scores + rng.gumbel(size=scores.shape)
     segment = segments[scores.argmax(axis=1)]
     previous = np.where(trade_in == 1, segments[rng.integers(0, len(segments), n)], None)
 
-    return pd.DataFrame({
-        "customer_id": [f"cust-{i:09d}" for i in range(offset, offset + n)],
-        "visit_date": visit,
-        "age": age,
-        "annual_income": _with_missing(rng, income, 0.03),
-        "household_size": household,
-        "children": children,
-        "region": regions[region_idx],
-        "credit_score": _with_missing(rng, credit, 0.05),
-        "has_trade_in": trade_in,
-        "trade_in_value": trade_value,
-        "previous_segment": previous,
-        "commute_km": commute,
-        "preferred_fuel": _with_missing(rng, fuels[fuel_idx], 0.06),
-        "segment": segment,
-    })
+    return pd.DataFrame(
+        {
+            "customer_id": [f"cust-{i:09d}" for i in range(offset, offset + n)],
+            "visit_date": visit,
+            "age": age,
+            "annual_income": _with_missing(rng, income, 0.03),
+            "household_size": household,
+            "children": children,
+            "region": regions[region_idx],
+            "credit_score": _with_missing(rng, credit, 0.05),
+            "has_trade_in": trade_in,
+            "trade_in_value": trade_value,
+            "previous_segment": previous,
+            "commute_km": commute,
+            "preferred_fuel": _with_missing(rng, fuels[fuel_idx], 0.06),
+            "segment": segment,
+        }
+    )
 
 
 GENERATORS: dict[str, Callable[[np.random.Generator, int, int], pd.DataFrame]] = {
@@ -139,7 +212,9 @@ GENERATORS: dict[str, Callable[[np.random.Generator, int, int], pd.DataFrame]] =
 }
 
 
-def iter_chunks(generator: str, rows: int, seed: int = 0, chunk_rows: int = 250_000) -> Iterator[pd.DataFrame]:
+def iter_chunks(
+    generator: str, rows: int, seed: int = 0, chunk_rows: int = 250_000
+) -> Iterator[pd.DataFrame]:
     """Yield ``rows`` rows of a use case in frames of at most ``chunk_rows`` rows.
 
     Raises:

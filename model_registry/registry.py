@@ -64,7 +64,9 @@ def log_pipeline_model(
     Returns:
         The logged model's URI (``models:/m-...``).
     """
-    output = predict_frame(booster, dataset.feature_spec, dataset.task, dataset.classes, input_example)
+    output = predict_frame(
+        booster, dataset.feature_spec, dataset.task, dataset.classes, input_example
+    )
     signature = infer_signature(input_example, output)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -118,7 +120,9 @@ def register_model_version(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=description or None)
-    version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags)).version)
+    version = str(
+        client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags)).version
+    )
     try:
         alias = CHALLENGER if alias_version(client, name, CHAMPION) else CHAMPION
         client.set_registered_model_alias(name, alias, version)

@@ -73,7 +73,9 @@ def stage_run(
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
     """A nested run for one stage, ended FINISHED, or FAILED if the body raises."""
-    run_id = start_run(client, experiment_id, stage, parent_run_id, {"mlops.stage": stage, **(tags or {})})
+    run_id = start_run(
+        client, experiment_id, stage, parent_run_id, {"mlops.stage": stage, **(tags or {})}
+    )
     try:
         yield run_id
     except BaseException:
@@ -99,13 +101,17 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
         client.log_batch(run_id, params=items[start : start + _PARAM_BATCH])
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+def log_metrics(
+    client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0
+) -> None:
     """Log a set of scalar metrics in one call."""
     stamp = _now_ms()
     client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
 
 
-def log_metric_history(client: MlflowClient, run_id: str, key: str, values: Sequence[float]) -> None:
+def log_metric_history(
+    client: MlflowClient, run_id: str, key: str, values: Sequence[float]
+) -> None:
     """Log one value per step (e.g. per boosting iteration), 1000 points per call."""
     stamp = _now_ms()
     points = [Metric(key, float(v), stamp, step) for step, v in enumerate(values)]
@@ -123,7 +129,9 @@ def log_json(client: MlflowClient, run_id: str, payload: Any, artifact_file: str
     client.log_text(run_id, json.dumps(payload, indent=2, default=str), artifact_file)
 
 
-def log_figures(client: MlflowClient, run_id: str, figures: Mapping[str, Any], folder: str = "plots") -> None:
+def log_figures(
+    client: MlflowClient, run_id: str, figures: Mapping[str, Any], folder: str = "plots"
+) -> None:
     """Save matplotlib figures as PNG artifacts under ``folder/`` and close them."""
     import matplotlib.pyplot as plt
 
@@ -132,7 +140,9 @@ def log_figures(client: MlflowClient, run_id: str, figures: Mapping[str, Any], f
         plt.close(figure)
 
 
-def log_files(client: MlflowClient, run_id: str, files: Iterable[tuple[str, bytes]], folder: str) -> None:
+def log_files(
+    client: MlflowClient, run_id: str, files: Iterable[tuple[str, bytes]], folder: str
+) -> None:
     """Store in-memory files as artifacts under ``folder/``."""
     with tempfile.TemporaryDirectory() as tmp:
         for name, content in files:

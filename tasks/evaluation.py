@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from tasks.training import TrainingResult
 
 
-def classification_metrics(labels: np.ndarray, scores: np.ndarray, task: TaskType) -> dict[str, float]:
+def classification_metrics(
+    labels: np.ndarray, scores: np.ndarray, task: TaskType
+) -> dict[str, float]:
     """Accuracy, precision, recall, F1, ROC-AUC and log-loss.
 
     Args:
@@ -93,9 +95,11 @@ def evaluation_figures(
         return {f"{split}_residuals": _residuals(targets, scores, split)}
     labels = targets.astype(int)
     figures = {f"{split}_confusion_matrix": _confusion(labels, scores, task, classes, split)}
-    positives = [(classes[1], labels == 1, scores)] if task == "binary" else [
-        (c, labels == i, scores[:, i]) for i, c in enumerate(classes)
-    ]
+    positives = (
+        [(classes[1], labels == 1, scores)]
+        if task == "binary"
+        else [(c, labels == i, scores[:, i]) for i, c in enumerate(classes)]
+    )
     positives = [p for p in positives if 0 < p[1].sum() < len(labels)]
     if positives:
         figures[f"{split}_roc_curve"] = _curves(positives, "roc", split)
@@ -115,7 +119,9 @@ def _curves(positives: list[tuple[str, np.ndarray, np.ndarray]], kind: str, spli
             axis.plot(recall, precision, label=f"{label} (AP {ap:.3f})")
     if kind == "roc":
         axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-        axis.set(xlabel="False positive rate", ylabel="True positive rate", title=f"ROC curve ({split})")
+        axis.set(
+            xlabel="False positive rate", ylabel="True positive rate", title=f"ROC curve ({split})"
+        )
     else:
         axis.set(xlabel="Recall", ylabel="Precision", title=f"Precision-recall curve ({split})")
     axis.legend(loc="best", fontsize=8)
@@ -123,7 +129,9 @@ def _curves(positives: list[tuple[str, np.ndarray, np.ndarray]], kind: str, spli
     return figure
 
 
-def _confusion(labels: np.ndarray, scores: np.ndarray, task: TaskType, classes: list[str], split: str) -> Figure:
+def _confusion(
+    labels: np.ndarray, scores: np.ndarray, task: TaskType, classes: list[str], split: str
+) -> Figure:
     predicted = (scores >= 0.5).astype(int) if task == "binary" else scores.argmax(axis=1)
     matrix = skm.confusion_matrix(labels, predicted, labels=list(range(len(classes))))
     figure, axis = plt.subplots(figsize=(1.2 * len(classes) + 3, 1.0 * len(classes) + 2.5))
@@ -133,8 +141,15 @@ def _confusion(labels: np.ndarray, scores: np.ndarray, task: TaskType, classes: 
     axis.set_yticks(range(len(classes)), classes)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, col), value in np.ndenumerate(matrix):
-        axis.text(col, row, f"{value:,}", ha="center", va="center",
-                  color="white" if value > threshold else "black", fontsize=8)
+        axis.text(
+            col,
+            row,
+            f"{value:,}",
+            ha="center",
+            va="center",
+            color="white" if value > threshold else "black",
+            fontsize=8,
+        )
     axis.set(xlabel="Predicted", ylabel="Actual", title=f"Confusion matrix ({split})")
     figure.tight_layout()
     return figure
@@ -145,7 +160,9 @@ def _residuals(targets: np.ndarray, predictions: np.ndarray, split: str) -> Figu
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     left.scatter(predictions, residuals, s=4, alpha=0.3)
     left.axhline(0, color="grey", linestyle="--", linewidth=1)
-    left.set(xlabel="Predicted", ylabel="Actual - predicted", title=f"Residuals vs predicted ({split})")
+    left.set(
+        xlabel="Predicted", ylabel="Actual - predicted", title=f"Residuals vs predicted ({split})"
+    )
     right.hist(residuals, bins=60)
     right.set(xlabel="Residual", ylabel="Rows", title="Residual distribution")
     figure.tight_layout()
@@ -166,7 +183,9 @@ def learning_curve_figure(curve: list[float], best_iteration: int, metric: str) 
     """Validation loss per boosting round, with the kept round marked."""
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.plot(range(1, len(curve) + 1), curve)
-    axis.axvline(best_iteration, color="tab:red", linestyle="--", label=f"best round {best_iteration}")
+    axis.axvline(
+        best_iteration, color="tab:red", linestyle="--", label=f"best round {best_iteration}"
+    )
     axis.set(xlabel="Boosting round", ylabel=f"validation {metric}", title="Learning curve")
     axis.legend()
     figure.tight_layout()
@@ -176,7 +195,9 @@ def learning_curve_figure(curve: list[float], best_iteration: int, metric: str) 
 # ---------------------------------------------------------------- scoring a logged model
 
 
-def score_model_on_split(model_uri: str, dataset: DatasetRef, split: str) -> tuple[np.ndarray, np.ndarray]:
+def score_model_on_split(
+    model_uri: str, dataset: DatasetRef, split: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Load a logged model through MLflow and score one split of the dataset's raw rows.
 
     Returns:
@@ -190,7 +211,9 @@ def score_model_on_split(model_uri: str, dataset: DatasetRef, split: str) -> tup
 
 
 @task(name="score-model", retries=1, retry_delay_seconds=5)
-def score_model_task(model_uri: str, dataset: DatasetRef, split: str) -> tuple[np.ndarray, np.ndarray]:
+def score_model_task(
+    model_uri: str, dataset: DatasetRef, split: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Score a logged model on a split."""
     return score_model_on_split(model_uri, dataset, split)
 
@@ -206,27 +229,56 @@ class EvaluationResult(BaseModel):
 
 
 def log_evaluation(
-    client: MlflowClient, experiment_id: str, dataset: DatasetRef, model: TrainingResult,
-    targets: np.ndarray, scores: np.ndarray, parent_run_id: str | None, tags: dict[str, str],
+    client: MlflowClient,
+    experiment_id: str,
+    dataset: DatasetRef,
+    model: TrainingResult,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    parent_run_id: str | None,
+    tags: dict[str, str],
 ) -> EvaluationResult:
     """Compute and log test metrics and plots in an ``evaluate`` run (and on the training run)."""
     metrics = compute_metrics(dataset.task, targets, scores)
-    run_id = tracking.start_run(client, experiment_id, "evaluate", parent_run_id, {**tags, "mlops.stage": "evaluate"})
-    tracking.log_params(client, run_id, {"model_uri": model.model_uri, "split": "test", "rows": len(targets),
-                                         "dataset.version": dataset.version})
+    run_id = tracking.start_run(
+        client, experiment_id, "evaluate", parent_run_id, {**tags, "mlops.stage": "evaluate"}
+    )
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            "model_uri": model.model_uri,
+            "split": "test",
+            "rows": len(targets),
+            "dataset.version": dataset.version,
+        },
+    )
     tracking.log_metrics(client, run_id, {f"test_{k}": v for k, v in metrics.items()})
-    tracking.log_figures(client, run_id, evaluation_figures(dataset.task, targets, scores, dataset.classes, "test"))
+    tracking.log_figures(
+        client, run_id, evaluation_figures(dataset.task, targets, scores, dataset.classes, "test")
+    )
     tracking.log_metrics(client, model.run_id, {f"test_{k}": v for k, v in metrics.items()})
     client.set_terminated(run_id, status="FINISHED")
-    return EvaluationResult(run_id=run_id, split="test", rows=len(targets), metrics=metrics,
-                            primary_metric=primary_metric(dataset.task))
+    return EvaluationResult(
+        run_id=run_id,
+        split="test",
+        rows=len(targets),
+        metrics=metrics,
+        primary_metric=primary_metric(dataset.task),
+    )
 
 
 @task(name="log-evaluation")
 def log_evaluation_task(
-    config: PipelineConfig, dataset: DatasetRef, model: TrainingResult, targets: np.ndarray,
-    scores: np.ndarray, parent_run_id: str | None,
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    model: TrainingResult,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    parent_run_id: str | None,
 ) -> EvaluationResult:
     """Compute the test metrics and log them to MLflow."""
     client, experiment_id = experiment_for(config)
-    return log_evaluation(client, experiment_id, dataset, model, targets, scores, parent_run_id, lineage_tags(config))
+    return log_evaluation(
+        client, experiment_id, dataset, model, targets, scores, parent_run_id, lineage_tags(config)
+    )

@@ -84,7 +84,9 @@ def open_source(cfg: DataConfig) -> dd.DataFrame:
     try:
         if fmt == "csv":
             frame = dd.read_csv(
-                cfg.source, dtype="string", blocksize=cfg.blocksize,
+                cfg.source,
+                dtype="string",
+                blocksize=cfg.blocksize,
                 storage_options=cfg.storage_options or None,
             )
         else:
@@ -143,7 +145,10 @@ def _looks_numeric(values: pd.Series) -> bool:
 
 def _looks_datetime(values: pd.Series) -> bool:
     present = values.dropna().astype("string")
-    if present.empty or not present.str.contains(r"\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{4}").mean() > 0.95:
+    if (
+        present.empty
+        or not present.str.contains(r"\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{4}").mean() > 0.95
+    ):
         return False
     return pd.to_datetime(present, errors="coerce", format="mixed").notna().mean() >= 0.95
 
@@ -182,9 +187,7 @@ def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig
         values = sample[column]
         if data.categorical is not None and column in data.categorical:
             categorical.append(column)
-        elif data.datetime is not None and column in data.datetime:
-            datetime.append(column)
-        elif pd.api.types.is_datetime64_any_dtype(values):
+        elif (data.datetime is not None and column in data.datetime) or pd.api.types.is_datetime64_any_dtype(values):
             datetime.append(column)
         elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
             numeric.append(column)
@@ -192,7 +195,10 @@ def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig
             datetime.append(column)
         elif _looks_numeric(values):
             numeric.append(column)
-        elif values.nunique() > features.max_cardinality_ratio * max(len(values.dropna()), 1) and len(values) >= 20:
+        elif (
+            values.nunique() > features.max_cardinality_ratio * max(len(values.dropna()), 1)
+            and len(values) >= 20
+        ):
             dropped[column] = "text with a distinct value on most rows (an identifier?)"
         else:
             categorical.append(column)
@@ -237,7 +243,9 @@ def _split_partition(frame: pd.DataFrame, schema: ColumnSchema, split: SplitConf
     return typed.assign(**{SPLIT_COLUMN: assign_split(typed, schema.key_columns, split)})
 
 
-def typed_with_splits(source: dd.DataFrame, schema: ColumnSchema, split: SplitConfig) -> dd.DataFrame:
+def typed_with_splits(
+    source: dd.DataFrame, schema: ColumnSchema, split: SplitConfig
+) -> dd.DataFrame:
     """The lazily typed source with a split label column."""
     return source.map_partitions(_split_partition, schema, split)
 
@@ -355,16 +363,24 @@ def build_profile(stats: dict[str, Any], schema: ColumnSchema, n_rows: int) -> d
     """A JSON-friendly data profile: per column kind, nulls, ranges or cardinality."""
     columns: dict[str, Any] = {}
     for column in schema.feature_columns:
-        entry: dict[str, Any] = {"null_fraction": float(stats["null_counts"][column]) / max(n_rows, 1)}
+        entry: dict[str, Any] = {
+            "null_fraction": float(stats["null_counts"][column]) / max(n_rows, 1)
+        }
         if column in schema.numeric:
             desc = stats["numeric"][column]
-            entry |= {"kind": "numeric", **{k: _finite(desc.get(k)) for k in ("min", "max", "mean", "std")}}
+            entry |= {
+                "kind": "numeric",
+                **{k: _finite(desc.get(k)) for k in ("min", "max", "mean", "std")},
+            }
         elif column in schema.datetime:
             entry["kind"] = "datetime"
         else:
             counts = stats["category_counts"][column]
-            entry |= {"kind": "categorical", "distinct_in_train": len(counts),
-                      "top": {str(k): int(v) for k, v in counts.head(10).items()}}
+            entry |= {
+                "kind": "categorical",
+                "distinct_in_train": len(counts),
+                "top": {str(k): int(v) for k, v in counts.head(10).items()},
+            }
         columns[column] = entry
     target_counts = stats["target_counts"]
     return {
@@ -380,7 +396,11 @@ def _finite(value: Any) -> float | None:
 
 
 def compute_meta_features(
-    stats: dict[str, Any], schema: ColumnSchema, task: TaskType, classes: list[str] | None, n_rows: int
+    stats: dict[str, Any],
+    schema: ColumnSchema,
+    task: TaskType,
+    classes: list[str] | None,
+    n_rows: int,
 ) -> MetaFeatures:
     """Meta-features of the training split for the allocator."""
     cardinalities = [len(stats["category_counts"][c]) for c in schema.categorical]
@@ -507,21 +527,39 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
     target_numeric = pd.api.types.is_numeric_dtype(sample[schema.target]) or _is_numeric_text(
         sample[schema.target]
     )
-    task, classes = infer_task(stats["target_counts"], target_numeric, config.data.task, schema.target)
+    task, classes = infer_task(
+        stats["target_counts"], target_numeric, config.data.task, schema.target
+    )
     _check_split_sizes(stats["split_counts"], config.data.source)
     spec = fit_feature_spec(
-        schema.numeric, schema.datetime,
-        {c: {str(k): int(v) for k, v in stats["category_counts"][c].items()} for c in schema.categorical},
-        config.features.log_transform, config.features.datetime_parts, config.features.max_categories,
+        schema.numeric,
+        schema.datetime,
+        {
+            c: {str(k): int(v) for k, v in stats["category_counts"][c].items()}
+            for c in schema.categorical
+        },
+        config.features.log_transform,
+        config.features.datetime_parts,
+        config.features.max_categories,
     )
     example = coerce_frame(sample, schema).head(5)
     build_features(example, spec)  # fail here, not at training time, if the transform breaks
-    counts = _compute(lambda: write_splits(typed, uri, schema.target, task, classes), config.data.source)
+    counts = _compute(
+        lambda: write_splits(typed, uri, schema.target, task, classes), config.data.source
+    )
     dataset = DatasetRef(
-        name=config.name, version=version, uri=uri, source_uri=config.data.source,
-        target=schema.target, task=task, classes=classes, feature_spec=spec,
-        split_uris={s: f"{uri}/{s}" for s in SPLITS}, row_counts=counts,
-        dropped_columns=schema.dropped, profile=build_profile(stats, schema, n_rows),
+        name=config.name,
+        version=version,
+        uri=uri,
+        source_uri=config.data.source,
+        target=schema.target,
+        task=task,
+        classes=classes,
+        feature_spec=spec,
+        split_uris={s: f"{uri}/{s}" for s in SPLITS},
+        row_counts=counts,
+        dropped_columns=schema.dropped,
+        profile=build_profile(stats, schema, n_rows),
         meta_features=compute_meta_features(stats, schema, task, classes, n_rows),
     )
     save_dataset_ref(dataset, example[spec.input_columns])
@@ -570,29 +608,42 @@ def fingerprint_source_task(data: DataConfig) -> str:
 
 
 @task(name="preprocess-dataset")
-def preprocess_dataset_task(config: PipelineConfig, store: str, source_fingerprint: str) -> DatasetRef:
+def preprocess_dataset_task(
+    config: PipelineConfig, store: str, source_fingerprint: str
+) -> DatasetRef:
     """Type, split, profile and write the dataset version."""
     return preprocess_dataset(config, store, source_fingerprint)
 
 
-
 def log_dataset(
-    client: MlflowClient, experiment_id: str, dataset: DatasetRef, parent_run_id: str | None,
+    client: MlflowClient,
+    experiment_id: str,
+    dataset: DatasetRef,
+    parent_run_id: str | None,
     tags: dict[str, str],
 ) -> str:
     """Record a dataset version in a ``preprocess`` run: its facts, profile and reference."""
     run_id = tracking.start_run(
         client, experiment_id, "preprocess", parent_run_id, {**tags, "mlops.stage": "preprocess"}
     )
-    tracking.log_params(client, run_id, {
-        "dataset.version": dataset.version, "dataset.uri": dataset.uri, "source": dataset.source_uri,
-        "target": dataset.target, "task": dataset.task, "classes": dataset.classes,
-        "features": len(dataset.feature_spec.feature_names),
-        "dropped_columns": dataset.dropped_columns,
-    })
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            "dataset.version": dataset.version,
+            "dataset.uri": dataset.uri,
+            "source": dataset.source_uri,
+            "target": dataset.target,
+            "task": dataset.task,
+            "classes": dataset.classes,
+            "features": len(dataset.feature_spec.feature_names),
+            "dropped_columns": dataset.dropped_columns,
+        },
+    )
     numbers = {f"rows_{k}": v for k, v in dataset.row_counts.items()}
     numbers |= {
-        f"meta_{k}": v for k, v in dataset.meta_features.model_dump().items()
+        f"meta_{k}": v
+        for k, v in dataset.meta_features.model_dump().items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
     tracking.log_metrics(client, run_id, numbers)

@@ -34,7 +34,10 @@ def check_registrable(evaluation: EvaluationResult) -> None:
 
 
 def version_tags(
-    config: PipelineConfig, dataset: DatasetRef, training: TrainingResult, evaluation: EvaluationResult,
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    training: TrainingResult,
+    evaluation: EvaluationResult,
     pipeline_run_id: str | None,
 ) -> dict[str, str]:
     """Lineage tags of a model version: data, code, flow run and headline metrics."""
@@ -51,8 +54,13 @@ def version_tags(
 
 
 def register_candidate(
-    client: MlflowClient, experiment_id: str, config: PipelineConfig, dataset: DatasetRef,
-    training: TrainingResult, evaluation: EvaluationResult, parent_run_id: str | None,
+    client: MlflowClient,
+    experiment_id: str,
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    training: TrainingResult,
+    evaluation: EvaluationResult,
+    parent_run_id: str | None,
 ) -> RegisteredVersion:
     """Register the trained model under ``config.model.name`` and record it in a ``register`` run."""
     check_registrable(evaluation)
@@ -62,19 +70,36 @@ def register_candidate(
         client, config.model.name, training.model_uri, training.run_id, tags, description
     )
     run_id = tracking.start_run(
-        client, experiment_id, "register", parent_run_id, {**lineage_tags(config), "mlops.stage": "register"}
+        client,
+        experiment_id,
+        "register",
+        parent_run_id,
+        {**lineage_tags(config), "mlops.stage": "register"},
     )
-    tracking.log_params(client, run_id, {"model.name": registered.name, "model.version": registered.version,
-                                         "model.alias": registered.alias, "model.uri": registered.model_uri})
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            "model.name": registered.name,
+            "model.version": registered.version,
+            "model.alias": registered.alias,
+            "model.uri": registered.model_uri,
+        },
+    )
     client.set_terminated(run_id, status="FINISHED")
     return registered
 
 
 @task(name="register-model")
 def register_model_task(
-    config: PipelineConfig, dataset: DatasetRef, training: TrainingResult, evaluation: EvaluationResult,
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    training: TrainingResult,
+    evaluation: EvaluationResult,
     parent_run_id: str | None,
 ) -> RegisteredVersion:
     """Register the candidate model version with its alias."""
     client, experiment_id = experiment_for(config)
-    return register_candidate(client, experiment_id, config, dataset, training, evaluation, parent_run_id)
+    return register_candidate(
+        client, experiment_id, config, dataset, training, evaluation, parent_run_id
+    )

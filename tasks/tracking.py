@@ -68,7 +68,9 @@ def close_pipeline_run_task(
     if summary:
         metrics = {k: v for k, v in summary.items() if isinstance(v, float)}
         tracking.log_metrics(client, run_id, metrics)
-        tracking.set_tags(client, run_id, {k: v for k, v in summary.items() if not isinstance(v, float)})
+        tracking.set_tags(
+            client, run_id, {k: v for k, v in summary.items() if not isinstance(v, float)}
+        )
     if error:
         tracking.set_tags(client, run_id, {"mlops.error": error[:5000]})
     client.set_terminated(run_id, status="FAILED" if error else "FINISHED")

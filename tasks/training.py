@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import dask.dataframe as dd
 import fsspec
@@ -89,8 +88,13 @@ class GlobalValidationScorer:
     before_iteration = False
 
     def __init__(
-        self, validation_uri: str, spec: FeatureSpec, task: TaskType, n_classes: int,
-        patience: int, curve_path: str,
+        self,
+        validation_uri: str,
+        spec: FeatureSpec,
+        task: TaskType,
+        n_classes: int,
+        patience: int,
+        curve_path: str,
     ) -> None:
         self.validation_uri = validation_uri
         self.spec = spec
@@ -204,18 +208,25 @@ def train_lightgbm_on_dask(
     if dataset.row_counts.get("train", 0) == 0:
         raise DataError(f"Dataset {dataset.version} has an empty training split.")
     params = lightgbm_params(training, dataset)
-    estimator_class = lgb.DaskLGBMRegressor if dataset.task == "regression" else lgb.DaskLGBMClassifier
+    estimator_class = (
+        lgb.DaskLGBMRegressor if dataset.task == "regression" else lgb.DaskLGBMClassifier
+    )
     model = estimator_class(client=client, **params)
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
     features, labels = _feature_partitions(dataset, "train", n_workers)
     scorer = GlobalValidationScorer(
-        dataset.split_uris["validation"], dataset.feature_spec, dataset.task,
-        dataset.n_classes, training.early_stopping_rounds, work_uri,
+        dataset.split_uris["validation"],
+        dataset.feature_spec,
+        dataset.task,
+        dataset.n_classes,
+        training.early_stopping_rounds,
+        work_uri,
     )
     started = time.perf_counter()
     warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
     model.fit(
-        features, labels,
+        features,
+        labels,
         categorical_feature=dataset.feature_spec.categorical_features or "auto",
         callbacks=[scorer],
     )
@@ -225,20 +236,27 @@ def train_lightgbm_on_dask(
     best = int(np.argmin(curve)) + 1 if curve else booster.current_iteration()
     final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     return TrainedModel(
-        booster=final, params=params, best_iteration=best,
-        iterations_run=len(curve) or booster.current_iteration(), validation_metric=_METRIC[dataset.task],
-        validation_curve=curve, wall_time_s=wall_time,
-        peak_worker_memory_bytes=worker_peak_memory(client), cluster=training.cluster,
+        booster=final,
+        params=params,
+        best_iteration=best,
+        iterations_run=len(curve) or booster.current_iteration(),
+        validation_metric=_METRIC[dataset.task],
+        validation_curve=curve,
+        wall_time_s=wall_time,
+        peak_worker_memory_bytes=worker_peak_memory(client),
+        cluster=training.cluster,
     )
 
 
 def feature_importance(booster: lgb.Booster) -> pd.DataFrame:
     """Gain and split importance per feature, most important first."""
-    return pd.DataFrame({
-        "feature": booster.feature_name(),
-        "gain": booster.feature_importance("gain"),
-        "split": booster.feature_importance("split"),
-    }).sort_values("gain", ascending=False, ignore_index=True)
+    return pd.DataFrame(
+        {
+            "feature": booster.feature_name(),
+            "gain": booster.feature_importance("gain"),
+            "split": booster.feature_importance("split"),
+        }
+    ).sort_values("gain", ascending=False, ignore_index=True)
 
 
 # ---------------------------------------------------------------- logging and Prefect tasks
@@ -260,64 +278,111 @@ class TrainingResult(BaseModel):
 
 
 def log_training(
-    client: MlflowClient, experiment_id: str, dataset: DatasetRef, trained: TrainedModel,
-    parent_run_id: str | None, tags: dict[str, str],
+    client: MlflowClient,
+    experiment_id: str,
+    dataset: DatasetRef,
+    trained: TrainedModel,
+    parent_run_id: str | None,
+    tags: dict[str, str],
 ) -> TrainingResult:
     """Log a training run: params, the per-round validation curve, plots, inputs and the model."""
-    run_id = tracking.start_run(client, experiment_id, "train", parent_run_id, {**tags, "mlops.stage": "train"})
+    run_id = tracking.start_run(
+        client, experiment_id, "train", parent_run_id, {**tags, "mlops.stage": "train"}
+    )
     cluster = trained.cluster
-    tracking.log_params(client, run_id, {
-        **trained.params, "best_iteration": trained.best_iteration, "dataset.version": dataset.version,
-        "cluster.n_workers": cluster.n_workers, "cluster.threads_per_worker": cluster.threads_per_worker,
-        "cluster.memory_limit": cluster.memory_limit, "cluster.scheduler": cluster.scheduler_address or "local",
-    })
-    tracking.log_metric_history(client, run_id, f"validation_{trained.validation_metric}", trained.validation_curve)
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            **trained.params,
+            "best_iteration": trained.best_iteration,
+            "dataset.version": dataset.version,
+            "cluster.n_workers": cluster.n_workers,
+            "cluster.threads_per_worker": cluster.threads_per_worker,
+            "cluster.memory_limit": cluster.memory_limit,
+            "cluster.scheduler": cluster.scheduler_address or "local",
+        },
+    )
+    tracking.log_metric_history(
+        client, run_id, f"validation_{trained.validation_metric}", trained.validation_curve
+    )
     per_iteration = trained.wall_time_s / max(trained.iterations_run, 1)
     peak = max(trained.peak_worker_memory_bytes.values(), default=0)
-    best_score = trained.validation_curve[trained.best_iteration - 1] if trained.validation_curve else float("nan")
-    tracking.log_metrics(client, run_id, {
-        "training_time_s": trained.wall_time_s, "time_per_iteration_s": per_iteration,
-        "iterations_run": trained.iterations_run, "peak_worker_memory_mb": peak / 2**20,
-        f"best_validation_{trained.validation_metric}": best_score,
-    })
+    best_score = (
+        trained.validation_curve[trained.best_iteration - 1]
+        if trained.validation_curve
+        else float("nan")
+    )
+    tracking.log_metrics(
+        client,
+        run_id,
+        {
+            "training_time_s": trained.wall_time_s,
+            "time_per_iteration_s": per_iteration,
+            "iterations_run": trained.iterations_run,
+            "peak_worker_memory_mb": peak / 2**20,
+            f"best_validation_{trained.validation_metric}": best_score,
+        },
+    )
     importance = feature_importance(trained.booster)
-    tracking.log_figures(client, run_id, {
-        "feature_importance": feature_importance_figure(importance),
-        "learning_curve": learning_curve_figure(
-            trained.validation_curve, trained.best_iteration, trained.validation_metric
-        ),
-    })
+    tracking.log_figures(
+        client,
+        run_id,
+        {
+            "feature_importance": feature_importance_figure(importance),
+            "learning_curve": learning_curve_figure(
+                trained.validation_curve, trained.best_iteration, trained.validation_metric
+            ),
+        },
+    )
     client.log_text(run_id, importance.to_csv(index=False), "feature_importance.csv")
     targets, scores = _validation_scores(trained.booster, dataset)
-    tracking.log_figures(client, run_id, evaluation_figures(dataset.task, targets, scores, dataset.classes, "validation"))
+    tracking.log_figures(
+        client,
+        run_id,
+        evaluation_figures(dataset.task, targets, scores, dataset.classes, "validation"),
+    )
     log_dataset_inputs(run_id, dataset)
     model_uri = log_pipeline_model(run_id, trained.booster, dataset, read_sample(dataset))
     client.set_terminated(run_id, status="FINISHED")
     return TrainingResult(
-        run_id=run_id, model_uri=model_uri, best_iteration=trained.best_iteration,
-        iterations_run=trained.iterations_run, validation_metric=trained.validation_metric,
-        validation_score=best_score, wall_time_s=trained.wall_time_s,
-        time_per_iteration_s=per_iteration, peak_worker_memory_bytes=peak, cluster=cluster,
+        run_id=run_id,
+        model_uri=model_uri,
+        best_iteration=trained.best_iteration,
+        iterations_run=trained.iterations_run,
+        validation_metric=trained.validation_metric,
+        validation_score=best_score,
+        wall_time_s=trained.wall_time_s,
+        time_per_iteration_s=per_iteration,
+        peak_worker_memory_bytes=peak,
+        cluster=cluster,
     )
 
 
 def _validation_scores(booster: lgb.Booster, dataset: DatasetRef) -> tuple[np.ndarray, np.ndarray]:
     frame = read_split(dataset, "validation")
     predictions = predict_frame(booster, dataset.feature_spec, dataset.task, dataset.classes, frame)
-    return frame[TARGET_COLUMN].to_numpy(dtype="float64"), class_scores(predictions, dataset.task, dataset.classes)
+    return frame[TARGET_COLUMN].to_numpy(dtype="float64"), class_scores(
+        predictions, dataset.task, dataset.classes
+    )
 
 
 def log_dataset_inputs(run_id: str, dataset: DatasetRef) -> None:
     """Attach the train and validation splits to the run as MLflow dataset inputs (digest = version)."""
     schema = mlflow.types.Schema(
-        [mlflow.types.ColSpec(mlflow.types.DataType.string, c) for c in dataset.feature_spec.input_columns]
+        [
+            mlflow.types.ColSpec(mlflow.types.DataType.string, c)
+            for c in dataset.feature_spec.input_columns
+        ]
     )
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
         for split, context in (("train", "training"), ("validation", "validation")):
             uri = dataset.split_uris[split]
             source = resolve_dataset_source(uri if "://" in uri else Path(uri).resolve().as_uri())
-            meta = MetaDataset(source=source, name=f"{dataset.name}-{split}", digest=dataset.version, schema=schema)
+            meta = MetaDataset(
+                source=source, name=f"{dataset.name}-{split}", digest=dataset.version, schema=schema
+            )
             mlflow.log_input(meta, context=context)
 
 
@@ -328,13 +393,23 @@ def train_model_task(dataset: DatasetRef, training: TrainingConfig, work_uri: st
     cluster = training.cluster
     with dask_client(cluster, get_settings().dask_scheduler_address) as client:
         workers = len(client.scheduler_info()["workers"])
-        logger.info("Training on %d Dask worker(s) (%s); %d training rows", workers,
-                    cluster.scheduler_address or "LocalCluster", dataset.row_counts["train"])
+        logger.info(
+            "Training on %d Dask worker(s) (%s); %d training rows",
+            workers,
+            cluster.scheduler_address or "LocalCluster",
+            dataset.row_counts["train"],
+        )
         trained = train_lightgbm_on_dask(client, dataset, training, work_uri)
-    logger.info("Trained %d rounds in %.1fs; best round %d, validation %s %.5f",
-                trained.iterations_run, trained.wall_time_s, trained.best_iteration,
-                trained.validation_metric, trained.validation_curve[trained.best_iteration - 1]
-                if trained.validation_curve else float("nan"))
+    logger.info(
+        "Trained %d rounds in %.1fs; best round %d, validation %s %.5f",
+        trained.iterations_run,
+        trained.wall_time_s,
+        trained.best_iteration,
+        trained.validation_metric,
+        trained.validation_curve[trained.best_iteration - 1]
+        if trained.validation_curve
+        else float("nan"),
+    )
     return trained
 
 
@@ -344,4 +419,6 @@ def log_training_task(
 ) -> TrainingResult:
     """Log the training run and the model to MLflow."""
     client, experiment_id = experiment_for(config)
-    return log_training(client, experiment_id, dataset, trained, parent_run_id, lineage_tags(config))
+    return log_training(
+        client, experiment_id, dataset, trained, parent_run_id, lineage_tags(config)
+    )

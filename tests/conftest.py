@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Before any test module imports Dask, Prefect or MLflow (they read these at import time).
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 import pytest
 
 from mlops.settings import get_settings
@@ -12,7 +19,8 @@ def isolated_state(tmp_path, monkeypatch):
     """Point MLOPS_HOME (and so MLflow, datasets, artifacts) at a temp folder for one test."""
     home = tmp_path / "mlops-home"
     monkeypatch.setenv("MLOPS_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # set, not deleted: mlflow.set_tracking_uri() exports it, and undo must restore it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     monkeypatch.delenv("MLOPS_ARTIFACT_STORE", raising=False)
     get_settings.cache_clear()
     yield home

@@ -8,7 +8,11 @@ from mlops.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-MINIMAL = {"name": "demo", "data": {"source": "x.csv", "target": "y"}, "model": {"name": "demo-model"}}
+MINIMAL = {
+    "name": "demo",
+    "data": {"source": "x.csv", "target": "y"},
+    "model": {"name": "demo-model"},
+}
 
 
 def write(tmp_path, payload) -> Path:

@@ -33,4 +33,6 @@ def test_figures_per_task():
     scores = np.eye(3)[labels] * 0.7 + 0.1
     names = set(evaluation_figures("multiclass", labels, scores, ["a", "b", "c"], "test"))
     assert names == {"test_confusion_matrix", "test_roc_curve", "test_precision_recall_curve"}
-    assert set(evaluation_figures("regression", np.ones(5), np.ones(5), None, "test")) == {"test_residuals"}
+    assert set(evaluation_figures("regression", np.ones(5), np.ones(5), None, "test")) == {
+        "test_residuals"
+    }

@@ -20,18 +20,27 @@ def spec():
 
 @pytest.fixture
 def raw():
-    return pd.DataFrame({
-        "amount": [0.0, 9.0, -9.0, None],
-        "age": ["30", "x", "41", "50"],
-        "when": ["2025-03-01 13:00:00", "2025-03-03 02:30:00", None, "not a date"],
-        "color": ["blue", "red", "green", None],
-        "ignored": [1, 2, 3, 4],
-    })
+    return pd.DataFrame(
+        {
+            "amount": [0.0, 9.0, -9.0, None],
+            "age": ["30", "x", "41", "50"],
+            "when": ["2025-03-01 13:00:00", "2025-03-03 02:30:00", None, "not a date"],
+            "color": ["blue", "red", "green", None],
+            "ignored": [1, 2, 3, 4],
+        }
+    )
 
 
 def test_vocabulary_keeps_most_frequent_in_stable_order(spec):
     assert spec.categorical == {"color": ["blue", "red"]}
-    assert spec.feature_names == ["log_amount", "age", "when_hour", "when_dayofweek", "when_is_weekend", "color"]
+    assert spec.feature_names == [
+        "log_amount",
+        "age",
+        "when_hour",
+        "when_dayofweek",
+        "when_is_weekend",
+        "color",
+    ]
     assert spec.categorical_features == ["color"]
 
 
@@ -39,7 +48,9 @@ def test_build_features_values(spec, raw):
     out = build_features(raw, spec)
     assert list(out.columns) == spec.feature_names
     assert (out.dtypes == "float32").all()
-    np.testing.assert_allclose(out["log_amount"].to_numpy()[:3], [0.0, np.log1p(9), -np.log1p(9)], rtol=1e-6)
+    np.testing.assert_allclose(
+        out["log_amount"].to_numpy()[:3], [0.0, np.log1p(9), -np.log1p(9)], rtol=1e-6
+    )
     assert np.isnan(out["log_amount"].iloc[3])
     assert np.isnan(out["age"].iloc[1])  # unparseable number -> missing
     assert out["when_hour"].iloc[0] == 13 and out["when_dayofweek"].iloc[0] == 5

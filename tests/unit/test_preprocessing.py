@@ -19,15 +19,17 @@ from tasks.preprocessing import (
 @pytest.fixture
 def sample():
     n = 40
-    return pd.DataFrame({
-        "id": [f"row-{i}" for i in range(n)],
-        "amount": np.linspace(1, 100, n),
-        "count_text": [str(i) for i in range(n)],
-        "when": pd.date_range("2025-01-01", periods=n, freq="h").astype(str),
-        "color": ["red", "blue"] * (n // 2),
-        "note": [f"free text {i}" for i in range(n)],
-        "y": [0, 1] * (n // 2),
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"row-{i}" for i in range(n)],
+            "amount": np.linspace(1, 100, n),
+            "count_text": [str(i) for i in range(n)],
+            "when": pd.date_range("2025-01-01", periods=n, freq="h").astype(str),
+            "color": ["red", "blue"] * (n // 2),
+            "note": [f"free text {i}" for i in range(n)],
+            "y": [0, 1] * (n // 2),
+        }
+    )
 
 
 def test_infer_schema_types_each_column(sample):
@@ -40,7 +42,9 @@ def test_infer_schema_types_each_column(sample):
 
 
 def test_declared_columns_win(sample):
-    data = DataConfig(source="x", target="y", id_column="id", categorical=["count_text"], datetime=["when"])
+    data = DataConfig(
+        source="x", target="y", id_column="id", categorical=["count_text"], datetime=["when"]
+    )
     schema = infer_schema(sample, data, FeatureConfig())
     assert "count_text" in schema.categorical
     assert schema.key_columns == ["id"]
@@ -74,17 +78,25 @@ def test_split_is_deterministic_and_order_independent():
     pd.testing.assert_series_equal(first, again.loc[first.index])
     shares = first.value_counts(normalize=True)
     assert abs(shares["validation"] - 0.2) < 0.03 and abs(shares["test"] - 0.1) < 0.03
-    other_seed = assign_split(frame, ["k"], SplitConfig(validation_fraction=0.2, test_fraction=0.1, seed=4))
+    other_seed = assign_split(
+        frame, ["k"], SplitConfig(validation_fraction=0.2, test_fraction=0.1, seed=4)
+    )
     assert (other_seed != first).mean() > 0.2
     assert first.name == SPLIT_COLUMN
 
 
 def test_infer_task():
-    assert infer_task(pd.Series([5, 3], index=["no", "yes"]), False, None, "t") == ("binary", ["no", "yes"])
+    assert infer_task(pd.Series([5, 3], index=["no", "yes"]), False, None, "t") == (
+        "binary",
+        ["no", "yes"],
+    )
     assert infer_task(pd.Series([5, 3], index=[1, 0]), True, None, "t") == ("binary", ["0", "1"])
     task, classes = infer_task(pd.Series([1, 1, 1], index=["a", "c", "b"]), False, None, "t")
     assert (task, classes) == ("multiclass", ["a", "b", "c"])
-    assert infer_task(pd.Series([1] * 50, index=np.linspace(0, 1, 50)), True, None, "t") == ("regression", None)
+    assert infer_task(pd.Series([1] * 50, index=np.linspace(0, 1, 50)), True, None, "t") == (
+        "regression",
+        None,
+    )
 
 
 def test_single_class_target_is_refused():
@@ -100,7 +112,11 @@ def test_declared_task_must_fit_target():
 
 
 def test_encode_target_matches_class_order():
-    assert list(encode_target(pd.Series(["b", "a", None]), "multiclass", ["a", "b"])) == [1.0, 0.0, -1.0]
+    assert list(encode_target(pd.Series(["b", "a", None]), "multiclass", ["a", "b"])) == [
+        1.0,
+        0.0,
+        -1.0,
+    ]
     assert list(encode_target(pd.Series([1.0, 0.0]), "binary", ["0", "1"])) == [1.0, 0.0]
     assert list(encode_target(pd.Series(["1", "0"]), "binary", ["0", "1"])) == [1.0, 0.0]
 

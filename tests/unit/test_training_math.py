@@ -20,4 +20,6 @@ def test_multiclass_loss_matches_sklearn():
 
 def test_regression_loss_is_rmse():
     pred, truth = np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 2.0])
-    assert np.isclose(validation_loss("regression", pred, truth), np.sqrt(mean_squared_error(truth, pred)))
+    assert np.isclose(
+        validation_loss("regression", pred, truth), np.sqrt(mean_squared_error(truth, pred))
+    )
