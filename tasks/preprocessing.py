@@ -90,7 +90,11 @@ def open_source(cfg: DataConfig) -> dd.DataFrame:
                 storage_options=cfg.storage_options or None,
             )
         else:
-            frame = dd.read_parquet(cfg.source, storage_options=cfg.storage_options or None)
+            # One partition per row group: by default Dask reads a single file smaller than
+            # 256 MiB on disk as one partition, which for compressed data means all rows at once.
+            frame = dd.read_parquet(
+                cfg.source, split_row_groups=True, storage_options=cfg.storage_options or None
+            )
     except Exception as error:  # the readers raise many types for a corrupt file
         raise DataError(
             f"Could not read '{cfg.source}' as {fmt.upper()}: {type(error).__name__}: {error}. "
@@ -187,7 +191,9 @@ def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig
         values = sample[column]
         if data.categorical is not None and column in data.categorical:
             categorical.append(column)
-        elif (data.datetime is not None and column in data.datetime) or pd.api.types.is_datetime64_any_dtype(values):
+        elif (
+            data.datetime is not None and column in data.datetime
+        ) or pd.api.types.is_datetime64_any_dtype(values):
             datetime.append(column)
         elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
             numeric.append(column)

@@ -175,17 +175,26 @@ def lightgbm_params(training: TrainingConfig, dataset: DatasetRef) -> dict[str, 
     return params | training.extra_params
 
 
+def _features_and_label(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    return build_features(frame, spec).assign(**{TARGET_COLUMN: frame[TARGET_COLUMN].to_numpy()})
+
+
 def _feature_partitions(
     dataset: DatasetRef, split: str, min_partitions: int
 ) -> tuple[dd.DataFrame, dd.Series]:
+    """Features and labels of a split as Dask collections with identical partitions.
+
+    Both come out of one ``map_partitions`` call, so Dask cannot plan the label column's read
+    differently (it merges small files when it reads fewer columns) and misalign the two.
+    """
     frame = dd.read_parquet(dataset.split_uris[split])
     if frame.npartitions < min_partitions:  # every worker needs a share, or it sits idle
         frame = frame.repartition(npartitions=min_partitions)
     spec = dataset.feature_spec
     meta = pd.DataFrame({name: pd.Series(dtype="float32") for name in spec.feature_names})
-    features = frame.map_partitions(build_features, spec, meta=meta)
-    labels = frame[TARGET_COLUMN]
-    return features, labels
+    meta[TARGET_COLUMN] = pd.Series(dtype="float64")
+    combined = frame.map_partitions(_features_and_label, spec, meta=meta)
+    return combined[spec.feature_names], combined[TARGET_COLUMN]
 
 
 def train_lightgbm_on_dask(
