@@ -9,6 +9,7 @@ from flows.evaluate import evaluate_flow
 from flows.preprocess import preprocess_flow
 from flows.register import register_flow
 from flows.train import train_flow
+from infra.prefect_runtime import in_process_stages
 from mlops.config import PipelineConfig
 from tasks.tracking import close_pipeline_run_task, open_pipeline_run_task
 
@@ -36,10 +37,11 @@ def retraining_pipeline_flow(config: PipelineConfig) -> PipelineResult:
     """
     parent = open_pipeline_run_task(config)
     try:
-        dataset = preprocess_flow(config, parent)
-        training = train_flow(config, dataset, parent)
-        evaluation = evaluate_flow(config, dataset, training, parent)
-        registered = register_flow(config, dataset, training, evaluation, parent)
+        with in_process_stages():
+            dataset = preprocess_flow(config, parent)
+            training = train_flow(config, dataset, parent)
+            evaluation = evaluate_flow(config, dataset, training, parent)
+            registered = register_flow(config, dataset, training, evaluation, parent)
     except BaseException as error:
         close_pipeline_run_task(config, parent, None, error=f"{type(error).__name__}: {error}")
         raise

@@ -76,10 +76,10 @@ def ensure_synthetic_source(config: PipelineConfig) -> None:
 
 def preflight(config: PipelineConfig) -> None:
     """Cheap checks before any service starts: the file opens and the named columns exist."""
-    from tasks.preprocessing import _head, infer_schema, open_source
+    from tasks.preprocessing import infer_schema, open_source, read_head
 
     source = open_source(config.data)
-    infer_schema(_head(source, config.data.source, rows=1000), config.data, config.features)
+    infer_schema(read_head(source, config.data.source, rows=1000), config.data, config.features)
 
 
 @app.command()

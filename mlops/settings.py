@@ -76,6 +76,8 @@ def configure_environment(settings: Settings) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # Our modules log progress with the standard logging module; show it with Prefect's logs.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,model_registry,infra,mlops")
     # Dask's per-worker INFO chatter drowns the stage logs; workers inherit this.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -7,9 +7,8 @@ that points MLflow's global state at a tracking URI (needed by ``log_model``/``l
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,36 +63,6 @@ def start_run(
     return run.info.run_id
 
 
-@contextmanager
-def stage_run(
-    client: MlflowClient,
-    experiment_id: str,
-    stage: str,
-    parent_run_id: str | None,
-    tags: Mapping[str, str] | None = None,
-) -> Iterator[str]:
-    """A nested run for one stage, ended FINISHED, or FAILED if the body raises."""
-    run_id = start_run(
-        client, experiment_id, stage, parent_run_id, {"mlops.stage": stage, **(tags or {})}
-    )
-    try:
-        yield run_id
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id, status="FINISHED")
-
-
-@contextmanager
-def active_run(run_id: str) -> Iterator[mlflow.ActiveRun]:
-    """Make an existing run the active one, for fluent calls such as ``log_model``.
-
-    Leaving the block ends the run; :func:`stage_run` sets its final status afterwards.
-    """
-    with mlflow.start_run(run_id=run_id) as run:
-        yield run
-
-
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Log parameters in batches, values stringified (MLflow's 6000-char limit applies)."""
     items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
@@ -140,17 +109,5 @@ def log_figures(
         plt.close(figure)
 
 
-def log_files(
-    client: MlflowClient, run_id: str, files: Iterable[tuple[str, bytes]], folder: str
-) -> None:
-    """Store in-memory files as artifacts under ``folder/``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, content in files:
-            (Path(tmp) / name).write_bytes(content)
-        client.log_artifacts(run_id, tmp, folder)
-
-
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

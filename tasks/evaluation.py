@@ -107,16 +107,24 @@ def evaluation_figures(
     return figures
 
 
+def _thin(x: np.ndarray, y: np.ndarray, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``points`` evenly spaced points of a curve (a PR curve has one per distinct score)."""
+    if len(x) <= points:
+        return x, y
+    keep = np.unique(np.linspace(0, len(x) - 1, points).astype(int))
+    return x[keep], y[keep]
+
+
 def _curves(positives: list[tuple[str, np.ndarray, np.ndarray]], kind: str, split: str) -> Figure:
     figure, axis = plt.subplots(figsize=(6, 5))
     for label, truth, score in positives:
         if kind == "roc":
             fpr, tpr, _ = skm.roc_curve(truth, score)
-            axis.plot(fpr, tpr, label=f"{label} (AUC {skm.auc(fpr, tpr):.3f})")
+            axis.plot(*_thin(fpr, tpr), label=f"{label} (AUC {skm.auc(fpr, tpr):.3f})")
         else:
             precision, recall, _ = skm.precision_recall_curve(truth, score)
             ap = skm.average_precision_score(truth, score)
-            axis.plot(recall, precision, label=f"{label} (AP {ap:.3f})")
+            axis.plot(*_thin(recall, precision), label=f"{label} (AP {ap:.3f})")
     if kind == "roc":
         axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
         axis.set(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ import dask.dataframe as dd
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from mlflow.tracking import MlflowClient
 from prefect import task
 
@@ -26,6 +29,8 @@ from mlops.errors import DataError
 from mlops.features import build_features, fit_feature_spec
 from model_registry import tracking
 from tasks.tracking import experiment_for, lineage_tags
+
+logger = logging.getLogger(__name__)
 
 SPLIT_COLUMN = "__split__"
 PREPROCESSING_VERSION = "1"  # bump when the stored layout or cleaning rules change
@@ -521,14 +526,26 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
     uri = f"{store.rstrip('/')}/datasets/{config.name}/{version}"
     existing = load_dataset_ref(uri)
     if existing is not None:
+        logger.info("Dataset version %s already exists at %s: reusing it", version, uri)
         return existing
     clear_incomplete(uri)
+    started = time.perf_counter()
     source = open_source(config.data)
-    sample = _head(source, config.data.source)
+    sample = read_head(source, config.data.source)
     schema = infer_schema(sample, config.data, config.features)
+    logger.info(
+        "Reading %s in %d partition(s): %d numeric, %d categorical, %d datetime column(s); dropped %s",
+        config.data.source,
+        source.npartitions,
+        len(schema.numeric),
+        len(schema.categorical),
+        len(schema.datetime),
+        schema.dropped or "none",
+    )
     typed = typed_with_splits(source, schema, config.split)
     stats = _compute(lambda: profile_source(typed, schema), config.data.source)
     n_rows = int(stats["split_counts"].sum())
+    logger.info("Profiled %d rows in %.1fs", n_rows, time.perf_counter() - started)
     check_columns_usable(stats["null_counts"], n_rows, config.data.source)
     target_numeric = pd.api.types.is_numeric_dtype(sample[schema.target]) or _is_numeric_text(
         sample[schema.target]
@@ -572,7 +589,7 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
     return dataset
 
 
-def _head(source: dd.DataFrame, name: str, rows: int = 5000) -> pd.DataFrame:
+def read_head(source: dd.DataFrame, name: str, rows: int = 5000) -> pd.DataFrame:
     return _compute(lambda: source.head(rows, npartitions=min(source.npartitions, 4)), name)
 
 
@@ -581,18 +598,11 @@ def _compute(action, source: str):
         return action()
     except DataError:
         raise
-    except (ValueError, TypeError, OSError, KeyError) as error:
+    except (ValueError, OSError, pa.ArrowException) as error:  # parser, I/O and Arrow errors
         raise DataError(
             f"Reading '{source}' failed part-way: {type(error).__name__}: {error}. "
             "The file may be truncated or corrupt, or a column holds values of mixed types."
         ) from None
-    except Exception as error:
-        if "arrow" in type(error).__module__.lower() or "parquet" in str(error).lower():
-            raise DataError(
-                f"Reading '{source}' failed part-way: {type(error).__name__}: {error}. "
-                "The file may be truncated or corrupt."
-            ) from None
-        raise
 
 
 def _check_split_sizes(split_counts: pd.Series, source: str) -> None:
