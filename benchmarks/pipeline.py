@@ -155,9 +155,10 @@ def run_orchestrated(config) -> dict[str, Any]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     from flows.retrain import retraining_pipeline_flow
+    from infra.prefect_runtime import without_flow_heartbeats
 
     timings: dict[str, Any] = {}
-    with PeakMemory() as memory:
+    with PeakMemory() as memory, without_flow_heartbeats():  # as `mlops run` starts it
         started = time.perf_counter()
         state = retraining_pipeline_flow(config, return_state=True)
         seconds = time.perf_counter() - started
@@ -238,7 +239,7 @@ def run_single_process(dataset, config) -> dict[str, Any]:
     return {"stages": timings, "metrics": metrics, "best_iteration": booster.best_iteration}
 
 
-def benchmark_size(rows: int, base: Path, memory_limit: str) -> dict[str, Any]:
+def benchmark_size(rows: int, base: Path, memory_limit: str, repeats: int) -> dict[str, Any]:
     from mlops.synthetic import write_dataset
 
     print(f"\n== {rows:,} rows", flush=True)
@@ -250,18 +251,24 @@ def benchmark_size(rows: int, base: Path, memory_limit: str) -> dict[str, Any]:
 
     from tasks.tracking import experiment_for
 
-    print("  plain (no Prefect, no MLflow):", flush=True)
-    with state_folder(base, f"plain-{rows}"):
-        plain = run_plain(config, base / f"plain-{rows}")
-    print("  orchestrated (Prefect flows + MLflow):", flush=True)
-    with state_folder(base, f"orchestrated-{rows}"):
-        experiment_for(config)  # create the MLflow store once, as an installation would have it
-        orchestrated = run_orchestrated(config)
+    plains, orchestrateds = [], []
+    for attempt in range(repeats):  # alternate the modes so drift hits both alike
+        print(f"  plain (no Prefect, no MLflow), run {attempt + 1}/{repeats}:", flush=True)
+        with state_folder(base, f"plain-{rows}-{attempt}"):
+            plains.append(run_plain(config, base / f"plain-{rows}-{attempt}"))
+        print(f"  orchestrated (Prefect flows + MLflow), run {attempt + 1}/{repeats}:", flush=True)
+        with state_folder(base, f"orchestrated-{rows}-{attempt}"):
+            experiment_for(config)  # create the MLflow store once, as an installation would have it
+            orchestrateds.append(run_orchestrated(config))
+    plain, orchestrated = _median_run(plains), _median_run(orchestrateds)
     print("  single-process LightGBM:", flush=True)
     single = run_single_process(plain["dataset"], config)
 
     trained = plain["trained"]
     result |= {
+        "repeats": repeats,
+        "plain_totals": [p["stages"]["total"]["seconds"] for p in plains],
+        "orchestrated_totals": [o["stages"]["total"]["seconds"] for o in orchestrateds],
         "plain": plain["stages"],
         "orchestrated": orchestrated["stages"],
         "metrics": {"plain": plain["metrics"], "orchestrated": orchestrated["metrics"]},
@@ -279,10 +286,15 @@ def benchmark_size(rows: int, base: Path, memory_limit: str) -> dict[str, Any]:
             "log_loss": single["metrics"]["log_loss"],
         },
     }
-    shutil.rmtree(base / f"plain-{rows}", ignore_errors=True)
-    shutil.rmtree(base / f"orchestrated-{rows}", ignore_errors=True)
+    for folder in base.glob(f"*-{rows}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
     source.unlink()
     return result
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose whole-pipeline time is the median."""
+    return sorted(runs, key=lambda r: r["stages"]["total"]["seconds"])[len(runs) // 2]
 
 
 def render(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
@@ -317,7 +329,14 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Orchestrated = the real `retraining-pipeline` flow (`flows/retrain.py`); its whole-pipeline time is "
+        "Sizes up to 2M rows run each mode "
+        + ", ".join(f"{r['repeats']}x" for r in results if r["repeats"] > 1)
+        + " (alternating) and report the run with the median total; whole-pipeline totals of every run: "
+        + "; ".join(
+            f"{r['rows']:,} rows plain {r['plain_totals']} s, orchestrated {r['orchestrated_totals']} s"
+            for r in results
+        )
+        + ". Orchestrated = the real `retraining-pipeline` flow (`flows/retrain.py`); its whole-pipeline time is "
         "wall clock, its per-stage times are each stage flow run's start-to-end as recorded by Prefect (so they "
         "leave out the parent flow's own bookkeeping between stages). `register` exists only there. Not counted, "
         "as one-offs a running installation has already paid: starting Prefect's temporary API server (about "
@@ -327,8 +346,10 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         f"{machine['empty_subflow_seconds']:.2f} s with Prefect's default heartbeat and "
         f"{machine['empty_subflow_seconds_no_heartbeat']:.2f} s without it (median of 5): Prefect 3.8 joins the "
         "heartbeat thread at the end of every flow run while that thread sleeps in 1 s steps. The pipeline "
-        "therefore runs its stage sub-flows without heartbeats of their own (`infra/prefect_runtime.py`); the "
-        "parent flow run keeps its heartbeat for the process they share. The remaining overhead is MLflow "
+        "therefore runs its stage sub-flows without heartbeats of their own, and `mlops run` (no deployment, "
+        "nothing watches the heartbeat) starts the pipeline without one (`infra/prefect_runtime.py`); the "
+        "orchestrated runs here are started the same way. Flow runs started by workers from deployments keep "
+        "theirs. The remaining overhead is MLflow "
         "logging: parameters, per-round metrics, plots, dataset inputs, the model with its signature and "
         "input-example check, reloading the model for evaluation, and registration.",
         "",
@@ -384,11 +405,11 @@ def _empty_subflows(count: int, heartbeat: bool) -> list[float]:
 
     from prefect import flow
 
-    from infra.prefect_runtime import in_process_stages
+    from infra.prefect_runtime import without_flow_heartbeats
 
     child = flow(name="benchmark-empty-stage")(_noop)
     seconds = []
-    with nullcontext() if heartbeat else in_process_stages():
+    with nullcontext() if heartbeat else without_flow_heartbeats():
         for _ in range(count):
             started = time.perf_counter()
             child()
@@ -408,6 +429,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--memory-limit", default="6GiB", help="Per Dask worker (2 workers).")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="Runs per mode for sizes up to 2M rows (median kept)."
+    )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="Scratch folder (default: a temp dir)."
     )
@@ -442,7 +466,10 @@ def main() -> None:
         f"{machine['empty_subflow_seconds_no_heartbeat']} s without",
         flush=True,
     )
-    results = [benchmark_size(rows, base, args.memory_limit) for rows in args.rows]
+    results = [
+        benchmark_size(rows, base, args.memory_limit, args.repeat if rows <= 2_000_000 else 1)
+        for rows in args.rows
+    ]
     args.json.write_text(
         json.dumps({"machine": machine, "results": results}, indent=2, default=str)
     )

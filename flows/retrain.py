@@ -9,7 +9,7 @@ from flows.evaluate import evaluate_flow
 from flows.preprocess import preprocess_flow
 from flows.register import register_flow
 from flows.train import train_flow
-from infra.prefect_runtime import in_process_stages
+from infra.prefect_runtime import without_flow_heartbeats
 from mlops.config import PipelineConfig
 from tasks.tracking import close_pipeline_run_task, open_pipeline_run_task
 
@@ -37,7 +37,7 @@ def retraining_pipeline_flow(config: PipelineConfig) -> PipelineResult:
     """
     parent = open_pipeline_run_task(config)
     try:
-        with in_process_stages():
+        with without_flow_heartbeats():
             dataset = preprocess_flow(config, parent)
             training = train_flow(config, dataset, parent)
             evaluation = evaluate_flow(config, dataset, training, parent)

@@ -1,4 +1,4 @@
-"""How stage flows run inside the retraining pipeline's process."""
+"""How flows run in-process: the CLI's pipeline run and its stage sub-flows."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 
 
 @contextmanager
-def in_process_stages() -> Iterator[None]:
-    """Run stage sub-flows without heartbeats of their own.
+def without_flow_heartbeats() -> Iterator[None]:
+    """Run the flows started inside this block without flow-run heartbeats.
 
-    A sub-flow called in-process shares the parent flow run's process, and the parent keeps
-    sending heartbeats, so a crash is still detected. Prefect 3.8 joins each flow run's
-    heartbeat thread at exit while that thread sleeps in 1 s steps, which adds about 1 s to
-    every stage (measured in benchmarks/pipeline.py: 1.09 s for an empty sub-flow, 0.10 s
-    without its heartbeat).
+    Heartbeats let Prefect mark a deployment's flow run as crashed when its process dies
+    silently. Two kinds of run do not need their own: a stage sub-flow, which shares its
+    parent's process (the parent still beats when it runs from a deployment), and a flow
+    started in-process by ``mlops run``, which has no deployment and dies with the command.
+    Prefect 3.8 joins each flow run's heartbeat thread at exit while that thread sleeps in
+    1 s steps, so each of these runs would otherwise cost about 1 s more (measured in
+    ``benchmarks/pipeline.py``: 1.09 s for an empty sub-flow, 0.11 s without a heartbeat).
+    Flow runs started by workers from deployments keep their heartbeats.
     """
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield

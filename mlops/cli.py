@@ -115,9 +115,11 @@ def run(
         ensure_synthetic_source(pipeline_config)
         preflight(pipeline_config)
         from flows.retrain import retraining_pipeline_flow
+        from infra.prefect_runtime import without_flow_heartbeats
 
         started = time.perf_counter()
-        result = retraining_pipeline_flow(pipeline_config)
+        with without_flow_heartbeats():  # no deployment: nothing would watch the heartbeat
+            result = retraining_pipeline_flow(pipeline_config)
     except MlopsError as error:
         _fail(error)
     _print_summary(pipeline_config, result, time.perf_counter() - started)
