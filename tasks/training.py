@@ -209,7 +209,8 @@ def train_lightgbm_on_dask(
         work_uri: Scratch folder for the validation curve.
 
     Returns:
-        The booster truncated to its best round, with the curve, timings and worker memory.
+        The booster (cut to its best validation round when early stopping is on), with the
+        validation curve, timings and worker memory.
 
     Raises:
         DataError: if the training split is empty.
@@ -242,7 +243,8 @@ def train_lightgbm_on_dask(
     wall_time = time.perf_counter() - started
     curve = read_validation_curve(work_uri)
     booster = model.booster_
-    best = int(np.argmin(curve)) + 1 if curve else booster.current_iteration()
+    stopping = training.early_stopping_rounds > 0 and curve
+    best = int(np.argmin(curve)) + 1 if stopping else booster.current_iteration()
     final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     return TrainedModel(
         booster=final,
