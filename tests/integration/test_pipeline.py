@@ -122,3 +122,21 @@ def test_car_dealership_multiclass(cars_config):
     model = mlflow.pyfunc.load_model(f"models:/{result.model_name}@champion")
     output_columns = [c["name"] for c in model.metadata.signature.outputs.to_dict()]
     assert output_columns[0] == "prediction" and len(output_columns) == 7
+
+
+def test_early_stopping_stops_all_workers_together_and_can_be_turned_off(fraud_file):
+    from tests.integration.conftest import bundled_config
+
+    eager = bundled_config(
+        "fraud_detection", fraud_file, n_estimators=400, early_stopping_rounds=5, learning_rate=0.3
+    )
+    dataset = preprocess_flow(eager)
+    stopped = train_flow(eager, dataset)
+    # stopped well before the budget, 5 rounds after the best one, without hanging a worker
+    assert stopped.iterations_run == stopped.best_iteration + 5 < 400
+
+    fixed = bundled_config("fraud_detection", fraud_file, n_estimators=12, early_stopping_rounds=0)
+    kept = train_flow(fixed, preprocess_flow(fixed))
+    assert kept.iterations_run == kept.best_iteration == 12
+    client = client_for(fixed)
+    assert len(client.get_metric_history(kept.run_id, "validation_binary_logloss")) == 12
