@@ -63,6 +63,17 @@ def start_run(
     return run.info.run_id
 
 
+def start_stage_run(
+    client: MlflowClient,
+    experiment_id: str,
+    stage: str,
+    parent_run_id: str | None,
+    tags: Mapping[str, str],
+) -> str:
+    """A run named and tagged after a pipeline stage, nested under the pipeline's run if given."""
+    return start_run(client, experiment_id, stage, parent_run_id, {**tags, "mlops.stage": stage})
+
+
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Log parameters in batches, values stringified (MLflow's 6000-char limit applies)."""
     items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]

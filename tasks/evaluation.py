@@ -248,9 +248,7 @@ def log_evaluation(
 ) -> EvaluationResult:
     """Compute and log test metrics and plots in an ``evaluate`` run (and on the training run)."""
     metrics = compute_metrics(dataset.task, targets, scores)
-    run_id = tracking.start_run(
-        client, experiment_id, "evaluate", parent_run_id, {**tags, "mlops.stage": "evaluate"}
-    )
+    run_id = tracking.start_stage_run(client, experiment_id, "evaluate", parent_run_id, tags)
     tracking.log_params(
         client,
         run_id,

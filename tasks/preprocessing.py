@@ -639,9 +639,7 @@ def log_dataset(
     tags: dict[str, str],
 ) -> str:
     """Record a dataset version in a ``preprocess`` run: its facts, profile and reference."""
-    run_id = tracking.start_run(
-        client, experiment_id, "preprocess", parent_run_id, {**tags, "mlops.stage": "preprocess"}
-    )
+    run_id = tracking.start_stage_run(client, experiment_id, "preprocess", parent_run_id, tags)
     tracking.log_params(
         client,
         run_id,

@@ -69,12 +69,8 @@ def register_candidate(
     registered = register_model_version(
         client, config.model.name, training.model_uri, training.run_id, tags, description
     )
-    run_id = tracking.start_run(
-        client,
-        experiment_id,
-        "register",
-        parent_run_id,
-        {**lineage_tags(config), "mlops.stage": "register"},
+    run_id = tracking.start_stage_run(
+        client, experiment_id, "register", parent_run_id, lineage_tags(config)
     )
     tracking.log_params(
         client,

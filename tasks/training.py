@@ -297,9 +297,7 @@ def log_training(
     tags: dict[str, str],
 ) -> TrainingResult:
     """Log a training run: params, the per-round validation curve, plots, inputs and the model."""
-    run_id = tracking.start_run(
-        client, experiment_id, "train", parent_run_id, {**tags, "mlops.stage": "train"}
-    )
+    run_id = tracking.start_stage_run(client, experiment_id, "train", parent_run_id, tags)
     cluster = trained.cluster
     tracking.log_params(
         client,
