@@ -55,6 +55,8 @@ class TrainedModel(BaseModel):
     iterations_run: int
     validation_metric: str
     validation_curve: list[float]
+    validation_targets: np.ndarray
+    validation_scores: np.ndarray
     wall_time_s: float
     peak_worker_memory_bytes: dict[str, int]
     cluster: ClusterConfig
@@ -81,7 +83,9 @@ class GlobalValidationScorer:
 
     Keeps running raw scores (one tree's prediction per round), so each round costs one tree
     over the validation rows. Stops training after ``patience`` rounds without improvement
-    (0 = never) and writes the curve to ``curve_path`` once training ends on this worker.
+    (0 = never). When training ends on this worker it writes the curve, and the validation
+    scores of the round the model keeps, under ``curve_path``, so the driver can plot them
+    without scoring the validation split again.
     """
 
     order = 30
@@ -105,6 +109,7 @@ class GlobalValidationScorer:
         self._features: np.ndarray | None = None
         self._labels: np.ndarray | None = None
         self._scores: np.ndarray | None = None
+        self._kept: np.ndarray | None = None
         self.curve: list[float] = []
 
     def _load(self) -> None:
@@ -122,6 +127,8 @@ class GlobalValidationScorer:
         )
         self.curve.append(validation_loss(self.task, self._scores, self._labels))
         best = int(np.argmin(self.curve))
+        if self.patience > 0 and best == len(self.curve) - 1:
+            self._kept = self._scores.copy()  # the model will be cut back to this round
         last_round = env.iteration == env.end_iteration - 1
         stop = self.patience > 0 and len(self.curve) - 1 - best >= self.patience
         if stop or last_round:
@@ -133,18 +140,39 @@ class GlobalValidationScorer:
     def _write_curve(self, port: int) -> None:
         fs, base = fsspec.core.url_to_fs(self.curve_path)
         fs.makedirs(base, exist_ok=True)
-        with fs.open(f"{base}/curve-{port}.json", "w") as handle:
+        kept = self._kept if self.patience > 0 else self._scores
+        with fs.open(f"{base}/scores-{port}.npz", "wb") as handle:
+            np.savez(handle, raw_scores=kept, labels=self._labels)
+        with fs.open(f"{base}/curve-{port}.json", "w") as handle:  # written last: marks completion
             json.dump(self.curve, handle)
 
 
-def read_validation_curve(curve_path: str) -> list[float]:
-    """The validation curve written by one worker (all workers write the same curve)."""
+def read_validation_output(
+    curve_path: str,
+) -> tuple[list[float], np.ndarray | None, np.ndarray | None]:
+    """The validation curve, labels and kept raw scores written by one worker.
+
+    All workers write the same values; any one complete set will do.
+    """
     fs, base = fsspec.core.url_to_fs(curve_path)
     files = sorted(fs.glob(f"{base}/curve-*.json"))
     if not files:
-        return []
+        return [], None, None
     with fs.open(files[0], "r") as handle:
-        return json.load(handle)
+        curve = json.load(handle)
+    with fs.open(files[0].replace("/curve-", "/scores-").replace(".json", ".npz"), "rb") as handle:
+        arrays = np.load(handle)
+        return curve, arrays["labels"], arrays["raw_scores"]
+
+
+def scores_from_raw(task: TaskType, raw_scores: np.ndarray) -> np.ndarray:
+    """Class scores as :func:`mlops.pyfunc.class_scores` gives them, from raw model output."""
+    if task == "binary":
+        return 1.0 / (1.0 + np.exp(-raw_scores))
+    if task == "multiclass":
+        shifted = np.exp(raw_scores - raw_scores.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    return raw_scores
 
 
 # ---------------------------------------------------------------- training
@@ -241,11 +269,15 @@ def train_lightgbm_on_dask(
         callbacks=[scorer],
     )
     wall_time = time.perf_counter() - started
-    curve = read_validation_curve(work_uri)
+    curve, labels, raw_scores = read_validation_output(work_uri)
     booster = model.booster_
     stopping = training.early_stopping_rounds > 0 and curve
     best = int(np.argmin(curve)) + 1 if stopping else booster.current_iteration()
     final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    if raw_scores is None:  # no worker finished its callback: score the validation split here
+        labels, scores = _validation_scores(final, dataset)
+    else:
+        scores = scores_from_raw(dataset.task, raw_scores)
     return TrainedModel(
         booster=final,
         params=params,
@@ -253,6 +285,8 @@ def train_lightgbm_on_dask(
         iterations_run=len(curve) or booster.current_iteration(),
         validation_metric=_METRIC[dataset.task],
         validation_curve=curve,
+        validation_targets=labels,
+        validation_scores=scores,
         wall_time_s=wall_time,
         peak_worker_memory_bytes=worker_peak_memory(client),
         cluster=training.cluster,
@@ -345,11 +379,16 @@ def log_training(
         },
     )
     client.log_text(run_id, importance.to_csv(index=False), "feature_importance.csv")
-    targets, scores = _validation_scores(trained.booster, dataset)
     tracking.log_figures(
         client,
         run_id,
-        evaluation_figures(dataset.task, targets, scores, dataset.classes, "validation"),
+        evaluation_figures(
+            dataset.task,
+            trained.validation_targets,
+            trained.validation_scores,
+            dataset.classes,
+            "validation",
+        ),
     )
     log_dataset_inputs(run_id, dataset)
     model_uri = log_pipeline_model(run_id, trained.booster, dataset, read_sample(dataset))

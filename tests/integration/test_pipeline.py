@@ -140,3 +140,30 @@ def test_early_stopping_stops_all_workers_together_and_can_be_turned_off(fraud_f
     assert kept.iterations_run == kept.best_iteration == 12
     client = client_for(fixed)
     assert len(client.get_metric_history(kept.run_id, "validation_binary_logloss")) == 12
+
+
+def test_workers_report_the_kept_models_validation_scores(fraud_file, tmp_path):
+    """The plots use the scores the workers computed; they must be the kept model's predictions."""
+    from infra.dask_cluster import dask_client
+    from mlops.pyfunc import class_scores, predict_frame
+    from tasks.training import train_lightgbm_on_dask
+    from tests.integration.conftest import bundled_config
+
+    config = bundled_config(
+        "fraud_detection", fraud_file, n_estimators=300, early_stopping_rounds=5, learning_rate=0.3
+    )
+    dataset = preprocess_flow(config)
+    with dask_client(config.training.cluster) as client:
+        trained = train_lightgbm_on_dask(client, dataset, config.training, str(tmp_path / "work"))
+    assert trained.iterations_run == trained.best_iteration + 5  # cut back to the best round
+    frame = read_split(dataset, "validation")
+    expected = predict_frame(
+        trained.booster, dataset.feature_spec, "binary", dataset.classes, frame
+    )
+    np.testing.assert_allclose(
+        trained.validation_scores,
+        class_scores(expected, "binary", dataset.classes),
+        rtol=1e-6,
+        atol=1e-9,
+    )
+    np.testing.assert_array_equal(trained.validation_targets, frame["__target__"].to_numpy())
