@@ -1,4 +1,4 @@
-"""Register stage: a model version with lineage tags and an alias."""
+"""Register stage: a model version with lineage tags, as ``challenger`` until the model gate decides."""
 
 from __future__ import annotations
 
@@ -20,5 +20,5 @@ def register_flow(
     evaluation: EvaluationResult,
     parent_run_id: str | None = None,
 ) -> RegisteredVersion:
-    """Register the evaluated model: ``champion`` if it is the first version, else ``challenger``."""
+    """Register the evaluated model as ``challenger``; only the model gate makes a champion."""
     return register_model_task(config, dataset, training, evaluation, parent_run_id)

@@ -98,10 +98,12 @@ def run(
         str | None, typer.Option(help="Registered model name (default: <file>-model).")
     ] = None,
 ) -> None:
-    """Run the whole retraining pipeline: preprocess, train, evaluate, register.
+    """Run the whole retraining pipeline: preprocess, data gate, train, evaluate, register,
+    model gate.
 
     Either --config configs/<use-case>.yaml, or --data FILE --target COLUMN to infer
-    everything from the file.
+    everything from the file. Exit status: 0 when the candidate became champion, 2 for bad
+    input (including data that fails the data gate), 3 when the model gate rejected it.
     """
     try:
         if config is not None and data is not None:
@@ -119,37 +121,66 @@ def run(
 
         started = time.perf_counter()
         with without_flow_heartbeats():  # no deployment: nothing would watch the heartbeat
-            result = retraining_pipeline_flow(pipeline_config)
+            state = retraining_pipeline_flow(pipeline_config, return_state=True)
+        if state.is_failed() and state.name != "Rejected":
+            state.result()  # raises what stopped the pipeline
+        result = state.result(raise_on_failure=False)
     except MlopsError as error:
         _fail(error)
     _print_summary(pipeline_config, result, time.perf_counter() - started)
+    if result.decision == "rejected":
+        raise typer.Exit(REJECTED_EXIT_CODE)
+
+
+REJECTED_EXIT_CODE = 3
+"""``mlops run`` exit status when the model gate rejects the candidate (2 is bad input)."""
 
 
 def _print_summary(config: PipelineConfig, result: Any, seconds: float) -> None:
     from model_registry.tracking import tracking_uri_for
 
     uri = tracking_uri_for(config)
-    typer.secho(f"\nPipeline finished in {seconds:.0f}s.", fg=typer.colors.GREEN, bold=True)
+    name, version = result.model_name, result.model_version
+    if result.decision == "promoted":
+        previous = (
+            f" (previous: version {result.previous_version})" if result.previous_version else ""
+        )
+        headline = f"{name} version {version} promoted to champion{previous}"
+        colour = typer.colors.GREEN
+    else:
+        stays = f"version {result.champion_version}" if result.champion_version else "none"
+        headline = f"{name} version {version} REJECTED by the model gate (champion: {stays})"
+        colour = typer.colors.YELLOW
+    typer.secho(f"\nPipeline finished in {seconds:.0f}s: {headline}.", fg=colour, bold=True)
+    typer.echo(f"  Registered model : {name} version {version} (alias '{result.alias}')")
+    counts = result.check_counts
     typer.echo(
-        f"  Registered model : {result.model_name} version {result.model_version} "
-        f"(alias '{result.alias}')"
+        f"  Gates            : {counts['pass']} checks passed, {counts['fail']} failed, "
+        f"{counts['skip']} skipped (ledger: gate.* tags on the model version)"
     )
+    for description in result.failed_checks:
+        typer.echo(f"      failed: {description}")
+    if result.decision == "rejected":
+        typer.echo(f"  Why              : {result.gate_reason}")
     typer.echo(f"  Dataset version  : {result.dataset_version}  ({result.dataset_uri})")
-    typer.echo("  Test metrics     :")
+    champion = result.champion_metrics or {}
+    header = "champion" if champion else ""
+    typer.echo(f"  Test metrics     : {'candidate':>10} {header:>10}")
     for key, value in sorted(result.metrics.items()):
         marker = "  <- primary" if key == result.primary_metric else ""
-        typer.echo(f"      {key:<18} {value:.4f}{marker}")
+        other = f"{champion[key]:>10.4f}" if key in champion else " " * 10
+        typer.echo(f"      {key:<18} {value:>10.4f} {other}{marker}")
     typer.echo(f"  MLflow store     : {uri}")
     typer.echo(f"  Pipeline run     : {result.pipeline_run_id}")
     typer.echo("\nWhere to look:")
     typer.echo("  mlops ui            # then open http://127.0.0.1:5000")
     typer.echo(
         f"  -> Experiments > {config.experiment_name}: the pipeline run with nested "
-        "preprocess/train/evaluate/register runs, metrics and plots"
+        "preprocess/data-gate/train/evaluate/register/model-gate runs, metrics and plots"
     )
     typer.echo(
-        f"  -> Models > {result.model_name}: version {result.model_version} "
-        f"with alias '{result.alias}'"
+        f"  -> Models > {name}: version {version} with alias '{result.alias}' and its "
+        "gate.* tags (the gate ledger)"
     )
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlops.errors import ConfigError
+from mlops.gates import KNOWN_METRICS
 
 TaskType = Literal["binary", "multiclass", "regression"]
 DatetimePart = Literal[
@@ -109,6 +110,151 @@ class TrainingConfig(StrictModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
+DataCheck = Literal[
+    "columns",
+    "types",
+    "nulls",
+    "ranges",
+    "categories",
+    "row_count",
+    "class_balance",
+    "distribution",
+]
+ALL_DATA_CHECKS: tuple[DataCheck, ...] = (
+    "columns",
+    "types",
+    "nulls",
+    "ranges",
+    "categories",
+    "row_count",
+    "class_balance",
+    "distribution",
+)
+
+
+class ValueRange(StrictModel):
+    """Declared hard bounds of a numeric column; every value must fall inside."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValueRange:
+        if self.min is None and self.max is None:
+            raise ValueError("give at least one of 'min' and 'max'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class DataGateConfig(StrictModel):
+    """Great Expectations checks on a new dataset version before anything trains on it.
+
+    The suite is derived from the columns declared in ``data`` and a reference profile of
+    the current champion's training data (the first accepted dataset when there is none).
+    Tolerances are fractions of rows unless they say otherwise.
+    """
+
+    enabled: bool = True
+    checks: list[DataCheck] = Field(
+        default_factory=lambda: list(ALL_DATA_CHECKS), description="Which kinds of check apply."
+    )
+    not_null: list[str] = Field(default_factory=list, description="Columns never allowed a null.")
+    value_ranges: dict[str, ValueRange] = Field(
+        default_factory=dict, description="Declared bounds per numeric column (every row)."
+    )
+    ignore_columns: list[str] = Field(
+        default_factory=list, description="No range, category or distribution checks on these."
+    )
+    max_null_increase: float = Field(
+        default=0.05, ge=0, le=1, description="Null share may exceed the reference's by this."
+    )
+    max_out_of_range: float = Field(
+        default=0.001,
+        ge=0,
+        le=1,
+        description="Share of values allowed outside the reference range.",
+    )
+    max_unseen_categories: float = Field(
+        default=0.01, ge=0, le=1, description="Share of values allowed outside the reference set."
+    )
+    max_listed_categories: int = Field(
+        default=1000, ge=1, description="Columns with more reference values get no value-set check."
+    )
+    min_rows_ratio: float | None = Field(
+        default=0.5, ge=0, description="Rows must be at least this times the reference's."
+    )
+    max_rows_ratio: float | None = Field(
+        default=10.0, gt=0, description="Rows must be at most this times the reference's."
+    )
+    min_rows: int | None = Field(default=None, ge=0, description="Absolute lower row bound.")
+    max_rows: int | None = Field(default=None, ge=1, description="Absolute upper row bound.")
+    max_class_share_change: float = Field(
+        default=0.5, ge=0, description="A class's share may move by this fraction of itself..."
+    )
+    max_class_share_shift: float = Field(
+        default=0.1, ge=0, le=1, description="...and by at most this many share points."
+    )
+    max_mean_shift: float = Field(
+        default=0.25, ge=0, description="Mean may move by this many reference standard deviations."
+    )
+    max_stdev_ratio: float = Field(
+        default=1.5, ge=1, description="Standard deviation may grow or shrink by this factor."
+    )
+    max_median_shift: float = Field(
+        default=0.25, ge=0, description="Median may move by this many reference IQRs."
+    )
+
+
+class ModelGateConfig(StrictModel):
+    """Champion/challenger checks on a trained candidate; ``null`` turns a check off."""
+
+    enabled: bool = True
+    primary_metric: str | None = Field(
+        default=None, description="Default: roc_auc (binary), f1 (multiclass), rmse (regression)."
+    )
+    metric_floors: dict[str, float] | None = Field(
+        default=None,
+        description="Absolute bounds on test metrics; a ceiling for rmse, mae and log_loss. "
+        "Default: chance-level floors for the task.",
+    )
+    max_regression: float | None = Field(
+        default=0.01, ge=0, description="Largest relative drop of the primary metric vs champion."
+    )
+    slices: list[str] = Field(
+        default_factory=list, description="Categorical columns whose values are checked one by one."
+    )
+    slice_max_regression: float = Field(
+        default=0.05, ge=0, description="Largest relative drop of the primary metric on a slice."
+    )
+    slice_min_rows: int = Field(default=200, ge=1, description="Smaller slices are not judged.")
+    slice_min_class_rows: int = Field(
+        default=10, ge=1, description="Classification slices need this many rows of each class."
+    )
+    max_latency_p95_ms: float | None = Field(
+        default=50.0, gt=0, description="Budget for the p95 time of a single-row predict."
+    )
+    latency_samples: int = Field(default=200, ge=20, description="Single-row predicts timed.")
+    max_model_size_mb: float | None = Field(
+        default=100.0, gt=0, description="Budget for the logged model's files."
+    )
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_primary(cls, value: str | None) -> str | None:
+        if value is not None and value not in KNOWN_METRICS:
+            raise ValueError(f"unknown metric '{value}'; use one of {sorted(KNOWN_METRICS)}")
+        return value
+
+    @field_validator("metric_floors")
+    @classmethod
+    def _known_floors(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        unknown = sorted(set(value or {}) - KNOWN_METRICS)
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; use any of {sorted(KNOWN_METRICS)}")
+        return value
+
+
 class ModelConfig(StrictModel):
     """How the model is named in the MLflow registry."""
 
@@ -140,6 +286,8 @@ class PipelineConfig(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     model: ModelConfig
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    data_gate: DataGateConfig = Field(default_factory=DataGateConfig)
+    model_gate: ModelGateConfig = Field(default_factory=ModelGateConfig)
 
     @model_validator(mode="after")
     def _target_is_not_dropped(self) -> PipelineConfig:

@@ -15,3 +15,13 @@ class ConfigError(MlopsError):
 
 class DataError(MlopsError):
     """The data source is missing, unreadable, or unusable for the declared task."""
+
+
+class DataValidationError(MlopsError):
+    """A new dataset version failed the data gate; nothing was trained on it."""
+
+
+class PromotionConflict(MlopsError):
+    """Another promotion moved the champion while this one was being decided."""
+
+    exit_code = 3

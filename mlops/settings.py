@@ -81,4 +81,7 @@ def configure_environment(settings: Settings) -> None:
     # Dask's per-worker INFO chatter drowns the stage logs; workers inherit this.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault(
+        "GX_ANALYTICS_ENABLED", "false"
+    )  # Great Expectations phones home otherwise
     os.environ.setdefault("MPLCONFIGDIR", str(settings.home_dir / "cache" / "matplotlib"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightgbm as lgb
 import mlflow
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -91,12 +92,18 @@ def log_pipeline_model(
     return logged.model_uri
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version holding ``alias``, or None (also when the model does not exist)."""
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The model version holding ``alias``, or None (also when the model does not exist)."""
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version number holding ``alias``, or None."""
+    found = version_by_alias(client, name, alias)
+    return str(found.version) if found is not None else None
 
 
 def register_model_version(
@@ -107,11 +114,11 @@ def register_model_version(
     tags: Mapping[str, str],
     description: str = "",
 ) -> RegisteredVersion:
-    """Register a new version and give it an alias.
+    """Register a new version as ``challenger``.
 
-    The first version of a model becomes ``champion``; later ones become ``challenger``
-    (promotion is the model gate's decision). If anything fails after the version was created,
-    the version is deleted, so the registry never holds a half-registered model.
+    Only the model gate makes a version ``champion`` (``model_registry.promotion``). If anything
+    fails after the version was created, the version is deleted, so the registry never holds a
+    half-registered model.
 
     Returns:
         The version and its alias.
@@ -124,14 +131,12 @@ def register_model_version(
         client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags)).version
     )
     try:
-        alias = CHALLENGER if alias_version(client, name, CHAMPION) else CHAMPION
-        client.set_registered_model_alias(name, alias, version)
-        registered = RegisteredVersion(
-            name=name, version=version, alias=alias, run_id=run_id, model_uri=model_uri
-        )
+        client.set_registered_model_alias(name, CHALLENGER, version)
     except Exception:
         logger.error("Registering %s v%s failed; removing the version", name, version)
         client.delete_model_version(name, version)
         raise
-    logger.info("Registered %s version %s as '%s'", name, version, alias)
-    return registered
+    logger.info("Registered %s version %s as '%s'", name, version, CHALLENGER)
+    return RegisteredVersion(
+        name=name, version=version, alias=CHALLENGER, run_id=run_id, model_uri=model_uri
+    )

@@ -20,7 +20,7 @@ from mlops.config import PipelineConfig
 from mlops.settings import Settings, get_settings
 
 _BATCH = 1000  # MLflow accepts at most 1000 metrics per log_batch call
-_PARAM_BATCH = 100
+_PARAM_BATCH = 100  # and at most 100 params or tags
 
 
 def tracking_uri_for(config: PipelineConfig, settings: Settings | None = None) -> str:
@@ -84,9 +84,11 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
 def log_metrics(
     client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0
 ) -> None:
-    """Log a set of scalar metrics in one call."""
+    """Log scalar metrics, 1000 per call."""
     stamp = _now_ms()
-    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+    points = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+    for start in range(0, len(points), _BATCH):
+        client.log_batch(run_id, metrics=points[start : start + _BATCH])
 
 
 def log_metric_history(
@@ -100,8 +102,10 @@ def log_metric_history(
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
-    """Set several run tags in one call."""
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    """Set run tags, 100 per call (MLflow's batch limit)."""
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for start in range(0, len(items), _PARAM_BATCH):
+        client.log_batch(run_id, tags=items[start : start + _PARAM_BATCH])
 
 
 def log_json(client: MlflowClient, run_id: str, payload: Any, artifact_file: str) -> None:
@@ -122,3 +126,16 @@ def log_figures(
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def artifact_url(client: MlflowClient, run_id: str, path: str) -> str:
+    """Where a person can open a run's artifact: a file URL for a local store, else the run page."""
+    run = client.get_run(run_id)
+    root = run.info.artifact_uri.rstrip("/")
+    if root.startswith("file:") or root.startswith("/"):
+        return f"{root}/{path}"
+    tracking_uri = client.tracking_uri
+    if tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri.rstrip("/")
+        return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}/artifacts/{path}"
+    return f"{root}/{path}"

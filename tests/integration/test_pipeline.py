@@ -33,11 +33,13 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
 def test_fraud_pipeline_registers_a_tracked_champion(fraud_config):
     result = retraining_pipeline_flow(fraud_config)
 
-    assert (result.model_name, result.model_version, result.alias) == (
+    assert (result.model_name, result.model_version, result.alias, result.decision) == (
         "fraud-detector",
         "1",
         "champion",
+        "promoted",
     )
+    assert result.champion_metrics is None  # the first version had no champion to beat
     assert 0.75 < result.metrics["roc_auc"] <= 1.0
     assert 0.0 < result.metrics["log_loss"] < 0.1
     assert result.metrics["accuracy"] > 0.97  # above the ~98.5% majority baseline minus noise
@@ -55,7 +57,9 @@ def test_fraud_pipeline_registers_a_tracked_champion(fraud_config):
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.pipeline_run_id}'"
     )
     assert sorted(r.data.tags["mlops.stage"] for r in children) == [
+        "data-gate",
         "evaluate",
+        "model-gate",
         "preprocess",
         "register",
         "train",
@@ -93,7 +97,7 @@ def test_fraud_pipeline_registers_a_tracked_champion(fraud_config):
     assert set(predictions["prediction"]) <= {"0", "1"}
 
 
-def test_stages_run_alone_and_a_second_version_is_challenger(fraud_config):
+def test_stages_run_alone_and_a_registered_version_waits_as_challenger(fraud_config):
     first = retraining_pipeline_flow(fraud_config)
     dataset = preprocess_flow(fraud_config)
     training = train_flow(fraud_config, dataset)

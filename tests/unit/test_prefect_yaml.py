@@ -17,9 +17,15 @@ def test_every_entrypoint_is_a_prefect_flow():
         assert isinstance(getattr(module, name), Flow), deployment["entrypoint"]
 
 
-def test_deployments_are_kebab_case_on_separate_pools():
-    names = [d["name"] for d in PROJECT["deployments"]]
-    pools = [d["work_pool"]["name"] for d in PROJECT["deployments"]]
-    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", n) for n in names)
-    assert len(set(pools)) == len(pools)
-    assert {"preprocess", "train", "evaluate", "register", "retraining-pipeline"} == set(names)
+def test_deployments_are_kebab_case_on_a_pool_per_kind_of_work():
+    pools = {d["name"]: d["work_pool"]["name"] for d in PROJECT["deployments"]}
+    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", n) for n in pools)
+    assert pools == {
+        "preprocess": "etl-pool",
+        "data-gate": "gate-pool",
+        "train": "train-pool",
+        "evaluate": "gate-pool",
+        "model-gate": "gate-pool",
+        "register": "deploy-pool",
+        "retraining-pipeline": "orchestrator-pool",
+    }

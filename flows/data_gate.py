@@ -1,0 +1,41 @@
+"""Data gate stage: a Great Expectations suite run on a new dataset version before training."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from mlops.config import PipelineConfig
+from mlops.dataset import DatasetRef
+from mlops.gates import DataGateResult
+from tasks.data_validation import (
+    derive_suite_task,
+    enforce_data_gate_task,
+    find_reference_task,
+    record_data_gate_task,
+    validate_dataset_task,
+)
+
+
+@flow(name="data-gate", log_prints=True)
+def data_gate_flow(
+    config: PipelineConfig, dataset: DatasetRef, parent_run_id: str | None = None
+) -> DataGateResult:
+    """Validate a dataset version against the champion's training data; raise if it fails.
+
+    Args:
+        config: The use case (its ``data_gate`` section sets checks and tolerances).
+        dataset: The candidate dataset version from the preprocess stage.
+        parent_run_id: MLflow run to nest this stage's run under (the pipeline's).
+
+    Returns:
+        Every check with its verdict, when the gate passes.
+
+    Raises:
+        DataValidationError: naming each failed expectation, observed vs allowed.
+    """
+    reference, origin = find_reference_task(config, dataset)
+    suite, suite_uri = derive_suite_task(config, reference)
+    result = validate_dataset_task(dataset, reference, origin, suite, suite_uri)
+    result = record_data_gate_task(config, result, parent_run_id)
+    enforce_data_gate_task(result, config.data.source)
+    return result

@@ -1,0 +1,50 @@
+"""Model gate stage: candidate vs champion on the same held-out rows; promote or reject."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import State
+
+from mlops.config import PipelineConfig
+from mlops.dataset import DatasetRef
+from mlops.gates import DataGateResult
+from model_registry.registry import RegisteredVersion
+from tasks.promotion import (
+    GateDecision,
+    compare_with_champion_task,
+    decide,
+    find_champion_task,
+    promote_candidate_task,
+    record_ledger_task,
+    rejected_state,
+)
+
+
+@flow(name="model-gate", log_prints=True)
+def model_gate_flow(
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    candidate: RegisteredVersion,
+    data_gate: DataGateResult | None = None,
+    parent_run_id: str | None = None,
+) -> GateDecision | State:
+    """Judge a registered candidate against the champion and move the aliases.
+
+    Pass: the candidate becomes ``champion`` and the former champion ``previous``. Fail: the
+    candidate keeps ``challenger`` with the reason in its tags, and this flow run ends in a
+    state named "Rejected". The ledger of both gates is recorded either way.
+
+    Args:
+        config: The use case (its ``model_gate`` section sets the checks).
+        dataset: The dataset the candidate was trained on; its test split is the holdout.
+        candidate: The registered candidate version.
+        data_gate: The data gate's result, for the ledger.
+        parent_run_id: MLflow run to nest this stage's run under (the pipeline's).
+    """
+    champion = find_champion_task(config)
+    comparison = compare_with_champion_task(config, dataset, candidate, champion)
+    ledger = record_ledger_task(config, candidate, champion, data_gate, comparison, parent_run_id)
+    if not ledger.passed:
+        return rejected_state(decide(ledger, comparison, promotion=None))
+    promotion = promote_candidate_task(config, ledger, champion)
+    return decide(ledger, comparison, promotion)

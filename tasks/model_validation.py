@@ -1,0 +1,410 @@
+"""The model gate: a candidate version against the current champion on the same held-out rows.
+
+Both models are loaded through MLflow exactly as a consumer would load them and score the
+candidate dataset's test split. The checks, each configurable in ``model_gate`` (``null`` turns
+one off): absolute floors on test metrics, no regression of the primary metric against the
+champion beyond a tolerance, the same per value of configured categorical columns (slices), a
+p95 single-row latency budget and a model-size budget. Each check is a
+:class:`~mlops.gates.GateCheck`; the gate's decision is that none failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from mlops.config import ModelGateConfig, TaskType
+from mlops.dataset import TARGET_COLUMN, DatasetRef
+from mlops.errors import ConfigError
+from mlops.gates import LOWER_IS_BETTER, GateCheck
+from mlops.pyfunc import class_scores
+from model_registry.promotion import ChampionRef
+from tasks.evaluation import compute_metrics, primary_metric
+from tasks.preprocessing import read_split
+
+logger = logging.getLogger(__name__)
+
+CHANCE_FLOORS: dict[str, dict[str, float]] = {
+    "binary": {"roc_auc": 0.55},
+    "multiclass": {"roc_auc": 0.55},
+    "regression": {"r2": 0.0},
+}
+"""Floors when ``model_gate.metric_floors`` is unset: better than chance, nothing more."""
+
+_WARMUP = 5
+
+
+class LoadedModel(BaseModel):
+    """A model loaded from MLflow with its on-disk size."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    model: Any
+    size_bytes: int
+
+
+# ---------------------------------------------------------------- comparing numbers
+
+
+def better_or_equal(metric: str, value: float, bound: float) -> bool:
+    """Whether ``value`` is at least as good as ``bound`` for this metric's direction."""
+    return value <= bound if metric in LOWER_IS_BETTER else value >= bound
+
+
+def allowed_bound(metric: str, reference: float, tolerance: float) -> float:
+    """The worst value allowed: ``tolerance`` (relative) worse than ``reference``."""
+    slack = tolerance * abs(reference)
+    return reference + slack if metric in LOWER_IS_BETTER else reference - slack
+
+
+def _relation(metric: str) -> str:
+    return "≤" if metric in LOWER_IS_BETTER else "≥"
+
+
+def resolve_primary_metric(gate: ModelGateConfig, task: TaskType) -> str:
+    """The configured primary metric, or the task's default."""
+    return gate.primary_metric or primary_metric(task)
+
+
+def check_metric_names(gate: ModelGateConfig, task: TaskType, available: set[str]) -> None:
+    """Refuse metrics the task does not compute.
+
+    Raises:
+        ConfigError: naming the ``model_gate`` key and the metrics that are available.
+    """
+    wanted = {"model_gate.primary_metric": [resolve_primary_metric(gate, task)]}
+    wanted["model_gate.metric_floors"] = list(gate.metric_floors or {})
+    for key, metrics in wanted.items():
+        unknown = [m for m in metrics if m not in available]
+        if unknown:
+            raise ConfigError(
+                f"{key} names {unknown}, which {task} models do not report. "
+                f"Available for {task}: {sorted(available)}."
+            )
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def floor_checks(metrics: dict[str, float], floors: dict[str, float]) -> list[GateCheck]:
+    """One check per configured floor (a ceiling for lower-is-better metrics)."""
+    checks = []
+    for metric, bound in floors.items():
+        value = metrics.get(metric)
+        passed = value is not None and np.isfinite(value) and better_or_equal(metric, value, bound)
+        checks.append(
+            GateCheck(
+                gate="model",
+                name=f"metric.{metric}.floor",
+                description=f"test {metric} {_relation(metric)} {bound:g}",
+                value=value,
+                threshold=f"{_relation(metric)} {bound:g}",
+                verdict="pass" if passed else "fail",
+                detail="" if value is not None else f"{metric} could not be computed",
+            )
+        )
+    return checks
+
+
+def no_regression_check(
+    metric: str,
+    candidate: float,
+    champion: float | None,
+    champion_version: str | None,
+    tolerance: float,
+) -> GateCheck:
+    """The candidate's primary metric is not worse than the champion's beyond ``tolerance``."""
+    description = f"test {metric} not worse than the champion's by more than {tolerance:.1%}"
+    if champion is None:
+        return GateCheck(
+            gate="model",
+            name=f"champion.{metric}.no_regression",
+            description=description,
+            value=candidate,
+            verdict="skip",
+            detail="no champion to compare with (this version would be the first)",
+        )
+    bound = allowed_bound(metric, champion, tolerance)
+    return GateCheck(
+        gate="model",
+        name=f"champion.{metric}.no_regression",
+        description=description,
+        value=candidate,
+        threshold=f"{_relation(metric)} {bound:.4f} (champion v{champion_version}: {champion:.4f})",
+        verdict="pass" if better_or_equal(metric, candidate, bound) else "fail",
+        detail=f"candidate {candidate:.4f} vs champion {champion:.4f}",
+    )
+
+
+def slice_checks(
+    frame: pd.DataFrame,
+    task: TaskType,
+    candidate_scores: np.ndarray,
+    champion_scores: np.ndarray | None,
+    gate: ModelGateConfig,
+    metric: str,
+) -> list[GateCheck]:
+    """Per value of each slice column: the candidate's metric vs the champion's on those rows.
+
+    Slices smaller than ``slice_min_rows`` (or, for classification, with fewer than
+    ``slice_min_class_rows`` rows of each class) are not judged: their metric is mostly noise.
+    """
+    targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
+    checks: list[GateCheck] = []
+    for column in gate.slices:
+        if champion_scores is None:
+            checks.append(_slice_skip(column, metric, "no champion to compare with"))
+            continue
+        values = frame[column].astype("string").fillna("(missing)")
+        too_small = []
+        for value in sorted(values.unique()):
+            mask = (values == value).to_numpy()
+            if not _judgeable(targets[mask], task, gate):
+                too_small.append(str(value))
+                continue
+            checks.append(
+                _slice_check(
+                    column, str(value), metric, task, targets[mask],
+                    candidate_scores[mask], champion_scores[mask], gate.slice_max_regression,
+                )
+            )  # fmt: skip
+        if too_small:
+            shown = ", ".join(too_small[:10]) + (" …" if len(too_small) > 10 else "")
+            checks.append(
+                _slice_skip(
+                    column, metric, f"{len(too_small)} slice(s) too small to judge: {shown}"
+                )
+            )
+    return checks
+
+
+def _judgeable(targets: np.ndarray, task: TaskType, gate: ModelGateConfig) -> bool:
+    if len(targets) < gate.slice_min_rows:
+        return False
+    if task == "regression":
+        return True
+    counts = np.unique(targets, return_counts=True)[1]
+    enough = int((counts >= gate.slice_min_class_rows).sum())
+    return enough >= 2 if task == "multiclass" else len(counts) == 2 and enough == 2
+
+
+def _slice_check(
+    column: str,
+    value: str,
+    metric: str,
+    task: TaskType,
+    targets: np.ndarray,
+    candidate_scores: np.ndarray,
+    champion_scores: np.ndarray,
+    tolerance: float,
+) -> GateCheck:
+    candidate = compute_metrics(task, targets, candidate_scores).get(metric, float("nan"))
+    champion = compute_metrics(task, targets, champion_scores).get(metric, float("nan"))
+    bound = allowed_bound(metric, champion, tolerance)
+    passed = bool(np.isfinite(candidate) and better_or_equal(metric, candidate, bound))
+    return GateCheck(
+        gate="model",
+        name=f"slice.{column}={value}.{metric}",
+        description=f"{metric} on {column}={value} ({len(targets):,} rows) not worse than champion's",
+        value=candidate,
+        threshold=f"{_relation(metric)} {bound:.4f} (champion {champion:.4f}, -{tolerance:.0%})",
+        verdict="pass" if passed else "fail",
+        detail=f"candidate {candidate:.4f} vs champion {champion:.4f}",
+    )
+
+
+def _slice_skip(column: str, metric: str, why: str) -> GateCheck:
+    return GateCheck(
+        gate="model",
+        name=f"slice.{column}.{metric}",
+        description=f"{metric} per value of {column} not worse than champion's",
+        verdict="skip",
+        detail=why,
+    )
+
+
+def single_row_latency_ms(model: Any, rows: pd.DataFrame, samples: int) -> np.ndarray:
+    """Wall time of ``samples`` single-row predictions, in milliseconds (after a warm-up)."""
+    picks = rows.iloc[np.arange(samples + _WARMUP) % len(rows)]
+    timings = []
+    for position in range(len(picks)):
+        row = picks.iloc[[position]]
+        started = time.perf_counter()
+        model.predict(row)
+        timings.append((time.perf_counter() - started) * 1000)
+    return np.asarray(timings[_WARMUP:])
+
+
+def latency_check(
+    candidate_ms: np.ndarray, champion_ms: np.ndarray | None, budget_ms: float
+) -> GateCheck:
+    """p95 single-row predict time within budget."""
+    p95 = float(np.percentile(candidate_ms, 95))
+    detail = f"p50 {np.percentile(candidate_ms, 50):.2f} ms over {len(candidate_ms)} predictions"
+    if champion_ms is not None:
+        detail += f"; champion p95 {np.percentile(champion_ms, 95):.2f} ms"
+    return GateCheck(
+        gate="model",
+        name="latency.p95_single_row",
+        description="p95 single-row predict time within budget",
+        value=p95,
+        unit="ms",
+        threshold=f"≤ {budget_ms:g} ms",
+        verdict="pass" if p95 <= budget_ms else "fail",
+        detail=detail,
+    )
+
+
+def size_check(size_bytes: int, budget_mb: float) -> GateCheck:
+    """The logged model's files within the size budget."""
+    size_mb = size_bytes / 2**20
+    return GateCheck(
+        gate="model",
+        name="size.model_mb",
+        description="model size within budget",
+        value=size_mb,
+        unit="MB",
+        threshold=f"≤ {budget_mb:g} MB",
+        verdict="pass" if size_mb <= budget_mb else "fail",
+        detail="all files of the logged model (booster, feature spec, code)",
+    )
+
+
+# ---------------------------------------------------------------- loading and scoring
+
+
+def load_logged_model(model_uri: str, folder: Path) -> LoadedModel:
+    """Download a logged model into ``folder`` and load it as MLflow's pyfunc."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = mlflow.pyfunc.load_model(model_uri, dst_path=str(folder))
+    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    return LoadedModel(model=model, size_bytes=size)
+
+
+def score_rows(model: Any, frame: pd.DataFrame, dataset: DatasetRef) -> np.ndarray:
+    """Class scores (or values) of a pyfunc model on raw rows, in the dataset's class order.
+
+    Raises:
+        ValueError: if the model predicts other classes than the dataset has.
+    """
+    python_model = model.unwrap_python_model()
+    classes = getattr(python_model, "classes", None)
+    if dataset.task != "regression" and list(classes or []) != list(dataset.classes or []):
+        raise ValueError(f"it predicts classes {classes}, the test split has {dataset.classes}")
+    predictions = model.predict(frame[dataset.feature_spec.input_columns])
+    return class_scores(predictions, dataset.task, dataset.classes)
+
+
+def _check_slice_columns(gate: ModelGateConfig, frame: pd.DataFrame) -> None:
+    absent = [c for c in gate.slices if c not in frame.columns]
+    if absent:
+        raise ConfigError(
+            f"model_gate.slices names {absent}, which are not columns of the test split. "
+            f"Columns: {sorted(c for c in frame.columns if c != TARGET_COLUMN)}."
+        )
+
+
+class Comparison(BaseModel):
+    """The model gate's checks and the metrics behind them."""
+
+    checks: list[GateCheck]
+    primary_metric: str
+    candidate_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None = None
+
+
+def compare_with_champion(
+    dataset: DatasetRef,
+    candidate_uri: str,
+    champion: ChampionRef | None,
+    gate: ModelGateConfig,
+) -> Comparison:
+    """Score candidate and champion on the dataset's test split and run every model check.
+
+    A champion that cannot score these rows (other columns or classes) fails the
+    no-regression check with the reason: the gate cannot show the candidate is not worse.
+
+    Raises:
+        ConfigError: for metrics or slice columns the config names that do not exist.
+    """
+    frame = read_split(dataset, "test")
+    _check_slice_columns(gate, frame)
+    targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
+    metric = resolve_primary_metric(gate, dataset.task)
+    with tempfile.TemporaryDirectory(prefix="model-gate-") as tmp:
+        candidate = load_logged_model(candidate_uri, Path(tmp) / "candidate")
+        candidate_scores = score_rows(candidate.model, frame, dataset)
+        metrics = compute_metrics(dataset.task, targets, candidate_scores)
+        check_metric_names(gate, dataset.task, set(metrics))
+        if not gate.enabled:
+            return Comparison(checks=[], primary_metric=metric, candidate_metrics=metrics)
+        champion_model, champion_scores, problem = None, None, None
+        if champion is not None:
+            try:
+                champion_model = load_logged_model(champion.model_uri, Path(tmp) / "champion")
+                champion_scores = score_rows(champion_model.model, frame, dataset)
+            except Exception as error:  # any load or predict failure means: cannot compare
+                problem = f"champion version {champion.version} cannot score these rows: {error}"
+                logger.warning(problem)
+        champion_metrics = (
+            compute_metrics(dataset.task, targets, champion_scores)
+            if champion_scores is not None
+            else None
+        )
+        checks = floor_checks(metrics, gate.metric_floors or CHANCE_FLOORS[dataset.task])
+        if gate.max_regression is not None:
+            checks.append(
+                _regression_or_problem(metric, metrics, champion, champion_metrics, gate, problem)
+            )
+        checks += slice_checks(frame, dataset.task, candidate_scores, champion_scores, gate, metric)
+        if gate.max_latency_p95_ms is not None:
+            rows = frame[dataset.feature_spec.input_columns]
+            candidate_ms = single_row_latency_ms(candidate.model, rows, gate.latency_samples)
+            champion_ms = (
+                single_row_latency_ms(champion_model.model, rows, gate.latency_samples)
+                if champion_scores is not None
+                else None
+            )
+            checks.append(latency_check(candidate_ms, champion_ms, gate.max_latency_p95_ms))
+        if gate.max_model_size_mb is not None:
+            checks.append(size_check(candidate.size_bytes, gate.max_model_size_mb))
+    return Comparison(
+        checks=checks,
+        primary_metric=metric,
+        candidate_metrics=metrics,
+        champion_metrics=champion_metrics,
+    )
+
+
+def _regression_or_problem(
+    metric: str,
+    metrics: dict[str, float],
+    champion: ChampionRef | None,
+    champion_metrics: dict[str, float] | None,
+    gate: ModelGateConfig,
+    problem: str | None,
+) -> GateCheck:
+    if problem is not None:
+        return GateCheck(
+            gate="model",
+            name=f"champion.{metric}.no_regression",
+            description=f"test {metric} not worse than the champion's",
+            value=metrics.get(metric),
+            verdict="fail",
+            detail=problem,
+        )
+    return no_regression_check(
+        metric,
+        metrics[metric],
+        champion_metrics[metric] if champion_metrics else None,
+        champion.version if champion else None,
+        gate.max_regression or 0.0,
+    )

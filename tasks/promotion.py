@@ -1,0 +1,190 @@
+"""The model gate's decision: the ledger of both gates, recorded, then promotion or rejection."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
+from pydantic import BaseModel
+
+from infra.locks import exclusive, lock_name
+from mlops.config import PipelineConfig
+from mlops.dataset import DatasetRef
+from mlops.gates import DataGateResult, GateCheck, GateLedger, artifact_key, ledger_markdown
+from model_registry import tracking
+from model_registry.ledger import record_ledger
+from model_registry.promotion import (
+    ChampionRef,
+    Promotion,
+    current_champion,
+    promote_to_champion,
+)
+from model_registry.registry import RegisteredVersion
+from tasks.model_validation import Comparison, compare_with_champion
+from tasks.tracking import experiment_for, lineage_tags
+
+
+class GateDecision(BaseModel):
+    """What the model gate decided, and the aliases afterwards."""
+
+    model_name: str
+    candidate_version: str
+    verdict: Literal["promoted", "rejected"]
+    champion_before: str | None
+    champion_version: str | None = None
+    previous_version: str | None = None
+    reason: str
+    primary_metric: str
+    candidate_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None = None
+    ledger: GateLedger
+
+
+def build_ledger(
+    candidate: RegisteredVersion,
+    champion: ChampionRef | None,
+    data_gate: DataGateResult | None,
+    comparison: Comparison,
+) -> GateLedger:
+    """Both gates' checks for one candidate, data gate first; a gate that did not run says so."""
+    skipped = []
+    if data_gate is None:
+        skipped.append(
+            GateCheck(
+                gate="data",
+                name="data_gate",
+                description="data gate",
+                verdict="skip",
+                detail="not run for this candidate (data_gate.enabled is false, or the stage ran alone)",
+            )
+        )
+    if not comparison.checks:
+        skipped.append(
+            GateCheck(
+                gate="model",
+                name="model_gate",
+                description="model gate",
+                verdict="skip",
+                detail="no model checks apply (model_gate.enabled is false)",
+            )
+        )
+    return GateLedger(
+        model_name=candidate.name,
+        candidate_version=candidate.version,
+        candidate_run_id=candidate.run_id,
+        champion_version=champion.version if champion else None,
+        primary_metric=comparison.primary_metric,
+        checks=[*(data_gate.checks if data_gate else []), *comparison.checks, *skipped],
+    )
+
+
+def promotion_lock(model_name: str):
+    """The lock every promotion of ``model_name`` takes (a Prefect global concurrency limit)."""
+    return lambda: exclusive(lock_name("mlops-promote", model_name))
+
+
+def rejected_state(decision: GateDecision) -> State:
+    """The state a gate (and the pipeline) ends in when the candidate is rejected."""
+    return Failed(
+        name="Rejected",
+        message=f"{decision.model_name} version {decision.candidate_version} rejected: "
+        f"{decision.reason}",
+        data=decision,
+    )
+
+
+@task(name="find-champion")
+def find_champion_task(config: PipelineConfig) -> ChampionRef | None:
+    """The current champion of the config's model, or None."""
+    client, _ = experiment_for(config)
+    return current_champion(client, config.model.name)
+
+
+@task(name="compare-with-champion")
+def compare_with_champion_task(
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    candidate: RegisteredVersion,
+    champion: ChampionRef | None,
+) -> Comparison:
+    """Score candidate and champion on the test split and run the model checks."""
+    experiment_for(config)  # points MLflow at the config's tracking store before loading models
+    return compare_with_champion(dataset, candidate.model_uri, champion, config.model_gate)
+
+
+@task(name="record-gate-ledger")
+def record_ledger_task(
+    config: PipelineConfig,
+    candidate: RegisteredVersion,
+    champion: ChampionRef | None,
+    data_gate: DataGateResult | None,
+    comparison: Comparison,
+    parent_run_id: str | None,
+) -> GateLedger:
+    """Write the ledger to the candidate's run and version, a model-gate run and a Prefect artifact."""
+    ledger = build_ledger(candidate, champion, data_gate, comparison)
+    client, experiment_id = experiment_for(config)
+    record_ledger(client, ledger)
+    run_id = tracking.start_stage_run(
+        client, experiment_id, "model-gate", parent_run_id, lineage_tags(config)
+    )
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            "model.name": candidate.name,
+            "candidate.version": candidate.version,
+            "champion.version": champion.version if champion else "none",
+            "primary_metric": comparison.primary_metric,
+        },
+    )
+    metrics = {f"candidate_{k}": v for k, v in comparison.candidate_metrics.items()}
+    metrics |= {f"champion_{k}": v for k, v in (comparison.champion_metrics or {}).items()}
+    tracking.log_metrics(client, run_id, metrics)
+    tracking.set_tags(client, run_id, {"gate.verdict": ledger.verdict})
+    client.log_text(run_id, ledger_markdown(ledger), "gate_ledger.md")
+    client.set_terminated(run_id, status="FINISHED")
+    create_markdown_artifact(
+        markdown=ledger_markdown(ledger),
+        key=artifact_key("gate-ledger", candidate.name),
+        description=f"Gate ledger of {candidate.name} version {candidate.version}: {ledger.verdict}",
+    )
+    return ledger
+
+
+@task(name="promote-candidate")
+def promote_candidate_task(
+    config: PipelineConfig, ledger: GateLedger, champion: ChampionRef | None
+) -> Promotion:
+    """Make the candidate champion (former champion -> previous), unless the champion moved."""
+    client, _ = experiment_for(config)
+    return promote_to_champion(
+        client,
+        ledger.model_name,
+        ledger.candidate_version,
+        champion.version if champion else None,
+        promotion_lock(ledger.model_name),
+    )
+
+
+def decide(
+    ledger: GateLedger,
+    comparison: Comparison,
+    promotion: Promotion | None,
+) -> GateDecision:
+    """The gate's decision from its ledger and, when it passed, the promotion."""
+    return GateDecision(
+        model_name=ledger.model_name,
+        candidate_version=ledger.candidate_version,
+        verdict="promoted" if promotion else "rejected",
+        champion_before=ledger.champion_version,
+        champion_version=promotion.champion_version if promotion else ledger.champion_version,
+        previous_version=promotion.previous_version if promotion else None,
+        reason=ledger.reason(),
+        primary_metric=comparison.primary_metric,
+        candidate_metrics=comparison.candidate_metrics,
+        champion_metrics=comparison.champion_metrics,
+        ledger=ledger,
+    )
