@@ -21,11 +21,11 @@ install: $(STAMP)  ## Create .venv with the pinned dependencies
 demo: $(STAMP)  ## Run the whole pipeline on the bundled fraud-detection use case
 	$(BIN)/mlops run --config configs/fraud_detection.yaml
 
-test: $(STAMP)  ## Run the whole suite (unit, data, integration)
+test: $(STAMP)  ## Run the whole suite (unit, data checks, model checks, integration)
 	$(BIN)/python -m pytest
 
-test-unit: $(STAMP)  ## Unit tests only (seconds)
-	$(BIN)/python -m pytest tests/unit
+test-unit: $(STAMP)  ## Unit tests and the offline data/model check suites (seconds)
+	$(BIN)/python -m pytest tests/unit tests/data_checks tests/model_checks
 
 test-integration: $(STAMP)  ## Integration tests against real Prefect, Dask and MLflow
 	$(BIN)/python -m pytest tests/integration

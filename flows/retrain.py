@@ -77,7 +77,7 @@ def retraining_pipeline_flow(config: PipelineConfig) -> PipelineResult | State:
         champion_version=decision.champion_version,
         previous_version=decision.previous_version,
         gate_reason=decision.reason,
-        failed_checks=[c.description for c in decision.ledger.failures],
+        failed_checks=[f"{c.description}: {c.summary()}" for c in decision.ledger.failures],
         check_counts={
             v: sum(c.verdict == v for c in decision.ledger.checks) for v in ("pass", "fail", "skip")
         },

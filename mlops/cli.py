@@ -158,18 +158,19 @@ def _print_summary(config: PipelineConfig, result: Any, seconds: float) -> None:
         f"  Gates            : {counts['pass']} checks passed, {counts['fail']} failed, "
         f"{counts['skip']} skipped (ledger: gate.* tags on the model version)"
     )
-    for description in result.failed_checks:
-        typer.echo(f"      failed: {description}")
-    if result.decision == "rejected":
-        typer.echo(f"  Why              : {result.gate_reason}")
+    for failure in result.failed_checks:
+        typer.echo(f"      {failure}")
     typer.echo(f"  Dataset version  : {result.dataset_version}  ({result.dataset_uri})")
     champion = result.champion_metrics or {}
-    header = "champion" if champion else ""
-    typer.echo(f"  Test metrics     : {'candidate':>10} {header:>10}")
+    header = f"{'candidate':>10}" + (f" {'champion':>10}" if champion else "")
+    typer.echo(f"  Test metrics     : {header}")
     for key, value in sorted(result.metrics.items()):
-        marker = "  <- primary" if key == result.primary_metric else ""
-        other = f"{champion[key]:>10.4f}" if key in champion else " " * 10
-        typer.echo(f"      {key:<18} {value:>10.4f} {other}{marker}")
+        line = f"      {key:<18} {value:>10.4f}"
+        if key in champion:
+            line += f" {champion[key]:>10.4f}"
+        if key == result.primary_metric:
+            line += "  <- primary"
+        typer.echo(line)
     typer.echo(f"  MLflow store     : {uri}")
     typer.echo(f"  Pipeline run     : {result.pipeline_run_id}")
     typer.echo("\nWhere to look:")

@@ -140,7 +140,6 @@ def no_regression_check(
         value=candidate,
         threshold=f"{_relation(metric)} {bound:.4f} (champion v{champion_version}: {champion:.4f})",
         verdict="pass" if better_or_equal(metric, candidate, bound) else "fail",
-        detail=f"candidate {candidate:.4f} vs champion {champion:.4f}",
     )
 
 
@@ -217,7 +216,6 @@ def _slice_check(
         value=candidate,
         threshold=f"{_relation(metric)} {bound:.4f} (champion {champion:.4f}, -{tolerance:.0%})",
         verdict="pass" if passed else "fail",
-        detail=f"candidate {candidate:.4f} vs champion {champion:.4f}",
     )
 
 
