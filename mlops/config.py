@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,16 +120,7 @@ DataCheck = Literal[
     "class_balance",
     "distribution",
 ]
-ALL_DATA_CHECKS: tuple[DataCheck, ...] = (
-    "columns",
-    "types",
-    "nulls",
-    "ranges",
-    "categories",
-    "row_count",
-    "class_balance",
-    "distribution",
-)
+ALL_DATA_CHECKS: tuple[DataCheck, ...] = get_args(DataCheck)
 
 
 class ValueRange(StrictModel):

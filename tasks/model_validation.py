@@ -319,6 +319,31 @@ class Comparison(BaseModel):
     champion_metrics: dict[str, float] | None = None
 
 
+class Scored(BaseModel):
+    """A loaded model and its scores on the test split (None when it could not score them)."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    loaded: LoadedModel | None
+    scores: np.ndarray | None
+    problem: str | None = None
+
+
+def score_champion(
+    champion: ChampionRef | None, frame: pd.DataFrame, dataset: DatasetRef, folder: Path
+) -> Scored:
+    """Load and score the champion; a failure is recorded, not raised (the gate fails on it)."""
+    if champion is None:
+        return Scored(loaded=None, scores=None)
+    try:
+        loaded = load_logged_model(champion.model_uri, folder)
+        return Scored(loaded=loaded, scores=score_rows(loaded.model, frame, dataset))
+    except Exception as error:  # any load or predict failure means: cannot compare
+        problem = f"champion version {champion.version} cannot score these rows: {error}"
+        logger.warning(problem)
+        return Scored(loaded=None, scores=None, problem=problem)
+
+
 def compare_with_champion(
     dataset: DatasetRef,
     candidate_uri: str,
@@ -344,42 +369,42 @@ def compare_with_champion(
         check_metric_names(gate, dataset.task, set(metrics))
         if not gate.enabled:
             return Comparison(checks=[], primary_metric=metric, candidate_metrics=metrics)
-        champion_model, champion_scores, problem = None, None, None
-        if champion is not None:
-            try:
-                champion_model = load_logged_model(champion.model_uri, Path(tmp) / "champion")
-                champion_scores = score_rows(champion_model.model, frame, dataset)
-            except Exception as error:  # any load or predict failure means: cannot compare
-                problem = f"champion version {champion.version} cannot score these rows: {error}"
-                logger.warning(problem)
-        champion_metrics = (
-            compute_metrics(dataset.task, targets, champion_scores)
-            if champion_scores is not None
-            else None
+        rival = score_champion(champion, frame, dataset, Path(tmp) / "champion")
+        rival_metrics = (
+            compute_metrics(dataset.task, targets, rival.scores) if rival.loaded else None
         )
         checks = floor_checks(metrics, gate.metric_floors or CHANCE_FLOORS[dataset.task])
         if gate.max_regression is not None:
             checks.append(
-                _regression_or_problem(metric, metrics, champion, champion_metrics, gate, problem)
+                _regression_or_problem(
+                    metric, metrics, champion, rival_metrics, gate, rival.problem
+                )
             )
-        checks += slice_checks(frame, dataset.task, candidate_scores, champion_scores, gate, metric)
+        checks += slice_checks(frame, dataset.task, candidate_scores, rival.scores, gate, metric)
         if gate.max_latency_p95_ms is not None:
-            rows = frame[dataset.feature_spec.input_columns]
-            candidate_ms = single_row_latency_ms(candidate.model, rows, gate.latency_samples)
-            champion_ms = (
-                single_row_latency_ms(champion_model.model, rows, gate.latency_samples)
-                if champion_scores is not None
-                else None
+            checks.append(
+                _latency(candidate, rival, frame[dataset.feature_spec.input_columns], gate)
             )
-            checks.append(latency_check(candidate_ms, champion_ms, gate.max_latency_p95_ms))
         if gate.max_model_size_mb is not None:
             checks.append(size_check(candidate.size_bytes, gate.max_model_size_mb))
     return Comparison(
         checks=checks,
         primary_metric=metric,
         candidate_metrics=metrics,
-        champion_metrics=champion_metrics,
+        champion_metrics=rival_metrics,
     )
+
+
+def _latency(
+    candidate: LoadedModel, rival: Scored, rows: pd.DataFrame, gate: ModelGateConfig
+) -> GateCheck:
+    candidate_ms = single_row_latency_ms(candidate.model, rows, gate.latency_samples)
+    champion_ms = (
+        single_row_latency_ms(rival.loaded.model, rows, gate.latency_samples)
+        if rival.loaded
+        else None
+    )
+    return latency_check(candidate_ms, champion_ms, gate.max_latency_p95_ms or 0.0)
 
 
 def _regression_or_problem(
