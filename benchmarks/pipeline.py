@@ -132,7 +132,14 @@ def run_plain(config, work: Path) -> dict[str, Any]:
 
         def data_gate():  # a first run: no champion, so the dataset is its own reference
             suite, uri = load_or_derive_suite(dataset, config.data_gate, config.data)
-            return run_data_gate(dataset, dataset, "this dataset itself", suite, uri)
+            return run_data_gate(
+                dataset,
+                dataset,
+                "this dataset itself",
+                suite,
+                uri,
+                config.data_gate.max_rows_validated,
+            )
 
         measure(timings, "data-gate", data_gate)
 

@@ -35,7 +35,9 @@ def data_gate_flow(
     """
     reference, origin = find_reference_task(config, dataset)
     suite, suite_uri = derive_suite_task(config, reference)
-    result = validate_dataset_task(dataset, reference, origin, suite, suite_uri)
+    result = validate_dataset_task(
+        dataset, reference, origin, suite, suite_uri, config.data_gate.max_rows_validated
+    )
     result = record_data_gate_task(config, result, parent_run_id)
     enforce_data_gate_task(result, config.data.source)
     return result

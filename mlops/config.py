@@ -195,6 +195,12 @@ class DataGateConfig(StrictModel):
     max_median_shift: float = Field(
         default=0.25, ge=0, description="Median may move by this many reference IQRs."
     )
+    max_rows_validated: int | None = Field(
+        default=1_000_000,
+        ge=1000,
+        description="Larger datasets are validated on a seeded sample of this many rows "
+        "(the row count is still exact); null validates every row.",
+    )
 
 
 class ModelGateConfig(StrictModel):

@@ -67,6 +67,7 @@ class DataGateResult(BaseModel):
     report_uri: str
     data_docs_uri: str | None = None
     rows_validated: int
+    rows_total: int
     checks: list[GateCheck]
     mlflow_run_id: str | None = None
 

@@ -44,16 +44,40 @@ from tasks.tracking import experiment_for, lineage_tags
 logger = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 5  # offending rows shown per failed check
+SAMPLE_SEED = 20_240_601  # rows drawn when a dataset is larger than max_rows_validated
 
 
 # ---------------------------------------------------------------- the frame that is validated
 
 
-def load_validation_frame(dataset: DatasetRef) -> pd.DataFrame:
-    """Every row of a dataset version (all splits), target decoded, ready for GX."""
-    parts = [pd.read_parquet(dataset.split_uris[split]) for split in SPLITS]
+def load_validation_frame(dataset: DatasetRef, max_rows: int | None = None) -> pd.DataFrame:
+    """The rows of a dataset version (all splits), target decoded, ready for GX.
+
+    With more than ``max_rows`` rows, a seeded uniform sample of about ``max_rows`` is drawn
+    one Parquet part at a time, so memory holds one part plus the sample.
+    """
+    total = sum(dataset.row_counts.values())
+    fraction = 1.0 if max_rows is None or total <= max_rows else max_rows / total
+    parts = []
+    for number, path in enumerate(_part_files(dataset)):
+        with fsspec.open(path, "rb") as handle:
+            part = pd.read_parquet(handle)
+        if fraction < 1.0:
+            part = part.sample(frac=fraction, random_state=SAMPLE_SEED + number)
+        parts.append(part)
     frame = pd.concat(parts, ignore_index=True)
     return to_validation_frame(frame, dataset)
+
+
+def _part_files(dataset: DatasetRef) -> list[str]:
+    files = []
+    for split in SPLITS:
+        fs, base = fsspec.core.url_to_fs(dataset.split_uris[split])
+        found = sorted(fs.glob(f"{base}/*.parquet")) if fs.isdir(base) else [base]
+        files += [
+            fs.unstrip_protocol(f) if "://" in dataset.split_uris[split] else f for f in found
+        ]
+    return files
 
 
 # ---------------------------------------------------------------- running the suite with GX
@@ -297,8 +321,9 @@ def load_or_derive_suite(
     if stored is not None:
         logger.info("Using the stored expectation suite %s", uri)
         return stored, uri
-    frame = load_validation_frame(reference)
-    profile = profile_reference(frame, reference, gate.max_listed_categories)
+    frame = load_validation_frame(reference, gate.max_rows_validated)
+    rows = sum(reference.row_counts.values())
+    profile = profile_reference(frame, reference, gate.max_listed_categories, rows)
     suite = derive_suite(profile, gate, data)
     suite["name"] = name
     suite["meta"] = {"reference_dataset": reference.name, "reference_version": reference.version}
@@ -329,25 +354,36 @@ def run_data_gate(
     reference_origin: str,
     suite: dict[str, Any],
     suite_uri: str,
+    max_rows: int | None = None,
 ) -> DataGateResult:
-    """Validate every row of the candidate with the suite and store the report beside it.
+    """Validate the candidate's rows with the suite and store the report beside it.
 
-    Stored under ``<candidate>/data-gate/<suite>/``: ``result.json`` (GX's result),
-    ``report.md`` and the ``data_docs/`` site.
+    Datasets larger than ``max_rows`` are validated on a seeded uniform sample; the row-count
+    expectation is then evaluated on the exact count (GX would only see the sample). Stored under
+    ``<candidate>/data-gate/<suite>/``: ``result.json`` (GX's result), ``report.md`` and the
+    ``data_docs/`` site.
 
     Returns:
         The verdict and every check; failing the pipeline is the caller's decision.
     """
-    frame = load_validation_frame(candidate)
+    frame = load_validation_frame(candidate, max_rows)
+    rows_total = sum(candidate.row_counts.values())
+    sampled = len(frame) < rows_total
+    by_gx = suite
+    if sampled:
+        kept = [e for e in suite["expectations"] if e["type"] != _ROW_COUNT]
+        by_gx = {**suite, "expectations": kept}
     folder = f"{candidate.uri}/data-gate/{suite['name']}"
     with tempfile.TemporaryDirectory(prefix="data-gate-") as tmp:
-        validation = validate_frame(frame, suite, Path(tmp))
+        validation = validate_frame(frame, by_gx, Path(tmp))
         checks = interpret_results(
-            validation.result, frame, suite, context_columns(candidate, frame)
+            validation.result, frame, by_gx, context_columns(candidate, frame)
         )
         fs, base = fsspec.core.url_to_fs(folder)
         fs.makedirs(base, exist_ok=True)
         fs.put(validation.data_docs_dir, f"{base}/data_docs", recursive=True)
+    if sampled:
+        checks = _with_exact_row_count(suite, checks, rows_total)
     _write_json(f"{folder}/result.json", validation.result)
     result = DataGateResult(
         passed=not any(c.verdict == "fail" for c in checks),
@@ -359,11 +395,38 @@ def run_data_gate(
         report_uri=f"{folder}/report.md",
         data_docs_uri=f"{folder}/data_docs/index.html",
         rows_validated=len(frame),
+        rows_total=rows_total,
         checks=checks,
     )
     with fsspec.open(result.report_uri, "w") as handle:
         handle.write(data_gate_markdown(result))
     return result
+
+
+_ROW_COUNT = "expect_table_row_count_to_be_between"
+
+
+def _with_exact_row_count(
+    suite: dict[str, Any], checks: list[GateCheck], rows_total: int
+) -> list[GateCheck]:
+    """The checks with the row-count expectation evaluated on the exact count, in suite order."""
+    found = [e for e in suite["expectations"] if e["type"] == _ROW_COUNT]
+    if not found:
+        return checks
+    expectation = found[0]
+    low, high = expectation["kwargs"]["min_value"], expectation["kwargs"]["max_value"]
+    inside = (low is None or rows_total >= low) and (high is None or rows_total <= high)
+    exact = GateCheck(
+        gate="data",
+        name=expectation["meta"]["check"],
+        description=expectation["meta"]["description"],
+        value=float(rows_total),
+        threshold=expectation["meta"]["allowed"],
+        verdict="pass" if inside else "fail",
+        detail="exact count from preprocessing (the other expectations ran on a sample)",
+    )
+    position = suite["expectations"].index(expectation)
+    return [*checks[:position], exact, *checks[position:]]
 
 
 def data_gate_markdown(result: DataGateResult, data_docs_link: str | None = None) -> str:
@@ -376,7 +439,12 @@ def data_gate_markdown(result: DataGateResult, data_docs_link: str | None = None
         f"- Reference: {result.reference_origin} (dataset {result.reference_version})",
         f"- Suite: `{result.suite_name}` ({len(result.checks)} expectations), "
         f"stored at `{result.suite_uri}`",
-        f"- Rows validated: {result.rows_validated:,}",
+        f"- Rows validated: {result.rows_validated:,}"
+        + (
+            f" (a seeded uniform sample of {result.rows_total:,}; the row count is exact)"
+            if result.rows_validated < result.rows_total
+            else ""
+        ),
         f"- Great Expectations Data Docs: {data_docs_link or result.data_docs_uri}",
         "",
     ]
@@ -509,9 +577,12 @@ def validate_dataset_task(
     reference_origin: str,
     suite: dict[str, Any],
     suite_uri: str,
+    max_rows_validated: int | None,
 ) -> DataGateResult:
-    """Run the suite on every row of the candidate in a GX checkpoint."""
-    return run_data_gate(candidate, reference, reference_origin, suite, suite_uri)
+    """Run the suite on the candidate's rows (a sample above the limit) in a GX checkpoint."""
+    return run_data_gate(
+        candidate, reference, reference_origin, suite, suite_uri, max_rows_validated
+    )
 
 
 @task(name="record-data-gate")

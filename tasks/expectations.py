@@ -122,9 +122,19 @@ def _numeric_stats(values: pd.Series) -> dict[str, float | None]:
 
 
 def profile_reference(
-    frame: pd.DataFrame, dataset: DatasetRef, max_listed_categories: int
+    frame: pd.DataFrame,
+    dataset: DatasetRef,
+    max_listed_categories: int,
+    rows_total: int | None = None,
 ) -> ReferenceProfile:
-    """Summarise the reference rows: nulls, ranges, moments, value sets, class shares."""
+    """Summarise the reference rows: nulls, ranges, moments, value sets, class shares.
+
+    Args:
+        frame: The reference rows (all of them, or a uniform sample).
+        dataset: The reference dataset version.
+        max_listed_categories: Columns with more distinct values get no value list.
+        rows_total: The dataset's row count when ``frame`` is a sample.
+    """
     kinds = column_kinds(dataset, list(frame.columns))
     columns: dict[str, ColumnProfile] = {}
     for column, kind in kinds.items():
@@ -150,7 +160,7 @@ def profile_reference(
         dataset_name=dataset.name,
         task=dataset.task,
         target=dataset.target,
-        rows=len(frame),
+        rows=rows_total or len(frame),
         columns=columns,
         class_shares=shares,
     )

@@ -12,6 +12,8 @@ from tasks.data_validation import (
     data_gate_error,
     enforce_data_gate,
     interpret_results,
+    load_validation_frame,
+    run_data_gate,
     validate_frame,
 )
 from tasks.expectations import derive_suite, profile_reference, to_validation_frame
@@ -124,6 +126,7 @@ def test_enforce_raises_with_every_failure_in_words(suite, tmp_path):
         suite_uri="/x/suite.json",
         report_uri="/x/report.md",
         rows_validated=1500,
+        rows_total=1500,
         checks=list(checks.values()),
     )
     with pytest.raises(DataValidationError) as error:
@@ -132,3 +135,53 @@ def test_enforce_raises_with_every_failure_in_words(suite, tmp_path):
     assert message == data_gate_error(result, "toy.csv")
     assert "column set matches the reference" in message and "missing ['city']" in message
     assert "Nothing was trained or registered" in message and "/x/report.md" in message
+
+
+def written_dataset(root: Path, rows: int):
+    """A dataset version on disk: each split as two Parquet parts, like preprocessing writes."""
+    frame = split_rows(rows, seed=4)
+    splits = {"train": frame.iloc[: rows // 2], "validation": frame.iloc[rows // 2 : 3 * rows // 4]}
+    splits["test"] = frame.iloc[3 * rows // 4 :]
+    for split, part in splits.items():
+        (root / split).mkdir(parents=True)
+        half = len(part) // 2
+        part.iloc[:half].to_parquet(root / split / "part-00000.parquet")
+        part.iloc[half:].to_parquet(root / split / "part-00001.parquet")
+    return make_dataset("big").model_copy(
+        update={
+            "uri": str(root),
+            "split_uris": {s: str(root / s) for s in splits},
+            "row_counts": {s: len(p) for s, p in splits.items()},
+        }
+    )
+
+
+def test_a_large_dataset_is_validated_on_a_sample_and_counted_exactly(tmp_path):
+    dataset = written_dataset(tmp_path / "big", 8000)
+    gate = DataGateConfig(min_rows=7000)
+    profile = profile_reference(
+        load_validation_frame(dataset), dataset, 100, rows_total=sum(dataset.row_counts.values())
+    )
+    suite = derive_suite(profile, gate, DATA) | {"name": "big-suite"}
+
+    first = run_data_gate(dataset, dataset, "itself", suite, "/x/suite.json", max_rows=1000)
+    again = run_data_gate(dataset, dataset, "itself", suite, "/x/suite.json", max_rows=1000)
+
+    assert first.passed, [c.summary() for c in first.failures]
+    assert first.rows_total == 8000 and 900 <= first.rows_validated <= 1100
+    assert again.rows_validated == first.rows_validated  # a seeded sample
+    rows = next(c for c in first.checks if c.name == "table.row_count")
+    assert (rows.value, rows.verdict) == (8000.0, "pass")  # not the sample's size
+    assert "exact count" in rows.detail
+    assert [c.name for c in first.checks] == [e["meta"]["check"] for e in suite["expectations"]]
+    assert "a seeded uniform sample of 8,000" in Path(first.report_uri).read_text()
+
+    too_few = derive_suite(profile, DataGateConfig(min_rows=9000), DATA) | {"name": "strict"}
+    strict = run_data_gate(dataset, dataset, "itself", too_few, "/x/s.json", max_rows=1000)
+    assert [c.name for c in strict.failures] == ["table.row_count"]
+
+
+def test_a_small_dataset_is_validated_whole(tmp_path):
+    dataset = written_dataset(tmp_path / "small", 2000)
+    frame = load_validation_frame(dataset, max_rows=5000)
+    assert len(frame) == 2000 and frame["row_id"].is_unique
