@@ -445,7 +445,7 @@ def data_gate_markdown(result: DataGateResult, data_docs_link: str | None = None
             if result.rows_validated < result.rows_total
             else ""
         ),
-        f"- Great Expectations Data Docs: {data_docs_link or result.data_docs_uri}",
+        f"- Great Expectations Data Docs: {_markdown_link(data_docs_link or result.data_docs_uri)}",
         "",
     ]
     if failed:
@@ -454,6 +454,12 @@ def data_gate_markdown(result: DataGateResult, data_docs_link: str | None = None
         lines.append("")
     lines += ["## Every expectation", "", checks_table(result.checks), ""]
     return "\n".join(lines)
+
+
+def _markdown_link(uri: str) -> str:
+    """A clickable markdown link; plain local paths become file URLs."""
+    target = uri if "://" in uri or uri.startswith("file:") else Path(uri).resolve().as_uri()
+    return f"[{uri}]({target})"
 
 
 def data_gate_error(result: DataGateResult, source: str) -> str:

@@ -332,6 +332,14 @@ def _null_expectations(
     ]
 
 
+def _bounds_text(low: float | None, high: float | None) -> str:
+    if low is None:
+        return f"≤ {high:g}"
+    if high is None:
+        return f"≥ {low:g}"
+    return f"in [{low:g}, {high:g}]"
+
+
 def _small_sample_slack(reference_rows: int) -> float:
     """Share of new rows expected beyond a reference's extremes by chance alone, times 2.5."""
     return 5.0 / max(reference_rows, 1)
@@ -348,7 +356,7 @@ def _range_expectations(
                 "expect_column_values_to_be_between",
                 f"column.{column}.declared_range",
                 f"'{column}' within declared bounds",
-                f"every value in [{declared.min}, {declared.max}]",
+                f"every value {_bounds_text(declared.min, declared.max)}",
                 "unexpected_share",
                 column=column,
                 min_value=declared.min,
