@@ -16,7 +16,7 @@ from tasks.data_validation import (
 )
 
 
-@flow(name="data-gate", log_prints=True)
+@flow(name="data-gate", log_prints=True, persist_result=True, result_serializer="json")
 def data_gate_flow(
     config: PipelineConfig, dataset: DatasetRef, parent_run_id: str | None = None
 ) -> DataGateResult:

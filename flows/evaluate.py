@@ -10,7 +10,7 @@ from tasks.evaluation import EvaluationResult, log_evaluation_task, score_model_
 from tasks.training import TrainingResult
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, persist_result=True, result_serializer="json")
 def evaluate_flow(
     config: PipelineConfig,
     dataset: DatasetRef,

@@ -20,7 +20,7 @@ from tasks.promotion import (
 )
 
 
-@flow(name="model-gate", log_prints=True)
+@flow(name="model-gate", log_prints=True, persist_result=True, result_serializer="json")
 def model_gate_flow(
     config: PipelineConfig,
     dataset: DatasetRef,

@@ -7,10 +7,15 @@ from prefect import flow
 from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from mlops.settings import get_settings
-from tasks.preprocessing import fingerprint_source_task, log_dataset_task, preprocess_dataset_task
+from tasks.preprocessing import (
+    ensure_synthetic_source_task,
+    fingerprint_source_task,
+    log_dataset_task,
+    preprocess_dataset_task,
+)
 
 
-@flow(name="preprocess", log_prints=True)
+@flow(name="preprocess", log_prints=True, persist_result=True, result_serializer="json")
 def preprocess_flow(config: PipelineConfig, parent_run_id: str | None = None) -> DatasetRef:
     """Read the source with Dask, clean, split and profile it, and write a dataset version.
 
@@ -21,6 +26,7 @@ def preprocess_flow(config: PipelineConfig, parent_run_id: str | None = None) ->
     Returns:
         A reference to the written (or already present) dataset version.
     """
+    ensure_synthetic_source_task(config.data)
     fingerprint = fingerprint_source_task(config.data)
     dataset = preprocess_dataset_task(config, get_settings().resolved_artifact_store, fingerprint)
     log_dataset_task(config, dataset, parent_run_id)

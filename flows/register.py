@@ -12,7 +12,7 @@ from tasks.registration import register_model_task
 from tasks.training import TrainingResult
 
 
-@flow(name="register", log_prints=True)
+@flow(name="register", log_prints=True, persist_result=True, result_serializer="json")
 def register_flow(
     config: PipelineConfig,
     dataset: DatasetRef,

@@ -12,10 +12,14 @@ from flows.model_gate import model_gate_flow
 from flows.preprocess import preprocess_flow
 from flows.register import register_flow
 from flows.train import train_flow
-from infra.prefect_runtime import without_flow_heartbeats
-from mlops.config import PipelineConfig
+from infra.stage_runner import run_stage, run_stage_for_state, stage_output
+from mlops.config import PipelineConfig, resolve_config
+from mlops.dataset import DatasetRef
+from model_registry.registry import RegisteredVersion
+from tasks.evaluation import EvaluationResult
 from tasks.promotion import GateDecision
 from tasks.tracking import close_pipeline_run_task, open_pipeline_run_task
+from tasks.training import TrainingResult
 
 
 class PipelineResult(BaseModel):
@@ -39,37 +43,27 @@ class PipelineResult(BaseModel):
     training_run_id: str
 
 
+DEFAULT_CONFIG = "configs/fraud_detection.yaml"
+"""The use case a run of the pipeline's deployment trains when no config is given."""
+
+
 def gate_outcome(state: State) -> GateDecision:
-    """The model gate's decision; a gate that errored (not one that rejected) re-raises here."""
-    if state.is_failed() and state.name != "Rejected":
-        state.result()  # raises the stage's exception
-    return state.result(raise_on_failure=False)
+    """The model gate's decision; a gate that errored (not one that rejected) raises here."""
+    if state.name == "Rejected":
+        return GateDecision.model_validate(state.result(raise_on_failure=False))
+    return stage_output(state, "model-gate", GateDecision)
 
 
-@flow(name="retraining-pipeline", log_prints=True)
-def retraining_pipeline_flow(config: PipelineConfig) -> PipelineResult | State:
-    """Run every stage of the pipeline for one use case.
-
-    Each stage is its own flow (a sub-flow run here) and nests its MLflow run under the
-    pipeline's parent run. Bad data stops the run at the data gate, before training. A candidate
-    the model gate rejects keeps ``challenger``, and this run ends in a state named "Rejected".
-    """
-    parent = open_pipeline_run_task(config)
-    try:
-        with without_flow_heartbeats():
-            dataset = preprocess_flow(config, parent)
-            checked = data_gate_flow(config, dataset, parent) if config.data_gate.enabled else None
-            training = train_flow(config, dataset, parent)
-            evaluation = evaluate_flow(config, dataset, training, parent)
-            registered = register_flow(config, dataset, training, evaluation, parent)
-            gate_state = model_gate_flow(
-                config, dataset, registered, checked, parent, return_state=True
-            )
-            decision = gate_outcome(gate_state)
-    except BaseException as error:
-        close_pipeline_run_task(config, parent, None, error=f"{type(error).__name__}: {error}")
-        raise
-    result = PipelineResult(
+def summarise_pipeline(
+    dataset: DatasetRef,
+    training: TrainingResult,
+    evaluation: EvaluationResult,
+    registered: RegisteredVersion,
+    decision: GateDecision,
+    pipeline_run_id: str,
+) -> PipelineResult:
+    """What the stages produced, in one record for the CLI, the UI and the next pipeline."""
+    return PipelineResult(
         model_name=registered.name,
         model_version=registered.version,
         alias="champion" if decision.verdict == "promoted" else registered.alias,
@@ -86,9 +80,66 @@ def retraining_pipeline_flow(config: PipelineConfig) -> PipelineResult | State:
         primary_metric=decision.primary_metric,
         dataset_version=dataset.version,
         dataset_uri=dataset.uri,
-        pipeline_run_id=parent,
+        pipeline_run_id=pipeline_run_id,
         training_run_id=training.run_id,
     )
+
+
+@flow(
+    name="retraining-pipeline",
+    log_prints=True,
+    persist_result=True,
+    result_serializer="json",
+)
+def retraining_pipeline_flow(
+    config: PipelineConfig | str = DEFAULT_CONFIG,
+) -> PipelineResult | State:
+    """Run every stage of the pipeline for one use case.
+
+    Each stage is its own flow run, a child of this one: a sub-flow in this process, or a run
+    of the stage's own deployment on its own work pool (``MLOPS_STAGE_RUNNER=deployments``).
+    Each nests its MLflow run under the pipeline's parent run. Bad data stops the run at the
+    data gate, before training. A candidate the model gate rejects keeps ``challenger``, and
+    this run ends in a state named "Rejected".
+
+    Args:
+        config: The use case: a YAML path relative to the project (``configs/<name>.yaml``)
+            or the whole config.
+    """
+    config = resolve_config(config)
+    parent = open_pipeline_run_task(config)
+    try:
+        dataset = run_stage(preprocess_flow, config=config, parent_run_id=parent)
+        checked = None
+        if config.data_gate.enabled:
+            checked = run_stage(
+                data_gate_flow, config=config, dataset=dataset, parent_run_id=parent
+            )
+        training = run_stage(train_flow, config=config, dataset=dataset, parent_run_id=parent)
+        evaluation = run_stage(
+            evaluate_flow, config=config, dataset=dataset, training=training, parent_run_id=parent
+        )
+        registered = run_stage(
+            register_flow,
+            config=config,
+            dataset=dataset,
+            training=training,
+            evaluation=evaluation,
+            parent_run_id=parent,
+        )
+        gate_state = run_stage_for_state(
+            model_gate_flow,
+            config=config,
+            dataset=dataset,
+            candidate=registered,
+            data_gate=checked,
+            parent_run_id=parent,
+        )
+        decision = gate_outcome(gate_state)
+    except BaseException as error:
+        close_pipeline_run_task(config, parent, None, error=f"{type(error).__name__}: {error}")
+        raise
+    result = summarise_pipeline(dataset, training, evaluation, registered, decision, parent)
     summary = {f"test_{k}": v for k, v in evaluation.metrics.items()} | {
         "model.version": registered.version,
         "model.alias": result.alias,

@@ -12,7 +12,7 @@ from mlops.settings import get_settings
 from tasks.training import TrainingResult, log_training_task, train_model_task
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, persist_result=True, result_serializer="json")
 def train_flow(
     config: PipelineConfig, dataset: DatasetRef, parent_run_id: str | None = None
 ) -> TrainingResult:

@@ -61,23 +61,15 @@ def config_for_file(data: str, target: str, task: str | None, name: str | None) 
     return parse_config(raw, origin="the command line")
 
 
-def ensure_synthetic_source(config: PipelineConfig) -> None:
-    """Generate the config's synthetic source if it is declared and not there yet."""
-    synthetic = config.data.synthetic
-    if synthetic is None or Path(config.data.source).exists() or "://" in config.data.source:
-        return
-    from mlops.synthetic import write_dataset
-
-    typer.echo(
-        f"Generating {synthetic.rows:,} rows of '{synthetic.generator}' data -> {config.data.source}"
-    )
-    write_dataset(synthetic.generator, synthetic.rows, config.data.source, seed=synthetic.seed)
-
-
 def preflight(config: PipelineConfig) -> None:
-    """Cheap checks before any service starts: the file opens and the named columns exist."""
-    from tasks.preprocessing import infer_schema, open_source, read_head
+    """Cheap checks before any service starts: the file opens and the named columns exist.
 
+    A declared synthetic source is generated first, with progress on the terminal.
+    """
+    from tasks.preprocessing import ensure_synthetic_source, infer_schema, open_source, read_head
+
+    if ensure_synthetic_source(config.data):
+        typer.echo(f"Generated {config.data.synthetic.rows:,} rows -> {config.data.source}")
     source = open_source(config.data)
     infer_schema(read_head(source, config.data.source, rows=1000), config.data, config.features)
 
@@ -114,7 +106,6 @@ def run(
             pipeline_config = config_for_file(data, target, task.value if task else None, name)
         else:
             raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
-        ensure_synthetic_source(pipeline_config)
         preflight(pipeline_config)
         from flows.retrain import retraining_pipeline_flow
         from infra.prefect_runtime import without_flow_heartbeats
@@ -174,7 +165,10 @@ def _print_summary(config: PipelineConfig, result: Any, seconds: float) -> None:
     typer.echo(f"  MLflow store     : {uri}")
     typer.echo(f"  Pipeline run     : {result.pipeline_run_id}")
     typer.echo("\nWhere to look:")
-    typer.echo("  mlops ui            # then open http://127.0.0.1:5000")
+    if uri.startswith("http"):
+        typer.echo(f"  MLflow UI: {uri}")
+    else:
+        typer.echo("  mlops ui            # then open http://127.0.0.1:5000")
     typer.echo(
         f"  -> Experiments > {config.experiment_name}: the pipeline run with nested "
         "preprocess/data-gate/train/evaluate/register/model-gate runs, metrics and plots"
@@ -228,6 +222,11 @@ def ui(
     """Start the MLflow UI on the project's tracking store (Ctrl-C to stop)."""
     settings = get_settings()
     uri = settings.resolved_tracking_uri
+    if uri.startswith("http"):
+        typer.echo(
+            f"The MLflow UI is already served at {uri} (the local stack, or MLFLOW_TRACKING_URI)."
+        )
+        return
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
@@ -246,6 +245,186 @@ def ui(
     typer.echo(f"MLflow UI on http://{host}:{port} (store: {uri})")
     typer.echo("  " + " ".join(command))
     raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
+
+
+# ---------------------------------------------------------------- the local stack
+
+
+@app.command()
+def up(
+    prefect_port: Annotated[
+        int | None, typer.Option(help="Prefect server port [default: 4200, MLOPS_PREFECT_PORT].")
+    ] = None,
+    mlflow_port: Annotated[
+        int | None, typer.Option(help="MLflow server port [default: 5000, MLOPS_MLFLOW_PORT].")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind [default: 127.0.0.1, MLOPS_STACK_HOST].")
+    ] = None,
+    project_dir: Annotated[
+        Path | None, typer.Option(help="Directory with prefect.yaml [default: this project].")
+    ] = None,
+) -> None:
+    """Start the local stack in the background: Prefect server, MLflow server, work pools,
+    deployments (prefect deploy --all) and one worker per pool.
+
+    State lives under .mlops/ (SQLite databases, artifacts, logs in .mlops/stack/logs).
+    Running it again keeps what runs and restarts what died. Stop it with `mlops down`.
+    """
+    from infra.stack import StackOptions, bring_up, find_project_dir
+
+    settings = get_settings()
+    try:
+        asked = StackOptions(
+            find_project_dir(project_dir) if project_dir else None, host, prefect_port, mlflow_port
+        )
+        defaults = StackOptions(
+            find_project_dir(None), settings.stack_host, settings.prefect_port, settings.mlflow_port
+        )
+        state = bring_up(settings.home_dir, asked, defaults, say=typer.echo)
+    except MlopsError as error:
+        _fail(error)
+    _print_stack_urls(state)
+
+
+def _print_stack_urls(state: Any) -> None:
+    typer.secho("\nThe stack is up.", fg=typer.colors.GREEN, bold=True)
+    typer.echo(f"  Prefect UI : {state.prefect_url}   (flow runs, deployments, work pools)")
+    typer.echo(f"  MLflow UI  : {state.mlflow_url}   (runs, metrics, plots, the model registry)")
+    typer.echo("  Trigger    : mlops trigger [--config configs/<use case>.yaml]")
+    typer.echo("  Status     : mlops status")
+    typer.echo("  Stop       : mlops down")
+
+
+@app.command()
+def status() -> None:
+    """Show each component of the local stack with its pid, URL and health (exit 1 if any is down)."""
+    from infra.stack import read_state, stack_status
+
+    state = read_state(get_settings().home_dir)
+    if state is None:
+        typer.echo("No local stack is running here (start one with `mlops up`).")
+        raise typer.Exit(1)
+    rows = stack_status(state)
+    typer.echo(f"Local stack in {state.home} (project {state.project_dir})")
+    typer.echo(f"  {'component':<26} {'pid':>7}  {'status':<28} url")
+    for row in rows:
+        colour = typer.colors.GREEN if row.healthy else typer.colors.RED
+        pid = str(row.pid) if row.pid else "-"
+        typer.echo(f"  {row.name:<26} {pid:>7}  ", nl=False)
+        typer.secho(f"{row.detail:<28}", fg=colour, nl=False)
+        typer.echo(f" {row.url or ''}")
+    if not all(row.healthy for row in rows):
+        typer.echo("Some components are down: `mlops up` restarts them.")
+        raise typer.Exit(1)
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `mlops up` started here (by recorded pid; safe to run twice)."""
+    from infra.stack import bring_down
+
+    bring_down(get_settings().home_dir, say=typer.echo)
+
+
+@app.command()
+def trigger(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Use-case YAML; default: the deployment's own parameters."
+        ),
+    ] = None,
+    deployment: Annotated[str, typer.Option(help="Deployment to run, as FLOW/DEPLOYMENT.")] = (
+        "retraining-pipeline/retraining-pipeline"
+    ),
+    wait: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop following after this many seconds.")
+    ] = None,
+) -> None:
+    """Run the retraining pipeline's deployment on the Prefect server (the local stack unless
+    PREFECT_API_URL says otherwise) and follow its stages as workers run them.
+
+    Exit status as for `mlops run`: 0 promoted, 2 bad input (data gate), 3 rejected, 1 other
+    failures (a stage crashed, no worker).
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(
+            ConfigError(
+                "No Prefect server to trigger on: start the local stack with `mlops up`, or "
+                "set PREFECT_API_URL to a server where the project is deployed."
+            )
+        )
+    parameters: dict[str, Any] = {}
+    try:
+        if config is not None:
+            parsed = load_config(config)
+            parameters["config"] = _with_absolute_source(parsed).model_dump(mode="json")
+        from infra.deployments import trigger as trigger_deployment
+
+        flow_run = trigger_deployment(deployment, parameters)
+    except MlopsError as error:
+        _fail(error)
+    ui = os.environ["PREFECT_API_URL"].removesuffix("/").removesuffix("/api")
+    typer.echo(f"Triggered {deployment}: flow run '{flow_run.name}'")
+    typer.echo(f"  {ui}/runs/flow-run/{flow_run.id}")
+    if not wait:
+        return
+    _follow_pipeline(flow_run.id, timeout, pipeline_config=parameters.get("config"))
+
+
+def _with_absolute_source(config: PipelineConfig) -> PipelineConfig:
+    """A relative local data path made absolute, so a worker in another directory finds it."""
+    source = config.data.source
+    if "://" in source or Path(source).is_absolute():
+        return config
+    data = config.data.model_copy(update={"source": str(Path(source).resolve())})
+    return config.model_copy(update={"data": data})
+
+
+def _follow_pipeline(flow_run_id: Any, timeout: float | None, pipeline_config: Any) -> None:
+    from infra.deployments import follow
+
+    def report(event: Any) -> None:
+        minutes, seconds = divmod(int(event.elapsed_s), 60)
+        pool = event.run.work_pool_name or "-"
+        colour = {"Completed": typer.colors.GREEN, "Running": typer.colors.CYAN}.get(
+            event.state_name, typer.colors.RED if event.run.state.is_final() else None
+        )
+        typer.echo(f"  [{minutes:02d}:{seconds:02d}] {event.flow_name:<22} ", nl=False)
+        typer.secho(f"{event.state_name:<10}", fg=colour, nl=False)
+        typer.echo(f" {pool:<18} {event.run.name}")
+
+    started = time.perf_counter()
+    run = follow(flow_run_id, report, timeout_s=timeout)
+    state = run.state
+    if state is None or not state.is_final():
+        typer.echo(f"Still {state.name if state else 'pending'} after {timeout:.0f}s; not waiting.")
+        raise typer.Exit(1)
+    try:
+        if state.is_failed() and state.name != "Rejected":
+            state.result()  # raises what stopped the pipeline
+            raise MlopsError(f"The pipeline ended {state.name}: {state.message}")
+        from flows.retrain import PipelineResult
+
+        result = PipelineResult.model_validate(state.result(raise_on_failure=False))
+    except MlopsError as error:
+        _fail(error)
+    except Exception as error:
+        _fail(MlopsError(f"The pipeline ended {state.name}: {error}"))
+    config = load_config_for_summary(pipeline_config, result)
+    _print_summary(config, result, time.perf_counter() - started)
+    if result.decision == "rejected":
+        raise typer.Exit(REJECTED_EXIT_CODE)
+
+
+def load_config_for_summary(raw: Any, result: Any) -> Any:
+    """The config the summary names (experiment); the deployment default if none was passed."""
+    from flows.retrain import DEFAULT_CONFIG
+    from mlops.config import resolve_config
+
+    return parse_config(raw) if raw else resolve_config(DEFAULT_CONFIG)
 
 
 @app.command("check-config")

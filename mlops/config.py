@@ -351,3 +351,17 @@ def load_config(path: str | Path) -> PipelineConfig:
             f"Config file {path} must hold a mapping of keys, not {type(raw).__name__}."
         )
     return parse_config(raw, origin=str(path))
+
+
+def resolve_config(config: PipelineConfig | str | Path) -> PipelineConfig:
+    """The config itself, or the use-case YAML it names.
+
+    A deployment's parameter can be either: a path such as ``configs/fraud_detection.yaml``
+    (relative to the project directory the flow runs in) or the whole config as a mapping.
+
+    Raises:
+        ConfigError: if a named file is missing or invalid.
+    """
+    if isinstance(config, PipelineConfig):
+        return config
+    return load_config(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,26 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLOPS_DASK_SCHEDULER_ADDRESS", "DASK_SCHEDULER_ADDRESS"),
         description="Existing Dask scheduler to train on; default: a LocalCluster per run.",
     )
+    stage_runner: Literal["in-process", "deployments"] = Field(
+        default="in-process",
+        description="How the retraining pipeline runs its stages: as sub-flows in its own "
+        "process, or as runs of each stage's deployment on its own work pool "
+        "(set for the pipeline deployment in prefect.yaml).",
+    )
+    stage_start_timeout_s: float = Field(
+        default=600,
+        gt=0,
+        description="A stage run that no worker has started after this long is cancelled and "
+        "fails the pipeline (its work pool has no live worker).",
+    )
+    stage_poll_s: float = Field(
+        default=1.0, gt=0, description="How often the pipeline checks on a stage run."
+    )
+    stack_host: str = Field(
+        default="127.0.0.1", description="Interface the local stack's servers bind (mlops up)."
+    )
+    prefect_port: int = Field(default=4200, description="Prefect server port of the local stack.")
+    mlflow_port: int = Field(default=5000, description="MLflow server port of the local stack.")
 
     @property
     def home_dir(self) -> Path:
@@ -67,8 +88,11 @@ def configure_environment(settings: Settings) -> None:
     """Point Prefect at a SQLite-backed API under the local state folder and quiet noisy libraries.
 
     Only fills in variables the user has not set, so ``PREFECT_API_URL`` (a running
-    server) or a custom ``PREFECT_HOME`` always wins. Must run before Prefect is imported.
+    server) or a custom ``PREFECT_HOME`` always wins. When the local stack (``mlops up``) is
+    running under the same home, its Prefect and MLflow servers are used. Must run before
+    Prefect is imported.
     """
+    use_local_stack(settings)
     if "PREFECT_HOME" not in os.environ:
         prefect_home = settings.home_dir / "prefect"
         prefect_home.mkdir(parents=True, exist_ok=True)  # its SQLite file cannot create folders
@@ -85,3 +109,25 @@ def configure_environment(settings: Settings) -> None:
         "GX_ANALYTICS_ENABLED", "false"
     )  # Great Expectations phones home otherwise
     os.environ.setdefault("MPLCONFIGDIR", str(settings.home_dir / "cache" / "matplotlib"))
+
+
+def use_local_stack(settings: Settings) -> bool:
+    """Point Prefect and MLflow at the local stack's servers if it runs; returns whether it does.
+
+    Variables the user has set are kept. Only the recorded servers' processes are checked (no
+    network call), so a command started beside a running stack shows up in its UIs.
+    """
+    from infra.stack import MLFLOW_SERVER, PREFECT_SERVER, is_alive, read_state
+
+    state = read_state(settings.home_dir)
+    if state is None:
+        return False
+    prefect = state.processes.get(PREFECT_SERVER)
+    mlflow = state.processes.get(MLFLOW_SERVER)
+    if prefect is None or mlflow is None or not (is_alive(prefect) and is_alive(mlflow)):
+        return False
+    os.environ.setdefault("PREFECT_API_URL", state.prefect_api_url)
+    if settings.tracking_uri is None:
+        os.environ["MLFLOW_TRACKING_URI"] = state.mlflow_url
+        get_settings.cache_clear()
+    return True

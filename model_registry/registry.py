@@ -127,9 +127,12 @@ def register_model_version(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=description or None)
-    version = str(
-        client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags)).version
+    # A logged model's URI is models:/<model id>; a tracking server wants that id named too.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    created = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=dict(tags), model_id=model_id
     )
+    version = str(created.version)
     try:
         client.set_registered_model_alias(name, CHALLENGER, version)
     except Exception:

@@ -25,6 +25,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
+from infra.caching import CACHE_EXPIRATION, inputs_and_code
 from mlops.config import DataConfig, DataGateConfig, PipelineConfig
 from mlops.dataset import SPLITS, DatasetRef
 from mlops.errors import DataValidationError
@@ -563,7 +564,7 @@ def log_data_gate(
 # ---------------------------------------------------------------- Prefect tasks
 
 
-@task(name="find-reference-dataset")
+@task(name="find-reference-dataset", retries=2, retry_delay_seconds=[2, 10])
 def find_reference_task(config: PipelineConfig, candidate: DatasetRef) -> tuple[DatasetRef, str]:
     """Find the champion's training data (or use the candidate as the first reference)."""
     client, _ = experiment_for(config)
@@ -576,7 +577,12 @@ def derive_suite_task(config: PipelineConfig, reference: DatasetRef) -> tuple[di
     return load_or_derive_suite(reference, config.data_gate, config.data)
 
 
-@task(name="validate-dataset")
+@task(
+    name="validate-dataset",
+    cache_policy=inputs_and_code("tasks.data_validation", "tasks.expectations", "mlops.gates"),
+    cache_expiration=CACHE_EXPIRATION,
+    result_serializer="json",
+)
 def validate_dataset_task(
     candidate: DatasetRef,
     reference: DatasetRef,

@@ -218,7 +218,7 @@ def score_model_on_split(
     return frame[TARGET_COLUMN].to_numpy(dtype="float64"), scores
 
 
-@task(name="score-model", retries=1, retry_delay_seconds=5)
+@task(name="score-model", retries=1, retry_delay_seconds=5, persist_result=False)
 def score_model_task(
     model_uri: str, dataset: DatasetRef, split: str
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -23,6 +24,7 @@ import pyarrow as pa
 from mlflow.tracking import MlflowClient
 from prefect import task
 
+from infra.caching import CACHE_EXPIRATION, inputs_and_code
 from mlops.config import DataConfig, FeatureConfig, PipelineConfig, SplitConfig, TaskType
 from mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef, MetaFeatures
 from mlops.errors import DataError
@@ -614,7 +616,37 @@ def _check_split_sizes(split_counts: pd.Series, source: str) -> None:
         )
 
 
+# ---------------------------------------------------------------- synthetic sources
+
+
+def ensure_synthetic_source(data: DataConfig) -> bool:
+    """Generate a declared synthetic source if its file is not there yet.
+
+    Returns:
+        Whether a file was generated.
+    """
+    synthetic = data.synthetic
+    if synthetic is None or "://" in data.source or Path(data.source).exists():
+        return False
+    from mlops.synthetic import write_dataset
+
+    logger.info(
+        "Generating %s rows of '%s' data -> %s",
+        f"{synthetic.rows:,}",
+        synthetic.generator,
+        data.source,
+    )
+    write_dataset(synthetic.generator, synthetic.rows, data.source, seed=synthetic.seed)
+    return True
+
+
 # ---------------------------------------------------------------- Prefect tasks
+
+
+@task(name="ensure-synthetic-source")
+def ensure_synthetic_source_task(data: DataConfig) -> bool:
+    """Generate the config's synthetic source on first use (the demo's data)."""
+    return ensure_synthetic_source(data)
 
 
 @task(name="fingerprint-source", retries=2, retry_delay_seconds=[2, 10])
@@ -623,7 +655,12 @@ def fingerprint_source_task(data: DataConfig) -> str:
     return fingerprint_source(data)
 
 
-@task(name="preprocess-dataset")
+@task(
+    name="preprocess-dataset",
+    cache_policy=inputs_and_code("tasks.preprocessing", "mlops.features", "mlops.dataset"),
+    cache_expiration=CACHE_EXPIRATION,
+    result_serializer="json",
+)
 def preprocess_dataset_task(
     config: PipelineConfig, store: str, source_fingerprint: str
 ) -> DatasetRef:

@@ -95,7 +95,7 @@ def rejected_state(decision: GateDecision) -> State:
     )
 
 
-@task(name="find-champion")
+@task(name="find-champion", retries=2, retry_delay_seconds=[2, 10])
 def find_champion_task(config: PipelineConfig) -> ChampionRef | None:
     """The current champion of the config's model, or None."""
     client, _ = experiment_for(config)

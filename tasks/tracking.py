@@ -47,7 +47,7 @@ def lineage_tags(config: PipelineConfig) -> dict[str, str]:
     }
 
 
-@task(name="open-pipeline-run")
+@task(name="open-pipeline-run", retries=3, retry_delay_seconds=[2, 10, 30])
 def open_pipeline_run_task(config: PipelineConfig) -> str:
     """Create the pipeline's parent MLflow run; stages nest their runs under it."""
     client, experiment_id = experiment_for(config)
@@ -59,7 +59,7 @@ def open_pipeline_run_task(config: PipelineConfig) -> str:
     return run_id
 
 
-@task(name="close-pipeline-run")
+@task(name="close-pipeline-run", retries=3, retry_delay_seconds=[2, 10, 30])
 def close_pipeline_run_task(
     config: PipelineConfig, run_id: str, summary: dict[str, Any] | None, error: str | None = None
 ) -> None:

@@ -434,7 +434,7 @@ def log_dataset_inputs(run_id: str, dataset: DatasetRef) -> None:
             mlflow.log_input(meta, context=context)
 
 
-@task(name="train-lightgbm-on-dask", timeout_seconds=6 * 3600)
+@task(name="train-lightgbm-on-dask", timeout_seconds=6 * 3600, persist_result=False)
 def train_model_task(dataset: DatasetRef, training: TrainingConfig, work_uri: str) -> TrainedModel:
     """Build the Dask cluster, train, and tear the cluster down."""
     logger = get_run_logger()

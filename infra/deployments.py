@@ -1,0 +1,88 @@
+"""Triggering a deployment from outside Prefect and following its run and its stage runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+from mlops.errors import MlopsError
+
+PIPELINE_DEPLOYMENT = "retraining-pipeline/retraining-pipeline"
+
+
+class DeploymentNotFound(MlopsError):
+    """The named deployment does not exist on the Prefect server."""
+
+
+def trigger(deployment: str, parameters: dict[str, Any] | None = None) -> FlowRun:
+    """Create a run of ``deployment`` now and return it without waiting.
+
+    Raises:
+        DeploymentNotFound: naming the deployment and how to create it.
+    """
+    try:
+        return run_deployment(deployment, parameters=parameters or {}, timeout=0)
+    except ObjectNotFound:
+        raise DeploymentNotFound(
+            f"Deployment '{deployment}' not found on the Prefect server. Deploy the project "
+            "first: `mlops up` does it locally, `prefect deploy --all` against another server."
+        ) from None
+
+
+class RunEvent:
+    """A run (the pipeline's or a stage's) that entered a new state."""
+
+    def __init__(self, run: FlowRun, flow_name: str, elapsed_s: float) -> None:
+        self.run = run
+        self.flow_name = flow_name
+        self.elapsed_s = elapsed_s
+
+    @property
+    def state_name(self) -> str:
+        return self.run.state.name if self.run.state else "Unknown"
+
+
+def follow(
+    flow_run_id: UUID,
+    on_event: Callable[[RunEvent], None],
+    timeout_s: float | None = None,
+    poll_s: float = 2.0,
+) -> FlowRun:
+    """Poll a run and its child runs, reporting each state change, until the run is final.
+
+    Returns:
+        The run in its final state, or as it is when ``timeout_s`` runs out.
+    """
+    started = time.monotonic()
+    seen: dict[UUID, str] = {}
+    flow_names: dict[UUID, str] = {}
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            )
+            for item in [run, *children]:
+                state = item.state.name if item.state else "Unknown"
+                if seen.get(item.id) != state:
+                    seen[item.id] = state
+                    if item.flow_id not in flow_names:
+                        flow_names[item.flow_id] = client.read_flow(item.flow_id).name
+                    on_event(RunEvent(item, flow_names[item.flow_id], time.monotonic() - started))
+            if run.state is not None and run.state.is_final():
+                return run
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                return run
+            time.sleep(poll_s)
