@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo test test-unit test-integration lint format ui benchmark lock clean
+.PHONY: help install demo run up status down trigger browser test test-unit test-integration test-stack lint format ui benchmark lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -18,10 +18,32 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)  ## Create .venv with the pinned dependencies
 
-demo: $(STAMP)  ## Run the whole pipeline on the bundled fraud-detection use case
+demo: $(STAMP)  ## Start the local stack, run the retraining pipeline deployment on it, leave it up
+	$(BIN)/mlops up
+	$(BIN)/mlops trigger --config configs/fraud_detection.yaml
+	@echo ""
+	@$(BIN)/mlops status --urls
+	@echo "The stack keeps running. Stop it with: .venv/bin/mlops down   (or: make down)"
+
+run: $(STAMP)  ## Run the pipeline in this process, no stack needed (stages as sub-flows)
 	$(BIN)/mlops run --config configs/fraud_detection.yaml
 
-test: $(STAMP)  ## Run the whole suite (unit, data checks, model checks, integration)
+up: $(STAMP)  ## Start the local stack (Prefect + MLflow servers, a worker per pool) in the background
+	$(BIN)/mlops up
+
+status: $(STAMP)  ## Show the local stack's components and their health
+	$(BIN)/mlops status
+
+down: $(STAMP)  ## Stop everything `mlops up` started
+	$(BIN)/mlops down
+
+trigger: $(STAMP)  ## Trigger the retraining-pipeline deployment on the running stack and follow it
+	$(BIN)/mlops trigger
+
+browser:  ## Install Debian's Chromium for the UI test when missing (needs root)
+	@bash infra/local/install_chromium.sh
+
+test: $(STAMP) browser  ## Run the whole suite (unit, data/model checks, integration, the local stack)
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)  ## Unit tests and the offline data/model check suites (seconds)
@@ -29,6 +51,9 @@ test-unit: $(STAMP)  ## Unit tests and the offline data/model check suites (seco
 
 test-integration: $(STAMP)  ## Integration tests against real Prefect, Dask and MLflow
 	$(BIN)/python -m pytest tests/integration
+
+test-stack: $(STAMP) browser  ## The local stack end to end: deployments, a killed worker, the UIs
+	$(BIN)/python -m pytest tests/stack
 
 lint: $(STAMP)  ## ruff check + format check
 	$(BIN)/ruff check .
@@ -50,5 +75,6 @@ lock:  ## Re-resolve requirements.in into requirements.lock (needs the registry)
 	.lock-venv/bin/python -m pip freeze --all | grep -v -e '^pip==' -e '^-e' > requirements.lock
 	rm -rf .lock-venv
 
-clean:  ## Remove local state (.mlops) and the virtual environment
+clean:  ## Stop the local stack, remove local state (.mlops) and the virtual environment
+	-@test -x $(BIN)/mlops && $(BIN)/mlops down
 	rm -rf .mlops $(VENV)

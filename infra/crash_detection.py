@@ -68,3 +68,17 @@ def ensure_crash_detection(client: SyncPrefectClient, silence: timedelta = SILEN
         return False
     client.create_automation(crash_silent_runs_automation(silence))
     return True
+
+
+def main() -> int:
+    """Create the automation on the server ``PREFECT_API_URL`` names (production setup)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        created = ensure_crash_detection(client)
+    print(f"Automation '{AUTOMATION_NAME}': {'created' if created else 'already present'}.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

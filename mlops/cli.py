@@ -297,7 +297,9 @@ def _print_stack_urls(state: Any) -> None:
 
 
 @app.command()
-def status() -> None:
+def status(
+    urls: Annotated[bool, typer.Option("--urls", help="Print only where to open the UIs.")] = False,
+) -> None:
     """Show each component of the local stack with its pid, URL and health (exit 1 if any is down)."""
     from infra.stack import read_state, stack_status
 
@@ -305,6 +307,9 @@ def status() -> None:
     if state is None:
         typer.echo("No local stack is running here (start one with `mlops up`).")
         raise typer.Exit(1)
+    if urls:
+        typer.echo(f"Prefect UI: {state.prefect_url}   MLflow UI: {state.mlflow_url}")
+        return
     rows = stack_status(state)
     typer.echo(f"Local stack in {state.home} (project {state.project_dir})")
     typer.echo(f"  {'component':<26} {'pid':>7}  {'status':<28} url")

@@ -1,4 +1,4 @@
-"""prefect.yaml: every deployment points at a real flow, on its own work pool."""
+"""prefect.yaml and its production profile: real flows, a pool per kind of work, settings set."""
 
 import importlib
 import re
@@ -6,19 +6,33 @@ from pathlib import Path
 
 import yaml
 from prefect import Flow
+from prefect.client.schemas.schedules import CronSchedule
 
-PROJECT = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+from infra.crash_detection import HEARTBEAT_SECONDS
+from infra.deploy_check import placeholders
+from mlops.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+PRODUCTION_TEXT = (ROOT / "prefect.production.yaml").read_text()
+PRODUCTION = yaml.safe_load(PRODUCTION_TEXT)
 
 
-def test_every_entrypoint_is_a_prefect_flow():
-    for deployment in PROJECT["deployments"]:
-        path, name = deployment["entrypoint"].split(":")
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        assert isinstance(getattr(module, name), Flow), deployment["entrypoint"]
+def flow_of(deployment: dict) -> Flow:
+    path, name = deployment["entrypoint"].split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+def test_every_entrypoint_is_a_prefect_flow_named_like_its_deployment():
+    for deployment in LOCAL["deployments"] + PRODUCTION["deployments"]:
+        flow = flow_of(deployment)
+        assert isinstance(flow, Flow), deployment["entrypoint"]
+        # The pipeline finds a stage's deployment as "<flow name>/<flow name>".
+        assert flow.name == deployment["name"]
 
 
 def test_deployments_are_kebab_case_on_a_pool_per_kind_of_work():
-    pools = {d["name"]: d["work_pool"]["name"] for d in PROJECT["deployments"]}
+    pools = {d["name"]: d["work_pool"]["name"] for d in LOCAL["deployments"]}
     assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", n) for n in pools)
     assert pools == {
         "preprocess": "etl-pool",
@@ -29,3 +43,47 @@ def test_deployments_are_kebab_case_on_a_pool_per_kind_of_work():
         "register": "deploy-pool",
         "retraining-pipeline": "orchestrator-pool",
     }
+
+
+def test_every_run_sends_heartbeats_and_the_pipeline_runs_stages_as_deployments():
+    for profile in (LOCAL, PRODUCTION):
+        for deployment in profile["deployments"]:
+            env = deployment["work_pool"]["job_variables"]["env"]
+            assert env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS)
+            runner = env.get("MLOPS_STAGE_RUNNER")
+            is_pipeline = deployment["name"] == "retraining-pipeline"
+            assert runner == ("deployments" if is_pipeline else None), deployment["name"]
+
+
+def test_the_pipeline_is_scheduled_and_its_default_config_exists():
+    for profile in (LOCAL, PRODUCTION):
+        (pipeline,) = [d for d in profile["deployments"] if d["name"] == "retraining-pipeline"]
+        (schedule,) = pipeline["schedules"]
+        CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises if invalid
+        config = load_config(ROOT / pipeline["parameters"]["config"])
+        assert config.model.name == "fraud-detector"
+
+
+def test_the_production_profile_mirrors_the_local_one_in_images():
+    local = {d["name"]: (d["entrypoint"], d["work_pool"]["name"]) for d in LOCAL["deployments"]}
+    production = {
+        d["name"]: (d["entrypoint"], d["work_pool"]["name"]) for d in PRODUCTION["deployments"]
+    }
+    assert production == local
+    for deployment in PRODUCTION["deployments"]:
+        variables = deployment["work_pool"]["job_variables"]
+        assert re.fullmatch(
+            r"\{\{ \$MLOPS_IMAGE_REPOSITORY \}\}/prefect-mlops-[a-z-]+:\{\{ \$MLOPS_IMAGE_TAG \}\}",
+            variables["image"],
+        )
+        assert variables["namespace"] == "{{ $MLOPS_K8S_NAMESPACE }}"
+
+
+def test_every_production_setting_is_documented_and_passed_by_ci():
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    deploy_env = workflow["jobs"]["deploy"]["env"]
+    for name in placeholders(PRODUCTION_TEXT):
+        assert f"`{name}`" in operations, name
+        assert name in deploy_env, name
+    assert {"PREFECT_API_URL", "PREFECT_API_KEY"} <= set(deploy_env)
