@@ -8,6 +8,7 @@ mistaken for ours) in ``<home>/stack/stack.json``. ``mlops down`` stops exactly 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -59,6 +61,8 @@ class StackState(BaseModel):
     prefect_port: int
     mlflow_port: int
     processes: dict[str, ProcessRecord] = {}
+    deployed: str | None = None
+    """Fingerprint of prefect.yaml and flows/ when they were last deployed to this stack."""
 
     @property
     def prefect_url(self) -> str:
@@ -363,6 +367,7 @@ class StackOptions:
     host: str | None = None
     prefect_port: int | None = None
     mlflow_port: int | None = None
+    redeploy: bool = False
 
 
 def bring_up(
@@ -416,7 +421,7 @@ def bring_up(
             f"  {spec.name:<26} {spec.url}  started (pid {record.pid}), healthy after {seconds:.1f} s"
         )
     pools = project_pools(project_dir)
-    _prepare_prefect(state, pools, say)
+    _prepare_prefect(state, pools, asked.redeploy, say)
     for pool in pools:
         _ensure_worker(state, pool, say)
     with prefect_api(state):
@@ -424,6 +429,11 @@ def bring_up(
             wait_until(lambda p=pool: _pool_has_online_worker(p), 60, f"worker for {pool}")
     say("All workers online.")
     return state
+
+
+def _placement(options: StackOptions) -> dict[str, Any]:
+    """The options that say where the stack runs (not what to do on this call)."""
+    return {k: getattr(options, k) for k in ("project_dir", "host", "prefect_port", "mlflow_port")}
 
 
 def _state_to_reuse(home: Path, asked: StackOptions, defaults: StackOptions) -> StackState:
@@ -434,7 +444,7 @@ def _state_to_reuse(home: Path, asked: StackOptions, defaults: StackOptions) -> 
         )
         differs = [
             f"{key} {getattr(running, key)} (asked: {value})"
-            for key, value in vars(asked).items()
+            for key, value in _placement(asked).items()
             if value is not None and value != getattr(running, key)
         ]
         if differs:
@@ -443,7 +453,7 @@ def _state_to_reuse(home: Path, asked: StackOptions, defaults: StackOptions) -> 
                 "Run `mlops down` first to start it with other settings."
             )
         return existing
-    chosen = {k: v if v is not None else getattr(defaults, k) for k, v in vars(asked).items()}
+    chosen = {k: v if v is not None else getattr(defaults, k) for k, v in _placement(asked).items()}
     return StackState(
         home=str(home),
         project_dir=str(chosen["project_dir"]),
@@ -503,8 +513,15 @@ def _start_server(state: StackState, spec: ServerSpec, say: Callable[[str], None
     return True
 
 
-def _prepare_prefect(state: StackState, pools: list[str], say: Callable[[str], None]) -> None:
-    """Work pools, the crash-detection automation and the project's deployments."""
+def _prepare_prefect(
+    state: StackState, pools: list[str], redeploy: bool, say: Callable[[str], None]
+) -> None:
+    """Work pools, the crash-detection automation and the project's deployments.
+
+    The project is deployed again only when ``prefect.yaml`` or ``flows/`` changed since the
+    last deploy (or ``redeploy``): deploying resets schedules, so a schedule paused in the UI
+    stays paused across ``mlops up``.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
@@ -526,8 +543,37 @@ def _prepare_prefect(state: StackState, pools: list[str], say: Callable[[str], N
             f"  {'crash detection':<26} automation {note}: a run silent for "
             f"{SILENCE.total_seconds():.0f} s is marked Crashed"
         )
+        current = deployment_fingerprint(Path(state.project_dir))
+        if state.deployed == current and not redeploy and _deployments_exist(client, state):
+            say(
+                f"  {'deployments':<26} unchanged since deployed (prefect.yaml, flows/); "
+                "schedules keep their state (--redeploy to deploy again)"
+            )
+            return
     count = deploy_project(state)
+    state.deployed = current
+    write_state(state)
     say(f"  {'deployments':<26} {count} deployed from prefect.yaml (prefect deploy --all)")
+
+
+def deployment_fingerprint(project_dir: Path) -> str:
+    """A hash of what a deployment is made of: prefect.yaml and the flows' signatures' files."""
+    digest = hashlib.sha256()
+    for path in [project_dir / "prefect.yaml", *sorted((project_dir / "flows").glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _deployments_exist(client: Any, state: StackState) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    project = yaml.safe_load((Path(state.project_dir) / "prefect.yaml").read_text())
+    try:
+        for deployment in project.get("deployments", []):
+            client.read_deployment_by_name(f"{deployment['name']}/{deployment['name']}")
+    except ObjectNotFound:
+        return False
+    return True
 
 
 def deploy_project(state: StackState, prefect_file: str = "prefect.yaml") -> int:

@@ -264,19 +264,31 @@ def up(
     project_dir: Annotated[
         Path | None, typer.Option(help="Directory with prefect.yaml [default: this project].")
     ] = None,
+    redeploy: Annotated[
+        bool,
+        typer.Option(
+            help="Deploy prefect.yaml again even if it and flows/ are unchanged "
+            "(resets schedules paused in the UI)."
+        ),
+    ] = False,
 ) -> None:
     """Start the local stack in the background: Prefect server, MLflow server, work pools,
     deployments (prefect deploy --all) and one worker per pool.
 
     State lives under .mlops/ (SQLite databases, artifacts, logs in .mlops/stack/logs).
-    Running it again keeps what runs and restarts what died. Stop it with `mlops down`.
+    Running it again keeps what runs, restarts what died, and deploys again only if
+    prefect.yaml or flows/ changed. Stop it with `mlops down`.
     """
     from infra.stack import StackOptions, bring_up, find_project_dir
 
     settings = get_settings()
     try:
         asked = StackOptions(
-            find_project_dir(project_dir) if project_dir else None, host, prefect_port, mlflow_port
+            find_project_dir(project_dir) if project_dir else None,
+            host,
+            prefect_port,
+            mlflow_port,
+            redeploy,
         )
         defaults = StackOptions(
             find_project_dir(None), settings.stack_host, settings.prefect_port, settings.mlflow_port

@@ -275,6 +275,7 @@ def test_a_worker_killed_mid_stage_crashes_the_run_and_the_next_run_completes(st
     assert up.returncode == 0, up.stdout + up.stderr
     assert "worker train-pool          started" in up.stdout
     assert "prefect-server             " in up.stdout and "already running" in up.stdout
+    assert "unchanged since deployed" in up.stdout  # not redeployed: schedules keep their state
 
     again = wait_final(stack, trigger(stack, small_config(source)))
 
