@@ -90,8 +90,9 @@ def run(
         str | None, typer.Option(help="Registered model name (default: <file>-model).")
     ] = None,
 ) -> None:
-    """Run the whole retraining pipeline: preprocess, data gate, train, evaluate, register,
-    model gate.
+    """Run the whole retraining pipeline in this process, no stack needed.
+
+    Stages: preprocess, data gate, train, evaluate, register, model gate, as sub-flows.
 
     Either --config configs/<use-case>.yaml, or --data FILE --target COLUMN to infer
     everything from the file. Exit status: 0 when the candidate became champion, 2 for bad
@@ -272,12 +273,12 @@ def up(
         ),
     ] = False,
 ) -> None:
-    """Start the local stack in the background: Prefect server, MLflow server, work pools,
-    deployments (prefect deploy --all) and one worker per pool.
+    """Start the local stack in the background: Prefect and MLflow servers, a worker per pool.
 
-    State lives under .mlops/ (SQLite databases, artifacts, logs in .mlops/stack/logs).
-    Running it again keeps what runs, restarts what died, and deploys again only if
-    prefect.yaml or flows/ changed. Stop it with `mlops down`.
+    Also creates the work pools and deploys prefect.yaml (prefect deploy --all). State lives
+    under .mlops/ (SQLite databases, artifacts; logs in .mlops/stack/logs). Running it again
+    keeps what runs, restarts what died, and deploys again only if prefect.yaml or flows/
+    changed. Stop it with `mlops down`.
     """
     from infra.stack import StackOptions, bring_up, find_project_dir
 
@@ -360,11 +361,11 @@ def trigger(
         float | None, typer.Option(help="Stop following after this many seconds.")
     ] = None,
 ) -> None:
-    """Run the retraining pipeline's deployment on the Prefect server (the local stack unless
-    PREFECT_API_URL says otherwise) and follow its stages as workers run them.
+    """Run the retraining pipeline's deployment and follow its stages as workers run them.
 
-    Exit status as for `mlops run`: 0 promoted, 2 bad input (data gate), 3 rejected, 1 other
-    failures (a stage crashed, no worker).
+    Runs on the local stack, or on the server PREFECT_API_URL names. Exit status as for
+    `mlops run`: 0 promoted, 2 bad input (data gate), 3 rejected, 1 any other failure (a stage
+    crashed, no worker for a pool).
     """
     if not os.environ.get("PREFECT_API_URL"):
         _fail(
