@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ import pytest
 import yaml
 
 from infra.stack import StackState, read_state
+from tests.ports import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 MLOPS = str(Path(sys.executable).parent / "mlops")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stack_env(home: Path) -> dict[str, str]:
@@ -64,7 +58,12 @@ def small_config(source: Path, **training: Any) -> dict[str, Any]:
     raw["data"]["source"] = str(source)
     raw["data"]["synthetic"] = {"generator": "fraud", "rows": 20_000, "seed": 3}
     raw["training"].update({"n_estimators": 80, **training})
-    raw["model_gate"]["metric_floors"] = {"roc_auc": 0.6}
+    # These tests are about orchestration: on 20k rows (about 50 positives in the test split)
+    # two trainings on the same data differ by more than the bundled 1% regression tolerance
+    # (distributed LightGBM is not bit-reproducible), so the gate's comparisons are loosened.
+    raw["model_gate"].update(
+        {"metric_floors": {"roc_auc": 0.6}, "max_regression": 0.5, "slices": []}
+    )
     return raw
 
 
