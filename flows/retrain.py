@@ -16,6 +16,7 @@ from infra.stage_runner import run_stage, run_stage_for_state, stage_output
 from mlops.config import PipelineConfig, resolve_config
 from mlops.dataset import DatasetRef
 from model_registry.registry import RegisteredVersion
+from model_registry.tracking import tracking_uri_for
 from tasks.evaluation import EvaluationResult
 from tasks.promotion import GateDecision
 from tasks.tracking import close_pipeline_run_task, open_pipeline_run_task
@@ -41,6 +42,8 @@ class PipelineResult(BaseModel):
     dataset_uri: str
     pipeline_run_id: str
     training_run_id: str
+    experiment_name: str
+    tracking_uri: str
 
 
 DEFAULT_CONFIG = "configs/fraud_detection.yaml"
@@ -55,6 +58,7 @@ def gate_outcome(state: State) -> GateDecision:
 
 
 def summarise_pipeline(
+    config: PipelineConfig,
     dataset: DatasetRef,
     training: TrainingResult,
     evaluation: EvaluationResult,
@@ -82,6 +86,8 @@ def summarise_pipeline(
         dataset_uri=dataset.uri,
         pipeline_run_id=pipeline_run_id,
         training_run_id=training.run_id,
+        experiment_name=config.experiment_name,
+        tracking_uri=tracking_uri_for(config),
     )
 
 
@@ -139,7 +145,7 @@ def retraining_pipeline_flow(
     except BaseException as error:
         close_pipeline_run_task(config, parent, None, error=f"{type(error).__name__}: {error}")
         raise
-    result = summarise_pipeline(dataset, training, evaluation, registered, decision, parent)
+    result = summarise_pipeline(config, dataset, training, evaluation, registered, decision, parent)
     summary = {f"test_{k}": v for k, v in evaluation.metrics.items()} | {
         "model.version": registered.version,
         "model.alias": result.alias,

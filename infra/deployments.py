@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -15,8 +16,6 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from mlops.errors import MlopsError
-
-PIPELINE_DEPLOYMENT = "retraining-pipeline/retraining-pipeline"
 
 
 class DeploymentNotFound(MlopsError):
@@ -38,13 +37,13 @@ def trigger(deployment: str, parameters: dict[str, Any] | None = None) -> FlowRu
         ) from None
 
 
+@dataclass(frozen=True)
 class RunEvent:
     """A run (the pipeline's or a stage's) that entered a new state."""
 
-    def __init__(self, run: FlowRun, flow_name: str, elapsed_s: float) -> None:
-        self.run = run
-        self.flow_name = flow_name
-        self.elapsed_s = elapsed_s
+    run: FlowRun
+    flow_name: str
+    elapsed_s: float
 
     @property
     def state_name(self) -> str:

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel
 
 from mlops.errors import MlopsError
+from mlops.settings import QUIET_ENVIRONMENT
 
 PREFECT_SERVER = "prefect-server"
 MLFLOW_SERVER = "mlflow-server"
@@ -251,11 +252,14 @@ def log_tail(record: ProcessRecord, lines: int = 20) -> str:
 # ---------------------------------------------------------------- the project's pools
 
 
+def project_deployments(project_dir: Path, prefect_file: str = "prefect.yaml") -> list[dict]:
+    """The deployments a project's prefect file declares."""
+    return yaml.safe_load((project_dir / prefect_file).read_text()).get("deployments", [])
+
+
 def project_pools(project_dir: Path) -> list[str]:
     """The work pools the project's ``prefect.yaml`` deploys to, in order of first use."""
-    project = yaml.safe_load((project_dir / "prefect.yaml").read_text())
-    pools = [d["work_pool"]["name"] for d in project.get("deployments", [])]
-    return list(dict.fromkeys(pools))
+    return list(dict.fromkeys(d["work_pool"]["name"] for d in project_deployments(project_dir)))
 
 
 def find_project_dir(explicit: Path | None = None) -> Path:
@@ -280,18 +284,16 @@ def find_project_dir(explicit: Path | None = None) -> Path:
 def base_env(state: StackState) -> dict[str, str]:
     """Environment shared by every process of the stack."""
     home = Path(state.home)
+    # The caller's Prefect and MLflow variables (a test harness's API, a UI switched off) are
+    # not the stack's; every process gets the stack's own.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(QUIET_ENVIRONMENT)
     env.update(
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_API_URL=state.prefect_api_url,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
         MLFLOW_TRACKING_URI=state.mlflow_url,
         MLOPS_HOME=str(home),
         MLOPS_PROJECT_DIR=state.project_dir,
-        GX_ANALYTICS_ENABLED="false",
-        DASK_LOGGING__DISTRIBUTED="warning",
-        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
-        PREFECT_LOGGING_EXTRA_LOGGERS="tasks,model_registry,infra,mlops",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -395,25 +397,7 @@ def bring_up(
     state = _state_to_reuse(home, asked, defaults)
     project_dir = Path(state.project_dir)
     say(f"Local stack in {home} (logs: {stack_dir(home) / 'logs'})")
-    servers = [
-        ServerSpec(
-            PREFECT_SERVER,
-            prefect_server_command(state),
-            _prefect_env(state),
-            f"{state.prefect_api_url}/health",
-            state.prefect_url,
-            "MLOPS_PREFECT_PORT",
-        ),
-        ServerSpec(
-            MLFLOW_SERVER,
-            mlflow_server_command(state),
-            base_env(state),
-            f"{state.mlflow_url}/health",
-            state.mlflow_url,
-            "MLOPS_MLFLOW_PORT",
-        ),
-    ]
-    started = [spec for spec in servers if _start_server(state, spec, say)]
+    started = [spec for spec in server_specs(state).values() if _start_server(state, spec, say)]
     for spec in started:  # both start at once; wait for each to answer
         record = state.processes[spec.name]
         seconds = wait_until(lambda s=spec: http_ok(s.health_url), 120, spec.name, record)
@@ -463,12 +447,6 @@ def _state_to_reuse(home: Path, asked: StackOptions, defaults: StackOptions) -> 
     )
 
 
-def _prefect_env(state: StackState) -> dict[str, str]:
-    env = base_env(state)
-    env.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=state.prefect_api_url)
-    return env
-
-
 @dataclass(frozen=True)
 class ServerSpec:
     """How to start one server of the stack and tell that it is up."""
@@ -476,13 +454,39 @@ class ServerSpec:
     name: str
     command: list[str]
     env: dict[str, str]
-    health_url: str
     url: str
+    health_url: str
+    port: int
     port_setting: str
 
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
+
+def server_specs(state: StackState) -> dict[str, ServerSpec]:
+    """The stack's two servers, by name."""
+    prefect_env = base_env(state) | {
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_UI_API_URL": state.prefect_api_url,
+    }
+    specs = [
+        ServerSpec(
+            PREFECT_SERVER,
+            prefect_server_command(state),
+            prefect_env,
+            state.prefect_url,
+            f"{state.prefect_api_url}/health",
+            state.prefect_port,
+            "MLOPS_PREFECT_PORT",
+        ),
+        ServerSpec(
+            MLFLOW_SERVER,
+            mlflow_server_command(state),
+            base_env(state),
+            state.mlflow_url,
+            f"{state.mlflow_url}/health",
+            state.mlflow_port,
+            "MLOPS_MLFLOW_PORT",
+        ),
+    ]
+    return {spec.name: spec for spec in specs}
 
 
 def _start_server(state: StackState, spec: ServerSpec, say: Callable[[str], None]) -> bool:
@@ -567,9 +571,8 @@ def deployment_fingerprint(project_dir: Path) -> str:
 def _deployments_exist(client: Any, state: StackState) -> bool:
     from prefect.exceptions import ObjectNotFound
 
-    project = yaml.safe_load((Path(state.project_dir) / "prefect.yaml").read_text())
     try:
-        for deployment in project.get("deployments", []):
+        for deployment in project_deployments(Path(state.project_dir)):
             client.read_deployment_by_name(f"{deployment['name']}/{deployment['name']}")
     except ObjectNotFound:
         return False
@@ -594,8 +597,7 @@ def deploy_project(state: StackState, prefect_file: str = "prefect.yaml") -> int
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-25:])
         raise StackError(f"`{' '.join(command)}` failed (exit {done.returncode}):\n{tail}")
-    project = yaml.safe_load((Path(state.project_dir) / prefect_file).read_text())
-    return len(project.get("deployments", []))
+    return len(project_deployments(Path(state.project_dir), prefect_file))
 
 
 def _ensure_worker(state: StackState, pool: str, say: Callable[[str], None]) -> None:
@@ -626,23 +628,21 @@ def _pool_has_online_worker(pool: str) -> bool:
 
 def stack_status(state: StackState) -> list[ComponentStatus]:
     """Each recorded component: running or not, and healthy by its own measure."""
+    servers = server_specs(state)
+    answering = {name: http_ok(spec.health_url) for name, spec in servers.items()}
     rows = []
     for name, record in state.processes.items():
-        alive = is_alive(record)
-        if not alive:
+        if not is_alive(record):
             rows.append(ComponentStatus(name=name, pid=None, healthy=False, detail="not running"))
             continue
-        if name == PREFECT_SERVER:
-            ok = http_ok(f"{state.prefect_api_url}/health")
-        elif name == MLFLOW_SERVER:
-            ok = http_ok(f"{state.mlflow_url}/health")
+        if name in servers:
+            ok = answering[name]
+            detail = "healthy" if ok else "running, not responding"
         else:
-            ok = _worker_online(state, name.removeprefix(WORKER_PREFIX))
-        detail = (
-            ("healthy" if ok else "running, not responding")
-            if not name.startswith(WORKER_PREFIX)
-            else ("online" if ok else "running, not reported online")
-        )
+            ok = answering[PREFECT_SERVER] and _worker_online(
+                state, name.removeprefix(WORKER_PREFIX)
+            )
+            detail = "online" if ok else "running, not reported online"
         rows.append(
             ComponentStatus(name=name, pid=record.pid, healthy=ok, detail=detail, url=record.url)
         )
@@ -650,8 +650,6 @@ def stack_status(state: StackState) -> list[ComponentStatus]:
 
 
 def _worker_online(state: StackState, pool: str) -> bool:
-    if not http_ok(f"{state.prefect_api_url}/health"):
-        return False
     with prefect_api(state):
         return _pool_has_online_worker(pool)
 
@@ -682,12 +680,3 @@ def bring_down(home: Path, say: Callable[[str], None] = print) -> int:
     state_path(Path(state.home)).unlink(missing_ok=True)
     say("Local stack stopped.")
     return stopped
-
-
-def stack_summary(state: StackState) -> dict[str, str]:
-    """The URLs a person opens, for printing."""
-    return {
-        "Prefect UI": state.prefect_url,
-        "Prefect API": state.prefect_api_url,
-        "MLflow UI": state.mlflow_url,
-    }

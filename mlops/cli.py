@@ -119,7 +119,7 @@ def run(
         result = state.result(raise_on_failure=False)
     except MlopsError as error:
         _fail(error)
-    _print_summary(pipeline_config, result, time.perf_counter() - started)
+    _print_summary(result, time.perf_counter() - started)
     if result.decision == "rejected":
         raise typer.Exit(REJECTED_EXIT_CODE)
 
@@ -128,10 +128,8 @@ REJECTED_EXIT_CODE = 3
 """``mlops run`` exit status when the model gate rejects the candidate (2 is bad input)."""
 
 
-def _print_summary(config: PipelineConfig, result: Any, seconds: float) -> None:
-    from model_registry.tracking import tracking_uri_for
-
-    uri = tracking_uri_for(config)
+def _print_summary(result: Any, seconds: float) -> None:
+    uri = result.tracking_uri
     name, version = result.model_name, result.model_version
     if result.decision == "promoted":
         previous = (
@@ -171,7 +169,7 @@ def _print_summary(config: PipelineConfig, result: Any, seconds: float) -> None:
     else:
         typer.echo("  mlops ui            # then open http://127.0.0.1:5000")
     typer.echo(
-        f"  -> Experiments > {config.experiment_name}: the pipeline run with nested "
+        f"  -> Experiments > {result.experiment_name}: the pipeline run with nested "
         "preprocess/data-gate/train/evaluate/register/model-gate runs, metrics and plots"
     )
     typer.echo(
@@ -389,7 +387,7 @@ def trigger(
     typer.echo(f"  {ui}/runs/flow-run/{flow_run.id}")
     if not wait:
         return
-    _follow_pipeline(flow_run.id, timeout, pipeline_config=parameters.get("config"))
+    _follow_pipeline(flow_run.id, timeout)
 
 
 def _with_absolute_source(config: PipelineConfig) -> PipelineConfig:
@@ -401,7 +399,7 @@ def _with_absolute_source(config: PipelineConfig) -> PipelineConfig:
     return config.model_copy(update={"data": data})
 
 
-def _follow_pipeline(flow_run_id: Any, timeout: float | None, pipeline_config: Any) -> None:
+def _follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     from infra.deployments import follow
 
     def report(event: Any) -> None:
@@ -431,18 +429,9 @@ def _follow_pipeline(flow_run_id: Any, timeout: float | None, pipeline_config: A
         _fail(error)
     except Exception as error:
         _fail(MlopsError(f"The pipeline ended {state.name}: {error}"))
-    config = load_config_for_summary(pipeline_config, result)
-    _print_summary(config, result, time.perf_counter() - started)
+    _print_summary(result, time.perf_counter() - started)
     if result.decision == "rejected":
         raise typer.Exit(REJECTED_EXIT_CODE)
-
-
-def load_config_for_summary(raw: Any, result: Any) -> Any:
-    """The config the summary names (experiment); the deployment default if none was passed."""
-    from flows.retrain import DEFAULT_CONFIG
-    from mlops.config import resolve_config
-
-    return parse_config(raw) if raw else resolve_config(DEFAULT_CONFIG)
 
 
 @app.command("check-config")

@@ -84,6 +84,19 @@ def get_settings() -> Settings:
     return Settings()
 
 
+QUIET_ENVIRONMENT = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "INFO",
+    # Our modules log progress with the standard logging module; show it with Prefect's logs.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,model_registry,infra,mlops",
+    # Dask's per-worker INFO chatter drowns the stage logs; workers inherit this.
+    "DASK_LOGGING__DISTRIBUTED": "warning",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "GX_ANALYTICS_ENABLED": "false",  # Great Expectations phones home otherwise
+}
+"""Variables every process of ours starts with, unless the user set them: quiet, no telemetry."""
+
+
 def configure_environment(settings: Settings) -> None:
     """Point Prefect at a SQLite-backed API under the local state folder and quiet noisy libraries.
 
@@ -97,17 +110,9 @@ def configure_environment(settings: Settings) -> None:
         prefect_home = settings.home_dir / "prefect"
         prefect_home.mkdir(parents=True, exist_ok=True)  # its SQLite file cannot create folders
         os.environ["PREFECT_HOME"] = str(prefect_home)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    # Our modules log progress with the standard logging module; show it with Prefect's logs.
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,model_registry,infra,mlops")
-    # Dask's per-worker INFO chatter drowns the stage logs; workers inherit this.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault(
-        "GX_ANALYTICS_ENABLED", "false"
-    )  # Great Expectations phones home otherwise
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     os.environ.setdefault("MPLCONFIGDIR", str(settings.home_dir / "cache" / "matplotlib"))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -16,15 +15,10 @@ from prefect.client.orchestration import get_client
 
 from mlops.settings import get_settings
 from tasks.tracking import open_pipeline_run_task
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @flow(name="open-run-probe")
