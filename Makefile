@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo run up status down trigger browser test test-unit test-integration test-stack lint format ui benchmark lock clean
+.PHONY: help install demo run up status down trigger browser test test-unit test-integration test-stack lint format ui benchmark benchmark-allocator lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ ui: $(STAMP)  ## Open the MLflow UI on the project's store (127.0.0.1:5000)
 
 benchmark: $(STAMP)  ## Run benchmarks/pipeline.py (1M and 10M rows; long) and update docs/benchmarks.md
 	$(BIN)/python benchmarks/pipeline.py
+
+benchmark-allocator: $(STAMP)  ## Profiling sweep + leave-one-dataset-out replay + simulator; updates docs/benchmarks.md
+	$(BIN)/python benchmarks/allocator.py all
 
 lock:  ## Re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

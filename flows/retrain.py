@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.states import Failed, State
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from flows.data_gate import data_gate_flow
 from flows.evaluate import evaluate_flow
@@ -17,10 +17,14 @@ from mlops.config import PipelineConfig, resolve_config
 from mlops.dataset import DatasetRef
 from model_registry.registry import RegisteredVersion
 from model_registry.tracking import tracking_uri_for
+from tasks.allocation import recommend_allocation_task
 from tasks.evaluation import EvaluationResult
 from tasks.promotion import GateDecision
 from tasks.tracking import close_pipeline_run_task, open_pipeline_run_task
 from tasks.training import TrainingResult
+
+TRAIN_GPU_DEPLOYMENT = "train-gpu"
+"""The train flow's deployment on the GPU pool (prefect.production.yaml), for GPU allocations."""
 
 
 class PipelineResult(BaseModel):
@@ -44,6 +48,9 @@ class PipelineResult(BaseModel):
     training_run_id: str
     experiment_name: str
     tracking_uri: str
+    training_cluster: str = Field(
+        default="", description="The allocated cluster, predicted and actual training time."
+    )
 
 
 DEFAULT_CONFIG = "configs/fraud_detection.yaml"
@@ -86,8 +93,21 @@ def summarise_pipeline(
         dataset_uri=dataset.uri,
         pipeline_run_id=pipeline_run_id,
         training_run_id=training.run_id,
+        training_cluster=cluster_summary(training),
         experiment_name=config.experiment_name,
         tracking_uri=tracking_uri_for(config),
+    )
+
+
+def cluster_summary(training: TrainingResult) -> str:
+    """E.g. ``1x2 @ 1 GiB, 12.3s (predicted 11.0s, confidence medium)``."""
+    allocation = training.allocation
+    if allocation is None:
+        return ""
+    return (
+        f"{allocation.shape.label()}, trained in {training.wall_time_s:.1f}s "
+        f"(predicted {allocation.predicted_wall_time_s:.1f}s with start-up, confidence "
+        f"{allocation.confidence_label})"
     )
 
 
@@ -121,7 +141,15 @@ def retraining_pipeline_flow(
             checked = run_stage(
                 data_gate_flow, config=config, dataset=dataset, parent_run_id=parent
             )
-        training = run_stage(train_flow, config=config, dataset=dataset, parent_run_id=parent)
+        allocation = recommend_allocation_task(config, dataset)
+        training = run_stage(
+            train_flow,
+            deployment=TRAIN_GPU_DEPLOYMENT if allocation.gpu else None,
+            config=config,
+            dataset=dataset,
+            parent_run_id=parent,
+            allocation=allocation,
+        )
         evaluation = run_stage(
             evaluate_flow, config=config, dataset=dataset, training=training, parent_run_id=parent
         )

@@ -7,6 +7,7 @@ import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import dask
 from distributed import Client, LocalCluster
 
 from mlops.config import ClusterConfig
@@ -38,7 +39,10 @@ def dask_client(cluster: ClusterConfig, default_scheduler: str | None = None) ->
         cluster.threads_per_worker,
         cluster.memory_limit,
     )
+    # A LightGBM part cannot be retried on another worker (the machine list is fixed), so a
+    # lost worker fails the run at once instead of hanging the others until their time_out.
     with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
         LocalCluster(
             n_workers=cluster.n_workers,
             threads_per_worker=cluster.threads_per_worker,
@@ -53,7 +57,16 @@ def dask_client(cluster: ClusterConfig, default_scheduler: str | None = None) ->
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM is this process's own peak. ru_maxrss is not: Linux carries the parent's peak
+    # across fork and exec, so a worker spawned by a big driver would report the driver's.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux
 
 
 def worker_peak_memory(client: Client) -> dict[str, int]:

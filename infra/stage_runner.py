@@ -39,14 +39,14 @@ class StageFailed(MlopsError):
     exit_code = 1
 
 
-def run_stage(stage: Flow, **parameters: Any) -> Any:
+def run_stage(stage: Flow, *, deployment: str | None = None, **parameters: Any) -> Any:
     """Run one stage and return what it returned.
 
     Raises:
         MlopsError: the stage's own error (bad data, a conflict) when it can be read back.
         StageFailed: the stage crashed, was cancelled, or failed with an error of another kind.
     """
-    state = run_stage_for_state(stage, **parameters)
+    state = run_stage_for_state(stage, deployment=deployment, **parameters)
     return stage_output(state, stage.name, declared_output(stage))
 
 
@@ -66,11 +66,15 @@ def as_declared(value: Any, output_type: Any) -> Any:
     return TypeAdapter(output_type).validate_python(value)
 
 
-def run_stage_for_state(stage: Flow, **parameters: Any) -> State:
-    """Run one stage and return its final state, whatever it is."""
+def run_stage_for_state(stage: Flow, *, deployment: str | None = None, **parameters: Any) -> State:
+    """Run one stage and return its final state, whatever it is.
+
+    ``deployment`` picks another deployment of the stage's flow than the one named after it
+    (the allocator's GPU choice runs ``train/train-gpu``); it only matters with deployments.
+    """
     settings = get_settings()
     if settings.stage_runner == "deployments":
-        return _run_as_deployment(stage.name, parameters, settings)
+        return _run_as_deployment(stage.name, parameters, settings, deployment or stage.name)
     with without_flow_heartbeats():  # a sub-flow shares the pipeline's process and heartbeat
         return stage(**parameters, return_state=True)
 
@@ -97,8 +101,12 @@ def stage_output(state: State, stage_name: str, output_type: Any = None) -> Any:
     raise StageFailed(f"Stage '{stage_name}' ended {state.name}: {cause}")
 
 
-def _run_as_deployment(name: str, parameters: dict[str, Any], settings: Settings) -> State:
-    flow_run = run_deployment(f"{name}/{name}", parameters=parameters, timeout=0, as_subflow=True)
+def _run_as_deployment(
+    name: str, parameters: dict[str, Any], settings: Settings, deployment: str
+) -> State:
+    flow_run = run_deployment(
+        f"{name}/{deployment}", parameters=parameters, timeout=0, as_subflow=True
+    )
     logger.info(
         "Stage %s: flow run '%s' queued on work pool '%s'",
         name,

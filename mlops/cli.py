@@ -151,6 +151,8 @@ def _print_summary(result: Any, seconds: float) -> None:
     for failure in result.failed_checks:
         typer.echo(f"      {failure}")
     typer.echo(f"  Dataset version  : {result.dataset_version}  ({result.dataset_uri})")
+    if result.training_cluster:
+        typer.echo(f"  Training cluster : {result.training_cluster}")
     champion = result.champion_metrics or {}
     header = f"{'candidate':>10}" + (f" {'champion':>10}" if champion else "")
     typer.echo(f"  Test metrics     : {header}")
@@ -432,6 +434,128 @@ def _follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     _print_summary(result, time.perf_counter() - started)
     if result.decision == "rejected":
         raise typer.Exit(REJECTED_EXIT_CODE)
+
+
+def _config_from_options(
+    config: Path | None, data: str | None, target: str | None
+) -> PipelineConfig:
+    if config is not None and data is not None:
+        raise ConfigError("Pass either --config or --data/--target, not both.")
+    if config is not None:
+        return load_config(config)
+    if data is not None and target is not None:
+        return config_for_file(data, target, None, None)
+    raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
+
+
+@app.command()
+def recommend(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Use-case YAML (see configs/README.md).")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="CSV or Parquet file/folder.")] = None,
+    target: Annotated[str | None, typer.Option(help="Column to predict (with --data).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the allocation as JSON.")] = False,
+) -> None:
+    """Recommend the training cluster for a use case without training.
+
+    Preprocesses the data (reusing a dataset version already written) for its meta-features,
+    then asks the allocator, which learns from every recorded training run.
+    """
+    try:
+        pipeline_config = _config_from_options(config, data, target)
+        preflight(pipeline_config)
+        from tasks.allocation import recommend_for_dataset
+        from tasks.preprocessing import fingerprint_source, preprocess_dataset
+
+        dataset = preprocess_dataset(
+            pipeline_config,
+            get_settings().resolved_artifact_store,
+            fingerprint_source(pipeline_config.data),
+        )
+        allocation = recommend_for_dataset(pipeline_config, dataset)
+    except MlopsError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(allocation.model_dump_json(indent=2))
+        return
+    from infra.allocator.report import allocation_markdown
+
+    typer.echo(allocation_markdown(allocation))
+
+
+allocator_app = typer.Typer(
+    help="The allocator's run history: list, export, import.", no_args_is_help=True
+)
+app.add_typer(allocator_app, name="allocator")
+
+
+@allocator_app.command("history")
+def allocator_history(
+    use_case: Annotated[str | None, typer.Option(help="Only this use case's runs.")] = None,
+    last: Annotated[int, typer.Option(help="Show the most recent N runs.")] = 20,
+) -> None:
+    """List recorded training runs: job, cluster, outcome, predicted vs actual."""
+    from infra.allocator.planner import open_history
+
+    store = open_history(get_settings())
+    runs = store.runs(use_case)
+    store.close()
+    typer.echo(f"{len(runs)} recorded run(s) in {get_settings().resolved_history_url}")
+    if not runs:
+        return
+    typer.echo(
+        f"{'recorded (UTC)':<17} {'use case':<20} {'rows':>9} {'feat':>4} {'shape':<18} "
+        f"{'status':<13} {'time s':>7} {'pred s':>7} {'peak MiB':>8} {'pred MiB':>8}"
+    )
+    for run in runs[-last:]:
+        predicted_time = f"{run.predicted_wall_time_s:.1f}" if run.predicted_wall_time_s else "-"
+        predicted_peak = (
+            f"{run.predicted_peak_memory_bytes / 2**20:.0f}"
+            if run.predicted_peak_memory_bytes
+            else "-"
+        )
+        peak = f"{run.peak_memory_bytes / 2**20:.0f}" if run.peak_memory_bytes else "-"
+        typer.echo(
+            f"{run.recorded_at:%Y-%m-%d %H:%M} {run.use_case[:20]:<20} {run.n_rows:>9,} "
+            f"{run.n_features:>4} {run.shape.label():<18} {run.status:<13} "
+            f"{run.total_time_s:>7.1f} {predicted_time:>7} {peak:>8} {predicted_peak:>8}"
+        )
+
+
+@allocator_app.command("export")
+def allocator_export(
+    file: Annotated[Path, typer.Argument(help="Destination .csv or .parquet file.")],
+) -> None:
+    """Write the whole run history to CSV or Parquet (columns: docs/allocator.md)."""
+    from infra.allocator.history import export_history
+    from infra.allocator.planner import open_history
+
+    try:
+        store = open_history(get_settings())
+        count = export_history(store, file)
+        store.close()
+    except MlopsError as error:
+        _fail(error)
+    typer.echo(f"Exported {count} run(s) to {file}")
+
+
+@allocator_app.command("import")
+def allocator_import(
+    file: Annotated[Path, typer.Argument(help="A .csv or .parquet history (e.g. an export).")],
+) -> None:
+    """Add runs from another environment; every row is checked, and a bad file adds nothing."""
+    from infra.allocator.history import import_history
+    from infra.allocator.planner import open_history
+
+    store = open_history(get_settings())
+    try:
+        count = import_history(store, file)
+    except MlopsError as error:
+        _fail(error)
+    finally:
+        store.close()
+    typer.echo(f"Imported {count} run(s) from {file}")
 
 
 @app.command("check-config")

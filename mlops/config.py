@@ -94,6 +94,47 @@ class ClusterConfig(StrictModel):
     )
 
 
+class AllocatorConfig(StrictModel):
+    """How the allocator sizes the training cluster (``enabled: false`` uses ``cluster`` as is)."""
+
+    enabled: bool = True
+    objective: Literal["cost", "time"] = Field(
+        default="cost", description="Least cost (core-seconds) or least wall time."
+    )
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="With objective cost: training must finish within this."
+    )
+    budget: float | None = Field(
+        default=None, gt=0, description="With objective time: at most this many core-seconds."
+    )
+    max_workers: int | None = Field(default=None, ge=1, description="Upper bound on workers.")
+    max_threads_per_worker: int | None = Field(default=None, ge=1)
+    max_memory_per_worker: str | None = Field(default=None, description="e.g. '8GiB'.")
+    use_gpu: Literal["auto", "never"] = Field(
+        default="auto", description="auto: a GPU when one exists and it pays for its price."
+    )
+    cpu_price: float = Field(default=1.0, gt=0, description="Cost of one core for one second.")
+    memory_price_per_gib: float = Field(
+        default=0.125, ge=0, description="Cost of one GiB of worker memory for one second."
+    )
+    gpu_price_ratio: float = Field(default=8.0, gt=0, description="A GPU costs this many cores.")
+    max_replans: int = Field(
+        default=2, ge=0, description="After out-of-memory, re-plan and retry this many times."
+    )
+
+    @field_validator("max_memory_per_worker")
+    @classmethod
+    def _valid_bytes(cls, value: str | None) -> str | None:
+        if value is not None:
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(value)
+            except (ValueError, TypeError):
+                raise ValueError(f"'{value}' is not a size such as '4GiB'") from None
+        return value
+
+
 class TrainingConfig(StrictModel):
     """LightGBM parameters that matter; anything else goes in ``extra_params``."""
 
@@ -108,6 +149,7 @@ class TrainingConfig(StrictModel):
     seed: int = 42
     extra_params: dict[str, Any] = Field(default_factory=dict)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    allocator: AllocatorConfig = Field(default_factory=AllocatorConfig)
 
 
 DataCheck = Literal[

@@ -57,6 +57,29 @@ class Settings(BaseSettings):
     prefect_port: int = Field(default=4200, description="Prefect server port of the local stack.")
     mlflow_port: int = Field(default=5000, description="MLflow server port of the local stack.")
 
+    allocator_history_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the allocator's run history; default: SQLite under home.",
+    )
+    allocator_max_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Workers the existing Dask cluster can give a run (with a scheduler address).",
+    )
+    allocator_threads_per_worker: int = Field(default=1, ge=1, description="...their threads.")
+    allocator_memory_per_worker: str = Field(default="4GiB", description="...their memory.")
+    allocator_gpus: int | None = Field(
+        default=None, ge=0, description="GPUs the allocator may use; default: count nvidia-smi's."
+    )
+    allocator_gpu_prior_speedup: float = Field(
+        default=1.5, gt=0, description="GPU speed-up assumed until GPU runs are measured."
+    )
+
+    @property
+    def resolved_history_url(self) -> str:
+        """Where the allocator's run history lives."""
+        return self.allocator_history_url or f"sqlite:///{self.home_dir / 'allocator.db'}"
+
     @property
     def home_dir(self) -> Path:
         """Absolute path of the local state folder."""

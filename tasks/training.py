@@ -10,6 +10,7 @@ identical trees on every worker, so all workers compute the same curve and stop 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +29,17 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict
 
-from infra.dask_cluster import dask_client, worker_peak_memory
+from infra.allocator.history import RunProfile
+from infra.allocator.profiling import (
+    TrainingOutcomeError,
+    cluster_config,
+    job_features,
+    measure_training,
+    profile_row,
+)
+from infra.allocator.recommend import Allocation
+from infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
+from infra.dask_cluster import worker_peak_memory
 from mlops.config import ClusterConfig, PipelineConfig, TaskType, TrainingConfig
 from mlops.dataset import TARGET_COLUMN, DatasetRef
 from mlops.errors import DataError
@@ -40,6 +51,8 @@ from model_registry.registry import log_pipeline_model
 from tasks.evaluation import evaluation_figures, feature_importance_figure, learning_curve_figure
 from tasks.preprocessing import read_sample, read_split
 from tasks.tracking import experiment_for, lineage_tags
+
+logger = logging.getLogger(__name__)
 
 _METRIC = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "rmse"}
 
@@ -320,6 +333,7 @@ class TrainingResult(BaseModel):
     time_per_iteration_s: float
     peak_worker_memory_bytes: int
     cluster: ClusterConfig
+    allocation: Allocation | None = None
 
 
 def log_training(
@@ -329,6 +343,8 @@ def log_training(
     trained: TrainedModel,
     parent_run_id: str | None,
     tags: dict[str, str],
+    extra_params: dict[str, Any] | None = None,
+    extra_metrics: dict[str, float] | None = None,
 ) -> TrainingResult:
     """Log a training run: params, the per-round validation curve, plots, inputs and the model."""
     run_id = tracking.start_stage_run(client, experiment_id, "train", parent_run_id, tags)
@@ -338,6 +354,7 @@ def log_training(
         run_id,
         {
             **trained.params,
+            **(extra_params or {}),
             "best_iteration": trained.best_iteration,
             "dataset.version": dataset.version,
             "cluster.n_workers": cluster.n_workers,
@@ -365,6 +382,7 @@ def log_training(
             "iterations_run": trained.iterations_run,
             "peak_worker_memory_mb": peak / 2**20,
             f"best_validation_{trained.validation_metric}": best_score,
+            **(extra_metrics or {}),
         },
     )
     importance = feature_importance(trained.booster)
@@ -434,39 +452,144 @@ def log_dataset_inputs(run_id: str, dataset: DatasetRef) -> None:
             mlflow.log_input(meta, context=context)
 
 
-@task(name="train-lightgbm-on-dask", timeout_seconds=6 * 3600, persist_result=False)
-def train_model_task(dataset: DatasetRef, training: TrainingConfig, work_uri: str) -> TrainedModel:
-    """Build the Dask cluster, train, and tear the cluster down."""
-    logger = get_run_logger()
-    cluster = training.cluster
-    with dask_client(cluster, get_settings().dask_scheduler_address) as client:
-        workers = len(client.scheduler_info()["workers"])
-        logger.info(
-            "Training on %d Dask worker(s) (%s); %d training rows",
-            workers,
-            cluster.scheduler_address or "LocalCluster",
-            dataset.row_counts["train"],
+class TrainingAttempt(BaseModel):
+    """One try at training on an allocated cluster: the model if it worked, and its history row."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    trained: TrainedModel | None
+    profile: RunProfile
+    error: str | None = None
+
+
+def lightgbm_has_cuda() -> bool:
+    """Whether this LightGBM build can train on a CUDA GPU (the PyPI wheel cannot)."""
+    try:
+        data = lgb.Dataset(np.arange(20.0).reshape(10, 2), label=np.arange(10.0) % 2)
+        lgb.train({"device_type": "cuda", "verbose": -1}, data, num_boost_round=1)
+    except lgb.basic.LightGBMError:
+        return False
+    return True
+
+
+def training_for_allocation(training: TrainingConfig, allocation: Allocation) -> TrainingConfig:
+    """The training config with the allocated cluster (and LightGBM's CUDA device for a GPU)."""
+    extra = dict(training.extra_params)
+    if allocation.gpu:
+        if lightgbm_has_cuda():
+            extra["device_type"] = "cuda"
+        else:
+            logger.warning(
+                "The allocation asks for a GPU but this LightGBM build has no CUDA support: "
+                "training on CPU. Run the train-gpu deployment's image for GPU training."
+            )
+    return training.model_copy(
+        update={
+            "cluster": cluster_config(allocation.shape, training.cluster),
+            "extra_params": extra,
+        }
+    )
+
+
+def train_on_allocation(
+    dataset: DatasetRef, training: TrainingConfig, allocation: Allocation, work_uri: str
+) -> TrainingAttempt:
+    """Train on the allocated cluster and measure the run, whether it succeeds or fails."""
+    job = job_features(dataset, training)
+    settings = get_settings()
+    scheduler = training.cluster.scheduler_address or settings.dask_scheduler_address
+    common = {
+        "use_case": dataset.name,
+        "dataset_version": dataset.version,
+        "backend": "scheduler" if scheduler else "local",
+        "predicted": (allocation.predicted_wall_time_s, allocation.predicted_peak_memory_bytes),
+    }
+    configured = training_for_allocation(training, allocation)
+    try:
+        trained, startup, wall = measure_training(
+            dataset, configured, allocation.shape, work_uri, scheduler_address=scheduler
         )
-        trained = train_lightgbm_on_dask(client, dataset, training, work_uri)
+    except TrainingOutcomeError as failure:
+        profile = profile_row(
+            job,
+            allocation.shape,
+            **common,
+            status=failure.status,
+            startup_s=0.0,
+            wall_time_s=failure.elapsed_s,
+        )
+        return TrainingAttempt(trained=None, profile=profile, error=str(failure))
+    curve = trained.validation_curve
+    profile = profile_row(
+        job,
+        allocation.shape,
+        **common,
+        status="success",
+        startup_s=startup,
+        wall_time_s=wall,
+        iterations=trained.iterations_run,
+        peak_memory_bytes=max(trained.peak_worker_memory_bytes.values(), default=0),
+        final_metric=curve[trained.best_iteration - 1] if curve else None,
+        metric_name=trained.validation_metric,
+    )
+    return TrainingAttempt(trained=trained, profile=profile)
+
+
+@task(name="train-lightgbm-on-dask", timeout_seconds=6 * 3600, persist_result=False)
+def train_model_task(
+    dataset: DatasetRef, training: TrainingConfig, allocation: Allocation, work_uri: str
+) -> TrainingAttempt:
+    """Build the allocated Dask cluster, train, measure, and tear the cluster down."""
+    logger = get_run_logger()
     logger.info(
-        "Trained %d rounds in %.1fs; best round %d, validation %s %.5f",
+        "Training on %s (%s); %d training rows",
+        allocation.shape.label(),
+        training.cluster.scheduler_address or "LocalCluster",
+        dataset.row_counts["train"],
+    )
+    attempt = train_on_allocation(dataset, training, allocation, work_uri)
+    run = attempt.profile
+    if attempt.trained is None:
+        logger.warning(
+            "Training failed (%s) after %.1fs: %s", run.status, run.wall_time_s, attempt.error
+        )
+        return attempt
+    trained = attempt.trained
+    logger.info(
+        "Trained %d rounds in %.1fs (predicted %.1fs incl. %.1fs start-up); best round %d, "
+        "validation %s %.5f; peak %.0f MiB per worker (predicted %.0f)",
         trained.iterations_run,
-        trained.wall_time_s,
+        run.total_time_s,
+        allocation.predicted_wall_time_s,
+        run.startup_s,
         trained.best_iteration,
         trained.validation_metric,
-        trained.validation_curve[trained.best_iteration - 1]
-        if trained.validation_curve
-        else float("nan"),
+        run.final_metric if run.final_metric is not None else float("nan"),
+        (run.peak_memory_bytes or 0) / 2**20,
+        allocation.predicted_peak_memory_bytes / 2**20,
     )
-    return trained
+    return attempt
 
 
 @task(name="log-training")
 def log_training_task(
-    config: PipelineConfig, dataset: DatasetRef, trained: TrainedModel, parent_run_id: str | None
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    attempt: TrainingAttempt,
+    allocation: Allocation,
+    parent_run_id: str | None,
 ) -> TrainingResult:
-    """Log the training run and the model to MLflow."""
+    """Log the training run, its allocation (predicted vs actual) and the model to MLflow."""
     client, experiment_id = experiment_for(config)
-    return log_training(
-        client, experiment_id, dataset, trained, parent_run_id, lineage_tags(config)
+    tags = lineage_tags(config) | allocation_tags(allocation)
+    result = log_training(
+        client,
+        experiment_id,
+        dataset,
+        attempt.trained,
+        parent_run_id,
+        tags,
+        allocation_params(allocation),
+        outcome_metrics(allocation, attempt.profile),
     )
+    return result.model_copy(update={"allocation": allocation})

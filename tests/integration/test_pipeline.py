@@ -131,15 +131,28 @@ def test_car_dealership_multiclass(cars_config):
 def test_early_stopping_stops_all_workers_together_and_can_be_turned_off(fraud_file):
     from tests.integration.conftest import bundled_config
 
+    two_workers = {"enabled": False}  # the configured 2 workers, whatever the allocator thinks
     eager = bundled_config(
-        "fraud_detection", fraud_file, n_estimators=400, early_stopping_rounds=5, learning_rate=0.3
+        "fraud_detection",
+        fraud_file,
+        n_estimators=400,
+        early_stopping_rounds=5,
+        learning_rate=0.3,
+        allocator=two_workers,
     )
     dataset = preprocess_flow(eager)
     stopped = train_flow(eager, dataset)
     # stopped well before the budget, 5 rounds after the best one, without hanging a worker
     assert stopped.iterations_run == stopped.best_iteration + 5 < 400
+    assert stopped.cluster.n_workers == 2
 
-    fixed = bundled_config("fraud_detection", fraud_file, n_estimators=12, early_stopping_rounds=0)
+    fixed = bundled_config(
+        "fraud_detection",
+        fraud_file,
+        n_estimators=12,
+        early_stopping_rounds=0,
+        allocator=two_workers,
+    )
     kept = train_flow(fixed, preprocess_flow(fixed))
     assert kept.iterations_run == kept.best_iteration == 12
     client = client_for(fixed)

@@ -8,6 +8,7 @@ import yaml
 from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
 
+from flows.retrain import TRAIN_GPU_DEPLOYMENT
 from infra.crash_detection import HEARTBEAT_SECONDS
 from infra.deploy_check import placeholders
 from mlops.config import load_config
@@ -27,8 +28,10 @@ def test_every_entrypoint_is_a_prefect_flow_named_like_its_deployment():
     for deployment in LOCAL["deployments"] + PRODUCTION["deployments"]:
         flow = flow_of(deployment)
         assert isinstance(flow, Flow), deployment["entrypoint"]
-        # The pipeline finds a stage's deployment as "<flow name>/<flow name>".
-        assert flow.name == deployment["name"]
+        # The pipeline finds a stage's deployment as "<flow name>/<flow name>", and the train
+        # stage's GPU deployment as "train/train-gpu" when the allocator picks a GPU.
+        expected = "train" if deployment["name"] == TRAIN_GPU_DEPLOYMENT else deployment["name"]
+        assert flow.name == expected
 
 
 def test_deployments_are_kebab_case_on_a_pool_per_kind_of_work():
@@ -69,6 +72,8 @@ def test_the_production_profile_mirrors_the_local_one_in_images():
     production = {
         d["name"]: (d["entrypoint"], d["work_pool"]["name"]) for d in PRODUCTION["deployments"]
     }
+    gpu = production.pop(TRAIN_GPU_DEPLOYMENT)
+    assert gpu == ("flows/train.py:train_flow", "train-gpu-pool")  # GPU pools exist in production
     assert production == local
     for deployment in PRODUCTION["deployments"]:
         variables = deployment["work_pool"]["job_variables"]

@@ -1,0 +1,308 @@
+"""Predicting a training job's time and peak worker memory on any cluster shape.
+
+Three layers, each usable alone (the benchmark compares them):
+
+1. **Ernest prior** (Venkataraman et al., NSDI 2016): ``t = a + b*work/(workers*threads)
+   + c*log(workers) + d*workers``, and ``mem = base + k*bytes/workers``. Fixed, generic
+   coefficients when there is no history; refitted on the history when there is.
+2. **Cost model**: the same idea with the terms that matter for LightGBM on Dask: boosting
+   rounds, histogram work per round spread over the threads that really run in parallel
+   (``min(workers*threads, cores)``), per-round communication between workers, worker
+   start-up, data loading, and a penalty for more threads than cores. Fitted on the whole
+   history by non-negative least squares on relative error.
+3. **Transfer**: the ratio of measured to modelled time (and memory) of the most similar past
+   jobs on the same shape corrects the model for this shape, shrunk toward 1 with few
+   neighbours. This is what learns, for example, that oversubscribed shapes are slow here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import nnls
+
+from .history import ClusterShape, JobFeatures, RunProfile
+
+PAUSE_FRACTION = 0.8
+"""Dask pauses a worker whose process memory reaches this share of its limit."""
+
+# Generic coefficients of the cold-start prior (not fitted on any benchmark data): about 2 ns
+# per row x feature x tree on one thread, 2 s of cluster start-up plus 1 s per worker, 2 ms
+# of communication per round per extra worker; 450 MiB for an idle worker process with its
+# libraries (the size of one on this stack), plus three times its share of the data (pandas
+# partitions, LightGBM's binned copy, the validation split every worker scores on).
+PRIOR_TIME = np.array([2.0, 2e-9, 2e-3, 1.0])
+PRIOR_MEMORY = np.array([450 * 2**20, 3.0])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted total time (start-up + training) and peak memory per worker."""
+
+    time_s: float
+    peak_memory_bytes: int
+
+
+def expected_rounds(job: JobFeatures, stop_ratio: float = 1.0) -> float:
+    """Boosting rounds to expect: all of them, or a learned share when early stopping is on."""
+    ratio = stop_ratio if job.early_stopping_rounds > 0 else 1.0
+    return max(1.0, job.n_estimators * ratio)
+
+
+def round_work(job: JobFeatures) -> float:
+    """Histogram work of one boosting round: rows x features x trees per round."""
+    return float(job.n_rows) * job.n_features * job.trees_per_round
+
+
+# ---------------------------------------------------------------- Ernest
+
+
+def ernest_terms(job: JobFeatures, shape: ClusterShape, rounds: float) -> np.ndarray:
+    """The four Ernest terms: 1, work/(workers*threads), log(workers), workers."""
+    work = rounds * round_work(job)
+    return np.array([1.0, work / shape.threads, rounds * math.log(shape.workers), shape.workers])
+
+
+def memory_terms(job: JobFeatures, shape: ClusterShape) -> np.ndarray:
+    """``mem = base + k * bytes / workers``."""
+    return np.array([1.0, job.bytes_in_memory / shape.workers])
+
+
+# ---------------------------------------------------------------- the cost model
+
+
+def cost_terms(
+    job: JobFeatures, shape: ClusterShape, rounds: float, cores: int | None
+) -> np.ndarray:
+    """Basis functions of total time for LightGBM on Dask (see the module docstring).
+
+    ``cores`` is what the workers share on one machine; None when every worker has its own
+    cores for its threads (a multi-machine cluster), so nothing is oversubscribed.
+    """
+    cores = cores or shape.threads
+    parallel = min(shape.threads, cores)
+    oversubscribed = max(0.0, shape.threads / cores - 1.0)
+    work = rounds * round_work(job)
+    split_search = rounds * job.num_leaves * job.n_features * job.max_bin * job.trees_per_round
+    return np.array(
+        [
+            1.0,
+            shape.workers,
+            job.bytes_in_memory / min(shape.workers, cores),
+            work / parallel,
+            split_search / parallel,
+            rounds * (shape.workers - 1),
+            rounds * math.log(shape.workers),
+            work * oversubscribed,
+            rounds * oversubscribed * (shape.workers - 1),
+        ]
+    )
+
+
+def _fit(
+    rows: list[np.ndarray], targets: list[float], prior: np.ndarray | None = None
+) -> np.ndarray:
+    """Non-negative least squares on relative error; the prior fills in without data."""
+    if not rows:
+        return prior if prior is not None else np.zeros(0)
+    matrix = np.array(rows)
+    target = np.array(targets)
+    weights = 1.0 / np.maximum(target, 1e-9)
+    coefficients, _ = nnls(matrix * weights[:, None], target * weights)
+    return coefficients
+
+
+@dataclass
+class FittedModel:
+    """Time and memory coefficients fitted on a history, plus what transfer needs."""
+
+    kind: str
+    time_coefficients: np.ndarray
+    memory_coefficients: np.ndarray
+    stop_ratio: float
+    cores: int | None
+    runs: list[RunProfile] = field(default_factory=list)
+
+    def _time_terms(self, job: JobFeatures, shape: ClusterShape, rounds: float) -> np.ndarray:
+        if self.kind == "ernest":
+            return ernest_terms(job, shape, rounds)
+        return cost_terms(job, shape, rounds, self.cores)
+
+    def base_prediction(
+        self, job: JobFeatures, shape: ClusterShape, rounds: float | None = None
+    ) -> Prediction:
+        """The fitted model's prediction, before any transfer correction."""
+        rounds = rounds if rounds is not None else expected_rounds(job, self.stop_ratio)
+        time_s = float(self._time_terms(job, shape, rounds) @ self.time_coefficients)
+        memory = float(memory_terms(job, shape) @ self.memory_coefficients)
+        return Prediction(max(time_s, 0.05), int(max(memory, 1.0)))
+
+
+def fit_model(runs: Sequence[RunProfile], cores: int | None, kind: str = "cost") -> FittedModel:
+    """Fit time and memory on every usable run (successes; timeouts as lower bounds).
+
+    Args:
+        runs: The history.
+        cores: CPU cores of the machine the candidates would share (None: each worker has
+            its own).
+        kind: ``"cost"`` (the full model) or ``"ernest"`` (the four-term prior's form).
+    """
+    cpu_runs = [r for r in runs if not r.gpu]  # GPU runs teach the GPU speed-up instead
+    timed = [r for r in cpu_runs if r.status in ("success", "timeout") and r.total_time_s > 0]
+    measured = [r for r in cpu_runs if r.status == "success" and r.peak_memory_bytes]
+    stop_ratio = _stop_ratio(runs)
+    time_rows, time_targets = [], []
+    for run in timed:
+        rounds = run.iterations if run.status == "success" else expected_rounds(run.job, stop_ratio)
+        terms = (
+            ernest_terms(run.job, run.shape, rounds)
+            if kind == "ernest"
+            else cost_terms(
+                run.job, run.shape, rounds, None if run.backend != "local" else run.host_cpus
+            )
+        )
+        time_rows.append(terms)
+        time_targets.append(run.total_time_s)
+    prior_time = PRIOR_TIME if kind == "ernest" else _cost_prior()
+    memory = _fit(
+        [memory_terms(r.job, r.shape) for r in measured],
+        [float(r.peak_memory_bytes) for r in measured],
+        PRIOR_MEMORY,
+    )
+    return FittedModel(
+        kind=kind,
+        time_coefficients=_fit(time_rows, time_targets, prior_time),
+        memory_coefficients=memory,
+        stop_ratio=stop_ratio,
+        cores=cores,
+        runs=list(runs),
+    )
+
+
+def _cost_prior() -> np.ndarray:
+    """The cost model's terms seeded with the Ernest prior's coefficients (others zero)."""
+    a, b, c, d = PRIOR_TIME
+    return np.array([a, d, 0.0, b, 0.0, 0.0, c, 0.0, 0.0])
+
+
+def _stop_ratio(runs: Sequence[RunProfile]) -> float:
+    """Median share of the allowed rounds that early-stopped runs actually ran."""
+    ratios = [
+        r.iterations / r.n_estimators
+        for r in runs
+        if r.status == "success" and r.early_stopping_rounds > 0 and r.iterations
+    ]
+    return float(np.median(ratios)) if ratios else 1.0
+
+
+# ---------------------------------------------------------------- similarity and transfer
+
+
+def job_vector(job: JobFeatures) -> np.ndarray:
+    """Meta-features on comparable scales, for finding similar past jobs."""
+    return np.array(
+        [
+            math.log10(job.n_rows),
+            math.log10(job.n_features),
+            math.log10(job.bytes_in_memory),
+            job.n_categorical / job.n_features,
+            math.log10(1 + job.max_cardinality) / 2,
+            job.sparsity,
+            math.log10(job.n_estimators),
+            math.log2(job.num_leaves) / 2,
+            math.log2(job.max_bin) / 2,
+            math.log2(job.trees_per_round),
+        ]
+    )
+
+
+def job_distance(a: JobFeatures, b: JobFeatures) -> float:
+    """Euclidean distance between two jobs' meta-feature vectors."""
+    return float(np.linalg.norm(job_vector(a) - job_vector(b)))
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A past job near this one, with its distance."""
+
+    key: tuple[str, str]
+    distance: float
+    runs: tuple[RunProfile, ...]
+
+
+def nearest_jobs(job: JobFeatures, runs: Sequence[RunProfile], k: int = 3) -> list[Neighbour]:
+    """The ``k`` most similar past jobs (a job = one dataset version with its parameters)."""
+    groups: dict[tuple[str, str], list[RunProfile]] = {}
+    for run in runs:
+        key = (run.dataset_version, f"{run.n_estimators}/{run.num_leaves}/{run.max_bin}")
+        groups.setdefault(key, []).append(run)
+    ranked = sorted(
+        (
+            Neighbour(key, job_distance(job, group[0].job), tuple(group))
+            for key, group in groups.items()
+        ),
+        key=lambda n: n.distance,
+    )
+    return ranked[:k]
+
+
+def same_shape(a: ClusterShape, b: ClusterShape) -> bool:
+    """Same workers, threads and GPU use (memory limits aside)."""
+    return (a.workers, a.threads_per_worker, a.gpu) == (b.workers, b.threads_per_worker, b.gpu)
+
+
+def transfer_ratio(
+    model: FittedModel,
+    neighbours: Sequence[Neighbour],
+    shape: ClusterShape,
+    metric: str,
+) -> tuple[float, float]:
+    """Measured/modelled ratio for ``shape`` on similar jobs, shrunk toward 1.
+
+    Returns:
+        The correction factor and its support (effective number of neighbour runs).
+    """
+    logs, weights = [], []
+    for neighbour in neighbours:
+        for run in neighbour.runs:
+            if not same_shape(run.shape, shape):
+                continue
+            if metric == "time" and run.status in ("success", "timeout"):
+                rounds = run.iterations if run.status == "success" else None
+                modelled = model.base_prediction(run.job, run.shape, rounds).time_s
+                observed = run.total_time_s
+            elif metric == "memory" and run.status == "success" and run.peak_memory_bytes:
+                modelled = model.base_prediction(run.job, run.shape).peak_memory_bytes
+                observed = float(run.peak_memory_bytes)
+            else:
+                continue
+            logs.append(math.log(max(observed, 1e-6) / max(modelled, 1e-6)))
+            weights.append(1.0 / (0.1 + neighbour.distance))
+    if not logs:
+        return 1.0, 0.0
+    support = float(sum(weights)) / 10.0  # 10 = weight of a neighbour at distance 0
+    shrink = support / (support + 0.5)
+    return math.exp(shrink * float(np.average(logs, weights=weights))), support
+
+
+def memory_spread(
+    model: FittedModel, neighbours: Sequence[Neighbour], prior: float = 0.15
+) -> float:
+    """How far off the corrected memory prediction was on similar past runs (sd of log error).
+
+    Each similar run is compared with the model's prediction for it after the same shape's
+    transfer correction, so this is the error left once the history has been used. The memory
+    margin grows with it. With fewer than three such runs, ``prior`` stands in.
+    """
+    logs = []
+    for neighbour in neighbours:
+        for run in neighbour.runs:
+            if run.status != "success" or not run.peak_memory_bytes or run.gpu:
+                continue
+            ratio, _ = transfer_ratio(model, neighbours, run.shape, "memory")
+            modelled = model.base_prediction(run.job, run.shape).peak_memory_bytes * ratio
+            logs.append(math.log(run.peak_memory_bytes / modelled))
+    return float(np.sqrt(np.mean(np.square(logs)))) if len(logs) >= 3 else prior

@@ -1,0 +1,250 @@
+"""Measure one training run on one cluster shape and turn it into a history row.
+
+Used by the train stage (every pipeline run is recorded) and by the profiling sweep in
+``benchmarks/allocator.py``. A run that fails is recorded too, with why: a worker the Dask
+nanny restarted for exceeding its memory budget is ``out-of-memory``, a worker lost for
+another reason is ``killed``, and a run past its time limit is ``timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from mlops.config import ClusterConfig
+from mlops.dataset import DatasetRef
+
+from .history import ClusterShape, JobFeatures, RunProfile, RunStatus
+
+logger = logging.getLogger(__name__)
+
+_MEMORY_LOGGERS = ("distributed.worker_memory", "distributed.nanny.memory", "distributed.nanny")
+
+
+class TrainingOutcomeError(RuntimeError):
+    """Training failed on its cluster; ``status`` says how (out-of-memory, killed, timeout)."""
+
+    def __init__(self, status: RunStatus, message: str, elapsed_s: float) -> None:
+        super().__init__(message)
+        self.status = status
+        self.elapsed_s = elapsed_s
+
+
+def job_features(dataset: DatasetRef, training: Any) -> JobFeatures:
+    """The allocator's view of a job: dataset meta-features plus cost-driving parameters."""
+    meta = dataset.meta_features
+    return JobFeatures(
+        n_rows=max(meta.n_rows, 1),
+        n_features=max(meta.n_features, 1),
+        n_numeric=meta.n_numeric,
+        n_categorical=meta.n_categorical,
+        bytes_in_memory=max(meta.bytes_in_memory, 1),
+        max_cardinality=meta.max_cardinality,
+        mean_cardinality=meta.mean_cardinality,
+        sparsity=min(max(meta.sparsity, 0.0), 1.0),
+        task=meta.task,
+        n_classes=meta.n_classes,
+        n_estimators=training.n_estimators,
+        num_leaves=training.num_leaves,
+        max_bin=training.max_bin,
+        learning_rate=training.learning_rate,
+        early_stopping_rounds=training.early_stopping_rounds,
+    )
+
+
+def cluster_config(shape: ClusterShape, base: ClusterConfig) -> ClusterConfig:
+    """The Dask cluster settings of a shape, keeping the base config's scheduler and timeout."""
+    return base.model_copy(
+        update={
+            "n_workers": shape.workers,
+            "threads_per_worker": shape.threads_per_worker,
+            "memory_limit": str(shape.memory_per_worker_bytes),
+        }
+    )
+
+
+class _MemoryKills(logging.Handler):
+    """Counts the nanny's "exceeded N% memory budget" messages (it runs in this process)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "memory budget" in message:
+            self.messages.append(message)
+
+
+@contextmanager
+def watch_memory_kills() -> Iterator[_MemoryKills]:
+    """Collect the memory-budget restarts of local Dask workers while the block runs."""
+    handler = _MemoryKills()
+    watched = [logging.getLogger(name) for name in _MEMORY_LOGGERS]
+    for log in watched:
+        log.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for log in watched:
+            log.removeHandler(handler)
+
+
+def classify_failure(error: BaseException, memory_kills: list[str]) -> RunStatus:
+    """Why a training run failed, from the error and the nanny's memory messages."""
+    if memory_kills or isinstance(error, MemoryExhausted):
+        return "out-of-memory"
+    text = f"{type(error).__name__}: {error}".lower()
+    if "memoryerror" in text or "out of memory" in text or "memory budget" in text:
+        return "out-of-memory"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if any(word in text for word in ("killedworker", "commclosed", "worker", "lost")):
+        return "killed"
+    return "failed"
+
+
+class MemoryExhausted(RuntimeError):
+    """A worker reached Dask's pause threshold (it stops taking tasks, so the run stalls)."""
+
+
+def paused_workers(client: Any) -> list[str]:
+    """Workers the scheduler reports as paused for memory."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return [address for address, info in workers.items() if info.get("status") == "paused"]
+
+
+def run_watched(
+    action: Callable[[], Any],
+    client: Any,
+    memory_kills: list[str],
+    timeout_s: float | None,
+    poll_s: float = 0.5,
+) -> Any:
+    """Run ``action`` in a thread and watch its cluster while it runs.
+
+    Raises:
+        MemoryExhausted: a worker paused for memory or was restarted by its nanny.
+        TimeoutError: the action ran past ``timeout_s``.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = action()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="allocator-watched-training", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    while thread.is_alive():
+        thread.join(poll_s)
+        if not thread.is_alive():
+            break
+        if memory_kills:
+            raise MemoryExhausted(memory_kills[0])
+        paused = paused_workers(client)
+        if paused:
+            raise MemoryExhausted(
+                f"worker {paused[0]} paused: its memory reached Dask's pause threshold"
+            )
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"training did not finish within {timeout_s:.0f}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def host_cpus() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def profile_row(
+    job: JobFeatures,
+    shape: ClusterShape,
+    *,
+    use_case: str,
+    dataset_version: str,
+    status: RunStatus,
+    startup_s: float,
+    wall_time_s: float,
+    iterations: int = 0,
+    peak_memory_bytes: int | None = None,
+    final_metric: float | None = None,
+    metric_name: str | None = None,
+    backend: str = "local",
+    source: str = "pipeline",
+    predicted: tuple[float, int] | None = None,
+) -> RunProfile:
+    """A history row for one measured run."""
+    return RunProfile(
+        **job.model_dump(),
+        **shape.model_dump(),
+        use_case=use_case,
+        dataset_version=dataset_version,
+        backend=backend,
+        host_cpus=host_cpus(),
+        status=status,
+        startup_s=startup_s,
+        wall_time_s=wall_time_s,
+        iterations=iterations,
+        time_per_iteration_s=wall_time_s / iterations if iterations else None,
+        peak_memory_bytes=peak_memory_bytes,
+        final_metric=final_metric,
+        metric_name=metric_name,
+        source=source,
+        predicted_wall_time_s=predicted[0] if predicted else None,
+        predicted_peak_memory_bytes=predicted[1] if predicted else None,
+    )
+
+
+def measure_training(
+    dataset: DatasetRef,
+    training: Any,
+    shape: ClusterShape,
+    work_uri: str,
+    *,
+    timeout_s: float | None = None,
+    scheduler_address: str | None = None,
+) -> tuple[Any, float, float]:
+    """Train on a cluster of ``shape`` and time it.
+
+    Returns:
+        The trained model, the cluster start-up seconds and the training seconds.
+
+    Raises:
+        TrainingOutcomeError: when training fails, with the failure's status and elapsed time.
+    """
+    from infra.dask_cluster import dask_client
+    from tasks.training import train_lightgbm_on_dask
+
+    cluster = cluster_config(shape, training.cluster)
+    config = training.model_copy(update={"cluster": cluster})
+    started = time.perf_counter()
+    startup = 0.0
+    with watch_memory_kills() as kills:
+        try:
+            with dask_client(cluster, scheduler_address) as client:
+                startup = time.perf_counter() - started
+                trained = run_watched(
+                    lambda: train_lightgbm_on_dask(client, dataset, config, work_uri),
+                    client,
+                    kills.messages,
+                    timeout_s,
+                )
+        except Exception as error:
+            elapsed = time.perf_counter() - started - startup
+            status = classify_failure(error, kills.messages)
+            detail = kills.messages[0] if kills.messages else f"{type(error).__name__}: {error}"
+            raise TrainingOutcomeError(status, detail, elapsed) from error
+    return trained, startup, trained.wall_time_s

@@ -1,0 +1,139 @@
+"""What the allocator may choose from: this machine's cores, memory and GPUs, or a cluster's limits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import psutil
+from dask.utils import format_bytes, parse_bytes
+
+from .history import ClusterShape
+from .profiling import host_cpus
+
+GIB = 2**30
+MEMORY_LADDER_GIB = (0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+"""Memory limits per worker the allocator chooses between."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The largest cluster that can be built, and how many GPUs exist."""
+
+    max_workers: int
+    max_threads_per_worker: int
+    memory_bytes: int = 0
+    """Memory for all workers together."""
+    gpus: int = 0
+    gpu_note: str | None = None
+    """Why there is no GPU, when there is none."""
+    backend: str = "local"
+
+
+def detect_gpus() -> tuple[int, str | None]:
+    """GPUs visible through ``nvidia-smi``, with a reason when there are none."""
+    if shutil.which("nvidia-smi") is None:
+        return 0, "no GPU on this machine (nvidia-smi not found)"
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0, "nvidia-smi did not answer"
+    count = sum(1 for line in listed.splitlines() if line.startswith("GPU "))
+    return count, None if count else "nvidia-smi lists no GPU"
+
+
+def local_resources(gpus: int | None = None) -> Resources:
+    """This machine: one worker per core at most, 80% of its memory for the workers."""
+    cores = host_cpus()
+    if gpus is None:
+        gpus, note = detect_gpus()
+    else:
+        note = None if gpus else "MLOPS_ALLOCATOR_GPUS is 0"
+    return Resources(
+        max_workers=cores,
+        max_threads_per_worker=cores,
+        memory_bytes=int(psutil.virtual_memory().total * 0.8),
+        gpus=gpus,
+        gpu_note=note,
+    )
+
+
+def cluster_resources(
+    max_workers: int, threads_per_worker: int, memory_per_worker: str, gpus: int
+) -> Resources:
+    """An existing cluster's limits, from settings (``MLOPS_ALLOCATOR_MAX_WORKERS``...)."""
+    return Resources(
+        max_workers=max_workers,
+        max_threads_per_worker=threads_per_worker,
+        memory_bytes=max_workers * parse_bytes(memory_per_worker),
+        gpus=gpus,
+        gpu_note=None if gpus else "the configured cluster has no GPU (MLOPS_ALLOCATOR_GPUS)",
+        backend="scheduler",
+    )
+
+
+def candidate_shapes(
+    resources: Resources,
+    max_workers: int | None = None,
+    max_threads_per_worker: int | None = None,
+    max_memory_per_worker: str | None = None,
+    allow_gpu: bool = True,
+) -> tuple[list[ClusterShape], list[str]]:
+    """Every cluster shape that fits the resources and the use case's own limits.
+
+    Returns:
+        The shapes, and a note for each requested limit that had to be capped.
+    """
+    notes = []
+    workers = resources.max_workers
+    if max_workers is not None:
+        if max_workers > resources.max_workers:
+            notes.append(
+                f"asked for up to {max_workers} workers; capped at {resources.max_workers}, "
+                f"all the {resources.backend} cluster has"
+            )
+        workers = min(workers, max_workers)
+    threads = resources.max_threads_per_worker
+    if max_threads_per_worker is not None:
+        if max_threads_per_worker > threads:
+            notes.append(
+                f"asked for up to {max_threads_per_worker} threads per worker; capped at {threads}"
+            )
+        threads = min(threads, max_threads_per_worker)
+    memory_cap = resources.memory_bytes
+    if max_memory_per_worker is not None:
+        requested = parse_bytes(max_memory_per_worker)
+        if requested > resources.memory_bytes:
+            notes.append(
+                f"asked for up to {max_memory_per_worker} per worker; capped at "
+                f"{format_bytes(resources.memory_bytes)}, the memory available"
+            )
+        memory_cap = min(memory_cap, requested)
+    shapes = []
+    for n in range(1, workers + 1):
+        for t in range(1, threads + 1):
+            for gib in MEMORY_LADDER_GIB:
+                memory = int(gib * GIB)
+                if memory > memory_cap or n * memory > resources.memory_bytes:
+                    break
+                shapes.append(
+                    ClusterShape(workers=n, threads_per_worker=t, memory_per_worker_bytes=memory)
+                )
+                if allow_gpu and n <= resources.gpus:
+                    shapes.append(
+                        ClusterShape(
+                            workers=n,
+                            threads_per_worker=t,
+                            memory_per_worker_bytes=memory,
+                            gpu=True,
+                        )
+                    )
+    if not shapes:  # less memory than the smallest step: one worker with what there is
+        shapes.append(
+            ClusterShape(workers=1, threads_per_worker=1, memory_per_worker_bytes=memory_cap)
+        )
+        notes.append(f"only {format_bytes(memory_cap)} of memory available for the workers")
+    return shapes, notes
