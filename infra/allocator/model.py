@@ -28,6 +28,8 @@ from .history import ClusterShape, JobFeatures, RunProfile
 
 PAUSE_FRACTION = 0.8
 """Dask pauses a worker whose process memory reaches this share of its limit."""
+MAX_SAFE_FRACTION = 0.9
+"""Never plan a peak closer than this to the limit (the nanny kills a worker at 95%)."""
 
 # Generic coefficients of the cold-start prior (not fitted on any benchmark data): about 2 ns
 # per row x feature x tree on one thread, 2 s of cluster start-up plus 1 s per worker, 2 ms
@@ -36,6 +38,7 @@ PAUSE_FRACTION = 0.8
 # partitions, LightGBM's binned copy, the validation split every worker scores on).
 PRIOR_TIME = np.array([2.0, 2e-9, 2e-3, 1.0])
 PRIOR_MEMORY = np.array([450 * 2**20, 3.0])
+PRIOR_MEMORY_FULL = np.array([450 * 2**20, 3.0, 0.0, 0.0])
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,19 @@ def ernest_terms(job: JobFeatures, shape: ClusterShape, rounds: float) -> np.nda
 
 
 def memory_terms(job: JobFeatures, shape: ClusterShape) -> np.ndarray:
-    """``mem = base + k * bytes / workers``."""
+    """``mem = base + k * bytes / workers`` (Ernest's form)."""
     return np.array([1.0, job.bytes_in_memory / shape.workers])
+
+
+def full_memory_terms(job: JobFeatures, shape: ClusterShape) -> np.ndarray:
+    """Ernest's memory terms plus what each extra thread of a worker adds.
+
+    LightGBM's threads build their own buffers over the worker's share of the data; measured
+    here, a second thread can add a third to a worker's peak.
+    """
+    share = job.bytes_in_memory / shape.workers
+    extra = shape.threads_per_worker - 1
+    return np.array([1.0, share, extra * share, float(extra)])
 
 
 # ---------------------------------------------------------------- the cost model
@@ -137,7 +151,8 @@ class FittedModel:
         """The fitted model's prediction, before any transfer correction."""
         rounds = rounds if rounds is not None else expected_rounds(job, self.stop_ratio)
         time_s = float(self._time_terms(job, shape, rounds) @ self.time_coefficients)
-        memory = float(memory_terms(job, shape) @ self.memory_coefficients)
+        terms = memory_terms if self.kind == "ernest" else full_memory_terms
+        memory = float(terms(job, shape) @ self.memory_coefficients)
         return Prediction(max(time_s, 0.05), int(max(memory, 1.0)))
 
 
@@ -167,10 +182,11 @@ def fit_model(runs: Sequence[RunProfile], cores: int | None, kind: str = "cost")
         time_rows.append(terms)
         time_targets.append(run.total_time_s)
     prior_time = PRIOR_TIME if kind == "ernest" else _cost_prior()
+    terms = memory_terms if kind == "ernest" else full_memory_terms
     memory = _fit(
-        [memory_terms(r.job, r.shape) for r in measured],
+        [terms(r.job, r.shape) for r in measured],
         [float(r.peak_memory_bytes) for r in measured],
-        PRIOR_MEMORY,
+        PRIOR_MEMORY if kind == "ernest" else PRIOR_MEMORY_FULL,
     )
     return FittedModel(
         kind=kind,
@@ -286,6 +302,21 @@ def transfer_ratio(
     support = float(sum(weights)) / 10.0  # 10 = weight of a neighbour at distance 0
     shrink = support / (support + 0.5)
     return math.exp(shrink * float(np.average(logs, weights=weights))), support
+
+
+def safe_fraction(runs: Sequence[RunProfile]) -> float:
+    """How close to its limit a worker's peak may be planned, learned from past successes.
+
+    Dask pauses a worker at 80% of its limit, which stalls a run only when the worker still
+    needs new tasks; runs that peaked above that and finished show how far it is safe to go
+    here. Starts at 80%, never above :data:`MAX_SAFE_FRACTION`.
+    """
+    ratios = [
+        r.peak_memory_bytes / r.memory_per_worker_bytes
+        for r in runs
+        if r.status == "success" and r.peak_memory_bytes and not r.gpu
+    ]
+    return min(max([PAUSE_FRACTION, *ratios]), MAX_SAFE_FRACTION)
 
 
 def memory_spread(

@@ -25,6 +25,7 @@ from .model import (
     fit_model,
     memory_spread,
     nearest_jobs,
+    safe_fraction,
     same_shape,
     transfer_ratio,
 )
@@ -192,8 +193,8 @@ def memory_exclusion(
     """Why ``shape`` would run out of memory, or None when it looks safe.
 
     A past out-of-memory run rules out every shape that gives each worker at least as much
-    data with at most as much memory; otherwise the predicted peak, times a margin, must stay
-    under Dask's pause threshold. The margin is learned: two standard deviations of the memory
+    data and as many threads with at most as much memory; otherwise the predicted peak, times
+    a margin, must stay under the share of the limit that past runs show is safe. The margin is learned: two standard deviations of the memory
     model's error on similar jobs (``spread``, in log terms), and more after failures it
     underestimated.
     """
@@ -202,6 +203,7 @@ def memory_exclusion(
         if run.status != "out-of-memory" or run.gpu != shape.gpu:
             continue
         heavier = per_worker >= 0.9 * run.bytes_in_memory / run.workers
+        heavier = heavier and shape.threads_per_worker >= run.threads_per_worker
         if heavier and shape.memory_per_worker_bytes <= run.memory_per_worker_bytes:
             return (
                 f"a job with {run.bytes_in_memory / run.workers / 2**20:.0f} MiB per worker "
@@ -209,11 +211,12 @@ def memory_exclusion(
                 f"({run.use_case}, {run.shape.label()})"
             )
     margin = objective.memory_margin * math.exp(2 * spread) * failure_margin(runs, job)
-    needed = prediction.peak_memory_bytes * margin / PAUSE_FRACTION
+    fraction = safe_fraction(runs)
+    needed = prediction.peak_memory_bytes * margin / fraction
     if needed > shape.memory_per_worker_bytes:
         return (
             f"predicted peak {prediction.peak_memory_bytes / 2**20:.0f} MiB x margin "
-            f"{margin:.2f} is over {PAUSE_FRACTION:.0%} of {shape.memory_per_worker_bytes / GIB:.2g} GiB"
+            f"{margin:.2f} is over {fraction:.0%} of {shape.memory_per_worker_bytes / GIB:.2g} GiB"
         )
     return None
 

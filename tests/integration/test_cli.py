@@ -218,3 +218,29 @@ def test_console_script_writes_only_under_dot_mlops(tmp_path):
     assert list(home.iterdir()) == []
     state = {p.name for p in (work / ".mlops").iterdir()}
     assert {"mlflow.db", "prefect", "artifacts", "mlflow-artifacts"} <= state
+
+
+def test_recommend_and_the_history_commands(tmp_path):
+    import json
+
+    house_prices(3000).to_csv(tmp_path / "houses.csv", index=False)
+    shown = mlops("recommend", "--data", "houses.csv", "--target", "price", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    allocation = json.loads(shown.stdout)
+    assert allocation["workers"] >= 1 and allocation["confidence_label"] == "low"
+    assert any("No run history yet" in line for line in allocation["rationale"])
+    assert any(line.startswith("GPU:") for line in allocation["rationale"])
+
+    text = mlops("recommend", "--data", "houses.csv", "--target", "price", cwd=tmp_path)
+    assert "## Alternatives" in text.stdout and "core-seconds" in text.stdout
+
+    empty = mlops("allocator", "history", cwd=tmp_path)
+    assert empty.returncode == 0 and "0 recorded run(s)" in empty.stdout
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("run_id,workers\nabc,two\n")
+    refused = mlops("allocator", "import", str(bad), cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "bad.csv, row 1: field" in refused.stderr and "Nothing was imported" in refused.stderr
+    exported = mlops("allocator", "export", str(tmp_path / "out.parquet"), cwd=tmp_path)
+    assert exported.returncode == 0 and "Exported 0 run(s)" in exported.stdout
