@@ -116,12 +116,15 @@ def cost_terms(
     )
 
 
-def _fit(
-    rows: list[np.ndarray], targets: list[float], prior: np.ndarray | None = None
-) -> np.ndarray:
-    """Non-negative least squares on relative error; the prior fills in without data."""
-    if not rows:
-        return prior if prior is not None else np.zeros(0)
+def _fit(rows: list[np.ndarray], targets: list[float], prior: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error.
+
+    With fewer runs than terms the fit is underdetermined (one run would put all its time on
+    whichever term explains it alone), so the prior stays until there is enough history; the
+    transfer from similar runs corrects it meanwhile.
+    """
+    if len(rows) < len(prior):
+        return prior
     matrix = np.array(rows)
     target = np.array(targets)
     weights = 1.0 / np.maximum(target, 1e-9)
