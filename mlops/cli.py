@@ -484,6 +484,46 @@ def recommend(
     typer.echo(allocation_markdown(allocation))
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Argument(help="NAME (its champion), NAME@alias, NAME/version or a models:/ URI."),
+    ],
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 5001).")] = None,
+) -> None:
+    """Serve a registered model over MLflow's scoring protocol (POST /invocations).
+
+    Also answers /ping, /health, /version and /metrics (Prometheus). Clients written for
+    `mlflow models serve` work unchanged. Ctrl-C stops it.
+    """
+    import uvicorn
+    from mlflow.tracking import MlflowClient
+
+    from serving.app import ServingLimits, ServingState, build_app
+    from serving.loader import load_served_model
+
+    settings = get_settings()
+    uri = settings.resolved_tracking_uri
+    try:
+        served = load_served_model(MlflowClient(uri, registry_uri=uri), model, uri)
+    except MlopsError as error:
+        _fail(error)
+    limits = ServingLimits(settings.serving_max_body_bytes, settings.serving_max_in_flight)
+    bind_host, bind_port = host or settings.serving_host, port or settings.serving_port
+    typer.echo(
+        f"Serving {served.name} version {served.version} on http://{bind_host}:{bind_port}/invocations"
+    )
+    uvicorn.run(
+        build_app(ServingState(served, limits)),
+        host=bind_host,
+        port=bind_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
 allocator_app = typer.Typer(
     help="The allocator's run history: list, export, import.", no_args_is_help=True
 )

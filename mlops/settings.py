@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         default=1.5, gt=0, description="GPU speed-up assumed until GPU runs are measured."
     )
 
+    serving_host: str = Field(default="127.0.0.1", description="Interface `mlops serve` binds.")
+    serving_port: int = Field(default=5001, description="Port of `mlops serve`.")
+    serving_max_body_bytes: int = Field(
+        default=16 * 2**20, gt=0, description="Larger request bodies get 413."
+    )
+    serving_max_in_flight: int = Field(
+        default=64, gt=0, description="More concurrent requests than this get 503 + Retry-After."
+    )
+
     @property
     def resolved_history_url(self) -> str:
         """Where the allocator's run history lives."""

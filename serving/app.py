@@ -1,0 +1,140 @@
+"""The HTTP service: MLflow's scoring protocol, health, version and Prometheus metrics.
+
+Every response says which model version produced it (``X-Model-Version``). Bad requests get a
+JSON error with a 4xx status (MLflow's ``{"error_code", "message"}`` shape) and never take the
+service down; more requests in flight than ``max_in_flight`` get 503 with ``Retry-After``
+instead of queueing without bound. Scoring runs in a worker thread, so the event loop keeps
+answering while LightGBM predicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from mlops.errors import DataError
+
+from .loader import ServedModel
+from .metrics import ServiceMetrics
+from .payload import PayloadError, check_frame, parse_body, predictions_body
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+@dataclass
+class ServingLimits:
+    """How much the service accepts at once."""
+
+    max_body_bytes: int = 16 * 2**20
+    max_in_flight: int = 64
+
+
+@dataclass
+class ServingState:
+    """The model being served and what the service has counted."""
+
+    model: ServedModel
+    limits: ServingLimits = field(default_factory=ServingLimits)
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    in_flight: int = 0
+    last_error: str | None = None
+
+
+def _json(payload: object, status: int = 200, version: str = "") -> Response:
+    headers = {"X-Model-Version": version} if version else None
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
+
+
+def _error(error: PayloadError, version: str) -> Response:
+    return _json({"error_code": error.code, "message": str(error)}, error.status, version)
+
+
+def build_app(state: ServingState) -> Starlette:
+    """The ASGI app serving ``state.model`` (swap ``state.model`` to serve another)."""
+
+    async def invocations(request: Request) -> Response:
+        started = time.perf_counter()
+        model = state.model  # one version for the whole request, whatever swaps meanwhile
+        if state.in_flight >= state.limits.max_in_flight:
+            state.metrics.observe("/invocations", 503, time.perf_counter() - started)
+            return Response(
+                orjson.dumps(
+                    {
+                        "error_code": "OVERLOADED",
+                        "message": "Too many requests in flight; retry shortly.",
+                    }
+                ),
+                status_code=503,
+                media_type=JSON,
+                headers={"Retry-After": "1", "X-Model-Version": model.version},
+            )
+        state.in_flight += 1
+        try:
+            response, rows = await _score(request, model, state.limits)
+        finally:
+            state.in_flight -= 1
+        state.metrics.observe(
+            "/invocations", response.status_code, time.perf_counter() - started, rows
+        )
+        return response
+
+    async def ping(_: Request) -> Response:
+        return PlainTextResponse("\n", headers={"X-Model-Version": state.model.version})
+
+    async def health(_: Request) -> Response:
+        body = {"status": "ok", **state.model.describe(), "last_reload_error": state.last_error}
+        return _json(body, version=state.model.version)
+
+    async def version(_: Request) -> Response:
+        return _json(state.model.describe(), version=state.model.version)
+
+    async def metrics(_: Request) -> Response:
+        text = state.metrics.render(state.model.name, state.model.version)
+        return PlainTextResponse(text, headers={"X-Model-Version": state.model.version})
+
+    return Starlette(
+        routes=[
+            Route("/invocations", invocations, methods=["POST"]),
+            Route("/ping", ping, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/version", version, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
+
+
+async def _score(
+    request: Request, model: ServedModel, limits: ServingLimits
+) -> tuple[Response, int]:
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limits.max_body_bytes:
+            raise PayloadError(413, _too_big(declared, limits), "PAYLOAD_TOO_LARGE")
+        body = await request.body()
+        if len(body) > limits.max_body_bytes:
+            raise PayloadError(413, _too_big(len(body), limits), "PAYLOAD_TOO_LARGE")
+        frame = check_frame(parse_body(body, request.headers.get("content-type", "")), model.spec)
+        predictions = await anyio.to_thread.run_sync(model.predict, frame)
+    except PayloadError as error:
+        return _error(error, model.version), 0
+    except DataError as error:
+        return _error(PayloadError(400, str(error)), model.version), 0
+    except ValueError as error:
+        return _error(PayloadError(400, f"The rows could not be scored: {error}"), model.version), 0
+    return Response(
+        predictions_body(predictions), media_type=JSON, headers={"X-Model-Version": model.version}
+    ), len(frame)
+
+
+def _too_big(size: int, limits: ServingLimits) -> str:
+    return f"The body has {size} bytes; the limit is {limits.max_body_bytes} (MLOPS_SERVING_MAX_BODY_BYTES)."

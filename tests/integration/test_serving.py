@@ -1,0 +1,228 @@
+"""The serving service on a real registered model: MLflow's protocol, equal predictions, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from starlette.testclient import TestClient
+
+from flows.preprocess import preprocess_flow
+from flows.retrain import retraining_pipeline_flow
+from mlops.settings import get_settings
+from serving.app import ServingLimits, ServingState, build_app
+from serving.loader import ModelLoadError, load_served_model
+from tasks.preprocessing import read_split
+from tests.integration.conftest import bundled_config
+from tests.ports import free_port
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, fraud_file):
+    """A fraud model trained and promoted by the pipeline, in a registry of its own."""
+    home = tmp_path_factory.mktemp("serving-home")
+    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["MLOPS_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    get_settings.cache_clear()
+    config = bundled_config("fraud_detection", fraud_file, n_estimators=60)
+    result = retraining_pipeline_flow(config)
+    rows = read_split(preprocess_flow(config), "test").head(300)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    served = load_served_model(MlflowClient(uri, registry_uri=uri), "fraud-detector", uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/fraud-detector@champion")
+    columns = served.spec.input_columns
+    expected = pyfunc.predict(rows[columns])
+    yield {
+        "home": home,
+        "uri": uri,
+        "served": served,
+        "rows": rows[columns].reset_index(drop=True),
+        "expected": expected.reset_index(drop=True),
+        "version": result.model_version,
+    }
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def client(registry):
+    limits = ServingLimits(max_body_bytes=2**20, max_in_flight=64)
+    with TestClient(build_app(ServingState(registry["served"], limits))) as test_client:
+        yield test_client
+
+
+def as_frame(response) -> pd.DataFrame:
+    assert response.status_code == 200, response.text
+    return pd.DataFrame(response.json()["predictions"])
+
+
+def assert_same(predicted: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert list(predicted.columns) == list(expected.columns)
+    assert (predicted["prediction"].astype(str) == expected["prediction"].astype(str)).all()
+    np.testing.assert_allclose(predicted["probability"], expected["probability"], rtol=1e-9)
+
+
+def jsonable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows as a JSON client sends them: dates as ISO text, missing values as null."""
+    frame = frame.copy()
+    for column in frame.select_dtypes(include=["datetime", "datetimetz"]).columns:
+        frame[column] = frame[column].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def test_every_mlflow_input_format_predicts_like_the_registry_model(client, registry):
+    rows, expected = registry["rows"], registry["expected"]
+    plain = jsonable(rows)
+    split = {"columns": list(rows.columns), "data": plain.to_numpy().tolist()}
+    records = plain.to_dict(orient="records")
+    bodies = {
+        "dataframe_split": {"dataframe_split": split},
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs (records)": {"inputs": records},
+        "inputs (columns)": {"inputs": {c: plain[c].tolist() for c in rows.columns}},
+    }
+    for name, body in bodies.items():
+        response = client.post(
+            "/invocations", content=orjson.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        assert response.headers["X-Model-Version"] == registry["version"], name
+        assert_same(as_frame(response), expected)
+    csv = client.post(
+        "/invocations", content=rows.to_csv(index=False), headers={"Content-Type": "text/csv"}
+    )
+    assert_same(as_frame(csv), expected)
+    one = client.post("/invocations", json={"dataframe_records": records[:1]})
+    assert_same(as_frame(one), expected.head(1))
+
+
+def test_health_version_ping_and_metrics(client, registry):
+    assert client.get("/ping").status_code == 200
+    health = client.get("/health").json()
+    assert (health["status"], health["model"], health["version"]) == (
+        "ok",
+        "fraud-detector",
+        registry["version"],
+    )
+    assert client.get("/version").json()["run_id"] == registry["served"].run_id
+    client.post(
+        "/invocations",
+        json={"dataframe_records": jsonable(registry["rows"].head(3)).to_dict(orient="records")},
+    )
+    client.post("/invocations", content=b"{", headers={"Content-Type": "application/json"})
+    metrics = client.get("/metrics")
+    assert metrics.headers["X-Model-Version"] == registry["version"]
+    text = metrics.text
+    assert 'mlops_serving_requests_total{path="/invocations",status="200"} 1' in text
+    assert 'mlops_serving_requests_total{path="/invocations",status="400"} 1' in text
+    assert "mlops_serving_rows_total 3" in text
+    assert "mlops_serving_latency_seconds_count 2" in text
+    assert f'mlops_serving_model_version{{model="fraud-detector"}} {registry["version"]}' in text
+
+
+def test_bad_requests_get_a_json_4xx_naming_the_problem(client, registry):
+    row = jsonable(registry["rows"].head(1)).to_dict(orient="records")[0]
+    numeric = registry["served"].spec.numeric[0]
+    dropped = {k: v for k, v in row.items() if k != numeric}
+    cases = [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b"[1, 2]", "application/json", 400, "must be an object"),
+        (orjson.dumps({"rows": [row]}), "application/json", 400, "exactly one of"),
+        (orjson.dumps({"dataframe_records": []}), "application/json", 400, "no rows"),
+        (
+            orjson.dumps({"dataframe_records": [dropped]}),
+            "application/json",
+            400,
+            f"missing column(s) ['{numeric}']",
+        ),
+        (
+            orjson.dumps({"dataframe_records": [row | {"colour": "red"}]}),
+            "application/json",
+            400,
+            "unexpected column(s) ['colour']",
+        ),
+        (
+            orjson.dumps({"dataframe_records": [row | {numeric: "lots"}]}),
+            "application/json",
+            400,
+            f"Column '{numeric}' must be numeric; row 0 has 'lots'",
+        ),
+        (
+            orjson.dumps({"dataframe_split": {"columns": ["a"]}}),
+            "application/json",
+            400,
+            "needs 'columns' and 'data'",
+        ),
+        (b"", "text/csv", 400, "CSV body is empty"),
+        (b"a,b\n1,2\n", "text/plain", 415, "not supported"),
+        (b"x" * (2**20 + 1), "application/json", 413, "limit is"),
+    ]
+    for body, content_type, status, message in cases:
+        response = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == status, (message, response.text)
+        error = response.json()
+        assert message in error["message"], (message, error)
+        assert error["error_code"] and response.headers["X-Model-Version"] == registry["version"]
+    assert client.get("/ping").status_code == 200  # still up
+
+
+def test_overload_is_refused_with_retry_after(registry):
+    state = ServingState(registry["served"], ServingLimits(max_in_flight=0))
+    with TestClient(build_app(state)) as overloaded:
+        response = overloaded.post("/invocations", json={"dataframe_records": [{}]})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+
+
+def test_unknown_model_is_a_clear_error(registry):
+    uri = registry["uri"]
+    with pytest.raises(ModelLoadError, match="model 'nope' has no alias 'champion'"):
+        load_served_model(MlflowClient(uri, registry_uri=uri), "nope", uri)
+
+
+def test_mlops_serve_answers_on_loopback(registry):
+    port = free_port()
+    env = os.environ | {"MLOPS_HOME": str(registry["home"]), "MLFLOW_TRACKING_URI": registry["uri"]}
+    mlops = str(Path(sys.executable).parent / "mlops")
+    server = subprocess.Popen(
+        [mlops, "serve", "fraud-detector", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        rows = jsonable(registry["rows"].head(20))
+        body = {
+            "dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}
+        }
+        response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=10)
+        assert_same(as_frame(response), registry["expected"].head(20))
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    missing = subprocess.run(
+        [mlops, "serve", "nope"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert missing.returncode == 2 and "model 'nope' has no alias 'champion'" in missing.stderr
