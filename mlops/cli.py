@@ -496,27 +496,44 @@ def serve(
     """Serve a registered model over MLflow's scoring protocol (POST /invocations).
 
     Also answers /ping, /health, /version and /metrics (Prometheus). Clients written for
-    `mlflow models serve` work unchanged. Ctrl-C stops it.
+    `mlflow models serve` work unchanged. When the alias moves, the new version is loaded
+    beside the old one, checked on its input example and swapped in without downtime: on
+    POST /admin/reload (Bearer MLOPS_SERVING_ADMIN_TOKEN) or every MLOPS_SERVING_POLL_S
+    seconds. Ctrl-C stops it.
     """
     import uvicorn
     from mlflow.tracking import MlflowClient
 
     from serving.app import ServingLimits, ServingState, build_app
     from serving.loader import load_served_model
+    from serving.swap import ModelSwapper
 
     settings = get_settings()
     uri = settings.resolved_tracking_uri
+
+    def client() -> MlflowClient:
+        return MlflowClient(uri, registry_uri=uri)
+
+    def load(registry: MlflowClient, reference: str):
+        return load_served_model(registry, reference, uri)
+
     try:
-        served = load_served_model(MlflowClient(uri, registry_uri=uri), model, uri)
+        served = load(client(), model)
     except MlopsError as error:
         _fail(error)
-    limits = ServingLimits(settings.serving_max_body_bytes, settings.serving_max_in_flight)
+    limits = ServingLimits(
+        settings.serving_max_body_bytes,
+        settings.serving_max_in_flight,
+        settings.serving_admin_token,
+        settings.serving_poll_s,
+    )
+    state = ServingState(served, limits)
     bind_host, bind_port = host or settings.serving_host, port or settings.serving_port
     typer.echo(
         f"Serving {served.name} version {served.version} on http://{bind_host}:{bind_port}/invocations"
     )
     uvicorn.run(
-        build_app(ServingState(served, limits)),
+        build_app(state, ModelSwapper(state, model, client, load)),
         host=bind_host,
         port=bind_port,
         log_level="warning",

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         default=64, gt=0, description="More concurrent requests than this get 503 + Retry-After."
     )
 
+    serving_admin_token: str | None = Field(
+        default=None, description="Bearer token of POST /admin/reload; reloading is off without."
+    )
+    serving_poll_s: float = Field(
+        default=30.0, ge=0, description="How often `mlops serve` checks the alias (0: never)."
+    )
+
     @property
     def resolved_history_url(self) -> str:
         """Where the allocator's run history lives."""

@@ -9,6 +9,7 @@ answering while LightGBM predicts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ class ServingLimits:
 
     max_body_bytes: int = 16 * 2**20
     max_in_flight: int = 64
+    admin_token: str | None = None
+    """Bearer token of ``POST /admin/reload``; the endpoint is off without one."""
+    poll_s: float = 0.0
+    """Check the alias this often as a fallback to the admin call (0: never)."""
 
 
 @dataclass
@@ -59,8 +64,8 @@ def _error(error: PayloadError, version: str) -> Response:
     return _json({"error_code": error.code, "message": str(error)}, error.status, version)
 
 
-def build_app(state: ServingState) -> Starlette:
-    """The ASGI app serving ``state.model`` (swap ``state.model`` to serve another)."""
+def build_app(state: ServingState, swapper=None) -> Starlette:
+    """The ASGI app serving ``state.model``; ``swapper`` (a ModelSwapper) enables reloads."""
 
     async def invocations(request: Request) -> Response:
         started = time.perf_counter()
@@ -102,14 +107,45 @@ def build_app(state: ServingState) -> Starlette:
         text = state.metrics.render(state.model.name, state.model.version)
         return PlainTextResponse(text, headers={"X-Model-Version": state.model.version})
 
+    async def reload(request: Request) -> Response:
+        token = state.limits.admin_token
+        if swapper is None or not token:
+            return _error(
+                PayloadError(403, "Reloading is off: set MLOPS_SERVING_ADMIN_TOKEN.", "FORBIDDEN"),
+                state.model.version,
+            )
+        if request.headers.get("authorization", "") != f"Bearer {token}":
+            return _error(
+                PayloadError(
+                    401,
+                    "A valid admin token is required (Authorization: Bearer ...).",
+                    "UNAUTHENTICATED",
+                ),
+                state.model.version,
+            )
+        outcome = await swapper.reload()
+        status = 200 if outcome.status != "failed" else 409
+        body = {"status": outcome.status, "version": outcome.version, "error": outcome.error}
+        return _json(body, status, state.model.version)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette):
+        async with anyio.create_task_group() as tasks:
+            if swapper is not None and state.limits.poll_s > 0:
+                tasks.start_soon(swapper.poll, state.limits.poll_s)
+            yield
+            tasks.cancel_scope.cancel()
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
+            Route("/admin/reload", reload, methods=["POST"]),
             Route("/invocations", invocations, methods=["POST"]),
             Route("/ping", ping, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/version", version, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-        ]
+        ],
     )
 
 

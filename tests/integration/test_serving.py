@@ -226,3 +226,59 @@ def test_mlops_serve_answers_on_loopback(registry):
         [mlops, "serve", "nope"], env=env, capture_output=True, text=True, timeout=120
     )
     assert missing.returncode == 2 and "model 'nope' has no alias 'champion'" in missing.stderr
+
+
+def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(registry, tmp_path):
+    from serving.swap import ModelSwapper
+
+    uri = registry["uri"]
+    registry_client = MlflowClient(uri, registry_uri=uri)
+    original = registry["served"]
+    state = ServingState(original, ServingLimits(admin_token="s3cret"))
+    swapper = ModelSwapper(
+        state,
+        "fraud-detector@champion",
+        lambda: MlflowClient(uri, registry_uri=uri),
+        lambda c, ref: load_served_model(c, ref, uri),
+    )
+    body = {"dataframe_records": jsonable(registry["rows"].head(5)).to_dict(orient="records")}
+    admin = {"Authorization": "Bearer s3cret"}
+    with TestClient(build_app(state, swapper)) as client:
+        assert client.post("/admin/reload").status_code == 401
+        assert (
+            client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
+        assert client.post("/admin/reload", headers=admin).json()["status"] == "unchanged"
+
+        # A broken version (not a pipeline model) becomes champion: refused, the old one serves.
+        experiment = registry_client.get_experiment_by_name("fraud-detection")
+        run = registry_client.create_run(experiment.experiment_id)
+        (tmp_path / "note.txt").write_text("not a model")
+        registry_client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"), "model")
+        broken = registry_client.create_model_version(
+            "fraud-detector", f"runs:/{run.info.run_id}/model", run.info.run_id
+        )
+        registry_client.set_registered_model_alias("fraud-detector", "champion", broken.version)
+        refused = client.post("/admin/reload", headers=admin)
+        assert refused.status_code == 409 and refused.json()["status"] == "failed"
+        assert "not a pipeline model" in client.get("/health").json()["last_reload_error"]
+        still = client.post("/invocations", json=body)
+        assert still.status_code == 200 and still.headers["X-Model-Version"] == original.version
+
+        # A good new version (the same model registered again) is swapped in.
+        good = registry_client.create_model_version(
+            "fraud-detector", f"models:/fraud-detector/{original.version}", original.run_id
+        )
+        registry_client.set_registered_model_alias("fraud-detector", "champion", good.version)
+        swapped = client.post("/admin/reload", headers=admin).json()
+        assert swapped == {"status": "swapped", "version": str(good.version), "error": None}
+        after = client.post("/invocations", json=body)
+        assert after.headers["X-Model-Version"] == str(good.version)
+        assert_same(as_frame(after), registry["expected"].head(5))
+        assert client.get("/health").json()["last_reload_error"] is None
+    registry_client.set_registered_model_alias("fraud-detector", "champion", original.version)
+
+
+def test_reloading_is_off_without_a_token(client):
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer x"}).status_code == 403
