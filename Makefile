@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo run up status down trigger browser test test-unit test-integration test-stack lint format ui benchmark benchmark-allocator lock clean
+.PHONY: help install demo run up status down trigger browser test test-unit test-integration test-stack lint format ui benchmark benchmark-allocator benchmark-serving serve lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -68,6 +68,12 @@ ui: $(STAMP)  ## Open the MLflow UI on the project's store (127.0.0.1:5000)
 
 benchmark: $(STAMP)  ## Run benchmarks/pipeline.py (1M and 10M rows; long) and update docs/benchmarks.md
 	$(BIN)/python benchmarks/pipeline.py
+
+benchmark-serving: $(STAMP)  ## Our service vs `mlflow models serve` on the same model; updates docs/benchmarks.md
+	$(BIN)/python benchmarks/serving.py
+
+serve: $(STAMP)  ## Serve the demo model's champion on 127.0.0.1:5001 (MLflow scoring protocol)
+	$(BIN)/mlops serve fraud-detector
 
 benchmark-allocator: $(STAMP)  ## Profiling sweep + leave-one-dataset-out replay + simulator; updates docs/benchmarks.md
 	$(BIN)/python benchmarks/allocator.py all

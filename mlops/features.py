@@ -134,28 +134,39 @@ def build_features(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         raise DataError(
             f"Input is missing columns {missing}; the model needs {spec.input_columns}."
         )
-    out: dict[str, np.ndarray] = {}
+    names = spec.feature_names
+    position = {name: i for i, name in enumerate(names)}
+    matrix = np.empty((len(raw), len(names)), dtype="float32")
     for column in spec.numeric:
         values = pd.to_numeric(raw[column], errors="coerce").to_numpy(
             dtype="float64", na_value=np.nan
         )
         if column in spec.log_transform:
-            out[f"log_{column}"] = np.sign(values) * np.log1p(np.abs(values))
+            matrix[:, position[f"log_{column}"]] = np.sign(values) * np.log1p(np.abs(values))
         else:
-            out[column] = values
+            matrix[:, position[column]] = values
     for column in spec.datetime:
         stamps = _as_datetime(raw[column])
         for part in spec.datetime_parts:
-            out[f"{column}_{part}"] = (
+            matrix[:, position[f"{column}_{part}"]] = (
                 _DATETIME_PARTS[part](stamps).astype("float64").to_numpy(na_value=np.nan)
             )
     for column, vocabulary in spec.categorical.items():
-        values = raw[column].astype("string")
-        codes = pd.Categorical(values, categories=vocabulary).codes.astype("float32")
-        codes[codes < 0] = np.nan
-        out[column] = codes
-    frame = pd.DataFrame(out, index=raw.index)
-    return frame.astype("float32")[spec.feature_names]
+        codes = _vocabulary_index(vocabulary).get_indexer(raw[column].astype("string"))
+        matrix[:, position[column]] = np.where(codes < 0, np.nan, codes)
+    return pd.DataFrame(matrix, columns=names, index=raw.index)
+
+
+_VOCABULARIES: dict[int, tuple[list[str], pd.Index]] = {}
+
+
+def _vocabulary_index(vocabulary: list[str]) -> pd.Index:
+    """A lookup index per vocabulary list, built once (serving calls this for every request)."""
+    cached = _VOCABULARIES.get(id(vocabulary))
+    if cached is None or cached[0] is not vocabulary:  # a reused id belongs to another list
+        cached = (vocabulary, pd.Index(vocabulary, dtype="string"))
+        _VOCABULARIES[id(vocabulary)] = cached
+    return cached[1]
 
 
 def _as_datetime(values: pd.Series) -> pd.Series:
