@@ -41,9 +41,11 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.doc_sections import markers, write_section  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 HISTORY_CSV = RESULTS / "allocator_history.csv"
-DOC = ROOT / "docs" / "benchmarks.md"
 GIB = 2**30
 
 SWEEP_WORKERS = (1, 2)
@@ -309,7 +311,7 @@ def build_bench(runs, pricing, cores: int) -> Bench:
                 chosen.total_time_s * pricing.per_second(shape),
                 chosen.peak_memory_bytes,
             )
-    usable = {n for n, o in outcomes.items() if any(x.status == "success" for x in o.values())}
+    usable = sorted(n for n, o in outcomes.items() if any(x.status == "success" for x in o.values()))
     return Bench(
         {n: outcomes[n] for n in usable},
         {n: jobs[n] for n in usable},
@@ -631,7 +633,7 @@ def simulated_bench(bench: Bench, noise_sd: float, pricing, seed: int = 1) -> Be
 # ---------------------------------------------------------------- the report
 
 
-BEGIN, END = "<!-- allocator-benchmark:begin -->", "<!-- allocator-benchmark:end -->"
+BEGIN, END = markers("allocator")
 TARGETS = {
     "median_regret": ("<=", 0.10),
     "within_10pct": (">=", 0.60),
@@ -815,12 +817,7 @@ def report(work: Path, draws: int) -> None:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n## Allocator\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section("allocator", "Allocator", section)
 
 
 # ---------------------------------------------------------------- command line

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +26,11 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- data-gate-benchmark:begin -->", "<!-- data-gate-benchmark:end -->"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.doc_sections import markers, write_section  # noqa: E402
+
+BEGIN, END = markers("data-gate")
 CONFIGS = {"fraud": "fraud_detection.yaml", "car_dealership": "car_dealership.yaml"}
 
 
@@ -177,12 +181,7 @@ def render(results: list[dict[str, Any]], seeds: int) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text()
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n## Data gate\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section("data-gate", "Data gate", section)
 
 
 def main() -> None:

@@ -32,8 +32,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- pipeline-benchmark:begin -->", "<!-- pipeline-benchmark:end -->"
+
+from benchmarks.doc_sections import markers, write_section  # noqa: E402
+
+BEGIN, END = markers("pipeline")
 
 
 class PeakMemory:
@@ -448,12 +450,7 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n## Pipeline\n\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section("pipeline", "Pipeline", section)
 
 
 def _noop() -> None:

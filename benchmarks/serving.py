@@ -36,9 +36,11 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DOC = ROOT / "docs" / "benchmarks.md"
+
+from benchmarks.doc_sections import markers, write_section  # noqa: E402
+
 BIN = Path(sys.executable).parent
-BEGIN, END = "<!-- serving-benchmark:begin -->", "<!-- serving-benchmark:end -->"
+BEGIN, END = markers("serving")
 
 
 # ---------------------------------------------------------------- the load generator
@@ -347,12 +349,7 @@ def report(r: dict) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text()
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n## Serving\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section("serving", "Serving", section)
 
 
 def main() -> None:

@@ -80,7 +80,21 @@ class ClusterShape(BaseModel):
         )
 
 
-class RunProfile(JobFeatures):
+class WithShape:
+    """For models that carry a shape's four fields: the :class:`ClusterShape` they describe."""
+
+    @property
+    def shape(self) -> ClusterShape:
+        """The cluster shape of these fields."""
+        return ClusterShape(
+            workers=self.workers,
+            threads_per_worker=self.threads_per_worker,
+            memory_per_worker_bytes=self.memory_per_worker_bytes,
+            gpu=self.gpu,
+        )
+
+
+class RunProfile(JobFeatures, WithShape):
     """One recorded training run: the job, the cluster it ran on, and the measured outcome."""
 
     run_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
@@ -112,16 +126,6 @@ class RunProfile(JobFeatures):
         if self.status == "success" and (self.iterations < 1 or self.peak_memory_bytes is None):
             raise ValueError("a successful run needs iterations >= 1 and peak_memory_bytes")
         return self
-
-    @property
-    def shape(self) -> ClusterShape:
-        """The cluster configuration this run used."""
-        return ClusterShape(
-            workers=self.workers,
-            threads_per_worker=self.threads_per_worker,
-            memory_per_worker_bytes=self.memory_per_worker_bytes,
-            gpu=self.gpu,
-        )
 
     @property
     def job(self) -> JobFeatures:
@@ -194,6 +198,11 @@ class HistoryStore:
         with self.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
         return [RunProfile.model_validate(dict(row)) for row in rows]
+
+    def run_ids(self) -> set[str]:
+        """The ids of every recorded run."""
+        with self.engine.connect() as connection:
+            return set(connection.execute(sa.select(runs_table.c.run_id)).scalars())
 
     def close(self) -> None:
         """Release the database connections."""
@@ -275,7 +284,7 @@ def import_history(store: HistoryStore, path: Path) -> int:
         HistoryError: if any row is invalid or a run id is already recorded; nothing is written.
     """
     profiles = read_history_file(path)
-    known = {p.run_id for p in store.runs()}
+    known = store.run_ids()
     clashes = [i for i, p in enumerate(profiles, 1) if p.run_id in known]
     if clashes:
         raise HistoryError(

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .history import ClusterShape, JobFeatures, RunProfile
+from .history import ClusterShape, JobFeatures, RunProfile, WithShape
 from .model import (
     PAUSE_FRACTION,
     FittedModel,
@@ -73,7 +73,7 @@ class Objective(BaseModel):
     )
 
 
-class Candidate(BaseModel):
+class Candidate(BaseModel, WithShape):
     """One scored cluster shape."""
 
     workers: int
@@ -85,16 +85,6 @@ class Candidate(BaseModel):
     predicted_cost: float
     support: float = Field(description="Weighted count of similar past runs on this shape.")
     excluded: str | None = Field(default=None, description="Why it cannot be picked.")
-
-    @property
-    def shape(self) -> ClusterShape:
-        """The cluster shape."""
-        return ClusterShape(
-            workers=self.workers,
-            threads_per_worker=self.threads_per_worker,
-            memory_per_worker_bytes=self.memory_per_worker_bytes,
-            gpu=self.gpu,
-        )
 
 
 class PastRun(BaseModel):
@@ -109,7 +99,7 @@ class PastRun(BaseModel):
     peak_memory_mib: float | None
 
 
-class Allocation(BaseModel):
+class Allocation(BaseModel, WithShape):
     """The cluster a training run should get, with predictions and the reasons."""
 
     workers: int
@@ -127,16 +117,6 @@ class Allocation(BaseModel):
     nearest_runs: list[PastRun] = Field(default_factory=list)
     history_runs: int = 0
     explored: bool = False
-
-    @property
-    def shape(self) -> ClusterShape:
-        """The recommended cluster shape."""
-        return ClusterShape(
-            workers=self.workers,
-            threads_per_worker=self.threads_per_worker,
-            memory_per_worker_bytes=self.memory_per_worker_bytes,
-            gpu=self.gpu,
-        )
 
     def summary(self) -> str:
         """One line: shape, predictions and confidence."""
@@ -210,7 +190,7 @@ def memory_exclusion(
                 f"ran out of memory at {run.memory_per_worker_bytes / GIB:.2g} GiB "
                 f"({run.use_case}, {run.shape.label()})"
             )
-    margin = objective.memory_margin * math.exp(2 * spread) * failure_margin(runs, job)
+    margin = objective.memory_margin * math.exp(2 * spread) * failure_margin(runs)
     fraction = safe_fraction(runs)
     needed = prediction.peak_memory_bytes * margin / fraction
     if needed > shape.memory_per_worker_bytes:
@@ -221,7 +201,7 @@ def memory_exclusion(
     return None
 
 
-def failure_margin(runs: Sequence[RunProfile], job: JobFeatures) -> float:
+def failure_margin(runs: Sequence[RunProfile]) -> float:
     """Extra memory margin after failures: how far the memory model underestimated them."""
     worst = 1.0
     for run in runs:
