@@ -311,7 +311,9 @@ def build_bench(runs, pricing, cores: int) -> Bench:
                 chosen.total_time_s * pricing.per_second(shape),
                 chosen.peak_memory_bytes,
             )
-    usable = sorted(n for n, o in outcomes.items() if any(x.status == "success" for x in o.values()))
+    usable = sorted(
+        n for n, o in outcomes.items() if any(x.status == "success" for x in o.values())
+    )
     return Bench(
         {n: outcomes[n] for n in usable},
         {n: jobs[n] for n in usable},
