@@ -115,7 +115,7 @@ def make_config(source: Path, memory_limit: str, rounds: int):
 def run_plain(config, work: Path) -> dict[str, Any]:
     """The stage functions without Prefect or MLflow (the model gate needs MLflow: not here)."""
     from infra.dask_cluster import dask_client
-    from mlops.pyfunc import class_scores, predict_frame
+    from mlops.prediction import class_scores, predict_frame
     from mlops.settings import get_settings
     from tasks.data_validation import load_or_derive_suite, run_data_gate
     from tasks.evaluation import compute_metrics

@@ -522,10 +522,10 @@ def serve(
     except MlopsError as error:
         _fail(error)
     limits = ServingLimits(
-        settings.serving_max_body_bytes,
-        settings.serving_max_in_flight,
-        settings.serving_admin_token,
-        settings.serving_poll_s,
+        max_body_bytes=settings.serving_max_body_bytes,
+        max_in_flight=settings.serving_max_in_flight,
+        admin_token=settings.serving_admin_token,
+        poll_s=settings.serving_poll_s,
     )
     state = ServingState(served, limits)
     bind_host, bind_port = host or settings.serving_host, port or settings.serving_port

@@ -294,6 +294,31 @@ class ModelGateConfig(StrictModel):
         return value
 
 
+class DeployConfig(StrictModel):
+    """The deploy stage: the gated candidate becomes champion, goes live, is checked, or is rolled back.
+
+    The serving instances it reloads and checks are settings (``MLOPS_SERVING_URLS``), not
+    part of the use case; without any, the check runs on the serving code in-process.
+    """
+
+    smoke_rows: int = Field(
+        default=200,
+        ge=1,
+        description="Held-out test rows each instance must predict as the registry does.",
+    )
+    latency_requests: int = Field(
+        default=50, ge=5, description="Single-row requests timed on each instance."
+    )
+    max_latency_p95_ms: float = Field(
+        default=100.0, gt=0, description="Budget for the p95 of those requests, network included."
+    )
+    reload_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long an instance may take to load and check the version.",
+    )
+
+
 class ModelConfig(StrictModel):
     """How the model is named in the MLflow registry."""
 
@@ -327,6 +352,7 @@ class PipelineConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     data_gate: DataGateConfig = Field(default_factory=DataGateConfig)
     model_gate: ModelGateConfig = Field(default_factory=ModelGateConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     @model_validator(mode="after")
     def _target_is_not_dropped(self) -> PipelineConfig:

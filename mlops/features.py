@@ -2,30 +2,52 @@
 
 A :class:`FeatureSpec` is fitted once on the training split (the categorical vocabularies) and
 stored with the dataset and inside the logged model. :func:`build_features` turns raw rows into
-the model's float32 matrix; the training flow, the evaluation flow and the MLflow pyfunc model
-all call this one function, so a row is transformed the same way everywhere.
+the model's float32 matrix; the training flow, the evaluation flow, the MLflow pyfunc model and
+the serving service all call it (the service through :func:`build_feature_matrix`, on the
+columns of a request as it parsed them), so a row is transformed the same way everywhere.
+
+Each raw column goes through one function per kind (:func:`numeric_values`,
+:func:`datetime_values`, :func:`category_codes`). They take a pandas Series or a plain list
+and give the same values for the same data; plain lists of numbers, ISO 8601 strings of one
+layout and strings are converted without pandas, which is what makes a one-row request cheap.
+This module imports nothing of the project but :mod:`.errors`, so a model bundle can carry it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from mlops.errors import DataError
+from .errors import DataError
+
+ColumnValues = pd.Series | np.ndarray | Sequence[Any]
+"""One raw column: a pandas Series, a numpy array or a list of Python values."""
+
+
+def _units_into(stamps: np.ndarray, unit: str, inner: str) -> np.ndarray:
+    """Whole ``inner`` units since the start of the enclosing ``unit`` (e.g. hours into the day)."""
+    return (stamps.astype(f"datetime64[{inner}]") - stamps.astype(f"datetime64[{unit}]")).astype(
+        "int64"
+    )
+
 
 _DATETIME_PARTS = {
-    "year": lambda s: s.dt.year,
-    "month": lambda s: s.dt.month,
-    "day": lambda s: s.dt.day,
-    "dayofweek": lambda s: s.dt.dayofweek,
-    "dayofyear": lambda s: s.dt.dayofyear,
-    "hour": lambda s: s.dt.hour,
-    "minute": lambda s: s.dt.minute,
-    "is_weekend": lambda s: (s.dt.dayofweek >= 5).where(s.notna()),
+    "year": lambda d: d.astype("datetime64[Y]").astype("int64") + 1970,
+    "month": lambda d: d.astype("datetime64[M]").astype("int64") % 12 + 1,
+    "day": lambda d: _units_into(d, "M", "D") + 1,
+    "dayofweek": lambda d: (d.astype("datetime64[D]").astype("int64") + 3) % 7,  # 1970-01-01: Thu
+    "dayofyear": lambda d: _units_into(d, "Y", "D") + 1,
+    "hour": lambda d: _units_into(d, "D", "h"),
+    "minute": lambda d: _units_into(d, "h", "m"),
+    "is_weekend": lambda d: (d.astype("datetime64[D]").astype("int64") + 3) % 7 >= 5,
 }
+"""Calendar parts of naive UTC ``datetime64[us]`` stamps, as pandas' ``.dt`` accessors give them."""
 
 
 class FeatureSpec(BaseModel):
@@ -55,6 +77,22 @@ class FeatureSpec(BaseModel):
     def categorical_features(self) -> list[str]:
         """Feature names LightGBM treats as categorical (integer codes, NaN when unseen)."""
         return list(self.categorical)
+
+    @cached_property
+    def category_lookups(self) -> dict[str, dict[str, float]]:
+        """Per categorical column, value -> code (built once per spec)."""
+        return {
+            column: {value: float(code) for code, value in enumerate(vocabulary)}
+            for column, vocabulary in self.categorical.items()
+        }
+
+    @cached_property
+    def category_indexes(self) -> dict[str, pd.Index]:
+        """Per categorical column, the vocabulary as a pandas index (for Series lookups)."""
+        return {
+            column: pd.Index(vocabulary, dtype="string")
+            for column, vocabulary in self.categorical.items()
+        }
 
 
 def fit_feature_spec(
@@ -134,44 +172,169 @@ def build_features(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         raise DataError(
             f"Input is missing columns {missing}; the model needs {spec.input_columns}."
         )
-    names = spec.feature_names
-    position = {name: i for i, name in enumerate(names)}
-    matrix = np.empty((len(raw), len(names)), dtype="float32")
+    columns = {column: raw[column] for column in spec.input_columns}
+    matrix = build_feature_matrix(columns, len(raw), spec)
+    return pd.DataFrame(matrix, columns=spec.feature_names, index=raw.index)
+
+
+def build_feature_matrix(
+    columns: Mapping[str, ColumnValues], n_rows: int, spec: FeatureSpec
+) -> np.ndarray:
+    """The model's float32 matrix from raw columns (what :func:`build_features` computes).
+
+    Args:
+        columns: Each of ``spec.input_columns`` -> its ``n_rows`` raw values.
+        n_rows: The number of rows.
+        spec: The fitted transform.
+
+    Returns:
+        A ``(n_rows, len(spec.feature_names))`` float32 array.
+    """
+    matrix = np.empty((n_rows, len(spec.feature_names)), dtype="float32")
+    position = 0
     for column in spec.numeric:
-        values = pd.to_numeric(raw[column], errors="coerce").to_numpy(
-            dtype="float64", na_value=np.nan
-        )
+        values = numeric_values(columns[column])
         if column in spec.log_transform:
-            matrix[:, position[f"log_{column}"]] = np.sign(values) * np.log1p(np.abs(values))
-        else:
-            matrix[:, position[column]] = values
+            values = np.sign(values) * np.log1p(np.abs(values))
+        matrix[:, position] = values
+        position += 1
     for column in spec.datetime:
-        stamps = _as_datetime(raw[column])
+        stamps = datetime_values(columns[column])
+        missing = np.isnat(stamps)
         for part in spec.datetime_parts:
-            matrix[:, position[f"{column}_{part}"]] = (
-                _DATETIME_PARTS[part](stamps).astype("float64").to_numpy(na_value=np.nan)
-            )
-    for column, vocabulary in spec.categorical.items():
-        codes = _vocabulary_index(vocabulary).get_indexer(raw[column].astype("string"))
-        matrix[:, position[column]] = np.where(codes < 0, np.nan, codes)
-    return pd.DataFrame(matrix, columns=names, index=raw.index)
+            matrix[:, position] = np.where(missing, np.nan, _DATETIME_PARTS[part](stamps))
+            position += 1
+    for column in spec.categorical:
+        matrix[:, position] = category_codes(columns[column], spec, column)
+        position += 1
+    return matrix
 
 
-_VOCABULARIES: dict[int, tuple[list[str], pd.Index]] = {}
+_PLAIN_NUMBER = frozenset({int, float, type(None)})
+_TEXT_OR_NONE = frozenset({str, type(None)})
 
 
-def _vocabulary_index(vocabulary: list[str]) -> pd.Index:
-    """A lookup index per vocabulary list, built once (serving calls this for every request)."""
-    cached = _VOCABULARIES.get(id(vocabulary))
-    if cached is None or cached[0] is not vocabulary:  # a reused id belongs to another list
-        cached = (vocabulary, pd.Index(vocabulary, dtype="string"))
-        _VOCABULARIES[id(vocabulary)] = cached
-    return cached[1]
+def numeric_values(values: ColumnValues) -> np.ndarray:
+    """Float64 numbers; missing values and text that is not a number become NaN."""
+    if isinstance(values, list) and _PLAIN_NUMBER.issuperset(map(type, values)):
+        return np.array(values, dtype="float64")  # None -> NaN
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return series.to_numpy(dtype="float64", na_value=np.nan)
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _as_datetime(values: pd.Series) -> pd.Series:
-    if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC").dt.tz_localize(None)
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return values
-    return pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None)
+def datetime_values(values: ColumnValues) -> np.ndarray:
+    """Naive UTC ``datetime64[us]`` stamps; what cannot be read as a date becomes NaT.
+
+    Text is read as ``pd.to_datetime(..., errors="coerce", utc=True)`` reads it (the layout
+    is inferred from the first value; values of another layout become NaT). ISO 8601 text of
+    one layout is read without pandas, to the same result.
+    """
+    if isinstance(values, pd.Series):
+        if isinstance(values.dtype, pd.DatetimeTZDtype):
+            values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+        if pd.api.types.is_datetime64_any_dtype(values):
+            return values.to_numpy(dtype="datetime64[us]")
+        if values.dtype == object or pd.api.types.is_string_dtype(values):
+            values = values.tolist()
+    if isinstance(values, list):
+        stamps = _iso_stamps(values)
+        if stamps is not None:
+            return stamps
+    parsed = pd.to_datetime(pd.Series(values), errors="coerce", utc=True)
+    return parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+
+
+def _layouts() -> dict[str, int]:
+    """ISO 8601 layouts (digits as ``d``) that pandas and ``datetime.fromisoformat`` read alike,
+    each with the length of its zone suffix (``Z`` or ``+hh:mm``)."""
+    times = ["dd:dd", "dd:dd:dd", *(f"dd:dd:dd.{'d' * n}" for n in range(1, 7))]
+    zones = {"": 0, "Z": 1, "+dd:dd": 6, "-dd:dd": 6}
+    layouts = {"dddd-dd-dd": 0}
+    for separator in "T ":
+        for time in times:
+            for zone, length in zones.items():
+                layouts[f"dddd-dd-dd{separator}{time}{zone}"] = length
+    return layouts
+
+
+_ISO_LAYOUTS = _layouts()
+_AS_LAYOUT = str.maketrans("0123456789", "dddddddddd")
+
+
+def _iso_stamps(items: list[Any]) -> np.ndarray | None:
+    """Stamps for ISO 8601 strings of one layout (and missing values); None for anything else.
+
+    The strings are checked and parsed by numpy as a whole; a column with an impossible date
+    in it (February 30) is read value by value, that value becoming NaT as in pandas.
+    """
+    if set(map(type, items)) == {str}:
+        missing, present = np.zeros(len(items), dtype=bool), items
+    else:
+        missing = np.array([is_missing(v) for v in items], dtype=bool)
+        present = [v for v, gone in zip(items, missing, strict=True) if not gone]
+        if not present or not all(type(v) is str for v in present):
+            return None
+    grid = _layout_grid(present)
+    if grid is None:
+        return None
+    width = grid.shape[1]
+    zone = _ISO_LAYOUTS[present[0].translate(_AS_LAYOUT)]
+    local = np.ascontiguousarray(grid[:, : width - zone]).view(f"<U{width - zone}").ravel()
+    try:
+        parsed = local.astype("datetime64[us]")
+    except ValueError:  # an impossible date somewhere: read each value on its own
+        parsed = np.array([_iso_stamp(v) for v in present], dtype="datetime64[us]")
+        zone = 0  # _iso_stamp already converted to UTC
+    if zone == 6:
+        digits = grid[:, width - 5 :].astype("int64") - ord("0")
+        minutes = (digits[:, 0] * 10 + digits[:, 1]) * 60 + digits[:, 3] * 10 + digits[:, 4]
+        sign = np.where(grid[:, width - 6] == ord("-"), -1, 1)
+        parsed = parsed - (sign * minutes).astype("timedelta64[m]")
+    stamps = np.full(len(items), np.datetime64("NaT"), dtype="datetime64[us]")
+    stamps[~missing] = parsed
+    return stamps
+
+
+def _layout_grid(texts: list[str]) -> np.ndarray | None:
+    """The strings as a (rows, characters) code grid if they share one ISO 8601 layout."""
+    layout = texts[0].translate(_AS_LAYOUT)
+    if layout not in _ISO_LAYOUTS:
+        return None
+    array = np.array(texts)
+    if array.dtype.itemsize != 4 * len(layout):  # a longer value than the first
+        return None
+    grid = array.view(np.uint32).reshape(len(texts), len(layout))
+    is_digit = np.array([c == "d" for c in layout])
+    template = np.array([ord(c) for c in texts[0]], dtype=np.uint32)
+    digits = grid[:, is_digit]
+    same = ((digits >= ord("0")) & (digits <= ord("9"))).all() and (
+        grid[:, ~is_digit] == template[~is_digit]
+    ).all()
+    return grid if same else None
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN, pd.NA and NaT: what pandas counts as missing in a column."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float | np.floating) and value != value
+
+
+def _iso_stamp(value: str) -> datetime | None:
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:  # an impossible date, such as February 30
+        return None
+    return stamp.astimezone(UTC).replace(tzinfo=None) if stamp.tzinfo else stamp
+
+
+def category_codes(values: ColumnValues, spec: FeatureSpec, column: str) -> np.ndarray:
+    """Vocabulary positions of a categorical column as float64; unseen or missing -> NaN."""
+    if isinstance(values, list) and _TEXT_OR_NONE.issuperset(map(type, values)):
+        codes = map(spec.category_lookups[column].get, values)
+        return np.array(list(codes), dtype="float64")  # unseen or None -> None -> NaN
+    series = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
+    codes = spec.category_indexes[column].get_indexer(series.astype("string"))
+    return np.where(codes < 0, np.nan, codes)

@@ -2,7 +2,8 @@
 
 Stored in MLflow as a pyfunc with three artifacts: the LightGBM model file, the fitted
 :class:`~mlops.features.FeatureSpec` and a small JSON of task facts. Anything that loads it
-(``mlflow.pyfunc.load_model``, ``mlflow models serve``, our serving service) predicts the same way.
+(``mlflow.pyfunc.load_model``, ``mlflow models serve``, our serving service, an exported
+bundle) predicts with :mod:`mlops.prediction`, so the same way.
 """
 
 from __future__ import annotations
@@ -13,45 +14,14 @@ from typing import Any
 
 import lightgbm as lgb
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 
-from mlops.features import FeatureSpec, build_features
+from mlops.features import FeatureSpec
+from mlops.prediction import predict_frame
 
 BOOSTER_ARTIFACT = "booster"
 SPEC_ARTIFACT = "feature_spec"
 INFO_ARTIFACT = "model_info"
-
-
-def predict_frame(
-    booster: lgb.Booster, spec: FeatureSpec, task: str, classes: list[str] | None, raw: pd.DataFrame
-) -> pd.DataFrame:
-    """Predictions for raw rows.
-
-    Returns:
-        Regression: a ``prediction`` column. Binary: ``prediction`` (label) and ``probability``
-        (of the second class). Multiclass: ``prediction`` and ``probability_<label>`` per class.
-    """
-    features = build_features(raw, spec).to_numpy()
-    scores = booster.predict(features)
-    if task == "regression":
-        return pd.DataFrame({"prediction": scores}, index=raw.index)
-    labels = np.asarray(classes, dtype=object)
-    if task == "binary":
-        predicted = labels[(scores >= 0.5).astype(int)]
-        return pd.DataFrame({"prediction": predicted, "probability": scores}, index=raw.index)
-    columns = {"prediction": labels[scores.argmax(axis=1)]}
-    columns |= {f"probability_{label}": scores[:, i] for i, label in enumerate(classes)}
-    return pd.DataFrame(columns, index=raw.index)
-
-
-def class_scores(predictions: pd.DataFrame, task: str, classes: list[str] | None) -> np.ndarray:
-    """Probability of the positive class (binary), per class (multiclass) or the value (regression)."""
-    if task == "regression":
-        return predictions["prediction"].to_numpy(dtype="float64")
-    if task == "binary":
-        return predictions["probability"].to_numpy(dtype="float64")
-    return predictions[[f"probability_{c}" for c in classes]].to_numpy(dtype="float64")
 
 
 class LightGBMPipelineModel(mlflow.pyfunc.PythonModel):

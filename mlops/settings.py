@@ -90,6 +90,17 @@ class Settings(BaseSettings):
     serving_poll_s: float = Field(
         default=30.0, ge=0, description="How often `mlops serve` checks the alias (0: never)."
     )
+    serving_urls: str | None = Field(
+        default=None,
+        description="Comma-separated base URLs of the serving instances the deploy stage reloads "
+        "and smoke-tests (e.g. http://10.0.0.5:5001); none: the check runs in-process.",
+    )
+
+    @property
+    def serving_instances(self) -> list[str]:
+        """The base URLs in ``serving_urls``, without trailing slashes."""
+        urls = (self.serving_urls or "").split(",")
+        return [url.strip().rstrip("/") for url in urls if url.strip()]
 
     @property
     def resolved_history_url(self) -> str:

@@ -22,12 +22,8 @@ from pydantic import BaseModel
 
 import mlops
 from mlops.dataset import DatasetRef
-from mlops.pyfunc import (
-    BOOSTER_ARTIFACT,
-    INFO_ARTIFACT,
-    SPEC_ARTIFACT,
-    predict_frame,
-)
+from mlops.prediction import predict_frame
+from mlops.pyfunc import BOOSTER_ARTIFACT, INFO_ARTIFACT, SPEC_ARTIFACT
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 The registry holds the pipeline's pyfunc model (``mlops.pyfunc``): a LightGBM model file, the
 fitted feature transform and the task facts. Serving reads those three files directly and
-predicts with the same :func:`mlops.pyfunc.predict_frame`, so its predictions are the
-registry model's, without MLflow's per-request pyfunc machinery.
+predicts with the same feature and prediction code (:mod:`mlops.features`,
+:mod:`mlops.prediction`), so its predictions are the registry model's, without MLflow's
+per-request pyfunc machinery.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from pathlib import Path
 
 import lightgbm as lgb
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from mlops.errors import MlopsError
-from mlops.features import FeatureSpec
-from mlops.pyfunc import predict_frame
+from mlops.features import FeatureSpec, build_feature_matrix
+from mlops.prediction import predict_frame, predict_matrix
+
+from .payload import Rows, check_values
 
 
 class ModelLoadError(MlopsError):
@@ -44,6 +48,16 @@ class ServedModel:
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Predictions for raw rows, exactly as the registered pyfunc makes them."""
         return predict_frame(self.booster, self.spec, self.task, self.classes, rows)
+
+    def predict_rows(self, rows: Rows) -> dict[str, np.ndarray]:
+        """Prediction columns for a request's checked rows.
+
+        Raises:
+            PayloadError: a value the feature code could not read (see ``check_values``).
+        """
+        features = build_feature_matrix(rows.columns, rows.count, self.spec)
+        check_values(rows, features, self.spec)
+        return predict_matrix(self.booster, self.task, self.classes, features)
 
     def describe(self) -> dict[str, str]:
         """What ``/version`` answers."""

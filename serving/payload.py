@@ -1,23 +1,27 @@
-"""Request bodies of MLflow's scoring protocol, turned into checked frames of raw rows.
+"""Request bodies of MLflow's scoring protocol, turned into checked raw columns.
 
 Accepted, as ``mlflow models serve`` accepts them: JSON with one of ``dataframe_split``,
-``dataframe_records``, ``instances`` or ``inputs``, and ``text/csv``. Anything else, and
-any body whose columns or values do not fit the model, is a :class:`PayloadError` with a 4xx
-status and a message that names what is wrong.
+``dataframe_records``, ``instances`` or ``inputs``, and ``text/csv``. A JSON body becomes plain
+lists of column values, which the shared feature code (:mod:`mlops.features`) reads without
+building a pandas frame; CSV is read by pandas, as MLflow reads it. Anything else, and any body
+whose columns or values do not fit the model, is a :class:`PayloadError` with a 4xx status and
+a message that names what is wrong.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
-from mlops.features import FeatureSpec
+from mlops.features import ColumnValues, FeatureSpec, is_missing
 
 JSON_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class PayloadError(Exception):
@@ -29,7 +33,15 @@ class PayloadError(Exception):
         self.code = code
 
 
-def parse_body(body: bytes, content_type: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Rows:
+    """A request's rows as raw columns: column name -> its values (a list, or a Series for CSV)."""
+
+    columns: dict[str, ColumnValues]
+    count: int
+
+
+def parse_body(body: bytes, content_type: str) -> Rows:
     """Raw rows from a request body.
 
     Raises:
@@ -37,7 +49,7 @@ def parse_body(body: bytes, content_type: str) -> pd.DataFrame:
     """
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind == "text/csv":
-        return _csv_frame(body)
+        return _csv_rows(body)
     if kind != "application/json":
         raise PayloadError(
             415,
@@ -49,19 +61,22 @@ def parse_body(body: bytes, content_type: str) -> pd.DataFrame:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise PayloadError(400, f"The body is not valid JSON: {error}.") from None
-    return _json_frame(document)
+    return _json_rows(document)
 
 
-def _csv_frame(body: bytes) -> pd.DataFrame:
+def _csv_rows(body: bytes) -> Rows:
     if not body.strip():
         raise PayloadError(400, "The CSV body is empty; send a header row and at least one row.")
     try:
-        return pd.read_csv(io.BytesIO(body))
+        frame = pd.read_csv(io.BytesIO(body))
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
         raise PayloadError(400, f"The CSV body could not be parsed: {error}.") from None
+    if frame.columns.duplicated().any():
+        raise PayloadError(400, "The CSV header names a column twice.")
+    return Rows({str(c): frame[c] for c in frame.columns}, len(frame))
 
 
-def _json_frame(document: Any) -> pd.DataFrame:
+def _json_rows(document: Any) -> Rows:
     if not isinstance(document, dict):
         raise PayloadError(400, f"The JSON body must be an object with one of {list(JSON_KEYS)}.")
     keys = [k for k in JSON_KEYS if k in document]
@@ -75,74 +90,129 @@ def _json_frame(document: Any) -> pd.DataFrame:
         )
     key = keys[0]
     value = document[key]
-    try:
-        if key == "dataframe_split":
-            if not isinstance(value, dict) or "columns" not in value or "data" not in value:
-                raise PayloadError(400, "dataframe_split needs 'columns' and 'data'.")
-            return pd.DataFrame(value["data"], columns=value["columns"])
-        if isinstance(value, dict):  # inputs/instances as {column: [values]}
-            return pd.DataFrame(value)
-        if isinstance(value, list) and all(isinstance(row, dict) for row in value):
-            return pd.DataFrame.from_records(value)
-    except (ValueError, TypeError) as error:
-        raise PayloadError(400, f"'{key}' does not describe a table: {error}.") from None
+    if key == "dataframe_split":
+        return _split_rows(value)
+    if isinstance(value, dict):  # inputs/instances as {column: [values]}
+        return _column_rows(key, value)
+    if isinstance(value, list) and all(isinstance(row, dict) for row in value):
+        return _record_rows(value)
     raise PayloadError(
         400, f"'{key}' must be a list of row objects or an object of columns for this model."
     )
 
 
-def check_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """The rows, checked against the model's input columns and types.
+def _split_rows(value: Any) -> Rows:
+    if not isinstance(value, dict) or "columns" not in value or "data" not in value:
+        raise PayloadError(400, "dataframe_split needs 'columns' and 'data'.")
+    columns, data = value["columns"], value["data"]
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise PayloadError(400, "dataframe_split 'columns' must be a list of column names.")
+    if len(set(columns)) != len(columns):
+        raise PayloadError(400, "dataframe_split 'columns' names a column twice.")
+    if not isinstance(data, list):
+        raise PayloadError(400, "dataframe_split 'data' must be a list of rows.")
+    width = len(columns)
+    if not (set(map(type, data)) <= {list} and set(map(len, data)) <= {width}):
+        number, row = next(
+            (i, r) for i, r in enumerate(data) if not isinstance(r, list) or len(r) != width
+        )
+        raise PayloadError(
+            400,
+            f"dataframe_split row {number} must be a list of {width} values, one per column; "
+            f"it is {_describe(row)}.",
+        )
+    values = zip(*data, strict=True) if data else ([] for _ in columns)
+    return Rows({c: list(v) for c, v in zip(columns, values, strict=True)}, len(data))
+
+
+def _record_rows(records: list[dict]) -> Rows:
+    names = list(dict.fromkeys(name for record in records for name in record))
+    return Rows({n: [record.get(n) for record in records] for n in names}, len(records))
+
+
+def _column_rows(key: str, value: dict) -> Rows:
+    lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
+    if -1 in lengths or len(lengths) > 1:
+        raise PayloadError(
+            400, f"'{key}' as an object must map each column to a list of values, all as long."
+        )
+    return Rows({str(c): v for c, v in value.items()}, lengths.pop() if lengths else 0)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def check_rows(rows: Rows, spec: FeatureSpec) -> None:
+    """The columns of a request against the model's inputs, before any feature is computed.
 
     Raises:
-        PayloadError: 400 naming missing or unexpected columns, or values of the wrong type.
+        PayloadError: 400 for no rows, missing or unexpected columns, a value that is not a
+            scalar, or a boolean in a numeric column.
     """
-    if frame.empty:
+    if rows.count == 0:
         raise PayloadError(400, "The request has no rows to score.")
     expected = spec.input_columns
-    missing = [c for c in expected if c not in frame.columns]
-    extra = [c for c in frame.columns if c not in expected]
+    missing = [c for c in expected if c not in rows.columns]
+    extra = [c for c in rows.columns if c not in expected]
     if missing or extra:
         parts = []
         if missing:
             parts.append(f"missing column(s) {missing}")
         if extra:
-            parts.append(f"unexpected column(s) {[str(c) for c in extra]}")
+            parts.append(f"unexpected column(s) {extra}")
         raise PayloadError(400, f"{'; '.join(parts)}. The model takes {expected}.")
-    for column in spec.numeric:
-        _check_numeric(frame[column], column)
-    for column in spec.datetime:
-        _check_datetime(frame[column], column)
-    return frame
+    numeric = set(spec.numeric)
+    for column, values in rows.columns.items():
+        if isinstance(values, pd.Series):
+            if column in numeric and pd.api.types.is_bool_dtype(values):
+                _refuse(column, 0, values.iloc[0], "must be numeric")
+            continue
+        kinds = set(map(type, values))
+        if kinds <= _SCALARS and not (column in numeric and bool in kinds):
+            continue
+        for row, value in enumerate(values):
+            if type(value) not in _SCALARS:
+                _refuse(column, row, value, "must hold numbers, text or null")
+            if column in numeric and type(value) is bool:
+                _refuse(column, row, value, "must be numeric")
 
 
-def _check_numeric(values: pd.Series, column: str) -> None:
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return
-    converted = pd.to_numeric(values, errors="coerce")
-    bad = converted.isna() & values.notna() | values.map(lambda v: isinstance(v, bool))
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise PayloadError(
-            400, f"Column '{column}' must be numeric; row {row} has {values.iloc[row]!r}."
-        )
+def check_values(rows: Rows, features: np.ndarray, spec: FeatureSpec) -> None:
+    """Refuse values the feature code could not read: text in a numeric column, a non-date.
+
+    A value read as missing although it was given shows as NaN in the model's matrix.
+
+    Raises:
+        PayloadError: 400 naming the first such column, row and value.
+    """
+    position = {name: i for i, name in enumerate(spec.feature_names)}
+    checked = {c: position[f"log_{c}" if c in spec.log_transform else c] for c in spec.numeric}
+    if spec.datetime_parts:
+        checked |= {c: position[f"{c}_{spec.datetime_parts[0]}"] for c in spec.datetime}
+    for column, index in checked.items():
+        unread = np.isnan(features[:, index])
+        if not unread.any():
+            continue
+        values = rows.columns[column]
+        for row in np.flatnonzero(unread).tolist():
+            value = values.iloc[row] if isinstance(values, pd.Series) else values[row]
+            if not is_missing(value):
+                what = "must be numeric" if column in spec.numeric else _DATE_RULE
+                _refuse(column, row, value, what)
 
 
-def _check_datetime(values: pd.Series, column: str) -> None:
-    present = values.dropna()
-    if present.empty:
-        return
-    parsed = pd.to_datetime(present.astype(str), errors="coerce", format="mixed")
-    if parsed.isna().any():
-        position = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise PayloadError(
-            400,
-            f"Column '{column}' must hold dates; row {present.index[position]} has "
-            f"{present.iloc[position]!r}.",
-        )
+_DATE_RULE = "must hold dates, all in one layout (ISO 8601 such as 2025-10-24T04:46:47 is safest)"
 
 
-def predictions_body(predictions: pd.DataFrame) -> bytes:
-    """``{"predictions": [...]}`` as ``mlflow models serve`` answers for a frame."""
-    records = predictions.to_dict(orient="records")
-    return orjson.dumps({"predictions": records}, option=orjson.OPT_SERIALIZE_NUMPY)
+def _refuse(column: str, row: int, value: Any, rule: str) -> None:
+    raise PayloadError(400, f"Column '{column}' {rule}; row {row} has {value!r}.")
+
+
+def predictions_body(predictions: dict[str, np.ndarray]) -> bytes:
+    """``{"predictions": [...]}``: one object per row, as ``mlflow models serve`` answers."""
+    names = list(predictions)
+    rows = zip(*(column.tolist() for column in predictions.values()), strict=True)
+    return orjson.dumps({"predictions": [dict(zip(names, row, strict=True)) for row in rows]})

@@ -20,7 +20,7 @@ from sklearn import metrics as skm
 
 from mlops.config import PipelineConfig, TaskType
 from mlops.dataset import TARGET_COLUMN, DatasetRef
-from mlops.pyfunc import class_scores
+from mlops.prediction import class_scores
 from model_registry import tracking
 from tasks.preprocessing import read_split
 from tasks.tracking import experiment_for, lineage_tags

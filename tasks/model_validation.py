@@ -25,7 +25,7 @@ from mlops.config import ModelGateConfig, TaskType
 from mlops.dataset import TARGET_COLUMN, DatasetRef
 from mlops.errors import ConfigError
 from mlops.gates import LOWER_IS_BETTER, GateCheck
-from mlops.pyfunc import class_scores
+from mlops.prediction import class_scores
 from model_registry.promotion import ChampionRef
 from tasks.evaluation import compute_metrics, primary_metric
 from tasks.preprocessing import read_split

@@ -44,7 +44,7 @@ from mlops.config import ClusterConfig, PipelineConfig, TaskType, TrainingConfig
 from mlops.dataset import TARGET_COLUMN, DatasetRef
 from mlops.errors import DataError
 from mlops.features import FeatureSpec, build_features
-from mlops.pyfunc import class_scores, predict_frame
+from mlops.prediction import class_scores, predict_frame
 from mlops.settings import get_settings
 from model_registry import tracking
 from model_registry.registry import log_pipeline_model

@@ -162,7 +162,7 @@ def test_early_stopping_stops_all_workers_together_and_can_be_turned_off(fraud_f
 def test_workers_report_the_kept_models_validation_scores(fraud_file, tmp_path):
     """The plots use the scores the workers computed; they must be the kept model's predictions."""
     from infra.dask_cluster import dask_client
-    from mlops.pyfunc import class_scores, predict_frame
+    from mlops.prediction import class_scores, predict_frame
     from tasks.training import train_lightgbm_on_dask
     from tests.integration.conftest import bundled_config
 
