@@ -1,4 +1,4 @@
-"""Model gate stage: candidate vs champion on the same held-out rows; promote or reject."""
+"""Model gate stage: candidate vs champion on the same held-out rows; pass or reject."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from tasks.promotion import (
     compare_with_champion_task,
     decide,
     find_champion_task,
-    promote_candidate_task,
     record_ledger_task,
     rejected_state,
 )
@@ -28,11 +27,11 @@ def model_gate_flow(
     data_gate: DataGateResult | None = None,
     parent_run_id: str | None = None,
 ) -> GateDecision | State:
-    """Judge a registered candidate against the champion and move the aliases.
+    """Judge a registered candidate against the champion.
 
-    Pass: the candidate becomes ``champion`` and the former champion ``previous``. Fail: the
-    candidate keeps ``challenger`` with the reason in its tags, and this flow run ends in a
-    state named "Rejected". The ledger of both gates is recorded either way.
+    Pass: the decision says so, and the deploy stage makes the candidate ``champion``. Fail:
+    the candidate keeps ``challenger`` with the reason in its tags, and this flow run ends in
+    a state named "Rejected". The ledger of both gates is recorded either way.
 
     Args:
         config: The use case (its ``model_gate`` section sets the checks).
@@ -44,7 +43,5 @@ def model_gate_flow(
     champion = find_champion_task(config)
     comparison = compare_with_champion_task(config, dataset, candidate, champion)
     ledger = record_ledger_task(config, candidate, champion, data_gate, comparison, parent_run_id)
-    if not ledger.passed:
-        return rejected_state(decide(ledger, comparison, promotion=None))
-    promotion = promote_candidate_task(config, ledger, champion)
-    return decide(ledger, comparison, promotion)
+    decision = decide(ledger, comparison)
+    return decision if ledger.passed else rejected_state(decision)

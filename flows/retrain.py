@@ -1,4 +1,4 @@
-"""The retraining pipeline: preprocess -> data gate -> train -> evaluate -> register -> model gate."""
+"""The retraining pipeline: preprocess -> data gate -> train -> evaluate -> register -> model gate -> deploy."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
 from flows.data_gate import data_gate_flow
+from flows.deploy import deploy_flow
 from flows.evaluate import evaluate_flow
 from flows.model_gate import model_gate_flow
 from flows.preprocess import preprocess_flow
@@ -18,6 +19,7 @@ from mlops.dataset import DatasetRef
 from model_registry.registry import RegisteredVersion
 from model_registry.tracking import tracking_uri_for
 from tasks.allocation import recommend_allocation_task
+from tasks.deployment import DeployResult
 from tasks.evaluation import EvaluationResult
 from tasks.promotion import GateDecision
 from tasks.tracking import close_pipeline_run_task, open_pipeline_run_task
@@ -51,6 +53,9 @@ class PipelineResult(BaseModel):
     training_cluster: str = Field(
         default="", description="The allocated cluster, predicted and actual training time."
     )
+    deployment: str = Field(
+        default="", description="Where the new champion went live and what its smoke test measured."
+    )
 
 
 DEFAULT_CONFIG = "configs/fraud_detection.yaml"
@@ -64,6 +69,13 @@ def gate_outcome(state: State) -> GateDecision:
     return stage_output(state, "model-gate", GateDecision)
 
 
+def deploy_outcome(state: State) -> DeployResult:
+    """The deploy stage's result; a stage that errored (not one that rolled back) raises here."""
+    if state.name == "RolledBack":
+        return DeployResult.model_validate(state.result(raise_on_failure=False))
+    return stage_output(state, "deploy", DeployResult)
+
+
 def summarise_pipeline(
     config: PipelineConfig,
     dataset: DatasetRef,
@@ -71,16 +83,18 @@ def summarise_pipeline(
     evaluation: EvaluationResult,
     registered: RegisteredVersion,
     decision: GateDecision,
+    deployed: DeployResult | None,
     pipeline_run_id: str,
 ) -> PipelineResult:
     """What the stages produced, in one record for the CLI, the UI and the next pipeline."""
+    live = deployed is not None and deployed.verdict == "deployed"
     return PipelineResult(
         model_name=registered.name,
         model_version=registered.version,
-        alias="champion" if decision.verdict == "promoted" else registered.alias,
-        decision=decision.verdict,
-        champion_version=decision.champion_version,
-        previous_version=decision.previous_version,
+        alias="champion" if live else registered.alias,
+        decision="promoted" if live else deployed.verdict if deployed else decision.verdict,
+        champion_version=deployed.champion_version if deployed else decision.champion_before,
+        previous_version=deployed.previous_version if deployed else None,
         gate_reason=decision.reason,
         failed_checks=[f"{c.description}: {c.summary()}" for c in decision.ledger.failures],
         check_counts={
@@ -94,6 +108,7 @@ def summarise_pipeline(
         pipeline_run_id=pipeline_run_id,
         training_run_id=training.run_id,
         training_cluster=cluster_summary(training),
+        deployment=deployed.summary() if deployed else "",
         experiment_name=config.experiment_name,
         tracking_uri=tracking_uri_for(config),
     )
@@ -126,7 +141,9 @@ def retraining_pipeline_flow(
     of the stage's own deployment on its own work pool (``MLOPS_STAGE_RUNNER=deployments``).
     Each nests its MLflow run under the pipeline's parent run. Bad data stops the run at the
     data gate, before training. A candidate the model gate rejects keeps ``challenger``, and
-    this run ends in a state named "Rejected".
+    this run ends in a state named "Rejected". One that passes is deployed: it becomes
+    ``champion`` and goes live on the serving instances; if its smoke test fails it is rolled
+    back, and this run ends in a state named "RolledBack".
 
     Args:
         config: The use case: a YAML path relative to the project (``configs/<name>.yaml``)
@@ -170,17 +187,34 @@ def retraining_pipeline_flow(
             parent_run_id=parent,
         )
         decision = gate_outcome(gate_state)
+        deploy_state = None
+        if decision.verdict == "passed":
+            deploy_state = run_stage_for_state(
+                deploy_flow,
+                config=config,
+                dataset=dataset,
+                candidate=registered,
+                expected_champion=decision.champion_before,
+                parent_run_id=parent,
+            )
+        deployed = deploy_outcome(deploy_state) if deploy_state else None
     except BaseException as error:
         close_pipeline_run_task(config, parent, None, error=f"{type(error).__name__}: {error}")
         raise
-    result = summarise_pipeline(config, dataset, training, evaluation, registered, decision, parent)
+    result = summarise_pipeline(
+        config, dataset, training, evaluation, registered, decision, deployed, parent
+    )
     summary = {f"test_{k}": v for k, v in evaluation.metrics.items()} | {
         "model.version": registered.version,
         "model.alias": result.alias,
         "gate.verdict": decision.ledger.verdict,
         "dataset.version": dataset.version,
     }
+    if deployed:
+        summary["deploy.verdict"] = deployed.verdict
     close_pipeline_run_task(config, parent, summary)
     if decision.verdict == "rejected":
         return Failed(name="Rejected", message=gate_state.message, data=result)
+    if result.decision == "rolled-back":
+        return Failed(name="RolledBack", message=deploy_state.message, data=result)
     return result

@@ -42,6 +42,7 @@ def crash_silent_runs_automation(silence: timedelta = SILENCE) -> AutomationCore
                 "prefect.flow-run.Cancelled",
                 "prefect.flow-run.Crashed",
                 "prefect.flow-run.Rejected",
+                "prefect.flow-run.RolledBack",
                 "prefect.flow-run.TimedOut",
             },
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),

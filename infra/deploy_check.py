@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 PLACEHOLDER = re.compile(r"\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-MAY_BE_EMPTY = {"MLOPS_DASK_SCHEDULER_ADDRESS"}
-"""Variables whose empty value means something: no scheduler -> a LocalCluster in the pod."""
+MAY_BE_EMPTY = {"MLOPS_DASK_SCHEDULER_ADDRESS", "MLOPS_SERVING_URLS"}
+"""Variables whose empty value means something: no scheduler -> a LocalCluster in the pod; no
+serving instances -> the deploy stage checks the serving code in its own pod."""
 ALWAYS_NEEDED = ["PREFECT_API_URL"]
 
 

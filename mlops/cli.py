@@ -92,11 +92,13 @@ def run(
 ) -> None:
     """Run the whole retraining pipeline in this process, no stack needed.
 
-    Stages: preprocess, data gate, train, evaluate, register, model gate, as sub-flows.
+    Stages: preprocess, data gate, train, evaluate, register, model gate, deploy, as
+    sub-flows.
 
     Either --config configs/<use-case>.yaml, or --data FILE --target COLUMN to infer
     everything from the file. Exit status: 0 when the candidate became champion, 2 for bad
-    input (including data that fails the data gate), 3 when the model gate rejected it.
+    input (including data that fails the data gate), 3 when the model gate rejected it, 4
+    when its deploy failed the smoke test and was rolled back.
     """
     try:
         if config is not None and data is not None:
@@ -114,18 +116,28 @@ def run(
         started = time.perf_counter()
         with without_flow_heartbeats():  # no deployment: nothing would watch the heartbeat
             state = retraining_pipeline_flow(pipeline_config, return_state=True)
-        if state.is_failed() and state.name != "Rejected":
+        if state.is_failed() and state.name not in VERDICT_STATES:
             state.result()  # raises what stopped the pipeline
         result = state.result(raise_on_failure=False)
     except MlopsError as error:
         _fail(error)
     _print_summary(result, time.perf_counter() - started)
-    if result.decision == "rejected":
-        raise typer.Exit(REJECTED_EXIT_CODE)
+    _exit_for(result.decision)
 
 
+VERDICT_STATES = ("Rejected", "RolledBack")
+"""Failed states that are a verdict on the candidate, not an error: the run's result says why."""
 REJECTED_EXIT_CODE = 3
 """``mlops run`` exit status when the model gate rejects the candidate (2 is bad input)."""
+ROLLED_BACK_EXIT_CODE = 4
+"""``mlops run`` exit status when the deploy's smoke test failed and champion was rolled back."""
+
+
+def _exit_for(decision: str) -> None:
+    if decision == "rejected":
+        raise typer.Exit(REJECTED_EXIT_CODE)
+    if decision == "rolled-back":
+        raise typer.Exit(ROLLED_BACK_EXIT_CODE)
 
 
 def _print_summary(result: Any, seconds: float) -> None:
@@ -137,6 +149,10 @@ def _print_summary(result: Any, seconds: float) -> None:
         )
         headline = f"{name} version {version} promoted to champion{previous}"
         colour = typer.colors.GREEN
+    elif result.decision == "rolled-back":
+        stays = f"version {result.champion_version}" if result.champion_version else "none"
+        headline = f"{name} version {version} ROLLED BACK by the deploy stage (champion: {stays})"
+        colour = typer.colors.RED
     else:
         stays = f"version {result.champion_version}" if result.champion_version else "none"
         headline = f"{name} version {version} REJECTED by the model gate (champion: {stays})"
@@ -153,6 +169,8 @@ def _print_summary(result: Any, seconds: float) -> None:
     typer.echo(f"  Dataset version  : {result.dataset_version}  ({result.dataset_uri})")
     if result.training_cluster:
         typer.echo(f"  Training cluster : {result.training_cluster}")
+    if result.deployment:
+        typer.echo(f"  Deployment       : {result.deployment}")
     champion = result.champion_metrics or {}
     header = f"{'candidate':>10}" + (f" {'champion':>10}" if champion else "")
     typer.echo(f"  Test metrics     : {header}")
@@ -172,7 +190,7 @@ def _print_summary(result: Any, seconds: float) -> None:
         typer.echo("  mlops ui            # then open http://127.0.0.1:5000")
     typer.echo(
         f"  -> Experiments > {result.experiment_name}: the pipeline run with nested "
-        "preprocess/data-gate/train/evaluate/register/model-gate runs, metrics and plots"
+        "preprocess/data-gate/train/evaluate/register/model-gate/deploy runs, metrics and plots"
     )
     typer.echo(
         f"  -> Models > {name}: version {version} with alias '{result.alias}' and its "
@@ -364,8 +382,8 @@ def trigger(
     """Run the retraining pipeline's deployment and follow its stages as workers run them.
 
     Runs on the local stack, or on the server PREFECT_API_URL names. Exit status as for
-    `mlops run`: 0 promoted, 2 bad input (data gate), 3 rejected, 1 any other failure (a stage
-    crashed, no worker for a pool).
+    `mlops run`: 0 promoted, 2 bad input (data gate), 3 rejected, 4 rolled back by the deploy
+    stage, 1 any other failure (a stage crashed, no worker for a pool).
     """
     if not os.environ.get("PREFECT_API_URL"):
         _fail(
@@ -421,7 +439,7 @@ def _follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
         typer.echo(f"Still {state.name if state else 'pending'} after {timeout:.0f}s; not waiting.")
         raise typer.Exit(1)
     try:
-        if state.is_failed() and state.name != "Rejected":
+        if state.is_failed() and state.name not in VERDICT_STATES:
             state.result()  # raises what stopped the pipeline
             raise MlopsError(f"The pipeline ended {state.name}: {state.message}")
         from flows.retrain import PipelineResult
@@ -432,8 +450,7 @@ def _follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     except Exception as error:
         _fail(MlopsError(f"The pipeline ended {state.name}: {error}"))
     _print_summary(result, time.perf_counter() - started)
-    if result.decision == "rejected":
-        raise typer.Exit(REJECTED_EXIT_CODE)
+    _exit_for(result.decision)
 
 
 def _config_from_options(
@@ -538,6 +555,39 @@ def serve(
         port=bind_port,
         log_level="warning",
         access_log=False,
+    )
+
+
+@app.command("export")
+def export_model(
+    model: Annotated[
+        str,
+        typer.Argument(help="NAME (its champion), NAME@alias, NAME/version or a models:/ URI."),
+    ],
+    out: Annotated[Path, typer.Option(help="New folder to write the bundle to.")],
+) -> None:
+    """Write a registered model as a self-contained predictor bundle (no MLflow or Prefect).
+
+    The bundle holds the native LightGBM model, its fitted feature transform, the feature code
+    the version was validated with, and pinned requirements: `pip install OUT`, then
+    `python -m <package> rows.csv`, or `from <package> import load` in Python.
+    """
+    from model_registry.export import export_bundle
+
+    settings = get_settings()
+    uri = settings.resolved_tracking_uri
+    from mlflow.tracking import MlflowClient
+
+    try:
+        bundle = export_bundle(MlflowClient(uri, registry_uri=uri), model, out, uri)
+    except MlopsError as error:
+        _fail(error)
+    typer.echo(f"Exported {bundle.model_name} version {bundle.version} to {bundle.path}")
+    typer.echo(f"  package      : {bundle.package}")
+    typer.echo(f"  requirements : {', '.join(bundle.requirements)}")
+    typer.echo(f"  install      : pip install {bundle.path}")
+    typer.echo(
+        f"  predict      : python -m {bundle.package} rows.csv   (or rows.json, or - for stdin)"
     )
 
 

@@ -15,6 +15,7 @@ This module imports nothing of the project but :mod:`.errors`, so a model bundle
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
@@ -191,6 +192,14 @@ def build_feature_matrix(
         A ``(n_rows, len(spec.feature_names))`` float32 array.
     """
     matrix = np.empty((n_rows, len(spec.feature_names)), dtype="float32")
+    with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as LightGBM would see it
+        _fill_matrix(matrix, columns, spec)
+    return matrix
+
+
+def _fill_matrix(
+    matrix: np.ndarray, columns: Mapping[str, ColumnValues], spec: FeatureSpec
+) -> None:
     position = 0
     for column in spec.numeric:
         values = numeric_values(columns[column])
@@ -207,7 +216,6 @@ def build_feature_matrix(
     for column in spec.categorical:
         matrix[:, position] = category_codes(columns[column], spec, column)
         position += 1
-    return matrix
 
 
 _PLAIN_NUMBER = frozenset({int, float, type(None)})
@@ -242,7 +250,9 @@ def datetime_values(values: ColumnValues) -> np.ndarray:
         stamps = _iso_stamps(values)
         if stamps is not None:
             return stamps
-    parsed = pd.to_datetime(pd.Series(values), errors="coerce", utc=True)
+    with warnings.catch_warnings():  # "could not infer format": the values become NaT, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        parsed = pd.to_datetime(pd.Series(values), errors="coerce", utc=True)
     return parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
 
 

@@ -1,9 +1,11 @@
 """Moving the ``champion`` alias: compare-and-set under a lock, so two promotions cannot both win.
 
-The model gate decides against the champion it read at the start. Before writing, the promotion
-takes a lock shared by every process (see :mod:`infra.locks`), reads the champion again, and
-only writes if it is still the one the gate compared against. The loser of a race gets a
-:class:`~mlops.errors.PromotionConflict` naming the version that won.
+The model gate decides against the champion it read at the start; the deploy stage promotes.
+Before writing, the promotion takes a lock shared by every process (see :mod:`infra.locks`),
+reads the champion again, and only writes if it is still the one the gate compared against.
+The loser of a race gets a :class:`~mlops.errors.PromotionConflict` naming the version that
+won. A rollback is compare-and-set too: it puts back the aliases a promotion replaced, only if
+the promoted version still holds ``champion``.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ def current_champion(client: MlflowClient, name: str) -> ChampionRef | None:
 
 
 class Promotion(BaseModel):
-    """The aliases after a promotion."""
+    """The aliases after a promotion, and the ``previous`` it replaced (for a rollback)."""
 
     model_name: str
     champion_version: str
     previous_version: str | None
+    replaced_previous: str | None = None
 
 
 def promote_to_champion(
@@ -80,11 +83,14 @@ def promote_to_champion(
                 "again to compare against the new champion."
             )
         if current == candidate_version:
+            previous = alias_version(client, name, PREVIOUS)
             return Promotion(
                 model_name=name,
                 champion_version=current,
-                previous_version=alias_version(client, name, PREVIOUS),
+                previous_version=previous,
+                replaced_previous=previous,
             )
+        replaced = alias_version(client, name, PREVIOUS)
         if current is not None:
             client.set_registered_model_alias(name, PREVIOUS, current)
         client.set_registered_model_alias(name, CHAMPION, candidate_version)
@@ -97,7 +103,56 @@ def promote_to_champion(
         candidate_version,
         f"; version {current} is 'previous'" if current else "",
     )
-    return Promotion(model_name=name, champion_version=candidate_version, previous_version=current)
+    return Promotion(
+        model_name=name,
+        champion_version=candidate_version,
+        previous_version=current,
+        replaced_previous=replaced,
+    )
+
+
+def roll_back_promotion(
+    client: MlflowClient,
+    promotion: Promotion,
+    reason: str,
+    lock: Callable[[], AbstractContextManager[object]],
+) -> str | None:
+    """Undo a promotion: ``champion`` back to the former champion, ``previous`` as it was.
+
+    The rolled-back version gets ``challenger`` back and the reason as a tag. Nothing is
+    written if another promotion has moved ``champion`` since.
+
+    Returns:
+        The champion after the rollback (None when the model had none before).
+
+    Raises:
+        PromotionConflict: if ``champion`` no longer points at the promoted version.
+    """
+    name, failed = promotion.model_name, promotion.champion_version
+    with lock():
+        current = alias_version(client, name, CHAMPION)
+        if current != failed:
+            raise PromotionConflict(
+                f"Not rolling back {name} version {failed}: the champion is now "
+                f"{_describe(current)}. Another promotion moved it; leaving it alone."
+            )
+        restored = promotion.previous_version
+        _set_or_clear(client, name, CHAMPION, restored)
+        _set_or_clear(client, name, PREVIOUS, promotion.replaced_previous)
+        client.set_registered_model_alias(name, CHALLENGER, failed)
+        client.set_model_version_tag(name, failed, "mlops.rolled_back_at", _now())
+        client.set_model_version_tag(name, failed, "deploy.reason", reason[:5000])
+    logger.warning(
+        "%s version %s rolled back; champion is %s again", name, failed, _describe(restored)
+    )
+    return restored
+
+
+def _set_or_clear(client: MlflowClient, name: str, alias: str, version: str | None) -> None:
+    if version is not None:
+        client.set_registered_model_alias(name, alias, version)
+    elif alias_version(client, name, alias) is not None:
+        client.delete_registered_model_alias(name, alias)
 
 
 def _describe(version: str | None) -> str:

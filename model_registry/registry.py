@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 import mlops
 from mlops.dataset import DatasetRef
+from mlops.errors import MlopsError
 from mlops.prediction import predict_frame
 from mlops.pyfunc import BOOSTER_ARTIFACT, INFO_ARTIFACT, SPEC_ARTIFACT
 
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
+
+
+class ModelLoadError(MlopsError):
+    """The model named does not exist, or is not a pipeline model."""
 
 
 class RegisteredVersion(BaseModel):
@@ -139,3 +144,40 @@ def register_model_version(
     return RegisteredVersion(
         name=name, version=version, alias=CHALLENGER, run_id=run_id, model_uri=model_uri
     )
+
+
+def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """``NAME``, ``NAME@alias``, ``NAME/version`` or ``models:/...`` -> (name, alias, version).
+
+    A bare name means its ``champion``.
+    """
+    body = reference.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, alias, None
+    if "/" in body:
+        name, version = body.split("/", 1)
+        return name, None, version
+    return body, "champion", None
+
+
+def resolve_version(client: MlflowClient, reference: str) -> tuple[str, str, str]:
+    """The (name, version, run id) a reference points at now.
+
+    Raises:
+        ModelLoadError: when the model, alias or version does not exist.
+    """
+    name, alias, version = parse_reference(reference)
+    try:
+        found = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+    except MlflowException as error:
+        what = f"alias '{alias}'" if alias else f"version {version}"
+        raise ModelLoadError(
+            f"Nothing at '{reference}': model '{name}' has no {what} in the registry "
+            f"({error.error_code})."
+        ) from None
+    return found.name, str(found.version), found.run_id or ""

@@ -27,6 +27,7 @@ from mlops.errors import DataError
 
 from .loader import ServedModel
 from .metrics import ServiceMetrics
+from .openapi import openapi_document
 from .payload import PayloadError, check_rows, parse_body, predictions_body
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
     async def version(_: Request) -> Response:
         return _json(state.model.describe(), version=state.model.version)
 
+    async def openapi(_: Request) -> Response:
+        model = state.model
+        document = openapi_document(model.name, model.spec, state.limits.max_body_bytes)
+        return _json(document, version=model.version)
+
     async def metrics(_: Request) -> Response:
         text = state.metrics.render(state.model.name, state.model.version)
         return PlainTextResponse(text, headers={"X-Model-Version": state.model.version})
@@ -149,6 +155,7 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/version", version, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
         ],
     )
 

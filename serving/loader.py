@@ -20,15 +20,11 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from mlops.errors import MlopsError
 from mlops.features import FeatureSpec, build_feature_matrix
 from mlops.prediction import predict_frame, predict_matrix
+from model_registry.registry import ModelLoadError, resolve_version
 
 from .payload import Rows, check_values
-
-
-class ModelLoadError(MlopsError):
-    """The model named for serving does not exist or is not a pipeline model."""
 
 
 @dataclass(frozen=True)
@@ -62,43 +58,6 @@ class ServedModel:
     def describe(self) -> dict[str, str]:
         """What ``/version`` answers."""
         return {"model": self.name, "version": self.version, "run_id": self.run_id, "uri": self.uri}
-
-
-def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
-    """``NAME``, ``NAME@alias``, ``NAME/version`` or ``models:/...`` -> (name, alias, version).
-
-    A bare name means its ``champion``.
-    """
-    body = reference.removeprefix("models:/")
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return name, alias, None
-    if "/" in body:
-        name, version = body.split("/", 1)
-        return name, None, version
-    return body, "champion", None
-
-
-def resolve_version(client: MlflowClient, reference: str) -> tuple[str, str, str]:
-    """The (name, version, run id) a reference points at now.
-
-    Raises:
-        ModelLoadError: when the model, alias or version does not exist.
-    """
-    name, alias, version = parse_reference(reference)
-    try:
-        found = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, version)
-        )
-    except mlflow.exceptions.MlflowException as error:
-        what = f"alias '{alias}'" if alias else f"version {version}"
-        raise ModelLoadError(
-            f"Cannot serve '{reference}': model '{name}' has no {what} in the registry "
-            f"({error.error_code})."
-        ) from None
-    return found.name, str(found.version), found.run_id or ""
 
 
 def load_served_model(client: MlflowClient, reference: str, tracking_uri: str) -> ServedModel:

@@ -21,7 +21,9 @@ import pandas as pd
 from mlops.features import ColumnValues, FeatureSpec, is_missing
 
 JSON_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+_NUMBER = frozenset({int, float, type(None)})
+_TEXT = frozenset({str, type(None)})
+"""The JSON types a column accepts (as MLflow's signature has them: double, string, datetime)."""
 
 
 class PayloadError(Exception):
@@ -148,9 +150,12 @@ def _describe(value: Any) -> str:
 def check_rows(rows: Rows, spec: FeatureSpec) -> None:
     """The columns of a request against the model's inputs, before any feature is computed.
 
+    In JSON, a numeric column takes numbers and a date or categorical column takes text
+    (null is a missing value in both), as the signature MLflow logged with the model says.
+
     Raises:
-        PayloadError: 400 for no rows, missing or unexpected columns, a value that is not a
-            scalar, or a boolean in a numeric column.
+        PayloadError: 400 for no rows, missing or unexpected columns, or a value of another
+            JSON type than its column takes (a boolean is not a number).
     """
     if rows.count == 0:
         raise PayloadError(400, "The request has no rows to score.")
@@ -166,18 +171,15 @@ def check_rows(rows: Rows, spec: FeatureSpec) -> None:
         raise PayloadError(400, f"{'; '.join(parts)}. The model takes {expected}.")
     numeric = set(spec.numeric)
     for column, values in rows.columns.items():
-        if isinstance(values, pd.Series):
+        if isinstance(values, pd.Series):  # CSV: pandas read the text; check_values judges it
             if column in numeric and pd.api.types.is_bool_dtype(values):
                 _refuse(column, 0, values.iloc[0], "must be numeric")
             continue
-        kinds = set(map(type, values))
-        if kinds <= _SCALARS and not (column in numeric and bool in kinds):
+        allowed = _NUMBER if column in numeric else _TEXT
+        if set(map(type, values)) <= allowed:
             continue
-        for row, value in enumerate(values):
-            if type(value) not in _SCALARS:
-                _refuse(column, row, value, "must hold numbers, text or null")
-            if column in numeric and type(value) is bool:
-                _refuse(column, row, value, "must be numeric")
+        row, value = next((i, v) for i, v in enumerate(values) if type(v) not in allowed)
+        _refuse(column, row, value, "must be numeric" if column in numeric else "must hold text")
 
 
 def check_values(rows: Rows, features: np.ndarray, spec: FeatureSpec) -> None:

@@ -1,4 +1,8 @@
-"""The model gate's decision: the ledger of both gates, recorded, then promotion or rejection."""
+"""The model gate's decision: the ledger of both gates, recorded, then pass or rejection.
+
+A candidate that passes is promoted by the deploy stage (:mod:`tasks.deployment`), under the
+lock :func:`promotion_lock` names, against the champion the gate compared it with.
+"""
 
 from __future__ import annotations
 
@@ -15,26 +19,19 @@ from mlops.dataset import DatasetRef
 from mlops.gates import DataGateResult, GateCheck, GateLedger, artifact_key, ledger_markdown
 from model_registry import tracking
 from model_registry.ledger import record_ledger
-from model_registry.promotion import (
-    ChampionRef,
-    Promotion,
-    current_champion,
-    promote_to_champion,
-)
+from model_registry.promotion import ChampionRef, current_champion
 from model_registry.registry import RegisteredVersion
 from tasks.model_validation import Comparison, compare_with_champion
 from tasks.tracking import experiment_for, lineage_tags
 
 
 class GateDecision(BaseModel):
-    """What the model gate decided, and the aliases afterwards."""
+    """What the model gate decided, against which champion."""
 
     model_name: str
     candidate_version: str
-    verdict: Literal["promoted", "rejected"]
+    verdict: Literal["passed", "rejected"]
     champion_before: str | None
-    champion_version: str | None = None
-    previous_version: str | None = None
     reason: str
     primary_metric: str
     candidate_metrics: dict[str, float]
@@ -154,34 +151,13 @@ def record_ledger_task(
     return ledger
 
 
-@task(name="promote-candidate")
-def promote_candidate_task(
-    config: PipelineConfig, ledger: GateLedger, champion: ChampionRef | None
-) -> Promotion:
-    """Make the candidate champion (former champion -> previous), unless the champion moved."""
-    client, _ = experiment_for(config)
-    return promote_to_champion(
-        client,
-        ledger.model_name,
-        ledger.candidate_version,
-        champion.version if champion else None,
-        promotion_lock(ledger.model_name),
-    )
-
-
-def decide(
-    ledger: GateLedger,
-    comparison: Comparison,
-    promotion: Promotion | None,
-) -> GateDecision:
-    """The gate's decision from its ledger and, when it passed, the promotion."""
+def decide(ledger: GateLedger, comparison: Comparison) -> GateDecision:
+    """The gate's decision from its ledger."""
     return GateDecision(
         model_name=ledger.model_name,
         candidate_version=ledger.candidate_version,
-        verdict="promoted" if promotion else "rejected",
+        verdict="passed" if ledger.passed else "rejected",
         champion_before=ledger.champion_version,
-        champion_version=promotion.champion_version if promotion else ledger.champion_version,
-        previous_version=promotion.previous_version if promotion else None,
         reason=ledger.reason(),
         primary_metric=comparison.primary_metric,
         candidate_metrics=comparison.candidate_metrics,

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -58,3 +64,73 @@ def fraud_config(fraud_file) -> PipelineConfig:
 @pytest.fixture
 def cars_config(cars_file) -> PipelineConfig:
     return bundled_config("car_dealership", cars_file)
+
+
+@contextmanager
+def serving_process(model: str, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A real `mlops serve MODEL` on 127.0.0.1:PORT, up (answering /ping) for the block."""
+    mlops = str(Path(sys.executable).parent / "mlops")
+    server = subprocess.Popen(
+        [mlops, "serve", model, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                output = server.stdout.read() if server.poll() is not None else "(still running)"
+                raise RuntimeError(f"mlops serve did not come up on port {port}: {output}")
+            time.sleep(0.3)
+        yield server
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def served_registry(tmp_path_factory, fraud_file):
+    """A fraud model trained and promoted by the pipeline, in a registry of its own."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from flows.preprocess import preprocess_flow
+    from flows.retrain import retraining_pipeline_flow
+    from mlops.settings import get_settings
+    from serving.loader import load_served_model
+    from tasks.preprocessing import read_split
+
+    home = tmp_path_factory.mktemp("serving-home")
+    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["MLOPS_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    get_settings.cache_clear()
+    config = bundled_config("fraud_detection", fraud_file, n_estimators=60)
+    result = retraining_pipeline_flow(config)
+    rows = read_split(preprocess_flow(config), "test").head(300)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    served = load_served_model(MlflowClient(uri, registry_uri=uri), "fraud-detector", uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/fraud-detector@champion")
+    columns = served.spec.input_columns
+    expected = pyfunc.predict(rows[columns])
+    yield {
+        "home": home,
+        "uri": uri,
+        "served": served,
+        "rows": rows[columns].reset_index(drop=True),
+        "expected": expected.reset_index(drop=True),
+        "version": result.model_version,
+    }
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()

@@ -49,6 +49,10 @@ def test_fraud_pipeline_registers_a_tracked_champion(fraud_config):
     version = client.get_model_version("fraud-detector", "1")
     assert version.tags["data.version"] == result.dataset_version
     assert version.tags["git.commit"] and version.tags["prefect.flow_run_id"] != "none"
+    # no serving instance configured: the deploy stage checked the serving code in-process
+    assert version.tags["deploy.verdict"] == "deployed"
+    assert version.tags["deploy.instances"] == "in-process"
+    assert "checked in-process; smoke test passed" in result.deployment
 
     parent = client.get_run(result.pipeline_run_id)
     assert parent.info.status == "FINISHED"
@@ -58,6 +62,7 @@ def test_fraud_pipeline_registers_a_tracked_champion(fraud_config):
     )
     assert sorted(r.data.tags["mlops.stage"] for r in children) == [
         "data-gate",
+        "deploy",
         "evaluate",
         "model-gate",
         "preprocess",

@@ -5,64 +5,30 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import mlflow
 import numpy as np
 import orjson
 import pandas as pd
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
 from mlflow.tracking import MlflowClient
+from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
 from starlette.testclient import TestClient
 
-from flows.preprocess import preprocess_flow
-from flows.retrain import retraining_pipeline_flow
-from mlops.settings import get_settings
 from serving.app import ServingLimits, ServingState, build_app
 from serving.loader import ModelLoadError, load_served_model
-from tasks.preprocessing import read_split
-from tests.integration.conftest import bundled_config
+from tests.integration.conftest import serving_process
 from tests.ports import free_port
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory, fraud_file):
-    """A fraud model trained and promoted by the pipeline, in a registry of its own."""
-    home = tmp_path_factory.mktemp("serving-home")
-    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["MLOPS_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    get_settings.cache_clear()
-    config = bundled_config("fraud_detection", fraud_file, n_estimators=60)
-    result = retraining_pipeline_flow(config)
-    rows = read_split(preprocess_flow(config), "test").head(300)
-    uri = os.environ["MLFLOW_TRACKING_URI"]
-    served = load_served_model(MlflowClient(uri, registry_uri=uri), "fraud-detector", uri)
-    pyfunc = mlflow.pyfunc.load_model("models:/fraud-detector@champion")
-    columns = served.spec.input_columns
-    expected = pyfunc.predict(rows[columns])
-    yield {
-        "home": home,
-        "uri": uri,
-        "served": served,
-        "rows": rows[columns].reset_index(drop=True),
-        "expected": expected.reset_index(drop=True),
-        "version": result.model_version,
-    }
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
-
-
 @pytest.fixture
-def client(registry):
+def client(served_registry):
     limits = ServingLimits(max_body_bytes=2**20, max_in_flight=64)
-    with TestClient(build_app(ServingState(registry["served"], limits))) as test_client:
+    with TestClient(build_app(ServingState(served_registry["served"], limits))) as test_client:
         yield test_client
 
 
@@ -85,8 +51,8 @@ def jsonable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def test_every_mlflow_input_format_predicts_like_the_registry_model(client, registry):
-    rows, expected = registry["rows"], registry["expected"]
+def test_every_mlflow_input_format_predicts_like_the_registry_model(client, served_registry):
+    rows, expected = served_registry["rows"], served_registry["expected"]
     plain = jsonable(rows)
     split = {"columns": list(rows.columns), "data": plain.to_numpy().tolist()}
     records = plain.to_dict(orient="records")
@@ -101,7 +67,7 @@ def test_every_mlflow_input_format_predicts_like_the_registry_model(client, regi
         response = client.post(
             "/invocations", content=orjson.dumps(body), headers={"Content-Type": "application/json"}
         )
-        assert response.headers["X-Model-Version"] == registry["version"], name
+        assert response.headers["X-Model-Version"] == served_registry["version"], name
         assert_same(as_frame(response), expected)
     csv = client.post(
         "/invocations", content=rows.to_csv(index=False), headers={"Content-Type": "text/csv"}
@@ -111,33 +77,38 @@ def test_every_mlflow_input_format_predicts_like_the_registry_model(client, regi
     assert_same(as_frame(one), expected.head(1))
 
 
-def test_health_version_ping_and_metrics(client, registry):
+def test_health_version_ping_and_metrics(client, served_registry):
     assert client.get("/ping").status_code == 200
     health = client.get("/health").json()
     assert (health["status"], health["model"], health["version"]) == (
         "ok",
         "fraud-detector",
-        registry["version"],
+        served_registry["version"],
     )
-    assert client.get("/version").json()["run_id"] == registry["served"].run_id
+    assert client.get("/version").json()["run_id"] == served_registry["served"].run_id
     client.post(
         "/invocations",
-        json={"dataframe_records": jsonable(registry["rows"].head(3)).to_dict(orient="records")},
+        json={
+            "dataframe_records": jsonable(served_registry["rows"].head(3)).to_dict(orient="records")
+        },
     )
     client.post("/invocations", content=b"{", headers={"Content-Type": "application/json"})
     metrics = client.get("/metrics")
-    assert metrics.headers["X-Model-Version"] == registry["version"]
+    assert metrics.headers["X-Model-Version"] == served_registry["version"]
     text = metrics.text
     assert 'mlops_serving_requests_total{path="/invocations",status="200"} 1' in text
     assert 'mlops_serving_requests_total{path="/invocations",status="400"} 1' in text
     assert "mlops_serving_rows_total 3" in text
     assert "mlops_serving_latency_seconds_count 2" in text
-    assert f'mlops_serving_model_version{{model="fraud-detector"}} {registry["version"]}' in text
+    assert (
+        f'mlops_serving_model_version{{model="fraud-detector"}} {served_registry["version"]}'
+        in text
+    )
 
 
-def test_bad_requests_get_a_json_4xx_naming_the_problem(client, registry):
-    row = jsonable(registry["rows"].head(1)).to_dict(orient="records")[0]
-    numeric = registry["served"].spec.numeric[0]
+def test_bad_requests_get_a_json_4xx_naming_the_problem(client, served_registry):
+    row = jsonable(served_registry["rows"].head(1)).to_dict(orient="records")[0]
+    numeric = served_registry["served"].spec.numeric[0]
     dropped = {k: v for k, v in row.items() if k != numeric}
     cases = [
         (b"{not json", "application/json", 400, "not valid JSON"),
@@ -177,63 +148,52 @@ def test_bad_requests_get_a_json_4xx_naming_the_problem(client, registry):
         assert response.status_code == status, (message, response.text)
         error = response.json()
         assert message in error["message"], (message, error)
-        assert error["error_code"] and response.headers["X-Model-Version"] == registry["version"]
+        assert (
+            error["error_code"]
+            and response.headers["X-Model-Version"] == served_registry["version"]
+        )
     assert client.get("/ping").status_code == 200  # still up
 
 
-def test_overload_is_refused_with_retry_after(registry):
-    state = ServingState(registry["served"], ServingLimits(max_in_flight=0))
+def test_overload_is_refused_with_retry_after(served_registry):
+    state = ServingState(served_registry["served"], ServingLimits(max_in_flight=0))
     with TestClient(build_app(state)) as overloaded:
         response = overloaded.post("/invocations", json={"dataframe_records": [{}]})
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
 
 
-def test_unknown_model_is_a_clear_error(registry):
-    uri = registry["uri"]
+def test_unknown_model_is_a_clear_error(served_registry):
+    uri = served_registry["uri"]
     with pytest.raises(ModelLoadError, match="model 'nope' has no alias 'champion'"):
         load_served_model(MlflowClient(uri, registry_uri=uri), "nope", uri)
 
 
-def test_mlops_serve_answers_on_loopback(registry):
+def test_mlops_serve_answers_on_loopback(served_registry):
     port = free_port()
-    env = os.environ | {"MLOPS_HOME": str(registry["home"]), "MLFLOW_TRACKING_URI": registry["uri"]}
-    mlops = str(Path(sys.executable).parent / "mlops")
-    server = subprocess.Popen(
-        [mlops, "serve", "fraud-detector", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        rows = jsonable(registry["rows"].head(20))
+    env = os.environ | {
+        "MLOPS_HOME": str(served_registry["home"]),
+        "MLFLOW_TRACKING_URI": served_registry["uri"],
+    }
+    with serving_process("fraud-detector", port, env):
+        rows = jsonable(served_registry["rows"].head(20))
         body = {
             "dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}
         }
         response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=10)
-        assert_same(as_frame(response), registry["expected"].head(20))
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+        assert_same(as_frame(response), served_registry["expected"].head(20))
+    mlops = str(Path(sys.executable).parent / "mlops")
     missing = subprocess.run(
         [mlops, "serve", "nope"], env=env, capture_output=True, text=True, timeout=120
     )
     assert missing.returncode == 2 and "model 'nope' has no alias 'champion'" in missing.stderr
 
 
-def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(registry, tmp_path):
+def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(served_registry, tmp_path):
     from serving.swap import ModelSwapper
 
-    uri = registry["uri"]
+    uri = served_registry["uri"]
     registry_client = MlflowClient(uri, registry_uri=uri)
-    original = registry["served"]
+    original = served_registry["served"]
     state = ServingState(original, ServingLimits(admin_token="s3cret"))
     swapper = ModelSwapper(
         state,
@@ -241,7 +201,9 @@ def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(registry
         lambda: MlflowClient(uri, registry_uri=uri),
         lambda c, ref: load_served_model(c, ref, uri),
     )
-    body = {"dataframe_records": jsonable(registry["rows"].head(5)).to_dict(orient="records")}
+    body = {
+        "dataframe_records": jsonable(served_registry["rows"].head(5)).to_dict(orient="records")
+    }
     admin = {"Authorization": "Bearer s3cret"}
     with TestClient(build_app(state, swapper)) as client:
         assert client.post("/admin/reload").status_code == 401
@@ -275,10 +237,54 @@ def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(registry
         assert swapped == {"status": "swapped", "version": str(good.version), "error": None}
         after = client.post("/invocations", json=body)
         assert after.headers["X-Model-Version"] == str(good.version)
-        assert_same(as_frame(after), registry["expected"].head(5))
+        assert_same(as_frame(after), served_registry["expected"].head(5))
         assert client.get("/health").json()["last_reload_error"] is None
     registry_client.set_registered_model_alias("fraud-detector", "champion", original.version)
 
 
 def test_reloading_is_off_without_a_token(client):
     assert client.post("/admin/reload", headers={"Authorization": "Bearer x"}).status_code == 403
+
+
+# ---------------------------------------------------------------- fuzzing the OpenAPI schema
+
+
+def fuzz(operation, mode: GenerationMode, examples: int, calls: list) -> None:
+    """Send ``examples`` generated requests to one operation; every check must pass."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def call(case) -> None:
+        response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
+        calls.append((operation.label, response.status_code))
+
+    call()
+
+
+def test_requests_generated_from_the_openapi_schema_never_get_a_5xx(served_registry):
+    """Valid and invalid bodies, headers and methods: a documented 2xx/4xx, never a 5xx.
+
+    Schemathesis generates requests from the service's own /openapi.json, for every operation,
+    conforming to it and violating it. Every check but positive_data_acceptance runs: the
+    schema cannot say that the dates of one request must share a layout, so a schema-valid
+    request may rightly get a 400.
+    """
+    limits = ServingLimits(max_body_bytes=2**16, max_in_flight=64)
+    app = build_app(ServingState(served_registry["served"], limits))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {o.label for o in operations} >= {"POST /invocations", "POST /admin/reload"}
+    calls: list[tuple[str, int]] = []
+    for operation in operations:
+        # only the POST operations take input that can violate the schema
+        modes = [GenerationMode.POSITIVE] + [GenerationMode.NEGATIVE] * (operation.method == "post")
+        for mode in modes:
+            fuzz(operation, mode, 60 if operation.label == "POST /invocations" else 10, calls)
+    statuses = {status for label, status in calls if label == "POST /invocations"}
+    assert 200 in statuses and 400 in statuses, statuses  # both kinds really were sent
+    assert all(status < 500 for _, status in calls)

@@ -38,7 +38,7 @@ from tests.stack.conftest import PROJECT, mlops_cli, processes_of, small_config
 pytestmark = pytest.mark.slow
 DEPLOYMENTS = yaml.safe_load((PROJECT / "prefect.yaml").read_text())["deployments"]
 POOL_OF = {d["name"]: d["work_pool"]["name"] for d in DEPLOYMENTS}
-STAGES = ["preprocess", "data-gate", "train", "evaluate", "register", "model-gate"]
+STAGES = ["preprocess", "data-gate", "train", "evaluate", "register", "model-gate", "deploy"]
 PIPELINE = "retraining-pipeline/retraining-pipeline"
 
 

@@ -44,6 +44,7 @@ def test_deployments_are_kebab_case_on_a_pool_per_kind_of_work():
         "evaluate": "gate-pool",
         "model-gate": "gate-pool",
         "register": "deploy-pool",
+        "deploy": "deploy-pool",
         "retraining-pipeline": "orchestrator-pool",
     }
 

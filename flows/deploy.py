@@ -1,0 +1,61 @@
+"""Deploy stage: the gated candidate becomes champion, goes live on the serving instances, or is rolled back."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import Failed, State
+
+from mlops.config import PipelineConfig
+from mlops.dataset import DatasetRef
+from model_registry.registry import RegisteredVersion
+from tasks.deployment import (
+    DeployResult,
+    go_live_task,
+    promote_version_task,
+    record_deployment_task,
+    roll_back_task,
+)
+
+
+@flow(name="deploy", log_prints=True, persist_result=True, result_serializer="json")
+def deploy_flow(
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    candidate: RegisteredVersion,
+    expected_champion: str | None = None,
+    parent_run_id: str | None = None,
+) -> DeployResult | State:
+    """Make a candidate that passed the model gate ``champion`` and put it live, checked.
+
+    Moves ``champion`` (the former champion becomes ``previous``), tells every serving
+    instance in ``MLOPS_SERVING_URLS`` to reload, and smoke-tests each on held-out rows:
+    predictions equal to the registry model's and a p95 latency within ``deploy`` budget.
+    On any failure ``champion`` goes back to the former champion, the instances reload onto
+    it, and this flow run ends in a state named "RolledBack".
+
+    Args:
+        config: The use case (its ``deploy`` section sets the smoke test).
+        dataset: The candidate's dataset; its test split holds the smoke-test rows.
+        candidate: The registered version to deploy.
+        expected_champion: The champion the model gate compared against; the promotion is
+            refused if another version took ``champion`` since.
+        parent_run_id: MLflow run to nest this stage's run under (the pipeline's).
+    """
+    promotion = promote_version_task(config, candidate, expected_champion)
+    outcome = go_live_task(config, dataset, candidate)
+    restored = None if outcome.passed else roll_back_task(config, promotion, outcome.reason)
+    result = record_deployment_task(config, candidate, promotion, outcome, restored, parent_run_id)
+    if result.verdict == "rolled-back":
+        return rolled_back_state(result)
+    return result
+
+
+def rolled_back_state(result: DeployResult) -> State:
+    """The state the deploy stage (and the pipeline) ends in when the candidate is rolled back."""
+    champion = f"version {result.champion_version}" if result.champion_version else "no version"
+    return Failed(
+        name="RolledBack",
+        message=f"{result.model_name} version {result.version} was rolled back ({champion} is "
+        f"champion again): {result.reason}",
+        data=result,
+    )
