@@ -52,10 +52,13 @@ def deploy_flow(
 
 def rolled_back_state(result: DeployResult) -> State:
     """The state the deploy stage (and the pipeline) ends in when the candidate is rolled back."""
-    champion = f"version {result.champion_version}" if result.champion_version else "no version"
+    if result.champion_version == result.version:  # deployed again while already champion
+        what = "failed its deploy; it was champion before, so the aliases stay"
+    else:
+        champion = f"version {result.champion_version}" if result.champion_version else "no version"
+        what = f"was rolled back ({champion} is champion again)"
     return Failed(
         name="RolledBack",
-        message=f"{result.model_name} version {result.version} was rolled back ({champion} is "
-        f"champion again): {result.reason}",
+        message=f"{result.model_name} version {result.version} {what}: {result.reason}",
         data=result,
     )

@@ -17,11 +17,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from mlops.errors import MlopsError
-from model_registry.registry import resolve_version
+from model_registry.registry import download_version, resolve_version
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template"
 CODE_FILES = ("errors.py", "features.py", "prediction.py")
@@ -67,13 +66,7 @@ def export_bundle(client: MlflowClient, reference: str, out: Path, tracking_uri:
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         with tempfile.TemporaryDirectory(prefix="export-") as tmp:
-            source = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{version}",
-                    dst_path=tmp,
-                    tracking_uri=tracking_uri,
-                )
-            )
+            source = download_version(client, name, version, tmp, tracking_uri)
             bundle = _write_bundle(source, stage, name, version, run_id)
         if out.exists():
             out.rmdir()

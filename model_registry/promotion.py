@@ -49,6 +49,8 @@ class Promotion(BaseModel):
     champion_version: str
     previous_version: str | None
     replaced_previous: str | None = None
+    moved: bool = True
+    """False when the candidate already was champion: there is nothing to roll back."""
 
 
 def promote_to_champion(
@@ -89,6 +91,7 @@ def promote_to_champion(
                 champion_version=current,
                 previous_version=previous,
                 replaced_previous=previous,
+                moved=False,
             )
         replaced = alias_version(client, name, PREVIOUS)
         if current is not None:
@@ -120,7 +123,8 @@ def roll_back_promotion(
     """Undo a promotion: ``champion`` back to the former champion, ``previous`` as it was.
 
     The rolled-back version gets ``challenger`` back and the reason as a tag. Nothing is
-    written if another promotion has moved ``champion`` since.
+    written if another promotion has moved ``champion`` since, and no alias moves if the
+    version already was champion before (a deploy run again for the champion).
 
     Returns:
         The champion after the rollback (None when the model had none before).
@@ -129,6 +133,12 @@ def roll_back_promotion(
         PromotionConflict: if ``champion`` no longer points at the promoted version.
     """
     name, failed = promotion.model_name, promotion.champion_version
+    if not promotion.moved:
+        logger.warning(
+            "%s version %s was champion before this deploy; aliases unchanged", name, failed
+        )
+        client.set_model_version_tag(name, failed, "deploy.reason", reason[:5000])
+        return failed
     with lock():
         current = alias_version(client, name, CHAMPION)
         if current != failed:

@@ -181,3 +181,18 @@ def resolve_version(client: MlflowClient, reference: str) -> tuple[str, str, str
             f"({error.error_code})."
         ) from None
     return found.name, str(found.version), found.run_id or ""
+
+
+def download_version(
+    client: MlflowClient, name: str, version: str, destination: str, tracking_uri: str
+) -> Path:
+    """A model version's files, found through ``client`` rather than MLflow's global registry URI.
+
+    Returns:
+        The local folder holding the version's files.
+    """
+    source = client.get_model_version_download_uri(name, version)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=source, dst_path=destination, tracking_uri=tracking_uri
+    )
+    return Path(local)

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightgbm as lgb
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from mlops.features import FeatureSpec, build_feature_matrix
 from mlops.prediction import predict_frame, predict_matrix
-from model_registry.registry import ModelLoadError, resolve_version
+from model_registry.registry import ModelLoadError, download_version, resolve_version
 
 from .payload import Rows, check_values
 
@@ -69,11 +68,7 @@ def load_served_model(client: MlflowClient, reference: str, tracking_uri: str) -
     name, version, run_id = resolve_version(client, reference)
     uri = f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory(prefix="serving-") as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri
-            )
-        )
+        local = download_version(client, name, version, tmp, tracking_uri)
         files = {path.name: path for path in local.rglob("*") if path.is_file()}
         needed = ("model.txt", "feature_spec.json", "model_info.json")
         if not all(n in files for n in needed):

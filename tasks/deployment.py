@@ -126,19 +126,34 @@ def compare_predictions(got: pd.DataFrame, expected: pd.DataFrame) -> tuple[bool
     return True, largest, "predictions equal the registry model's"
 
 
-def _latency_verdict(
-    target: str, seconds: list[float], budget: DeployConfig
-) -> tuple[bool, float, float, str]:
-    p50, p95 = (float(np.percentile(seconds, q)) * 1000 for q in (50, 95))
-    if p95 > budget.max_latency_p95_ms:
-        return (
-            False,
-            p50,
-            p95,
+def judge_smoke_test(
+    target: str,
+    served_version: str,
+    predictions: pd.DataFrame,
+    expected: pd.DataFrame,
+    single_row_seconds: list[float],
+    budget: DeployConfig,
+) -> SmokeCheck:
+    """The verdict on one target: its predictions equal the registry's and its p95 is in budget."""
+    agree, largest, detail = compare_predictions(predictions, expected)
+    p50, p95 = (float(np.percentile(single_row_seconds, q)) * 1000 for q in (50, 95))
+    if agree and p95 > budget.max_latency_p95_ms:
+        detail = (
             f"{target}: single-row p95 latency {p95:.1f} ms is over the budget of "
-            f"{budget.max_latency_p95_ms:g} ms (deploy.max_latency_p95_ms)",
+            f"{budget.max_latency_p95_ms:g} ms (deploy.max_latency_p95_ms)"
         )
-    return True, p50, p95, ""
+    elif not agree:
+        detail = f"{target}: {detail}"
+    return SmokeCheck(
+        target=target,
+        passed=agree and p95 <= budget.max_latency_p95_ms,
+        detail=detail,
+        served_version=served_version,
+        rows=len(predictions),
+        max_difference=largest,
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
+    )
 
 
 # ---------------------------------------------------------------- the smoke test
@@ -168,18 +183,7 @@ def check_instance(
             ]
     except InstanceError as error:
         return SmokeCheck(target=url, passed=False, detail=str(error))
-    agree, largest, detail = compare_predictions(scored.predictions, expected)
-    fast, p50, p95, slow = _latency_verdict(url, singles, budget)
-    return SmokeCheck(
-        target=url,
-        passed=agree and fast,
-        detail=detail if not agree else (slow or detail),
-        served_version=scored.version,
-        rows=len(rows),
-        max_difference=largest,
-        latency_p50_ms=p50,
-        latency_p95_ms=p95,
-    )
+    return judge_smoke_test(url, scored.version, scored.predictions, expected, singles, budget)
 
 
 def check_in_process(
@@ -200,18 +204,7 @@ def check_in_process(
         started = time.perf_counter()
         served.predict_rows(Rows({c: one[c].tolist() for c in one.columns}, 1))
         singles.append(time.perf_counter() - started)
-    agree, largest, detail = compare_predictions(as_served, expected)
-    fast, p50, p95, slow = _latency_verdict(IN_PROCESS, singles, config.deploy)
-    return SmokeCheck(
-        target=IN_PROCESS,
-        passed=agree and fast,
-        detail=detail if not agree else (slow or detail),
-        served_version=served.version,
-        rows=len(rows),
-        max_difference=largest,
-        latency_p50_ms=p50,
-        latency_p95_ms=p95,
-    )
+    return judge_smoke_test(IN_PROCESS, served.version, as_served, expected, singles, config.deploy)
 
 
 def held_out_rows(dataset: DatasetRef, count: int) -> pd.DataFrame:

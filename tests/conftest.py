@@ -22,6 +22,8 @@ def isolated_state(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_HOME", str(home))
     # set, not deleted: mlflow.set_tracking_uri() exports it, and undo must restore it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    # mlflow.set_registry_uri() exports this one: without a reset it would leak between tests
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{home / 'mlflow.db'}")
     monkeypatch.delenv("MLOPS_ARTIFACT_STORE", raising=False)
     get_settings.cache_clear()
     yield home

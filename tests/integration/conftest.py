@@ -108,19 +108,24 @@ def served_registry(tmp_path_factory, fraud_file):
     from tasks.preprocessing import read_split
 
     home = tmp_path_factory.mktemp("serving-home")
-    saved = {k: os.environ.get(k) for k in ("MLOPS_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["MLOPS_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:  # only while it is built: tests pass uri on
+        for name, value in {
+            "MLOPS_HOME": str(home),
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_REGISTRY_URI": uri,
+        }.items():
+            patch.setenv(name, value)
+        get_settings.cache_clear()
+        config = bundled_config("fraud_detection", fraud_file, n_estimators=60)
+        result = retraining_pipeline_flow(config)
+        rows = read_split(preprocess_flow(config), "test").head(300)
+        served = load_served_model(MlflowClient(uri, registry_uri=uri), "fraud-detector", uri)
+        pyfunc = mlflow.pyfunc.load_model("models:/fraud-detector@champion")
+        columns = served.spec.input_columns
+        expected = pyfunc.predict(rows[columns])
     get_settings.cache_clear()
-    config = bundled_config("fraud_detection", fraud_file, n_estimators=60)
-    result = retraining_pipeline_flow(config)
-    rows = read_split(preprocess_flow(config), "test").head(300)
-    uri = os.environ["MLFLOW_TRACKING_URI"]
-    served = load_served_model(MlflowClient(uri, registry_uri=uri), "fraud-detector", uri)
-    pyfunc = mlflow.pyfunc.load_model("models:/fraud-detector@champion")
-    columns = served.spec.input_columns
-    expected = pyfunc.predict(rows[columns])
-    yield {
+    return {
         "home": home,
         "uri": uri,
         "served": served,
@@ -128,9 +133,15 @@ def served_registry(tmp_path_factory, fraud_file):
         "expected": expected.reset_index(drop=True),
         "version": result.model_version,
     }
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
+
+
+def markdown_artifacts(flow_run_id) -> dict[str, str]:
+    """The Prefect markdown artifacts a flow run created, by key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        return {a.key: a.data for a in found if a.type == "markdown"}

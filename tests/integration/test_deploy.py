@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import httpx
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.deploy import deploy_flow
 from flows.preprocess import preprocess_flow
 from flows.retrain import retraining_pipeline_flow
 from mlops.settings import get_settings
 from model_registry.registry import RegisteredVersion
-from tasks.deployment import DeployResult
-from tests.integration.conftest import bundled_config, serving_process
+from serving.client import split_payload
+from tasks.deployment import DeployResult, held_out_rows
+from tests.integration.conftest import bundled_config, markdown_artifacts, serving_process
 from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -67,14 +67,6 @@ def register_broken(tmp_path) -> RegisteredVersion:
     )
 
 
-def artifacts_of(flow_run_id) -> dict[str, str]:
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-        return {a.key: a.data for a in found if a.type == "markdown"}
-
-
 @pytest.fixture(scope="module")
 def first_champion(fraud_file, tmp_path_factory):
     """A registry whose champion the pipeline deployed with no serving instance configured."""
@@ -103,7 +95,11 @@ def instance(first_champion, monkeypatch):
     """A real `mlops serve` of the champion, and the deploy stage pointed at it."""
     home = first_champion["home"]
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    for name, value in {"MLOPS_HOME": str(home), "MLFLOW_TRACKING_URI": uri}.items():
+    for name, value in {
+        "MLOPS_HOME": str(home),
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": uri,
+    }.items():
         monkeypatch.setenv(name, value)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -126,12 +122,40 @@ def deploy(first_champion, candidate: RegisteredVersion, config=None):
     )
 
 
+class Traffic(threading.Thread):
+    """Single-row requests in a loop, recording each answer's status and model version."""
+
+    def __init__(self, url: str, row: dict) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body, self.answers = url, {"dataframe_records": [row]}, []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set():
+                reply = client.post(f"{self.url}/invocations", json=self.body)
+                self.answers.append((reply.status_code, reply.headers.get("X-Model-Version")))
+
+
 def test_a_new_champion_goes_live_on_the_instance_and_is_smoke_tested(first_champion, instance):
     before = aliases()["champion"]
     assert served_version(instance) == before
     candidate = register_copy(before)
+    row = split_payload(held_out_rows(first_champion["dataset"], 1))
+    traffic = Traffic(instance, dict(zip(row["columns"], row["data"][0], strict=True)))
+    traffic.start()
 
     state = deploy(first_champion, candidate)
+    traffic.stop.set()
+    traffic.join(timeout=30)
+
+    # no request failed while the version changed under them, and none went back to the old one
+    statuses = {status for status, _ in traffic.answers}
+    versions = [version for _, version in traffic.answers]
+    assert statuses == {200} and len(versions) > 20, (statuses, len(versions))
+    assert versions[0] == before and versions[-1] == candidate.version
+    swapped_at = versions.index(candidate.version)
+    assert set(versions[swapped_at:]) == {candidate.version}
 
     assert state.is_completed(), state.message
     result = DeployResult.model_validate(state.result())
@@ -150,7 +174,7 @@ def test_a_new_champion_goes_live_on_the_instance_and_is_smoke_tested(first_cham
     assert check.latency_p95_ms < first_champion["config"].deploy.max_latency_p95_ms
     tags = registry().get_model_version(MODEL, candidate.version).tags
     assert tags["deploy.verdict"] == "deployed" and tags["deploy.instances"] == instance
-    report = artifacts_of(state.state_details.flow_run_id)["deployment-fraud-detector"]
+    report = markdown_artifacts(state.state_details.flow_run_id)["deployment-fraud-detector"]
     assert f"version {candidate.version} — **deployed**" in report and instance in report
 
 

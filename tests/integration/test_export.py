@@ -35,6 +35,7 @@ def test_an_exported_bundle_predicts_like_the_registry_without_mlflow(served_reg
     env = os.environ | {
         "MLOPS_HOME": str(served_registry["home"]),
         "MLFLOW_TRACKING_URI": served_registry["uri"],
+        "MLFLOW_REGISTRY_URI": served_registry["uri"],
     }
     bundle = tmp_path / "bundle"
     exported = cli("export", "fraud-detector", "--out", str(bundle), env=env)
@@ -97,6 +98,7 @@ def test_export_refuses_a_used_folder_and_an_unknown_model(served_registry, tmp_
     env = os.environ | {
         "MLOPS_HOME": str(served_registry["home"]),
         "MLFLOW_TRACKING_URI": served_registry["uri"],
+        "MLFLOW_REGISTRY_URI": served_registry["uri"],
     }
     used = tmp_path / "used"
     used.mkdir()

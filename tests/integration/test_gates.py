@@ -11,8 +11,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterParentFlowRunId,
 )
@@ -25,7 +23,7 @@ from mlops.settings import get_settings
 from mlops.synthetic import write_dataset
 from model_registry.promotion import promote_to_champion
 from tasks.promotion import promotion_lock
-from tests.integration.conftest import bundled_config
+from tests.integration.conftest import bundled_config, markdown_artifacts
 
 pytestmark = pytest.mark.slow
 MODEL = "fraud-detector"
@@ -60,14 +58,6 @@ def child_flow_runs(parent_flow_run_id) -> dict[str, object]:
             )
         )
         return {client.read_flow(run.flow_id).name: run for run in runs}
-
-
-def markdown_artifacts(flow_run_id) -> dict[str, str]:
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-        return {a.key: a.data for a in found if a.type == "markdown"}
 
 
 # ---------------------------------------------------------------- one champion, shared

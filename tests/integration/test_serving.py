@@ -173,6 +173,7 @@ def test_mlops_serve_answers_on_loopback(served_registry):
     env = os.environ | {
         "MLOPS_HOME": str(served_registry["home"]),
         "MLFLOW_TRACKING_URI": served_registry["uri"],
+        "MLFLOW_REGISTRY_URI": served_registry["uri"],
     }
     with serving_process("fraud-detector", port, env):
         rows = jsonable(served_registry["rows"].head(20))

@@ -1,0 +1,41 @@
+"""The deploy stage's verdicts on a smoke test, on tiny frames."""
+
+import pandas as pd
+
+from mlops.config import DeployConfig
+from tasks.deployment import compare_predictions, judge_smoke_test
+
+EXPECTED = pd.DataFrame({"prediction": ["0", "1", "0"], "probability": [0.1, 0.9, 0.2]})
+FAST = [0.001] * 20
+
+
+def test_equal_predictions_within_budget_pass():
+    check = judge_smoke_test("http://a", "3", EXPECTED.copy(), EXPECTED, FAST, DeployConfig())
+    assert check.passed and check.max_difference == 0.0 and check.served_version == "3"
+    assert check.latency_p95_ms == 1.0 and check.rows == 3
+
+
+def test_a_different_label_or_probability_fails_naming_the_row():
+    label = EXPECTED.assign(prediction=["0", "0", "0"])
+    agree, _, detail = compare_predictions(label, EXPECTED)
+    assert not agree and detail == "'prediction' row 1: '0', expected '1'"
+    drift = EXPECTED.assign(probability=[0.1, 0.9, 0.2000001])
+    agree, largest, detail = compare_predictions(drift, EXPECTED)
+    assert not agree and largest > 9e-8 and detail.startswith("'probability' row 2")
+    agree, largest, _ = compare_predictions(
+        EXPECTED.assign(probability=[0.1, 0.9, 0.2 + 1e-15]), EXPECTED
+    )
+    assert agree and largest < 1e-14  # JSON round trips are exact; 1e-9 relative is allowed
+    agree, _, detail = compare_predictions(EXPECTED[["probability"]], EXPECTED)
+    assert not agree and "columns ['probability']" in detail
+
+
+def test_a_slow_target_fails_with_the_budget_named():
+    slow = [0.001] * 18 + [0.5, 0.5]
+    check = judge_smoke_test(
+        "http://a", "3", EXPECTED, EXPECTED, slow, DeployConfig(max_latency_p95_ms=10)
+    )
+    assert not check.passed
+    assert check.detail.startswith(
+        "http://a: single-row p95 latency 500.0 ms is over the budget of 10 ms"
+    )
