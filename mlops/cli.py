@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstring paragraphs re-flow to the terminal width
 )
 
 
@@ -95,7 +96,7 @@ def run(
     Stages: preprocess, data gate, train, evaluate, register, model gate, deploy, as
     sub-flows.
 
-    Either --config configs/<use-case>.yaml, or --data FILE --target COLUMN to infer
+    Either `--config configs/<use-case>.yaml`, or `--data FILE --target COLUMN` to infer
     everything from the file. Exit status: 0 when the candidate became champion, 2 for bad
     input (including data that fails the data gate), 3 when the model gate rejected it, 4
     when its deploy failed the smoke test and was rolled back.
