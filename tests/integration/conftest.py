@@ -66,6 +66,12 @@ def cars_config(cars_file) -> PipelineConfig:
     return bundled_config("car_dealership", cars_file)
 
 
+def state_env(home: Path) -> dict[str, str]:
+    """The variables that point every command at the state folder ``home`` and its MLflow store."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return {"MLOPS_HOME": str(home), "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+
+
 @contextmanager
 def serving_process(model: str, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     """A real `mlops serve MODEL` on 127.0.0.1:PORT, up (answering /ping) for the block."""
@@ -108,13 +114,10 @@ def served_registry(tmp_path_factory, fraud_file):
     from tasks.preprocessing import read_split
 
     home = tmp_path_factory.mktemp("serving-home")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    env = state_env(home)
+    uri = env["MLFLOW_TRACKING_URI"]
     with pytest.MonkeyPatch.context() as patch:  # only while it is built: tests pass uri on
-        for name, value in {
-            "MLOPS_HOME": str(home),
-            "MLFLOW_TRACKING_URI": uri,
-            "MLFLOW_REGISTRY_URI": uri,
-        }.items():
+        for name, value in env.items():
             patch.setenv(name, value)
         get_settings.cache_clear()
         config = bundled_config("fraud_detection", fraud_file, n_estimators=60)
@@ -132,6 +135,7 @@ def served_registry(tmp_path_factory, fraud_file):
         "rows": rows[columns].reset_index(drop=True),
         "expected": expected.reset_index(drop=True),
         "version": result.model_version,
+        "env": env,
     }
 
 

@@ -16,7 +16,12 @@ from mlops.settings import get_settings
 from model_registry.registry import RegisteredVersion
 from serving.client import split_payload
 from tasks.deployment import DeployResult, held_out_rows
-from tests.integration.conftest import bundled_config, markdown_artifacts, serving_process
+from tests.integration.conftest import (
+    bundled_config,
+    markdown_artifacts,
+    serving_process,
+    state_env,
+)
 from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -94,12 +99,7 @@ def first_champion(fraud_file, tmp_path_factory):
 def instance(first_champion, monkeypatch):
     """A real `mlops serve` of the champion, and the deploy stage pointed at it."""
     home = first_champion["home"]
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    for name, value in {
-        "MLOPS_HOME": str(home),
-        "MLFLOW_TRACKING_URI": uri,
-        "MLFLOW_REGISTRY_URI": uri,
-    }.items():
+    for name, value in state_env(home).items():
         monkeypatch.setenv(name, value)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

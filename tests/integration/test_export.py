@@ -32,11 +32,7 @@ def as_json_rows(rows: pd.DataFrame) -> dict:
 
 
 def test_an_exported_bundle_predicts_like_the_registry_without_mlflow(served_registry, tmp_path):
-    env = os.environ | {
-        "MLOPS_HOME": str(served_registry["home"]),
-        "MLFLOW_TRACKING_URI": served_registry["uri"],
-        "MLFLOW_REGISTRY_URI": served_registry["uri"],
-    }
+    env = os.environ | served_registry["env"]
     bundle = tmp_path / "bundle"
     exported = cli("export", "fraud-detector", "--out", str(bundle), env=env)
     assert exported.returncode == 0, exported.stderr
@@ -95,11 +91,7 @@ def test_an_exported_bundle_predicts_like_the_registry_without_mlflow(served_reg
 
 
 def test_export_refuses_a_used_folder_and_an_unknown_model(served_registry, tmp_path):
-    env = os.environ | {
-        "MLOPS_HOME": str(served_registry["home"]),
-        "MLFLOW_TRACKING_URI": served_registry["uri"],
-        "MLFLOW_REGISTRY_URI": served_registry["uri"],
-    }
+    env = os.environ | served_registry["env"]
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("mine")

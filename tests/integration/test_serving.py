@@ -170,11 +170,7 @@ def test_unknown_model_is_a_clear_error(served_registry):
 
 def test_mlops_serve_answers_on_loopback(served_registry):
     port = free_port()
-    env = os.environ | {
-        "MLOPS_HOME": str(served_registry["home"]),
-        "MLFLOW_TRACKING_URI": served_registry["uri"],
-        "MLFLOW_REGISTRY_URI": served_registry["uri"],
-    }
+    env = os.environ | served_registry["env"]
     with serving_process("fraud-detector", port, env):
         rows = jsonable(served_registry["rows"].head(20))
         body = {
