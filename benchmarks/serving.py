@@ -210,13 +210,9 @@ def train_model(work: Path, env: dict, rows: int) -> pd.DataFrame:
 
 
 def split_body(frame: pd.DataFrame) -> bytes:
-    frame = frame.copy()
-    for column in frame.select_dtypes(include=["datetime", "datetimetz"]).columns:
-        frame[column] = frame[column].dt.strftime("%Y-%m-%dT%H:%M:%S")
-    frame = frame.astype(object).where(frame.notna(), None)
-    return orjson.dumps(
-        {"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}}
-    )
+    from serving.client import split_payload
+
+    return orjson.dumps({"dataframe_split": split_payload(frame)})
 
 
 # ---------------------------------------------------------------- the run

@@ -38,15 +38,20 @@ def _units_into(stamps: np.ndarray, unit: str, inner: str) -> np.ndarray:
     )
 
 
+def _dayofweek(stamps: np.ndarray) -> np.ndarray:
+    """Monday 0 to Sunday 6 (1970-01-01 was a Thursday)."""
+    return (stamps.astype("datetime64[D]").astype("int64") + 3) % 7
+
+
 _DATETIME_PARTS = {
     "year": lambda d: d.astype("datetime64[Y]").astype("int64") + 1970,
     "month": lambda d: d.astype("datetime64[M]").astype("int64") % 12 + 1,
     "day": lambda d: _units_into(d, "M", "D") + 1,
-    "dayofweek": lambda d: (d.astype("datetime64[D]").astype("int64") + 3) % 7,  # 1970-01-01: Thu
+    "dayofweek": _dayofweek,
     "dayofyear": lambda d: _units_into(d, "Y", "D") + 1,
     "hour": lambda d: _units_into(d, "D", "h"),
     "minute": lambda d: _units_into(d, "h", "m"),
-    "is_weekend": lambda d: (d.astype("datetime64[D]").astype("int64") + 3) % 7 >= 5,
+    "is_weekend": lambda d: _dayofweek(d) >= 5,
 }
 """Calendar parts of naive UTC ``datetime64[us]`` stamps, as pandas' ``.dt`` accessors give them."""
 
@@ -286,11 +291,11 @@ def _iso_stamps(items: list[Any]) -> np.ndarray | None:
         present = [v for v, gone in zip(items, missing, strict=True) if not gone]
         if not present or not all(type(v) is str for v in present):
             return None
-    grid = _layout_grid(present)
-    if grid is None:
+    found = _layout_grid(present)
+    if found is None:
         return None
+    grid, zone = found
     width = grid.shape[1]
-    zone = _ISO_LAYOUTS[present[0].translate(_AS_LAYOUT)]
     local = np.ascontiguousarray(grid[:, : width - zone]).view(f"<U{width - zone}").ravel()
     try:
         parsed = local.astype("datetime64[us]")
@@ -307,8 +312,9 @@ def _iso_stamps(items: list[Any]) -> np.ndarray | None:
     return stamps
 
 
-def _layout_grid(texts: list[str]) -> np.ndarray | None:
-    """The strings as a (rows, characters) code grid if they share one ISO 8601 layout."""
+def _layout_grid(texts: list[str]) -> tuple[np.ndarray, int] | None:
+    """The strings as a (rows, characters) code grid, and the length of their zone suffix, if
+    they share one ISO 8601 layout."""
     layout = texts[0].translate(_AS_LAYOUT)
     if layout not in _ISO_LAYOUTS:
         return None
@@ -322,7 +328,7 @@ def _layout_grid(texts: list[str]) -> np.ndarray | None:
     same = ((digits >= ord("0")) & (digits <= ord("9"))).all() and (
         grid[:, ~is_digit] == template[~is_digit]
     ).all()
-    return grid if same else None
+    return (grid, _ISO_LAYOUTS[layout]) if same else None
 
 
 def is_missing(value: Any) -> bool:

@@ -6,13 +6,14 @@ which server did not answer or refused.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import httpx
 import orjson
 import pandas as pd
+
+from mlops.features import is_missing
 
 
 class InstanceError(Exception):
@@ -92,13 +93,9 @@ def split_payload(rows: pd.DataFrame) -> dict:
         values = rows[name]
         if pd.api.types.is_datetime64_any_dtype(values):
             values = values.dt.strftime("%Y-%m-%dT%H:%M:%S")
-        columns[name] = [None if _missing(v) else v for v in values.tolist()]
+        columns[name] = [None if is_missing(v) else v for v in values.tolist()]
     data = [list(row) for row in zip(*columns.values(), strict=True)]
     return {"columns": [str(c) for c in rows.columns], "data": data}
-
-
-def _missing(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _message(reply: httpx.Response) -> str:

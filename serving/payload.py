@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from mlops.features import ColumnValues, FeatureSpec, is_missing
+from mlops.features import ColumnValues, FeatureSpec, is_missing, missing_input_columns
 
 JSON_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _NUMBER = frozenset({int, float, type(None)})
@@ -160,7 +160,7 @@ def check_rows(rows: Rows, spec: FeatureSpec) -> None:
     if rows.count == 0:
         raise PayloadError(400, "The request has no rows to score.")
     expected = spec.input_columns
-    missing = [c for c in expected if c not in rows.columns]
+    missing = missing_input_columns(rows.columns, spec)
     extra = [c for c in rows.columns if c not in expected]
     if missing or extra:
         parts = []
