@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,4 +85,27 @@ def follow(
                 return run
             if timeout_s is not None and time.monotonic() - started > timeout_s:
                 return run
+            time.sleep(poll_s)
+
+
+def wait_for_triggered_run(
+    deployment: str, after: datetime.datetime, timeout_s: float = 60, poll_s: float = 2.0
+) -> FlowRun | None:
+    """The first run of ``deployment`` created after ``after`` (an automation's), or None."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        target = client.read_deployment_by_name(deployment)
+        while True:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(deployment_id={"any_": [target.id]}),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=10,
+            )
+            fresh = sorted(
+                (r for r in runs if r.created and r.created > after), key=lambda r: r.created
+            )
+            if fresh:
+                return fresh[0]
+            if time.monotonic() > deadline:
+                return None
             time.sleep(poll_s)

@@ -281,6 +281,16 @@ def up(
     host: Annotated[
         str | None, typer.Option(help="Interface to bind [default: 127.0.0.1, MLOPS_STACK_HOST].")
     ] = None,
+    serving_port: Annotated[
+        int | None, typer.Option(help="Serving instance port [default: 5001, MLOPS_SERVING_PORT].")
+    ] = None,
+    serve_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model the serving instance serves (its champion) "
+            "[default: fraud-detector, MLOPS_SERVING_MODEL]."
+        ),
+    ] = None,
     project_dir: Annotated[
         Path | None, typer.Option(help="Directory with prefect.yaml [default: this project].")
     ] = None,
@@ -292,9 +302,10 @@ def up(
         ),
     ] = False,
 ) -> None:
-    """Start the local stack in the background: Prefect and MLflow servers, a worker per pool.
+    """Start the local stack in the background: Prefect and MLflow servers, a serving instance, a worker per pool.
 
-    Also creates the work pools and deploys prefect.yaml (prefect deploy --all). State lives
+    The serving instance (`mlops serve`) waits for the model's first champion and is reloaded
+    by the deploy stage; its inference log feeds the drift monitor. Also creates the work pools and deploys prefect.yaml (prefect deploy --all). State lives
     under .mlops/ (SQLite databases, artifacts; logs in .mlops/stack/logs). Running it again
     keeps what runs, restarts what died, and deploys again only if prefect.yaml or flows/
     changed. Stop it with `mlops down`.
@@ -309,9 +320,16 @@ def up(
             prefect_port,
             mlflow_port,
             redeploy,
+            serving_port=serving_port,
+            serving_model=serve_model,
         )
         defaults = StackOptions(
-            find_project_dir(None), settings.stack_host, settings.prefect_port, settings.mlflow_port
+            find_project_dir(None),
+            settings.stack_host,
+            settings.prefect_port,
+            settings.mlflow_port,
+            serving_port=settings.serving_port,
+            serving_model=settings.serving_model,
         )
         state = bring_up(settings.home_dir, asked, defaults, say=typer.echo)
     except MlopsError as error:
@@ -323,7 +341,11 @@ def _print_stack_urls(state: Any) -> None:
     typer.secho("\nThe stack is up.", fg=typer.colors.GREEN, bold=True)
     typer.echo(f"  Prefect UI : {state.prefect_url}   (flow runs, deployments, work pools)")
     typer.echo(f"  MLflow UI  : {state.mlflow_url}   (runs, metrics, plots, the model registry)")
+    typer.echo(
+        f"  Serving    : {state.serving_url}/invocations   ({state.serving_model}, champion)"
+    )
     typer.echo("  Trigger    : mlops trigger [--config configs/<use case>.yaml]")
+    typer.echo("  Traffic    : mlops simulate-traffic [--drift]   (drift monitor -> retraining)")
     typer.echo("  Status     : mlops status")
     typer.echo("  Stop       : mlops down")
 
@@ -510,6 +532,13 @@ def serve(
     ],
     host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 5001).")] = None,
+    wait_for_model: Annotated[
+        bool,
+        typer.Option(
+            help="Start even if MODEL has no such version yet: answer 503 until a reload "
+            "(or the alias poll) finds it."
+        ),
+    ] = False,
 ) -> None:
     """Serve a registered model over MLflow's scoring protocol (POST /invocations).
 
@@ -517,12 +546,14 @@ def serve(
     `mlflow models serve` work unchanged. When the alias moves, the new version is loaded
     beside the old one, checked on its input example and swapped in without downtime: on
     POST /admin/reload (Bearer MLOPS_SERVING_ADMIN_TOKEN) or every MLOPS_SERVING_POLL_S
-    seconds. Ctrl-C stops it.
+    seconds. Scored requests go to the inference log (MLOPS_INFERENCE_LOG: Parquet under the
+    artifact store by default, `sql`, or `off`), which the drift monitor reads. Ctrl-C stops it.
     """
     import uvicorn
     from mlflow.tracking import MlflowClient
 
     from serving.app import ServingLimits, ServingState, build_app
+    from serving.inference_log import build_inference_log
     from serving.loader import load_served_model
     from serving.swap import ModelSwapper
 
@@ -535,21 +566,33 @@ def serve(
     def load(registry: MlflowClient, reference: str):
         return load_served_model(registry, reference, uri)
 
+    served = None
     try:
+        log = build_inference_log(settings)
         served = load(client(), model)
+    except ValueError as error:
+        _fail(ConfigError(str(error)))
     except MlopsError as error:
-        _fail(error)
+        if not wait_for_model:
+            _fail(error)
+        typer.echo(f"Waiting for {model}: {error}")
     limits = ServingLimits(
         max_body_bytes=settings.serving_max_body_bytes,
         max_in_flight=settings.serving_max_in_flight,
         admin_token=settings.serving_admin_token,
         poll_s=settings.serving_poll_s,
+        log_flush_s=settings.inference_log_flush_s,
     )
-    state = ServingState(served, limits)
+    state = ServingState(served, limits, log=log, reference=model)
     bind_host, bind_port = host or settings.serving_host, port or settings.serving_port
-    typer.echo(
-        f"Serving {served.name} version {served.version} on http://{bind_host}:{bind_port}/invocations"
-    )
+    what = f"{served.name} version {served.version}" if served else f"{model} (once it exists)"
+    typer.echo(f"Serving {what} on http://{bind_host}:{bind_port}/invocations")
+    if log is not None:
+        target = settings.inference_log_url if settings.inference_log == "sql" else None
+        typer.echo(
+            f"Inference log: {settings.inference_log_sample_rate:.0%} of requests to "
+            f"{target or settings.inference_log_root}"
+        )
     uvicorn.run(
         build_app(state, ModelSwapper(state, model, client, load)),
         host=bind_host,
@@ -557,6 +600,239 @@ def serve(
         log_level="warning",
         access_log=False,
     )
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+@app.command()
+def monitor(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Use-case YAML whose model is watched.")
+    ] = Path("configs/fraud_detection.yaml"),
+) -> None:
+    """Run the drift monitor once, here: recent traffic vs the champion's training data.
+
+    Reads the inference log of the last `monitoring.window_hours`, compares each feature (PSI,
+    KS) and the predictions with the champion's training data, writes the report to MLflow and
+    Prefect, and emits `mlops.model.drift-detected` when thresholds are crossed (with the local
+    stack running, that starts the retraining pipeline). The stack's `drift-monitor` deployment
+    does the same every 30 minutes.
+    """
+    from flows.monitor import drift_monitor_flow
+
+    try:
+        parsed = load_config(config)
+        report = drift_monitor_flow(_with_absolute_source(parsed))
+    except MlopsError as error:
+        _fail(error)
+    _print_drift(report)
+
+
+def _print_drift(report: Any) -> None:
+    colour = {"drift": typer.colors.RED, "degraded": typer.colors.RED}.get(
+        report.status, typer.colors.GREEN
+    )
+    typer.secho(f"\nDrift monitor: {report.status}", fg=colour, bold=True)
+    typer.echo(f"  {report.reason}")
+    typer.echo(f"  window      : {report.window_start} .. {report.window_end}, {report.rows} rows")
+    for drift in report.features[:10]:
+        ks = f", KS {drift.ks_statistic:.3f}" if drift.ks_statistic is not None else ""
+        mark = "DRIFT" if drift.drifted else "ok   "
+        typer.echo(f"  {mark} {drift.column:<28} PSI {drift.psi:.3f}{ks}")
+    if report.prediction is not None:
+        typer.echo(f"  predictions : PSI {report.prediction.psi:.3f}")
+    if report.performance is not None:
+        typer.echo(f"  labels      : {report.performance.detail}")
+    for line in report.skipped_files:
+        typer.secho(f"  skipped     : {line}", fg=typer.colors.YELLOW)
+    if report.event:
+        typer.echo(f"  event       : {report.event} emitted")
+    elif report.event_note:
+        typer.echo(f"  event       : {report.event_note}")
+    if report.mlflow_run_id:
+        typer.echo(
+            f"  report      : MLflow run {report.mlflow_run_id} (drift_report.md, drift/*.png)"
+        )
+
+
+@app.command("simulate-traffic")
+def simulate_traffic(
+    drift: Annotated[
+        bool, typer.Option("--drift", help="Shift every input away from the training data.")
+    ] = False,
+    requests: Annotated[int, typer.Option(min=1, help="Requests to send.")] = 1000,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Rows per request.")] = 1,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Registered model [default: the stack's, MLOPS_SERVING_MODEL]."),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Serving instance [default: the local stack's].")
+    ] = None,
+    labels: Annotated[
+        bool, typer.Option(help="Write the rows' true outcomes as delayed labels (feedback file).")
+    ] = True,
+    run_monitor: Annotated[
+        bool,
+        typer.Option(
+            "--monitor/--no-monitor",
+            help="Then run the stack's drift-monitor deployment and follow what it triggers.",
+        ),
+    ] = True,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Use case for the monitor [default: the deployment's]."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the row sampling and the drift.")] = 0,
+    timeout: Annotated[float, typer.Option(help="Stop following after this many seconds.")] = 900,
+) -> None:
+    """Send generated traffic to the serving instance, optionally drifted, and watch the loop close.
+
+    Rows come from the champion's held-out test split; `--drift` shifts every numeric input by
+    one standard deviation and skews every categorical one. With the local stack running it
+    then writes the inference log out, runs the `drift-monitor` deployment and, when that
+    detects drift, follows the retraining pipeline run its event triggered: gated, deployed and
+    hot-swapped into the serving instance. All of it shows in the Prefect and MLflow UIs.
+    """
+    from infra.stack import read_state
+
+    settings = get_settings()
+    state = read_state(settings.home_dir)
+    target_url = url or (
+        state.serving_url if state else f"http://127.0.0.1:{settings.serving_port}"
+    )
+    token = settings.serving_admin_token or (state.serving_token if state else None)
+    model_name = model or (state.serving_model if state else settings.serving_model)
+    try:
+        sent = _send_simulated_traffic(model_name, target_url, requests, batch_rows, drift, seed)
+    except (MlopsError, OSError) as error:
+        _fail(error if isinstance(error, MlopsError) else MlopsError(f"{target_url}: {error}"))
+    if labels and sent.request_ids:
+        where = _write_feedback(settings, model_name, sent)
+        typer.echo(f"Delayed labels of {len(sent.request_ids)} requests: {where}")
+    _flush_inference_log(target_url, token, settings.inference_log_flush_s)
+    if not run_monitor:
+        return
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.echo("No Prefect server: run the monitor here with `mlops monitor`.")
+        return
+    _monitor_and_follow(config, timeout)
+
+
+def _send_simulated_traffic(
+    model: str, url: str, requests: int, batch_rows: int, drift: bool, seed: int
+) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    from mlops.traffic import drift_rows, sample_rows, send_traffic
+    from model_registry.registry import CHAMPION, version_by_alias
+    from tasks.preprocessing import load_dataset_ref, read_split
+
+    uri = get_settings().resolved_tracking_uri
+    champion = version_by_alias(MlflowClient(uri, registry_uri=uri), model, CHAMPION)
+    if champion is None:
+        raise MlopsError(f"{model} has no champion yet: run the pipeline first (`mlops trigger`).")
+    dataset = load_dataset_ref(champion.tags.get("data.uri", ""))
+    if dataset is None:
+        raise MlopsError(f"The training data of {model} version {champion.version} is gone.")
+    rows, outcomes = sample_rows(
+        read_split(dataset, "test"),
+        dataset.feature_spec,
+        dataset.target,
+        requests * batch_rows,
+        seed,
+    )
+    if drift:
+        rows = drift_rows(rows, dataset.feature_spec, seed)
+    kind = "drifted" if drift else "undrifted"
+    typer.echo(f"Sending {requests} {kind} requests ({batch_rows} row(s) each) to {url} ...")
+    with typer.progressbar(length=len(rows), label="  requests") as bar:
+        done = [0]
+
+        def progress(count: int) -> None:
+            bar.update(count - done[0])
+            done[0] = count
+
+        sent = send_traffic(url, rows, outcomes, batch_rows, progress)
+    rate = sent.ok / sent.seconds if sent.seconds else 0.0
+    versions = ", ".join(f"version {v}: {n}" for v, n in sent.versions.items())
+    typer.echo(f"  {sent.ok} answered in {sent.seconds:.1f} s ({rate:.0f} req/s; {versions})")
+    if sent.errors:
+        typer.secho(f"  errors by status: {sent.errors}", fg=typer.colors.YELLOW)
+    return sent
+
+
+def _write_feedback(settings: Any, model: str, sent: Any) -> str:
+    import uuid
+
+    import fsspec
+
+    from mlops.traffic import feedback_frame
+
+    folder = f"{settings.feedback_root}/{model}"
+    fs, path = fsspec.core.url_to_fs(folder)
+    fs.makedirs(path, exist_ok=True)
+    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+    with fs.open(f"{path}/{name}", "w") as handle:
+        feedback_frame(sent).to_csv(handle, index=False)
+    return f"{folder}/{name}"
+
+
+def _flush_inference_log(url: str, token: str | None, flush_s: float) -> None:
+    import httpx
+
+    if token:
+        reply = httpx.post(
+            f"{url}/admin/flush-log", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        if reply.status_code == 200:
+            body = reply.json()
+            typer.echo(f"Inference log written: {body['written_rows']} rows in all so far")
+            return
+        typer.secho(f"  flush-log answered {reply.status_code}: {reply.text[:200]}", fg="yellow")
+    typer.echo(f"Waiting {flush_s + 2:.0f} s for the server to write its inference log ...")
+    time.sleep(flush_s + 2)
+
+
+def _monitor_and_follow(config: Path | None, timeout: float) -> None:
+    import datetime as dt
+
+    from infra.deployments import follow, wait_for_triggered_run
+    from infra.deployments import trigger as trigger_deployment
+    from tasks.monitoring import DriftReport
+
+    parameters = {}
+    if config is not None:
+        parameters["config"] = _with_absolute_source(load_config(config)).model_dump(mode="json")
+    try:
+        run = trigger_deployment("drift-monitor/drift-monitor", parameters)
+    except MlopsError as error:
+        _fail(error)
+    started = dt.datetime.now(dt.UTC)
+    typer.echo(f"Triggered drift-monitor: flow run '{run.name}'")
+    finished = follow(run.id, lambda event: None, timeout_s=300)
+    if finished.state is None or not finished.state.is_completed():
+        _fail(
+            MlopsError(
+                f"The drift monitor ended {finished.state.name if finished.state else '?'}: "
+                f"{finished.state.message if finished.state else ''}"
+            )
+        )
+    report = DriftReport.model_validate(finished.state.result())
+    _print_drift(report)
+    if not report.event:
+        return
+    typer.echo("\nWaiting for the retraining pipeline the event triggers ...")
+    pipeline = wait_for_triggered_run("retraining-pipeline/retraining-pipeline", started)
+    if pipeline is None:
+        _fail(MlopsError("No retraining-pipeline run started within 60 s of the event."))
+    ui = os.environ["PREFECT_API_URL"].removesuffix("/").removesuffix("/api")
+    typer.echo(f"Triggered by {report.event}: flow run '{pipeline.name}'")
+    typer.echo(f"  {ui}/runs/flow-run/{pipeline.id}")
+    _follow_pipeline(pipeline.id, timeout)
 
 
 @app.command("export")

@@ -319,6 +319,52 @@ class DeployConfig(StrictModel):
     )
 
 
+class MonitoringConfig(StrictModel):
+    """The drift monitor: recent serving traffic against the champion's training data.
+
+    A numeric feature drifts when its PSI (over reference deciles) or its two-sample KS
+    statistic crosses a threshold; a categorical feature on PSI over its reference
+    categories. Datetime columns are not compared: time moves on by itself.
+    """
+
+    window_hours: float = Field(
+        default=24.0, gt=0, description="Traffic logged in this many recent hours is compared."
+    )
+    min_rows: int = Field(
+        default=500, ge=10, description="Fewer logged rows than this: too little traffic to judge."
+    )
+    max_reference_rows: int = Field(
+        default=20_000, ge=100, description="Training rows sampled as the reference."
+    )
+    bins: int = Field(default=10, ge=2, le=100, description="PSI bins of a numeric feature.")
+    psi_threshold: float = Field(
+        default=0.2, gt=0, description="PSI at or above this is drift (0.1-0.2: moderate shift)."
+    )
+    ks_threshold: float = Field(
+        default=0.15, gt=0, le=1, description="KS statistic at or above this is drift."
+    )
+    min_drifted_features: int = Field(
+        default=1, ge=1, description="Drifted features that make the model drifted."
+    )
+    prediction_psi_threshold: float = Field(
+        default=0.2, gt=0, description="PSI of the prediction distribution that is drift."
+    )
+    cooldown_minutes: float = Field(
+        default=60.0,
+        ge=0,
+        description="After a drift event, no other is emitted for the model for this long.",
+    )
+    min_labelled_rows: int = Field(
+        default=200, ge=10, description="Delayed labels needed to judge performance."
+    )
+    max_metric_drop: float = Field(
+        default=0.05,
+        ge=0,
+        description="Primary metric on delayed labels this far below the champion's test "
+        "metric (relative) is degradation.",
+    )
+
+
 class ModelConfig(StrictModel):
     """How the model is named in the MLflow registry."""
 
@@ -353,6 +399,7 @@ class PipelineConfig(StrictModel):
     data_gate: DataGateConfig = Field(default_factory=DataGateConfig)
     model_gate: ModelGateConfig = Field(default_factory=ModelGateConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
     def _target_is_not_dropped(self) -> PipelineConfig:

@@ -96,6 +96,28 @@ class Settings(BaseSettings):
         "and smoke-tests (e.g. http://10.0.0.5:5001); none: the check runs in-process.",
     )
 
+    serving_model: str = Field(
+        default="fraud-detector",
+        description="Model the local stack's serving instance serves (`mlops up`).",
+    )
+    inference_log: Literal["parquet", "sql", "off"] = Field(
+        default="parquet",
+        description="Where `mlops serve` records scored requests: Parquet files under the "
+        "artifact store, a SQL table (inference_log_url), or nowhere.",
+    )
+    inference_log_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the inference log table (inference_log=sql)."
+    )
+    inference_log_sample_rate: float = Field(
+        default=1.0, ge=0, le=1, description="Share of requests recorded in the inference log."
+    )
+    inference_log_flush_s: float = Field(
+        default=10.0, gt=0, description="How often recorded requests are written out."
+    )
+    inference_log_max_buffer_rows: int = Field(
+        default=200_000, gt=0, description="Rows held before writing; beyond, rows are dropped."
+    )
+
     @property
     def serving_instances(self) -> list[str]:
         """The base URLs in ``serving_urls``, without trailing slashes."""
@@ -106,6 +128,16 @@ class Settings(BaseSettings):
     def resolved_history_url(self) -> str:
         """Where the allocator's run history lives."""
         return self.allocator_history_url or f"sqlite:///{self.home_dir / 'allocator.db'}"
+
+    @property
+    def inference_log_root(self) -> str:
+        """Where the Parquet inference log is written: ``<artifact store>/inference-log``."""
+        return f"{self.resolved_artifact_store.rstrip('/')}/inference-log"
+
+    @property
+    def feedback_root(self) -> str:
+        """Where delayed labels are dropped: ``<artifact store>/feedback``."""
+        return f"{self.resolved_artifact_store.rstrip('/')}/feedback"
 
     @property
     def home_dir(self) -> Path:

@@ -7,6 +7,12 @@ instead of queueing without bound. A small body (up to ``inline_bytes``, a few d
 scored on the event loop, where it takes well under a millisecond and a hop to a thread would
 cost more than the work; a larger one is parsed and scored in a worker thread, so the event
 loop keeps answering while LightGBM predicts.
+
+Every scored request gets an ``X-Request-Id`` (the client's, or a new one) and, when the
+inference log is on, is queued for it (:mod:`serving.inference_log`); a background task writes
+the queue out every ``log_flush_s`` seconds and once more at shutdown. A service started before
+its model exists (``wait_for_model``) answers 503 on ``/invocations`` and ``/ping`` until a
+reload finds it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 import anyio
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,10 +32,11 @@ from starlette.routing import Route
 
 from mlops.errors import DataError
 
+from .inference_log import InferenceLog, request_id
 from .loader import ServedModel
 from .metrics import ServiceMetrics
 from .openapi import openapi_document
-from .payload import PayloadError, check_rows, parse_body, predictions_body
+from .payload import PayloadError, Rows, check_rows, parse_body, predictions_body
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +55,31 @@ class ServingLimits:
     """Bearer token of ``POST /admin/reload``; the endpoint is off without one."""
     poll_s: float = 0.0
     """Check the alias this often as a fallback to the admin call (0: never)."""
+    log_flush_s: float = 10.0
+    """Write the inference log's queue out this often."""
 
 
 @dataclass
 class ServingState:
-    """The model being served and what the service has counted."""
+    """The model being served (None until it first loads) and what the service has counted."""
 
-    model: ServedModel
+    model: ServedModel | None
     limits: ServingLimits = field(default_factory=ServingLimits)
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     in_flight: int = 0
     last_error: str | None = None
+    log: InferenceLog | None = None
+    reference: str = ""
+    """What the service was asked to serve (e.g. ``fraud-detector``), shown while waiting."""
+
+    @property
+    def version(self) -> str:
+        return self.model.version if self.model else ""
+
+    def describe(self) -> dict[str, str]:
+        if self.model is None:
+            return {"model": self.reference.split("@")[0].split("/")[0], "version": ""}
+        return self.model.describe()
 
 
 def _json(payload: object, status: int = 200, version: str = "") -> Response:
@@ -75,54 +97,66 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
     async def invocations(request: Request) -> Response:
         started = time.perf_counter()
         model = state.model  # one version for the whole request, whatever swaps meanwhile
-        if state.in_flight >= state.limits.max_in_flight:
+        if model is None or state.in_flight >= state.limits.max_in_flight:
             state.metrics.observe("/invocations", 503, time.perf_counter() - started)
-            return Response(
-                orjson.dumps(
-                    {
-                        "error_code": "OVERLOADED",
-                        "message": "Too many requests in flight; retry shortly.",
-                    }
-                ),
-                status_code=503,
-                media_type=JSON,
-                headers={"Retry-After": "1", "X-Model-Version": model.version},
-            )
+            return _unavailable(model, state)
         state.in_flight += 1
+        ident = request_id(request.headers.get("x-request-id"))
         try:
-            response, rows = await _score(request, model, state.limits)
+            response, scored = await _score(request, model, state.limits)
         finally:
             state.in_flight -= 1
+        response.headers["X-Request-Id"] = ident
+        count = 0
+        if scored is not None:
+            rows, outputs = scored
+            count = rows.count
+            if state.log is not None and request.headers.get("x-inference-log") != "skip":
+                state.log.record(ident, model, rows.columns, rows.count, outputs)
         state.metrics.observe(
-            "/invocations", response.status_code, time.perf_counter() - started, rows
+            "/invocations", response.status_code, time.perf_counter() - started, count
         )
         return response
 
     async def ping(_: Request) -> Response:
-        return PlainTextResponse("\n", headers={"X-Model-Version": state.model.version})
+        status = 200 if state.model is not None else 503
+        return PlainTextResponse("\n", status, headers={"X-Model-Version": state.version})
 
     async def health(_: Request) -> Response:
-        body = {"status": "ok", **state.model.describe(), "last_reload_error": state.last_error}
-        return _json(body, version=state.model.version)
+        body = {
+            "status": "ok" if state.model is not None else "waiting for the model",
+            **state.describe(),
+            "last_reload_error": state.last_error,
+        }
+        if state.log is not None:
+            body["inference_log"] = vars(state.log.counters)
+        return _json(body, version=state.version)
 
     async def version(_: Request) -> Response:
-        return _json(state.model.describe(), version=state.model.version)
+        return _json(state.describe(), version=state.version)
 
     async def openapi(_: Request) -> Response:
         model = state.model
+        if model is None:
+            return _unavailable(model, state)
         document = openapi_document(model.name, model.spec, state.limits.max_body_bytes)
         return _json(document, version=model.version)
 
     async def metrics(_: Request) -> Response:
-        text = state.metrics.render(state.model.name, state.model.version)
-        return PlainTextResponse(text, headers={"X-Model-Version": state.model.version})
+        text = state.metrics.render(state.describe()["model"], state.version)
+        if state.log is not None:
+            text += state.log.render_metrics()
+        return PlainTextResponse(text, headers={"X-Model-Version": state.version})
 
-    async def reload(request: Request) -> Response:
+    def authorised(request: Request, enabled: bool) -> Response | None:
+        """None when the admin token is right; else the 403 (off) or 401 (wrong token)."""
         token = state.limits.admin_token
-        if swapper is None or not token:
+        if not enabled or not token:
             return _error(
-                PayloadError(403, "Reloading is off: set MLOPS_SERVING_ADMIN_TOKEN.", "FORBIDDEN"),
-                state.model.version,
+                PayloadError(
+                    403, "Admin endpoints are off: set MLOPS_SERVING_ADMIN_TOKEN.", "FORBIDDEN"
+                ),
+                state.version,
             )
         if request.headers.get("authorization", "") != f"Bearer {token}":
             return _error(
@@ -131,25 +165,43 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
                     "A valid admin token is required (Authorization: Bearer ...).",
                     "UNAUTHENTICATED",
                 ),
-                state.model.version,
+                state.version,
             )
+        return None
+
+    async def flush_log(request: Request) -> Response:
+        refused = authorised(request, state.log is not None)
+        if refused is not None:
+            return refused
+        written = await anyio.to_thread.run_sync(state.log.flush)
+        return _json({"written": written, **vars(state.log.counters)}, version=state.version)
+
+    async def reload(request: Request) -> Response:
+        refused = authorised(request, swapper is not None)
+        if refused is not None:
+            return refused
         outcome = await swapper.reload()
         status = 200 if outcome.status != "failed" else 409
         body = {"status": outcome.status, "version": outcome.version, "error": outcome.error}
-        return _json(body, status, state.model.version)
+        return _json(body, status, state.version)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
         async with anyio.create_task_group() as tasks:
             if swapper is not None and state.limits.poll_s > 0:
                 tasks.start_soon(swapper.poll, state.limits.poll_s)
+            if state.log is not None:
+                tasks.start_soon(_write_log_every, state.log, state.limits.log_flush_s)
             yield
             tasks.cancel_scope.cancel()
+        if state.log is not None:  # what queued since the last write
+            await anyio.to_thread.run_sync(state.log.flush)
 
     return Starlette(
         lifespan=lifespan,
         routes=[
             Route("/admin/reload", reload, methods=["POST"]),
+            Route("/admin/flush-log", flush_log, methods=["POST"]),
             Route("/invocations", invocations, methods=["POST"]),
             Route("/ping", ping, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
@@ -160,9 +212,38 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
     )
 
 
+async def _write_log_every(log: InferenceLog, every_s: float) -> None:
+    while True:
+        await anyio.sleep(every_s)
+        await anyio.to_thread.run_sync(log.flush)
+
+
+def _unavailable(model: ServedModel | None, state: ServingState) -> Response:
+    if model is None:
+        error = {
+            "error_code": "NO_MODEL",
+            "message": f"No version of {state.describe()['model']} is loaded yet "
+            "(waiting for the alias to exist); retry later.",
+        }
+    else:
+        error = {
+            "error_code": "OVERLOADED",
+            "message": "Too many requests in flight; retry shortly.",
+        }
+    return Response(
+        orjson.dumps(error),
+        status_code=503,
+        media_type=JSON,
+        headers={"Retry-After": "1", "X-Model-Version": state.version},
+    )
+
+
+Scored = tuple[Rows, dict[str, np.ndarray]]
+
+
 async def _score(
     request: Request, model: ServedModel, limits: ServingLimits
-) -> tuple[Response, int]:
+) -> tuple[Response, Scored | None]:
     try:
         declared = int(request.headers.get("content-length") or 0)
         if declared > limits.max_body_bytes:
@@ -172,27 +253,28 @@ async def _score(
             raise PayloadError(413, _too_big(len(body), limits), "PAYLOAD_TOO_LARGE")
         content_type = request.headers.get("content-type", "")
         if len(body) <= limits.inline_bytes:
-            answer, rows = score_body(body, content_type, model)
+            answer, scored = score_body(body, content_type, model)
         else:
-            answer, rows = await anyio.to_thread.run_sync(score_body, body, content_type, model)
+            answer, scored = await anyio.to_thread.run_sync(score_body, body, content_type, model)
     except PayloadError as error:
-        return _error(error, model.version), 0
+        return _error(error, model.version), None
     except (DataError, ValueError, TypeError) as error:
         message = f"The rows could not be scored: {error}"
-        return _error(PayloadError(400, message), model.version), 0
+        return _error(PayloadError(400, message), model.version), None
     headers = {"X-Model-Version": model.version}
-    return Response(answer, media_type=JSON, headers=headers), rows
+    return Response(answer, media_type=JSON, headers=headers), scored
 
 
-def score_body(body: bytes, content_type: str, model: ServedModel) -> tuple[bytes, int]:
-    """The response body for a request body, and how many rows it scored.
+def score_body(body: bytes, content_type: str, model: ServedModel) -> tuple[bytes, Scored]:
+    """The response body for a request body, and the rows it scored with their predictions.
 
     Raises:
         PayloadError: for a body the service refuses (a 4xx, with the reason).
     """
     rows = parse_body(body, content_type)
     check_rows(rows, model.spec)
-    return predictions_body(model.predict_rows(rows)), rows.count
+    outputs = model.predict_rows(rows)
+    return predictions_body(outputs), (rows, outputs)
 
 
 def _too_big(size: int, limits: ServingLimits) -> str:

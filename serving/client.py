@@ -73,7 +73,10 @@ def score(client: httpx.Client, url: str, rows: pd.DataFrame) -> Scored:
     started = time.perf_counter()
     try:
         reply = client.post(
-            f"{url}/invocations", content=body, headers={"Content-Type": "application/json"}
+            f"{url}/invocations",
+            content=body,
+            # Checks are not traffic: the instance keeps them out of its inference log.
+            headers={"Content-Type": "application/json", "X-Inference-Log": "skip"},
         )
     except httpx.HTTPError as error:
         raise InstanceError(f"{url} did not answer /invocations: {error}") from None

@@ -61,20 +61,23 @@ class ModelSwapper:
                 _, version, _ = await anyio.to_thread.run_sync(
                     resolve_version, self.client_factory(), self.reference
                 )
-                if version == current.version:
+                if current is not None and version == current.version:
                     return ReloadOutcome("unchanged", version)
                 candidate = await anyio.to_thread.run_sync(self._load_and_check)
             except Exception as error:  # a broken version must never take the service down
                 message = f"{type(error).__name__}: {error}"
                 self.state.last_error = message
-                logger.error("Not swapping from version %s: %s", current.version, message)
-                return ReloadOutcome("failed", current.version, message)
+                if current is None:
+                    logger.warning("No model to serve yet: %s", message)
+                else:
+                    logger.error("Not swapping from version %s: %s", current.version, message)
+                return ReloadOutcome("failed", self.state.version, message)
             self.state.model = candidate  # in-flight requests keep their reference to the old one
             self.state.last_error = None
             logger.warning(
                 "Swapped %s from version %s to %s",
                 candidate.name,
-                current.version,
+                current.version if current else "(none)",
                 candidate.version,
             )
             return ReloadOutcome("swapped", candidate.version)

@@ -45,6 +45,7 @@ def test_deployments_are_kebab_case_on_a_pool_per_kind_of_work():
         "model-gate": "gate-pool",
         "register": "deploy-pool",
         "deploy": "deploy-pool",
+        "drift-monitor": "monitor-pool",
         "retraining-pipeline": "orchestrator-pool",
     }
 
@@ -66,6 +67,23 @@ def test_the_pipeline_is_scheduled_and_its_default_config_exists():
         CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises if invalid
         config = load_config(ROOT / pipeline["parameters"]["config"])
         assert config.model.name == "fraud-detector"
+
+
+def test_drift_events_trigger_the_pipeline_and_the_monitor_runs_on_a_schedule():
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    from tasks.monitoring import DEGRADED_EVENT, DRIFT_EVENT
+
+    for profile in (LOCAL, PRODUCTION):
+        by_name = {d["name"]: d for d in profile["deployments"]}
+        (trigger,) = by_name["retraining-pipeline"]["triggers"]
+        parsed = DeploymentEventTrigger.model_validate(trigger)  # Prefect's own schema
+        assert parsed.expect == {DRIFT_EVENT, DEGRADED_EVENT}
+        assert parsed.match.model_dump() == {"prefect.resource.id": "mlops.model.*"}
+        assert parsed.parameters == {"config": "{{ event.payload.config }}"}
+        (schedule,) = by_name["drift-monitor"]["schedules"]
+        assert schedule["interval"] == 1800
+        assert by_name["drift-monitor"]["parameters"] == {"config": "configs/fraud_detection.yaml"}
 
 
 def test_the_production_profile_mirrors_the_local_one_in_images():
