@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo run up status down trigger browser test test-unit test-integration test-stack lint format ui benchmark benchmark-allocator benchmark-serving serve lock clean
+.PHONY: help install demo run up status down trigger traffic browser test test-unit test-integration test-stack lint format ui benchmark benchmark-allocator benchmark-serving serve lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -18,9 +18,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)  ## Create .venv with the pinned dependencies
 
-demo: $(STAMP)  ## Start the local stack, run the retraining pipeline deployment on it, leave it up
+demo: $(STAMP)  ## Start the local stack, run the pipeline on it, then drifted traffic -> drift event -> retraining; leave it up
 	$(BIN)/mlops up
 	$(BIN)/mlops trigger --config configs/fraud_detection.yaml
+	@# A retraining the model gate rejects (exit 3) is a valid end of the loop, not a failure.
+	$(BIN)/mlops simulate-traffic --drift || [ $$? -eq 3 ]
 	@echo ""
 	@$(BIN)/mlops status --urls
 	@echo "The stack keeps running. Stop it with: .venv/bin/mlops down   (or: make down)"
@@ -74,6 +76,9 @@ benchmark-serving: $(STAMP)  ## Our service vs `mlflow models serve` on the same
 
 serve: $(STAMP)  ## Serve the demo model's champion on 127.0.0.1:5001 (MLflow scoring protocol)
 	$(BIN)/mlops serve fraud-detector
+
+traffic: $(STAMP)  ## Send drifted traffic to the stack's serving instance and follow the retraining it triggers
+	$(BIN)/mlops simulate-traffic --drift
 
 benchmark-allocator: $(STAMP)  ## Profiling sweep + leave-one-dataset-out replay + simulator; updates docs/benchmarks.md
 	$(BIN)/python benchmarks/allocator.py all

@@ -10,7 +10,12 @@ In one run, on this machine:
    then p50/p99 of both at the same offered load (open loop, 60% of MLflow's throughput);
 5. 1,000-row batches: rows per second;
 6. repeats 4 and 5 for a few rounds, the servers taking turns to go first, and reports medians
-   (this 2-core machine is noisy: one 10-second run of MLflow varies by a third).
+   (this 2-core machine is noisy: one 10-second run of MLflow varies by a third);
+7. the cost of the inference log: ``mlops serve`` as configured by default (every request
+   logged, ``MLOPS_INFERENCE_LOG=parquet``, sample rate 1.0) against a second ``mlops serve``
+   with the log off, in many short paired runs that alternate which goes first (this machine's
+   speed drifts over minutes, so long runs far apart compare the machine, not the servers),
+   single rows and batches; reported as the median of the pairs' ratios.
 
 The load generator is a few keep-alive HTTP/1.1 connections on raw asyncio sockets (no HTTP
 library in the way); its own ceiling, measured against a trivial endpoint, is reported beside
@@ -254,14 +259,32 @@ def run(seconds: float, concurrency: int, rounds: int) -> dict:
             "1",
         ]
         ours_cmd = [str(BIN / "mlops"), "serve", "bench-model", "--port", str(ours_port)]
+        quiet_port = free_port()
+        quiet_cmd = [str(BIN / "mlops"), "serve", "bench-model", "--port", str(quiet_port)]
         with (
             server(mlflow_cmd, theirs_port, env, work / "mlflow.log"),
-            server(ours_cmd, ours_port, env, work / "ours.log"),
+            server(ours_cmd, ours_port, env, work / "ours.log") as ours,
+            server(
+                quiet_cmd, quiet_port, env | {"MLOPS_INFERENCE_LOG": "off"}, work / "off.log"
+            ) as quiet,
         ):
-            results |= measure(
-                rows, {"mlflow": theirs_port, "ours": ours_port}, seconds, concurrency, rounds
-            )
+            ports = {"mlflow": theirs_port, "ours": ours_port}
+            results |= measure(rows, ports, seconds, concurrency, rounds)
+            servers = {"ours": (ours_port, ours.pid), NO_LOG: (quiet_port, quiet.pid)}
+            results["log_cost"] = measure_log_cost(rows, servers, concurrency)
+            results["logged_rows"] = logged_rows(ours_port)
     return results
+
+
+NO_LOG = "ours-no-log"
+"""Our server with the inference log off: the baseline of the log's cost."""
+
+
+def logged_rows(port: int) -> int:
+    """Rows the logging server has written out or queued (its /metrics)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("mlops_inference_log_recorded_rows"))
+    return int(float(line.split()[-1]))
 
 
 def compare_predictions(rows: pd.DataFrame, ports: dict[str, int]) -> dict:
@@ -324,12 +347,45 @@ def measure(
     return out
 
 
+def measure_log_cost(
+    rows: pd.DataFrame, servers: dict[str, tuple[int, int]], concurrency: int, pairs: int = 16
+) -> dict:
+    """The log on vs off, in short back-to-back pairs alternating the order: throughput, and
+    the CPU seconds each server process spent per request (its threads included)."""
+    import psutil
+
+    requests = {
+        "single": (http_request("/invocations", split_body(rows.head(1))), concurrency),
+        "batch": (http_request("/invocations", split_body(rows.head(1000))), 2),
+    }
+    processes = {name: psutil.Process(pid) for name, (_, pid) in servers.items()}
+
+    def cpu(name: str) -> float:
+        times = processes[name].cpu_times()
+        return times.user + times.system
+
+    out: dict = {kind: {name: [] for name in servers} for kind in requests}
+    for number in range(pairs):
+        print(f"log cost, pair {number + 1}/{pairs} ...", flush=True)
+        order = list(servers) if number % 2 == 0 else list(reversed(servers))
+        for kind, (request, connections) in requests.items():
+            for name in order:
+                before = cpu(name)
+                result = asyncio.run(closed_loop(servers[name][0], request, connections, 3))
+                time.sleep(1)  # the log converts and writes in the background: count it too
+                result["cpu_us"] = (cpu(name) - before) * 1e6 / max(result["requests"], 1)
+                out[kind][name].append(result)
+    return out
+
+
 def _median(runs: list[dict], key: str) -> float:
     return float(np.median([run[key] for run in runs]))
 
 
-def _ratios(r: dict, kind: str, key: str, invert: bool = False) -> list[float]:
-    pairs = zip(r[kind]["ours"], r[kind]["mlflow"], strict=True)
+def _ratios(
+    r: dict, kind: str, key: str, invert: bool = False, base: str = "mlflow"
+) -> list[float]:
+    pairs = zip(r[kind]["ours"], r[kind][base], strict=True)
     return [(m[key] / o[key]) if invert else (o[key] / m[key]) for o, m in pairs]
 
 
@@ -375,9 +431,53 @@ def report(r: dict) -> str:
         f"| errors (non-200 answers) | {errors['mlflow']} | {errors['ours']} | | | |",
         "",
         f"Load generator ceiling (GET /ping on our server, same connections): {r['generator_ceiling']:.0f} req/s.",
+        "",
+        *log_cost_lines(r),
         END,
     ]
     return "\n".join(lines)
+
+
+def log_cost_lines(r: dict) -> list[str]:
+    """The inference log's cost: our server logging every request vs the same with the log off."""
+    cost = r["log_cost"]
+    single = _ratios(cost, "single", "throughput", base=NO_LOG)
+    batch = _ratios(cost, "batch", "throughput", base=NO_LOG)
+    single_cpu = _ratios(cost, "single", "cpu_us", base=NO_LOG)
+    batch_cpu = _ratios(cost, "batch", "cpu_us", base=NO_LOG)
+    s, b = cost["single"], cost["batch"]
+
+    def cell(ratios: list[float]) -> str:
+        low, high = np.percentile(ratios, [25, 75])
+        return f"{np.median(ratios):.3f} (middle half {low:.3f} to {high:.3f})"
+
+    def met(ratios: list[float], ok=lambda x: x >= 0.95) -> str:
+        return "yes" if ok(float(np.median(ratios))) else "**no**"
+
+    cheap = lambda x: x <= 1.05  # noqa: E731
+
+    return [
+        "**Inference log cost.** `mlops serve` as configured by default (every request logged to "
+        "Parquet, `MLOPS_INFERENCE_LOG_SAMPLE_RATE=1.0`) against a second `mlops serve` with "
+        f"`MLOPS_INFERENCE_LOG=off`, in {len(single)} pairs of back-to-back 4-second runs that "
+        "alternate which server goes first; the ratio is the median of the pairs' ratios. "
+        f"The logging server recorded {r['logged_rows']:,} rows during the whole benchmark.",
+        "",
+        "| | log off | log on (100%) | on / off | target | met |",
+        "|---|---:|---:|---:|---|---|",
+        f"| single-row throughput (req/s) | {_median(s[NO_LOG], 'throughput'):.0f} | "
+        f"{_median(s['ours'], 'throughput'):.0f} | {cell(single)} | >= 0.95 | {met(single)} |",
+        f"| 1,000-row batches (rows/s) | {_median(b[NO_LOG], 'throughput') * 1000:,.0f} | "
+        f"{_median(b['ours'], 'throughput') * 1000:,.0f} | {cell(batch)} | >= 0.95 | {met(batch)} |",
+        f"| server CPU per single-row request (µs) | {_median(s[NO_LOG], 'cpu_us'):.0f} | "
+        f"{_median(s['ours'], 'cpu_us'):.0f} | {cell(single_cpu)} | <= 1.05 | {met(single_cpu, cheap)} |",
+        f"| server CPU per 1,000-row request (µs) | {_median(b[NO_LOG], 'cpu_us'):,.0f} | "
+        f"{_median(b['ours'], 'cpu_us'):,.0f} | {cell(batch_cpu)} | <= 1.05 | {met(batch_cpu, cheap)} |",
+        "",
+        "Throughput here is shared with the load generator on the same 2 cores, and single 3-second "
+        "runs of one server vary by ±10%; the server's own CPU time per request is the steadier "
+        "measure of what the log adds.",
+    ]
 
 
 def write_doc(section: str) -> None:

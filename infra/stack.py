@@ -503,8 +503,7 @@ def _state_to_reuse(home: Path, asked: StackOptions, defaults: StackOptions) -> 
         host=chosen["host"],
         prefect_port=chosen["prefect_port"],
         mlflow_port=chosen["mlflow_port"],
-        serving_port=chosen["serving_port"],
-        serving_model=chosen["serving_model"],
+        **{k: chosen[k] for k in ("serving_port", "serving_model") if chosen[k] is not None},
     )
 
 

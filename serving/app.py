@@ -36,7 +36,7 @@ from .inference_log import InferenceLog, request_id
 from .loader import ServedModel
 from .metrics import ServiceMetrics
 from .openapi import openapi_document
-from .payload import PayloadError, Rows, check_rows, parse_body, predictions_body
+from .payload import PayloadError, check_rows, parse_body, predictions_body
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,16 @@ class ServingState:
         return self.model.describe()
 
 
-def _json(payload: object, status: int = 200, version: str = "") -> Response:
-    headers = {"X-Model-Version": version} if version else None
+def _json(payload: object, status: int = 200, version: str = "", ident: str = "") -> Response:
+    headers = {"X-Model-Version": version} if version else {}
+    if ident:
+        headers["X-Request-Id"] = ident
     return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
 
 
-def _error(error: PayloadError, version: str) -> Response:
-    return _json({"error_code": error.code, "message": str(error)}, error.status, version)
+def _error(error: PayloadError, version: str, ident: str = "") -> Response:
+    body = {"error_code": error.code, "message": str(error)}
+    return _json(body, error.status, version, ident)
 
 
 def build_app(state: ServingState, swapper=None) -> Starlette:
@@ -101,18 +104,17 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
             state.metrics.observe("/invocations", 503, time.perf_counter() - started)
             return _unavailable(model, state)
         state.in_flight += 1
-        ident = request_id(request.headers.get("x-request-id"))
+        asked_id, skip_log = _log_headers(request.scope["headers"])
+        ident = request_id(asked_id)
         try:
-            response, scored = await _score(request, model, state.limits)
+            response, scored = await _score(request, model, state.limits, ident)
         finally:
             state.in_flight -= 1
-        response.headers["X-Request-Id"] = ident
         count = 0
         if scored is not None:
-            rows, outputs = scored
-            count = rows.count
-            if state.log is not None and request.headers.get("x-inference-log") != "skip":
-                state.log.record(ident, model, rows.columns, rows.count, outputs)
+            body, content_type, count, outputs = scored
+            if state.log is not None and not skip_log:
+                state.log.record(ident, model, body, content_type, count, outputs)
         state.metrics.observe(
             "/invocations", response.status_code, time.perf_counter() - started, count
         )
@@ -173,7 +175,7 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
         refused = authorised(request, state.log is not None)
         if refused is not None:
             return refused
-        written = await anyio.to_thread.run_sync(state.log.flush)
+        written = await _flush_log(state.log)
         return _json({"written": written, **vars(state.log.counters)}, version=state.version)
 
     async def reload(request: Request) -> Response:
@@ -195,7 +197,7 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
             yield
             tasks.cancel_scope.cancel()
         if state.log is not None:  # what queued since the last write
-            await anyio.to_thread.run_sync(state.log.flush)
+            await _flush_log(state.log)
 
     return Starlette(
         lifespan=lifespan,
@@ -212,10 +214,44 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
     )
 
 
+def _log_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
+    """``X-Request-Id`` and whether ``X-Inference-Log: skip`` was sent, in one pass."""
+    asked, skip = None, False
+    for name, value in headers:
+        if name == b"x-request-id":
+            asked = value.decode("latin-1")
+        elif name == b"x-inference-log":
+            skip = value == b"skip"
+    return asked, skip
+
+
+LOG_WORK_S = 0.2
+"""How often queued log rows are converted (small chunks keep each pause of the loop short)."""
+
+
 async def _write_log_every(log: InferenceLog, every_s: float) -> None:
+    last_write = time.monotonic()
     while True:
-        await anyio.sleep(every_s)
-        await anyio.to_thread.run_sync(log.flush)
+        await anyio.sleep(LOG_WORK_S)
+        log.convert()  # on the loop: a few microseconds a request
+        due = time.monotonic() - last_write >= every_s
+        if log.converted.rows and (due or log.converted.rows >= log.rows_per_file):
+            await _write(log)
+        if due:
+            last_write = time.monotonic()
+
+
+async def _flush_log(log: InferenceLog) -> list[str]:
+    log.convert()
+    return await _write(log)
+
+
+async def _write(log: InferenceLog) -> list[str]:
+    taken = log.take()
+    try:
+        return await anyio.to_thread.run_sync(log.write, taken)
+    finally:
+        log.done(taken)
 
 
 def _unavailable(model: ServedModel | None, state: ServingState) -> Response:
@@ -238,11 +274,12 @@ def _unavailable(model: ServedModel | None, state: ServingState) -> Response:
     )
 
 
-Scored = tuple[Rows, dict[str, np.ndarray]]
+Scored = tuple[bytes, str, int, dict[str, np.ndarray]]
+"""A scored request: its body, content type, row count and prediction columns."""
 
 
 async def _score(
-    request: Request, model: ServedModel, limits: ServingLimits
+    request: Request, model: ServedModel, limits: ServingLimits, ident: str
 ) -> tuple[Response, Scored | None]:
     try:
         declared = int(request.headers.get("content-length") or 0)
@@ -253,20 +290,24 @@ async def _score(
             raise PayloadError(413, _too_big(len(body), limits), "PAYLOAD_TOO_LARGE")
         content_type = request.headers.get("content-type", "")
         if len(body) <= limits.inline_bytes:
-            answer, scored = score_body(body, content_type, model)
+            answer, count, outputs = score_body(body, content_type, model)
         else:
-            answer, scored = await anyio.to_thread.run_sync(score_body, body, content_type, model)
+            answer, count, outputs = await anyio.to_thread.run_sync(
+                score_body, body, content_type, model
+            )
     except PayloadError as error:
-        return _error(error, model.version), None
+        return _error(error, model.version, ident), None
     except (DataError, ValueError, TypeError) as error:
         message = f"The rows could not be scored: {error}"
-        return _error(PayloadError(400, message), model.version), None
-    headers = {"X-Model-Version": model.version}
-    return Response(answer, media_type=JSON, headers=headers), scored
+        return _error(PayloadError(400, message), model.version, ident), None
+    headers = {"X-Model-Version": model.version, "X-Request-Id": ident}
+    return Response(answer, media_type=JSON, headers=headers), (body, content_type, count, outputs)
 
 
-def score_body(body: bytes, content_type: str, model: ServedModel) -> tuple[bytes, Scored]:
-    """The response body for a request body, and the rows it scored with their predictions.
+def score_body(
+    body: bytes, content_type: str, model: ServedModel
+) -> tuple[bytes, int, dict[str, np.ndarray]]:
+    """The response body for a request body, how many rows it scored, and their predictions.
 
     Raises:
         PayloadError: for a body the service refuses (a 4xx, with the reason).
@@ -274,7 +315,7 @@ def score_body(body: bytes, content_type: str, model: ServedModel) -> tuple[byte
     rows = parse_body(body, content_type)
     check_rows(rows, model.spec)
     outputs = model.predict_rows(rows)
-    return predictions_body(outputs), (rows, outputs)
+    return predictions_body(outputs), rows.count, outputs
 
 
 def _too_big(size: int, limits: ServingLimits) -> str:

@@ -29,6 +29,15 @@ class ReloadAnswer:
     error: str | None
 
 
+def served_model(url: str, timeout_s: float = 10) -> str | None:
+    """The model name the instance at ``url`` serves (its ``/version``), None if it cannot say."""
+    try:
+        reply = httpx.get(f"{url}/version", timeout=timeout_s)
+        return str(reply.json()["model"]) if reply.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
 def request_reload(url: str, token: str | None, timeout_s: float) -> ReloadAnswer:
     """Ask the instance at ``url`` to load the version its alias points at now.
 

@@ -1,16 +1,24 @@
-"""The inference log: scored requests (raw inputs and predictions), written out in the background.
+"""The inference log: scored requests (as sent, with their predictions), written in the background.
 
-On the request path a sampled request costs one append to an in-memory queue; a background
-task writes what has queued every few seconds, in a worker thread, so scoring never waits on
-storage. Two sinks:
+On the request path a sampled request costs one append to an in-memory list: the request
+body as received (bytes the service already holds) and the prediction arrays it computed.
+Five times a second the event loop turns what queued into Arrow tables (a few microseconds a
+request, no body parsing); every ``flush_s`` seconds, or sooner once ``rows_per_file`` rows
+wait, a worker thread writes them out (Arrow and Parquet work outside the interpreter lock).
+Converting on the loop rather than in the thread matters: a thread doing Python work contends
+with the event loop for the interpreter, and measured, that contention cost far more
+throughput than the work itself. Turning bodies
+into feature columns is left to the reader (:func:`expand_requests`, the drift monitor), which
+parses them with the service's own parser, so logging costs the service almost no work per
+row. Two sinks:
 
-- **Parquet** (default): one file per flush and model version under
+- **Parquet** (default): one file per write and model version under
   ``<artifact store>/inference-log/<model>/date=YYYY-MM-DD/``, written under a hidden temporary
-  name and renamed when complete, so a reader never sees half a file. Columns: ``request_id``,
-  ``row`` (index in the request), ``logged_at`` (UTC), ``model``, ``version``, then
-  ``input.<column>`` per raw input column and ``output.<column>`` per prediction column.
+  name and renamed when complete, so a reader never sees half a file. One row per request:
+  ``request_id``, ``logged_at`` (UTC), ``model``, ``version``, ``content_type``, ``rows``,
+  ``body`` (the request body) and ``output.<column>`` (a list per request) per prediction column.
 - **SQL** (``MLOPS_INFERENCE_LOG=sql``): the table ``inference_log`` through SQLAlchemy, one row
-  per scored row, ``logged_at`` in UTC, inputs and outputs as JSON text.
+  per request, ``logged_at`` in UTC, the body as text and the outputs as JSON.
 
 Requests with the header ``X-Inference-Log: skip`` (the deploy stage's smoke tests) are not
 recorded: they are not traffic.
@@ -26,13 +34,10 @@ import datetime as dt
 import itertools
 import logging
 import random
-import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import fsspec
 import numpy as np
@@ -41,104 +46,142 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlops.features import ColumnValues, FeatureSpec
-
 logger = logging.getLogger(__name__)
 
 INPUT_PREFIX = "input."
 OUTPUT_PREFIX = "output."
+REQUEST_COLUMNS = ("request_id", "logged_at", "model", "version", "content_type", "rows", "body")
 META_COLUMNS = ("request_id", "row", "logged_at", "model", "version")
+"""The columns of an expanded log, one row per scored row, before ``input.*`` and ``output.*``."""
 TABLE_NAME = "inference_log"
+EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 MAX_REQUEST_ID = 128
 
 
-@dataclass(frozen=True)
-class LoggedRequest:
-    """One scored request as the log keeps it until it is written."""
+class LoggedRequest(NamedTuple):
+    """One scored request as the log keeps it until it is written (a tuple: cheap to make)."""
 
     request_id: str
     logged_at: float
     model: str
     version: str
-    spec: FeatureSpec
-    columns: dict[str, ColumnValues]
+    content_type: str
+    body: bytes
     count: int
     outputs: dict[str, np.ndarray]
 
 
-class LogSink(Protocol):
-    """Where batches of logged requests go."""
+LogKey = tuple[str, str, str]
+"""(model, version, UTC day): the rows one write holds."""
 
-    def write(self, batch: list[LoggedRequest]) -> list[str]:
-        """Write the batch; returns where it went (files or table)."""
+
+class LogSink(Protocol):
+    """Where the log's tables go."""
+
+    def write(self, key: LogKey, table: pa.Table) -> str:
+        """Write the requests of one model version and day; returns where they went."""
         ...
 
 
+_PROCESS_PREFIX = uuid.uuid4().hex[:16]
+_SEQUENCE = itertools.count()
+
+
 def request_id(header: str | None) -> str:
-    """The client's ``X-Request-Id`` when it is usable, else a new one."""
+    """The client's ``X-Request-Id`` when it is usable, else a new one.
+
+    New ids are this process's random prefix and a counter: unique across instances and
+    restarts, and far cheaper on the request path than a fresh UUID each.
+    """
     if header and len(header) <= MAX_REQUEST_ID and header.isprintable():
         return header
-    return uuid.uuid4().hex
+    return f"{_PROCESS_PREFIX}{next(_SEQUENCE):016x}"
 
 
-# ---------------------------------------------------------------- building tables
-
-
-def _column_array(values: ColumnValues, text: bool) -> pa.Array:
-    kind = pa.string() if text else pa.float64()
-    if isinstance(values, pd.Series):
-        values = values.tolist()
-    try:
-        return pa.array(values, type=kind, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. a CSV column of codes read as numbers
-        if text:
-            return pa.array([None if pd.isna(v) else str(v) for v in values], type=kind)
-        return pa.array(pd.to_numeric(pd.Series(values), errors="coerce"), type=kind)
+# ---------------------------------------------------------------- writing
 
 
 def requests_table(batch: list[LoggedRequest]) -> pa.Table:
-    """One Arrow table of the rows of requests scored by the same model version."""
-    spec = batch[0].spec
-    counts = [r.count for r in batch]
-    total = sum(counts)
+    """One Arrow table of requests scored by the same model version: one row per request."""
+    counts = np.array([r.count for r in batch], dtype="int32")
+    stamps = (np.array([r.logged_at for r in batch]) * 1e6).astype("datetime64[us]")
     columns: dict[str, pa.Array] = {
-        "request_id": pa.array(np.repeat([r.request_id for r in batch], counts), pa.string()),
-        "row": pa.array(np.concatenate([np.arange(c, dtype="int32") for c in counts])),
-        "logged_at": pa.array(
-            np.repeat(np.array([r.logged_at for r in batch]) * 1e6, counts).astype(
-                "datetime64[us]"
-            ),
-            pa.timestamp("us", tz="UTC"),
-        ),
-        "model": pa.array([batch[0].model] * total, pa.string()),
-        "version": pa.array([batch[0].version] * total, pa.string()),
+        "request_id": pa.array([r.request_id for r in batch], pa.string()),
+        "logged_at": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+        "model": pa.array([batch[0].model] * len(batch), pa.string()),
+        "version": pa.array([batch[0].version] * len(batch), pa.string()),
+        "content_type": pa.array([r.content_type for r in batch], pa.string()),
+        "rows": pa.array(counts),
+        "body": pa.array([r.body for r in batch], pa.binary()),
     }
-    numeric = set(spec.numeric)
-    for name in spec.input_columns:
-        parts = [r.columns.get(name, [None] * r.count) for r in batch]
-        chained = list(itertools.chain.from_iterable(_as_list(p) for p in parts))
-        columns[INPUT_PREFIX + name] = _column_array(chained, text=name not in numeric)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype("int32"))
     for name in batch[0].outputs:
         values = np.concatenate([np.asarray(r.outputs[name]) for r in batch])
-        columns[OUTPUT_PREFIX + name] = pa.array(
-            values.tolist() if values.dtype == object else values
-        )
+        flat = pa.array(values, from_pandas=True)
+        columns[OUTPUT_PREFIX + name] = pa.ListArray.from_arrays(offsets, flat)
     return pa.table(columns)
 
 
-def _as_list(values: ColumnValues) -> list:
-    return values.tolist() if isinstance(values, pd.Series) else values
-
-
-def by_version_and_day(
-    batch: list[LoggedRequest],
-) -> dict[tuple[str, str, str], list[LoggedRequest]]:
+def by_version_and_day(batch: list[LoggedRequest]) -> dict[LogKey, list[LoggedRequest]]:
     """The batch grouped by (model, version, UTC day), the unit one file holds."""
-    groups: dict[tuple[str, str, str], list[LoggedRequest]] = {}
+    groups: dict[tuple[str, str, int], list[LoggedRequest]] = {}
     for logged in batch:
-        day = dt.datetime.fromtimestamp(logged.logged_at, dt.UTC).date().isoformat()
-        groups.setdefault((logged.model, logged.version, day), []).append(logged)
-    return groups
+        key = (logged.model, logged.version, int(logged.logged_at // 86_400))
+        groups.setdefault(key, []).append(logged)
+    return {
+        (model, version, dt.date.fromordinal(EPOCH_ORDINAL + day).isoformat()): group
+        for (model, version, day), group in groups.items()
+    }
+
+
+# ---------------------------------------------------------------- reading
+
+
+def expand_requests(requests: pd.DataFrame) -> pd.DataFrame:
+    """Logged requests (one row each) as scored rows: ``META_COLUMNS``, ``input.*``, ``output.*``.
+
+    Bodies are parsed by the service's own parser, so every format it accepts reads back.
+
+    Raises:
+        ValueError: a body that does not parse, or outputs that do not match its rows.
+    """
+    from .payload import PayloadError, parse_body
+
+    inputs: dict[str, list] = {}
+    counts = requests["rows"].astype("int64").to_numpy()
+    offset = 0
+    for body, content_type, count in zip(
+        requests["body"], requests["content_type"], counts, strict=True
+    ):
+        try:
+            parsed = parse_body(bytes(body), content_type)
+        except PayloadError as error:
+            raise ValueError(f"a logged body does not parse: {error}") from None
+        if parsed.count != count:
+            raise ValueError(f"a logged body has {parsed.count} rows, the log says {count}")
+        for name in inputs.keys() - parsed.columns.keys():
+            inputs[name].extend([None] * count)
+        for name, values in parsed.columns.items():
+            column = inputs.setdefault(name, [None] * offset)
+            column.extend(values.tolist() if isinstance(values, pd.Series) else values)
+        offset += count
+    frame = pd.DataFrame(
+        {
+            "request_id": np.repeat(requests["request_id"].to_numpy(), counts),
+            "row": np.concatenate([np.arange(c) for c in counts]) if len(counts) else [],
+            "logged_at": np.repeat(requests["logged_at"].to_numpy(), counts),
+            "model": np.repeat(requests["model"].to_numpy(), counts),
+            "version": np.repeat(requests["version"].astype(str).to_numpy(), counts),
+        }
+    )
+    for name, values in inputs.items():
+        frame[INPUT_PREFIX + name] = values
+    for name in [c for c in requests.columns if c.startswith(OUTPUT_PREFIX)]:
+        values = list(itertools.chain.from_iterable(requests[name]))
+        if len(values) != offset:
+            raise ValueError(f"{name} has {len(values)} values for {offset} rows")
+        frame[name] = values
+    return frame
 
 
 # ---------------------------------------------------------------- sinks
@@ -150,20 +193,18 @@ class ParquetSink:
     def __init__(self, root: str) -> None:
         self.root = root.rstrip("/")
 
-    def write(self, batch: list[LoggedRequest]) -> list[str]:
-        written = []
-        for (model, version, day), group in by_version_and_day(batch).items():
-            folder = f"{self.root}/{model}/date={day}"
-            stamp = dt.datetime.now(dt.UTC).strftime("%H%M%S")
-            name = f"{stamp}-v{version}-{uuid.uuid4().hex[:8]}.parquet"
-            fs, path = fsspec.core.url_to_fs(folder)
-            fs.makedirs(path, exist_ok=True)
-            temporary = f"{path}/.{name}.tmp"
-            with fs.open(temporary, "wb") as handle:
-                pq.write_table(requests_table(group), handle)
-            fs.mv(temporary, f"{path}/{name}")
-            written.append(f"{folder}/{name}")
-        return written
+    def write(self, key: LogKey, table: pa.Table) -> str:
+        model, version, day = key
+        folder = f"{self.root}/{model}/date={day}"
+        stamp = dt.datetime.now(dt.UTC).strftime("%H%M%S")
+        name = f"{stamp}-v{version}-{uuid.uuid4().hex[:8]}.parquet"
+        fs, path = fsspec.core.url_to_fs(folder)
+        fs.makedirs(path, exist_ok=True)
+        temporary = f"{path}/.{name}.tmp"
+        with fs.open(temporary, "wb") as handle:
+            pq.write_table(table, handle)
+        fs.mv(temporary, f"{path}/{name}")
+        return f"{folder}/{name}"
 
 
 class SqlSink:
@@ -176,25 +217,24 @@ class SqlSink:
         self.table = inference_log_table(sa.MetaData())
         self.table.metadata.create_all(self.engine)
 
-    def write(self, batch: list[LoggedRequest]) -> list[str]:
-        rows = []
-        for group in by_version_and_day(batch).values():
-            frame = requests_table(group).to_pandas()
-            inputs = [c for c in frame.columns if c.startswith(INPUT_PREFIX)]
-            outputs = [c for c in frame.columns if c.startswith(OUTPUT_PREFIX)]
-            frame["logged_at"] = frame["logged_at"].dt.tz_convert(None)  # naive UTC in SQL
-            for record in frame.to_dict("records"):
-                rows.append(
-                    {
-                        **{k: record[k] for k in META_COLUMNS},
-                        "logged_at": record["logged_at"].to_pydatetime(),
-                        "inputs": _json_text(record, inputs, INPUT_PREFIX),
-                        "outputs": _json_text(record, outputs, OUTPUT_PREFIX),
-                    }
-                )
+    def write(self, key: LogKey, table: pa.Table) -> str:
+        outputs = [c for c in table.column_names if c.startswith(OUTPUT_PREFIX)]
+        stamps = table.column("logged_at").to_pandas().dt.tz_convert(None)  # naive UTC in SQL
+        values = {c: table.column(c).to_pylist() for c in (*REQUEST_COLUMNS, *outputs)}
+        rows = [
+            {
+                **{c: values[c][i] for c in REQUEST_COLUMNS if c != "body"},
+                "logged_at": stamps.iloc[i].to_pydatetime(),
+                "body": values["body"][i].decode("utf-8", errors="replace"),
+                "outputs": orjson.dumps(
+                    {c.removeprefix(OUTPUT_PREFIX): values[c][i] for c in outputs}
+                ).decode(),
+            }
+            for i in range(table.num_rows)
+        ]
         with self.engine.begin() as connection:
             connection.execute(self.table.insert(), rows)
-        return [f"{self.engine.url.render_as_string(hide_password=True)}#{TABLE_NAME}"]
+        return f"{self.engine.url.render_as_string(hide_password=True)}#{TABLE_NAME}"
 
 
 def inference_log_table(metadata: Any) -> Any:
@@ -206,23 +246,14 @@ def inference_log_table(metadata: Any) -> Any:
         metadata,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("request_id", sa.String(MAX_REQUEST_ID), nullable=False, index=True),
-        sa.Column("row", sa.Integer, nullable=False),
         sa.Column("logged_at", sa.DateTime(), nullable=False, index=True),  # UTC
         sa.Column("model", sa.String(200), nullable=False, index=True),
         sa.Column("version", sa.String(20), nullable=False),
-        sa.Column("inputs", sa.Text, nullable=False),
+        sa.Column("content_type", sa.String(200), nullable=False),
+        sa.Column("rows", sa.Integer, nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
         sa.Column("outputs", sa.Text, nullable=False),
     )
-
-
-def _json_text(record: dict, columns: Iterable[str], prefix: str) -> str:
-    values = {c.removeprefix(prefix): record[c] for c in columns}
-    clean = {k: None if _missing(v) else v for k, v in values.items()}
-    return orjson.dumps(clean, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 # ---------------------------------------------------------------- the log
@@ -240,60 +271,101 @@ class LogCounters:
 
 
 @dataclass
+class Converted:
+    """Queued requests turned into Arrow tables, waiting to be written."""
+
+    tables: dict[LogKey, list[pa.Table]] = field(default_factory=dict)
+    rows: int = 0
+
+
+@dataclass
 class InferenceLog:
-    """Samples scored requests into a bounded queue and writes them out on ``flush``."""
+    """Samples scored requests into a bounded queue; ``convert`` and ``write`` put them out.
+
+    In the service, ``record`` and ``convert`` run on the event loop (no lock, no contention
+    for the interpreter with another thread) and ``write`` in a worker thread, on what
+    ``take`` handed it. ``flush`` does all of it at once, for callers outside an event loop.
+    Rows not yet written (queued or converted) count against ``max_buffer_rows``.
+    """
 
     sink: LogSink
     sample_rate: float = 1.0
     max_buffer_rows: int = 200_000
+    rows_per_file: int = 100_000
     counters: LogCounters = field(default_factory=LogCounters)
-    _queue: deque = field(default_factory=deque)
-    _queued_rows: int = 0
-    _flush_lock: threading.Lock = field(default_factory=threading.Lock)
-    _count_lock: threading.Lock = field(default_factory=threading.Lock)
+    converted: Converted = field(default_factory=Converted)
+    _queue: list = field(default_factory=list)
+    _unwritten_rows: int = 0
 
     def record(
         self,
         request: str,
         model: Any,
-        columns: dict[str, ColumnValues],
+        body: bytes,
+        content_type: str,
         count: int,
         outputs: dict[str, np.ndarray],
     ) -> None:
-        """Queue one scored request (a served model's name, version and spec); cheap."""
+        """Queue one scored request of ``model`` (a served model: name, version); cheap."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
-        with self._count_lock:
-            if self._queued_rows + count > self.max_buffer_rows:
-                self.counters.dropped_rows += count
-                return
-            self._queued_rows += count
-            self.counters.recorded_rows += count
+        if self._unwritten_rows + count > self.max_buffer_rows:
+            self.counters.dropped_rows += count
+            return
+        self._unwritten_rows += count
+        self.counters.recorded_rows += count
         self._queue.append(
             LoggedRequest(
-                request, time.time(), model.name, model.version, model.spec, columns, count, outputs
+                request, time.time(), model.name, model.version, content_type, body, count, outputs
             )
         )
 
-    def flush(self) -> list[str]:
-        """Write everything queued so far; returns where it went. Never raises."""
-        with self._flush_lock:
-            batch = [self._queue.popleft() for _ in range(len(self._queue))]
-            if not batch:
-                return []
-            rows = sum(r.count for r in batch)
-            with self._count_lock:
-                self._queued_rows -= rows
-            try:
-                written = self.sink.write(batch)
-            except Exception as error:  # storage trouble must never take serving down
-                self.counters.write_errors += 1
-                self.counters.dropped_rows += rows
-                logger.error("Could not write %d inference-log rows: %s", rows, error)
-                return []
-            self.counters.written_rows += rows
+    def convert(self) -> int:
+        """Turn what has queued into Arrow tables; returns how many rows."""
+        batch, self._queue = self._queue, []
+        for key, group in by_version_and_day(batch).items():
+            self.converted.tables.setdefault(key, []).append(requests_table(group))
+        rows = sum(r.count for r in batch)
+        self.converted.rows += rows
+        return rows
+
+    def take(self) -> Converted:
+        """What is converted, for ``write``; the log starts a new batch."""
+        taken, self.converted = self.converted, Converted()
+        return taken
+
+    def write(self, converted: Converted) -> list[str]:
+        """Write converted tables (one file per model version and day). Never raises.
+
+        Safe in a worker thread; the caller then calls ``done`` with the same batch.
+        """
+        written = []
+        try:
+            for key, parts in converted.tables.items():
+                written.append(self.sink.write(key, pa.concat_tables(parts)))
+        except Exception as error:  # storage trouble must never take serving down
+            self.counters.write_errors += 1
+            self.counters.dropped_rows += converted.rows
+            logger.error("Could not write %d inference-log rows: %s", converted.rows, error)
+            written = []
+        else:
+            self.counters.written_rows += converted.rows
             self.counters.files += len(written)
-            return written
+        return written
+
+    def done(self, converted: Converted) -> None:
+        """A batch handed to ``write`` is out (written or dropped): its rows stop counting."""
+        self._unwritten_rows -= converted.rows
+
+    def flush(self) -> list[str]:
+        """Convert and write everything recorded so far; returns where it went. Never raises."""
+        self.convert()
+        if not self.converted.rows:
+            return []
+        taken = self.take()
+        written = self.write(taken)
+        self.done(taken)
+        return written
 
     def render_metrics(self) -> str:
         """Prometheus lines for the log's counters."""

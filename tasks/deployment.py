@@ -29,7 +29,7 @@ from mlops.settings import get_settings
 from model_registry import tracking
 from model_registry.promotion import Promotion, promote_to_champion, roll_back_promotion
 from model_registry.registry import RegisteredVersion
-from serving.client import InstanceError, request_reload, score
+from serving.client import InstanceError, request_reload, score, served_model
 from serving.loader import load_served_model
 from serving.payload import Rows
 from tasks.preprocessing import read_split
@@ -62,6 +62,8 @@ class GoLive(BaseModel):
     reason: str
     reloads: dict[str, str]
     checks: list[SmokeCheck]
+    instances: list[str] = []
+    """The serving instances of this model that were reloaded and checked."""
 
 
 class DeployResult(BaseModel):
@@ -85,7 +87,7 @@ class DeployResult(BaseModel):
         where = (
             f"live on {len(self.instances)} serving instance(s)"
             if self.instances
-            else "no serving instance configured (MLOPS_SERVING_URLS); checked in-process"
+            else "no serving instance of this model in MLOPS_SERVING_URLS; checked in-process"
         )
         return f"{where}; smoke test passed (p95 {worst:.1f} ms)"
 
@@ -213,6 +215,22 @@ def held_out_rows(dataset: DatasetRef, count: int) -> pd.DataFrame:
     return read_split(dataset, "test", columns=columns).head(count).reset_index(drop=True)
 
 
+def instances_of(model: str) -> list[str]:
+    """The configured serving instances (``MLOPS_SERVING_URLS``) that serve ``model``.
+
+    An instance serving another model is left alone (one stack can serve several use cases);
+    one that does not answer is kept, so the reload fails on it and the deploy rolls back.
+    """
+    kept = []
+    for url in get_settings().serving_instances:
+        name = served_model(url)
+        if name is not None and name != model:
+            logger.info("%s serves %s, not %s: not reloading it", url, name, model)
+            continue
+        kept.append(url)
+    return kept
+
+
 def reload_instances(urls: list[str], version: str, timeout_s: float) -> dict[str, str]:
     """Tell every instance to reload; each must end up serving ``version``.
 
@@ -238,11 +256,11 @@ def reload_instances(urls: list[str], version: str, timeout_s: float) -> dict[st
 
 def go_live(config: PipelineConfig, dataset: DatasetRef, version: str) -> GoLive:
     """Reload every instance onto ``version`` and smoke-test it; never raises for a failed check."""
-    urls = get_settings().serving_instances
+    urls = instances_of(config.model.name)
     try:  # each instance loads and checks the version itself before it swaps
         reloads = reload_instances(urls, version, config.deploy.reload_timeout_s)
     except InstanceError as error:
-        return GoLive(passed=False, reason=str(error), reloads={}, checks=[])
+        return GoLive(passed=False, reason=str(error), reloads={}, checks=[], instances=urls)
     rows = held_out_rows(dataset, config.deploy.smoke_rows)
     expected = mlflow.pyfunc.load_model(f"models:/{config.model.name}/{version}").predict(rows)
     checks = [check_instance(url, rows, expected, version, config.deploy) for url in urls] or [
@@ -250,7 +268,7 @@ def go_live(config: PipelineConfig, dataset: DatasetRef, version: str) -> GoLive
     ]
     failed = [c for c in checks if not c.passed]
     reason = "; ".join(c.detail for c in failed) or f"smoke test passed on {len(checks)} target(s)"
-    return GoLive(passed=not failed, reason=reason, reloads=reloads, checks=checks)
+    return GoLive(passed=not failed, reason=reason, reloads=reloads, checks=checks, instances=urls)
 
 
 def deployment_markdown(result: DeployResult) -> str:
@@ -315,7 +333,7 @@ def roll_back_task(config: PipelineConfig, promotion: Promotion, reason: str) ->
     """Put the former champion back and tell the instances to reload onto it."""
     client, _ = experiment_for(config)
     restored = roll_back_promotion(client, promotion, reason, promotion_lock(promotion.model_name))
-    for url in get_settings().serving_instances:
+    for url in instances_of(config.model.name):
         try:
             answer = request_reload(
                 url, get_settings().serving_admin_token, config.deploy.reload_timeout_s
@@ -346,7 +364,7 @@ def record_deployment_task(
         champion_version=candidate.version if deployed else restored,
         previous_version=promotion.previous_version if deployed else promotion.replaced_previous,
         reason=outcome.reason,
-        instances=get_settings().serving_instances,
+        instances=outcome.instances,
         reloads=outcome.reloads,
         checks=outcome.checks,
     )

@@ -34,7 +34,14 @@ from mlops.gates import artifact_key
 from mlops.settings import Settings, get_settings
 from model_registry import tracking
 from model_registry.registry import CHAMPION, version_by_alias
-from serving.inference_log import INPUT_PREFIX, META_COLUMNS, OUTPUT_PREFIX, inference_log_table
+from serving.inference_log import (
+    INPUT_PREFIX,
+    META_COLUMNS,
+    OUTPUT_PREFIX,
+    REQUEST_COLUMNS,
+    expand_requests,
+    inference_log_table,
+)
 from serving.loader import ServedModel, load_served_model
 from tasks.evaluation import compute_metrics, primary_metric
 from tasks.preprocessing import load_dataset_ref, read_split
@@ -128,43 +135,42 @@ def log_files(root: str, model: str, start: dt.datetime) -> list[str]:
     return [f if protocol == "file" else f"{protocol}://{f}" for f in found]
 
 
-def read_log_file(uri: str) -> pd.DataFrame:
-    """One inference-log file.
+def read_log_file(uri: str, start: dt.datetime) -> pd.DataFrame:
+    """The scored rows of one inference-log file logged since ``start``.
 
     Raises:
-        ValueError: it is not a complete inference-log file (unreadable, or columns missing).
+        ValueError: it is not a complete inference-log file (unreadable, columns missing, or
+            a body that does not parse).
     """
     try:
         with fsspec.open(uri, "rb") as handle:
-            frame = pq.read_table(handle).to_pandas()
+            requests = pq.read_table(handle).to_pandas()
     except Exception as error:  # truncated or foreign files: pyarrow raises many kinds
         raise ValueError(f"not a readable Parquet file ({type(error).__name__}: {error})") from None
-    missing = [c for c in META_COLUMNS if c not in frame.columns]
+    missing = [c for c in REQUEST_COLUMNS if c not in requests.columns]
     if missing:
         raise ValueError(f"not an inference-log file: columns {missing} are missing")
-    return frame
+    recent = requests[pd.to_datetime(requests["logged_at"], utc=True) >= start]
+    return expand_requests(recent.reset_index(drop=True))
 
 
 def load_parquet_window(
     root: str, model: str, start: dt.datetime
 ) -> tuple[pd.DataFrame, list[str]]:
-    """The logged rows since ``start``, and a line per file skipped."""
+    """The scored rows logged since ``start``, and a line per file skipped."""
     frames, skipped = [], []
     for uri in log_files(root, model, start):
         try:
-            frame = read_log_file(uri)
+            frames.append(read_log_file(uri, start))
         except ValueError as error:
             logger.warning("Skipping inference-log file %s: %s", uri, error)
             skipped.append(f"{uri}: {error}")
-            continue
-        logged = pd.to_datetime(frame["logged_at"], utc=True)
-        frames.append(frame[logged >= start])
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=META_COLUMNS)
     return rows, skipped
 
 
 def load_sql_window(url: str, model: str, start: dt.datetime) -> pd.DataFrame:
-    """The logged rows since ``start`` from the SQL inference log."""
+    """The scored rows logged since ``start`` in the SQL inference log."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
@@ -182,11 +188,11 @@ def load_sql_window(url: str, model: str, start: dt.datetime) -> pd.DataFrame:
         engine.dispose()
     if not records:
         return pd.DataFrame(columns=META_COLUMNS)
-    meta = pd.DataFrame([{k: r[k] for k in META_COLUMNS} for r in records])
-    inputs = pd.DataFrame([orjson.loads(r["inputs"]) for r in records]).add_prefix(INPUT_PREFIX)
-    outputs = pd.DataFrame([orjson.loads(r["outputs"]) for r in records]).add_prefix(OUTPUT_PREFIX)
-    meta["logged_at"] = pd.to_datetime(meta["logged_at"]).dt.tz_localize("UTC")
-    return pd.concat([meta, inputs, outputs], axis=1)
+    requests = pd.DataFrame([{c: r[c] for c in REQUEST_COLUMNS} for r in records])
+    requests["body"] = requests["body"].str.encode("utf-8")
+    requests["logged_at"] = pd.to_datetime(requests["logged_at"]).dt.tz_localize("UTC")
+    outputs = pd.DataFrame([orjson.loads(r["outputs"]) for r in records])
+    return expand_requests(pd.concat([requests, outputs.add_prefix(OUTPUT_PREFIX)], axis=1))
 
 
 def load_inference_window(
@@ -270,7 +276,7 @@ def champion_reference(
     tests = {
         k.removeprefix("test_"): float(v) for k, v in champion.tags.items() if k.startswith("test_")
     }
-    return ChampionReference(champion.version, served, train, served.predict(test), tests)
+    return ChampionReference(str(champion.version), served, train, served.predict(test), tests)
 
 
 def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:

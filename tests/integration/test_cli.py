@@ -173,10 +173,12 @@ def test_config_with_wrong_type(tmp_path):
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "generate", "ui", "check-config"):
+    for command in ("run", "generate", "ui", "check-config", "monitor", "simulate-traffic"):
         assert command in result.output
     run_help = runner.invoke(app, ["run", "--help"])
     assert "--data" in run_help.output and "--target" in run_help.output
+    traffic_help = runner.invoke(app, ["simulate-traffic", "--help"])
+    assert "--drift" in traffic_help.output and "--no-monitor" in traffic_help.output
 
 
 def test_console_script_writes_only_under_dot_mlops(tmp_path):

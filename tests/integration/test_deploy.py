@@ -90,7 +90,7 @@ def first_champion(fraud_file, tmp_path_factory):
         dataset = preprocess_flow(config)
     get_settings.cache_clear()
     assert (result.decision, result.alias) == ("promoted", "champion")
-    assert "no serving instance configured" in result.deployment
+    assert "no serving instance of this model in MLOPS_SERVING_URLS" in result.deployment
     assert "smoke test passed" in result.deployment
     return {"home": home, "config": config, "dataset": dataset}
 

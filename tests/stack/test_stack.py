@@ -112,7 +112,8 @@ def source(tmp_path_factory) -> Path:
 def test_up_deploys_every_stage_on_its_own_pool_and_reports_healthy(stack):
     status = mlops_cli(Path(stack.home), "status")
     assert status.returncode == 0, status.stdout
-    for name in ["prefect-server", "mlflow-server", *(f"worker:{p}" for p in POOL_OF.values())]:
+    servers = ["prefect-server", "mlflow-server", "serving"]
+    for name in [*servers, *(f"worker:{p}" for p in POOL_OF.values())]:
         assert name in status.stdout
     assert "not running" not in status.stdout
     with api(stack), get_client(sync_client=True) as client:
@@ -129,6 +130,11 @@ def test_up_deploys_every_stage_on_its_own_pool_and_reports_healthy(stack):
     assert pipeline.parameters == {"config": "configs/fraud_detection.yaml"}
     assert pipeline.job_variables["env"]["MLOPS_STAGE_RUNNER"] == "deployments"
     assert len(automations) == 1
+    # The serving instance is up before any model exists, and says so.
+    waiting = httpx.post(f"{stack.serving_url}/invocations", json={"inputs": {}}, timeout=10)
+    assert waiting.status_code == 503 and waiting.json()["error_code"] == "NO_MODEL"
+    health = httpx.get(f"{stack.serving_url}/health", timeout=10).json()
+    assert (health["status"], health["model"]) == ("waiting for the model", "fraud-detector")
     # Every server and worker listens on loopback only.
     for record in stack.processes.values():
         for process in [psutil.Process(record.pid), *psutil.Process(record.pid).children(True)]:
@@ -171,6 +177,9 @@ def test_pipeline_deployment_runs_each_stage_as_its_own_deployment_run(stack, so
             pids.add(stage.infrastructure_pid)
     assert len(pids) == len(STAGES)  # each stage in its own worker process
     assert champion_over_rest(stack) == result.model_version == "1"
+    # The deploy stage reloaded the stack's serving instance onto it and smoke-tested it there.
+    assert "live on 1 serving instance(s)" in result.deployment
+    assert httpx.get(f"{stack.serving_url}/version", timeout=10).json()["version"] == "1"
 
 
 # ---------------------------------------------------------------- what a person sees
@@ -284,6 +293,57 @@ def test_a_worker_killed_mid_stage_crashes_the_run_and_the_next_run_completes(st
     # Identical inputs and code as the first run: preprocessing is reused, not recomputed.
     preprocess = stage_runs(stack, again.id)["preprocess"]
     assert task_states(stack, preprocess.id)["preprocess-dataset"] == "Cached"
+
+
+# ---------------------------------------------------------------- the monitoring loop
+
+
+def pipeline_runs(state: StackState) -> dict[UUID, FlowRun]:
+    with api(state), get_client(sync_client=True) as client:
+        pipeline = client.read_deployment_by_name(PIPELINE)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id={"any_": [pipeline.id]})
+        )
+    return {run.id: run for run in runs}
+
+
+def test_drifted_traffic_triggers_a_retraining_that_goes_live_and_calm_traffic_does_not(
+    stack, source, tmp_path
+):
+    home = Path(stack.home)
+    use_case = tmp_path / "small.yaml"
+    use_case.write_text(yaml.safe_dump(small_config(source) | {"monitoring": {"min_rows": 300}}))
+    before = pipeline_runs(stack)
+    traffic = ["simulate-traffic", "--requests", "400", "--config", str(use_case)]
+
+    calm = mlops_cli(home, *traffic)
+
+    assert calm.returncode == 0, calm.stdout + calm.stderr
+    assert "400 answered" in calm.stdout and "version 2: 400" in calm.stdout
+    assert "Drift monitor: no-drift" in calm.stdout
+    time.sleep(10)  # an automation would have created a run by now
+    assert pipeline_runs(stack).keys() == before.keys()
+
+    drifted = mlops_cli(home, *traffic, "--drift", timeout=900)
+
+    assert "Drift monitor: drift" in drifted.stdout, drifted.stdout + drifted.stderr
+    assert "event       : mlops.model.drift-detected emitted" in drifted.stdout
+    assert "Triggered by mlops.model.drift-detected" in drifted.stdout
+    (triggered,) = [run for key, run in pipeline_runs(stack).items() if key not in before]
+    assert triggered.state.is_final()
+    assert triggered.created_by is not None and triggered.created_by.type == "AUTOMATION"
+    assert triggered.parameters["config"]["data"]["source"] == str(source)  # from the event
+    result = pipeline_result(triggered)
+    assert drifted.returncode == {"promoted": 0, "rejected": 3}[result.decision], drifted.stdout
+    served = httpx.get(f"{stack.serving_url}/version", timeout=10).json()["version"]
+    assert served == (result.model_version if result.decision == "promoted" else "2")
+    with api(stack), get_client(sync_client=True) as client:
+        monitor = client.read_deployment_by_name("drift-monitor/drift-monitor")
+        checks = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id={"any_": [monitor.id]})
+        )
+    assert len(checks) == 2
+    assert {run.work_pool_name for run in checks} == {"monitor-pool"}
 
 
 def test_down_stops_every_process_and_is_idempotent(stack):

@@ -32,6 +32,7 @@ def test_pools_come_from_prefect_yaml_in_order_of_first_use():
         "gate-pool",
         "train-pool",
         "deploy-pool",
+        "monitor-pool",
         "orchestrator-pool",
     ]
 
@@ -40,6 +41,7 @@ def test_a_new_stack_takes_what_was_asked_and_defaults_for_the_rest(tmp_path):
     state = _state_to_reuse(tmp_path, StackOptions(prefect_port=4300), DEFAULTS)
     assert (state.host, state.prefect_port, state.mlflow_port) == ("127.0.0.1", 4300, 5000)
     assert state.prefect_api_url == "http://127.0.0.1:4300/api"
+    assert (state.serving_url, state.serving_model) == ("http://127.0.0.1:5001", "fraud-detector")
 
 
 def test_a_running_stack_is_reused_and_other_settings_are_refused(tmp_path):
