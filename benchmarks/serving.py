@@ -459,7 +459,7 @@ def log_cost_lines(r: dict) -> list[str]:
     return [
         "**Inference log cost.** `mlops serve` as configured by default (every request logged to "
         "Parquet, `MLOPS_INFERENCE_LOG_SAMPLE_RATE=1.0`) against a second `mlops serve` with "
-        f"`MLOPS_INFERENCE_LOG=off`, in {len(single)} pairs of back-to-back 4-second runs that "
+        f"`MLOPS_INFERENCE_LOG=off`, in {len(single)} pairs of back-to-back 3-second runs that "
         "alternate which server goes first; the ratio is the median of the pairs' ratios. "
         f"The logging server recorded {r['logged_rows']:,} rows during the whole benchmark.",
         "",
