@@ -438,9 +438,8 @@ def bring_up(
     state = _state_to_reuse(home, asked, defaults)
     project_dir = Path(state.project_dir)
     say(f"Local stack in {home} (logs: {stack_dir(home) / 'logs'})")
-    if state.serving_token is None:
+    if state.serving_token is None:  # recorded with the first process started
         state.serving_token = secrets.token_urlsafe(24)
-        write_state(state)
     specs = server_specs(state)
     serving = specs.pop(SERVING)
     _start_servers(state, list(specs.values()), say)  # Prefect and MLflow at once
