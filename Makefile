@@ -30,7 +30,7 @@ demo: $(STAMP)  ## Start the local stack, run the pipeline on it, then drifted t
 run: $(STAMP)  ## Run the pipeline in this process, no stack needed (stages as sub-flows)
 	$(BIN)/mlops run --config configs/fraud_detection.yaml
 
-up: $(STAMP)  ## Start the local stack (Prefect + MLflow servers, a worker per pool) in the background
+up: $(STAMP)  ## Start the local stack (Prefect + MLflow servers, a serving instance, a worker per pool) in the background
 	$(BIN)/mlops up
 
 status: $(STAMP)  ## Show the local stack's components and their health
