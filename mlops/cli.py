@@ -728,16 +728,14 @@ def _send_simulated_traffic(
     from mlflow.tracking import MlflowClient
 
     from mlops.traffic import drift_rows, sample_rows, send_traffic
-    from model_registry.registry import CHAMPION, version_by_alias
-    from tasks.preprocessing import load_dataset_ref, read_split
+    from tasks.monitoring import champion_dataset
+    from tasks.preprocessing import read_split
 
     uri = get_settings().resolved_tracking_uri
-    champion = version_by_alias(MlflowClient(uri, registry_uri=uri), model, CHAMPION)
-    if champion is None:
+    found = champion_dataset(MlflowClient(uri, registry_uri=uri), model)  # MlopsError if gone
+    if found is None:
         raise MlopsError(f"{model} has no champion yet: run the pipeline first (`mlops trigger`).")
-    dataset = load_dataset_ref(champion.tags.get("data.uri", ""))
-    if dataset is None:
-        raise MlopsError(f"The training data of {model} version {champion.version} is gone.")
+    _, dataset = found
     rows, outcomes = sample_rows(
         read_split(dataset, "test"),
         dataset.feature_spec,

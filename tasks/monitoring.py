@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow.parquet as pq
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -29,7 +30,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from mlops.config import MonitoringConfig, PipelineConfig
+from mlops.dataset import DatasetRef
 from mlops.drift import ColumnDrift, feature_drift, prediction_drift
+from mlops.errors import MlopsError
 from mlops.gates import artifact_key
 from mlops.settings import Settings, get_settings
 from model_registry import tracking
@@ -39,6 +42,7 @@ from serving.inference_log import (
     META_COLUMNS,
     OUTPUT_PREFIX,
     REQUEST_COLUMNS,
+    TABLE_NAME,
     expand_requests,
     inference_log_table,
 )
@@ -54,7 +58,7 @@ DEGRADED_EVENT = "mlops.model.performance-degraded"
 Status = Literal["drift", "degraded", "no-drift", "too-little-traffic", "no-champion"]
 
 
-class MonitoringError(Exception):
+class MonitoringError(MlopsError):
     """The monitor cannot compare: the champion's training data is gone."""
 
 
@@ -79,7 +83,6 @@ class DriftReport(BaseModel):
     window_end: str
     rows: int
     rows_by_version: dict[str, int] = Field(default_factory=dict)
-    champion_rows: int = 0
     skipped_files: list[str] = Field(default_factory=list)
     status: Status
     reason: str
@@ -178,12 +181,10 @@ def load_sql_window(url: str, model: str, start: dt.datetime) -> pd.DataFrame:
     naive_start = start.astimezone(dt.UTC).replace(tzinfo=None)
     query = sa.select(table).where(table.c.model == model, table.c.logged_at >= naive_start)
     try:
+        if not sa.inspect(engine).has_table(TABLE_NAME):  # nothing logged yet
+            return pd.DataFrame(columns=META_COLUMNS)
         with engine.connect() as connection:
             records = connection.execute(query).mappings().all()
-    except sa.exc.OperationalError as error:
-        if "no such table" in str(error):  # nothing logged yet
-            return pd.DataFrame(columns=META_COLUMNS)
-        raise
     finally:
         engine.dispose()
     if not records:
@@ -247,6 +248,26 @@ def load_feedback(root: str, model: str) -> tuple[pd.DataFrame, list[str]]:
 # ---------------------------------------------------------------- the reference
 
 
+def champion_dataset(client: MlflowClient, model: str) -> tuple[ModelVersion, DatasetRef] | None:
+    """The champion's model version and the dataset it was trained on; None without a champion.
+
+    Raises:
+        MonitoringError: the champion's dataset is no longer in the artifact store.
+    """
+    champion = version_by_alias(client, model, CHAMPION)
+    if champion is None:
+        return None
+    uri = champion.tags.get("data.uri")
+    dataset = load_dataset_ref(uri) if uri else None
+    if dataset is None:
+        raise MonitoringError(
+            f"The training data of {model} version {champion.version} "
+            f"({uri or 'not tagged'}) is not in the artifact store; "
+            "there is nothing to compare traffic with."
+        )
+    return champion, dataset
+
+
 def champion_reference(
     client: MlflowClient, model: str, tracking_uri: str, config: MonitoringConfig
 ) -> ChampionReference | None:
@@ -255,28 +276,19 @@ def champion_reference(
     Raises:
         MonitoringError: the champion's dataset is no longer in the artifact store.
     """
-    champion = version_by_alias(client, model, CHAMPION)
-    if champion is None:
+    found = champion_dataset(client, model)
+    if found is None:
         return None
-    dataset = (
-        load_dataset_ref(champion.tags.get("data.uri", ""))
-        if champion.tags.get("data.uri")
-        else None
-    )
-    if dataset is None:
-        raise MonitoringError(
-            f"The training data of {model} version {champion.version} "
-            f"({champion.tags.get('data.uri', 'not tagged')}) is not in the artifact store; "
-            "there is nothing to compare traffic with."
-        )
-    served = load_served_model(client, f"{model}/{champion.version}", tracking_uri)
+    champion, dataset = found
+    version = str(champion.version)
+    served = load_served_model(client, f"{model}/{version}", tracking_uri)
     columns = served.spec.input_columns
     train = _sample(read_split(dataset, "train", columns=columns), config.max_reference_rows)
     test = _sample(read_split(dataset, "test", columns=columns), config.max_reference_rows)
     tests = {
         k.removeprefix("test_"): float(v) for k, v in champion.tags.items() if k.startswith("test_")
     }
-    return ChampionReference(str(champion.version), served, train, served.predict(test), tests)
+    return ChampionReference(version, served, train, served.predict(test), tests)
 
 
 def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
@@ -293,10 +305,11 @@ def scored_column(task: str) -> str:
 
 def compare_window(
     window: InferenceWindow,
+    mine: pd.DataFrame,
     reference: ChampionReference,
     config: MonitoringConfig,
 ) -> tuple[list[ColumnDrift], list[str], ColumnDrift | None]:
-    """Feature drift on every logged row, prediction drift on the champion's own rows."""
+    """Feature drift on every logged row, prediction drift on ``mine`` (the champion's rows)."""
     spec = reference.served.spec
     current = window.rows.rename(columns=lambda c: c.removeprefix(INPUT_PREFIX))
     compared = [c for c in [*spec.numeric, *spec.categorical] if c in current.columns]
@@ -307,7 +320,6 @@ def compare_window(
         f"{c} (not in the log)" for c in [*spec.numeric, *spec.categorical] if c not in compared
     ]
     column = scored_column(reference.served.task)
-    mine = window.rows[window.rows["version"].astype(str) == reference.version]
     prediction = None
     if len(mine) >= config.min_rows and OUTPUT_PREFIX + column in mine.columns:
         expected = reference.predictions[column].rename(column)
@@ -319,15 +331,14 @@ def compare_window(
 
 
 def performance_on_labels(
-    window: InferenceWindow,
+    mine: pd.DataFrame,
     labels: pd.DataFrame,
     reference: ChampionReference,
     config: MonitoringConfig,
 ) -> PerformanceCheck | None:
-    """The champion's metrics on the window's rows that have a delayed label."""
+    """The champion's metrics on its rows of the window (``mine``) that have a delayed label."""
     served = reference.served
     metric = primary_metric(served.task)
-    mine = window.rows[window.rows["version"].astype(str) == reference.version]
     if labels.empty or mine.empty:
         return None
     joined = mine.assign(row=mine["row"].astype("int64")).merge(labels, on=["request_id", "row"])
@@ -414,9 +425,7 @@ def measure_drift(
     monitoring, model = config.monitoring, config.model.name
     window = load_inference_window(settings, model, monitoring, now)
     labels, skipped_labels = load_feedback(settings.feedback_root, model)
-    versions = (
-        window.rows["version"].astype(str).value_counts().to_dict() if len(window.rows) else {}
-    )
+    versions = window.rows["version"].value_counts().to_dict() if len(window.rows) else {}
     report = DriftReport(
         model_name=model,
         champion_version=None,
@@ -432,7 +441,6 @@ def measure_drift(
     if reference is None:
         return report
     report.champion_version = reference.version
-    report.champion_rows = versions.get(reference.version, 0)
     if len(window.rows) < monitoring.min_rows:
         report.status, report.reason = (
             "too-little-traffic",
@@ -442,10 +450,11 @@ def measure_drift(
             ),
         )
         return report
+    mine = window.rows[window.rows["version"] == reference.version]
     report.features, report.not_compared, report.prediction = compare_window(
-        window, reference, monitoring
+        window, mine, reference, monitoring
     )
-    report.performance = performance_on_labels(window, labels, reference, monitoring)
+    report.performance = performance_on_labels(mine, labels, reference, monitoring)
     return drift_verdict(report, monitoring)
 
 
