@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo run up status down trigger traffic browser test test-unit test-integration test-stack lint format ui benchmark benchmark-allocator benchmark-serving serve lock clean
+.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-integration test-stack lint format ui benchmark benchmark-allocator benchmark-serving serve lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -45,13 +45,16 @@ trigger: $(STAMP)  ## Trigger the retraining-pipeline deployment on the running 
 browser:  ## Install Debian's Chromium for the UI test when missing (needs root)
 	@bash infra/local/install_chromium.sh
 
-test: $(STAMP) browser  ## Run the whole suite (unit, data/model checks, integration, the local stack)
+postgres:  ## Install Debian's PostgreSQL server when missing (needs root); the tests start their own
+	@bash infra/local/install_postgres.sh
+
+test: $(STAMP) browser postgres  ## Run the whole suite (unit, data/model checks, integration, the local stack)
 	$(BIN)/python -m pytest
 
-test-unit: $(STAMP)  ## Unit tests and the offline data/model check suites (seconds)
+test-unit: $(STAMP) postgres  ## Unit tests and the offline data/model check suites (seconds)
 	$(BIN)/python -m pytest tests/unit tests/data_checks tests/model_checks
 
-test-integration: $(STAMP)  ## Integration tests against real Prefect, Dask and MLflow
+test-integration: $(STAMP) postgres  ## Integration tests against real Prefect, Dask, MLflow and PostgreSQL
 	$(BIN)/python -m pytest tests/integration
 
 test-stack: $(STAMP) browser  ## The local stack end to end: deployments, a killed worker, the UIs

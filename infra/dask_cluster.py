@@ -1,4 +1,5 @@
-"""Dask clusters for training: a LocalCluster on loopback, or an existing scheduler by address."""
+"""Dask clusters for training: a LocalCluster on loopback, an existing scheduler by address, or a
+KubeCluster (dask-kubernetes' operator) per run, chosen by settings (``MLOPS_DASK_CLUSTER``)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,91 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dask
+from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
 
 from mlops.config import ClusterConfig
+from mlops.errors import MlopsError
 
 logger = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = "30s"
+
+
+class ClusterUnavailable(MlopsError):
+    """The configured Dask cluster cannot be reached or cannot run the job."""
+
+    exit_code = 1
+
+
+def scheduler_workers(address: str) -> list[dict]:
+    """The workers an existing scheduler has now: address, name, threads, memory, resources.
+
+    Raises:
+        ClusterUnavailable: when the scheduler does not answer within 30 s.
+    """
+    try:
+        with Client(address, timeout=CONNECT_TIMEOUT) as client:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+    except (OSError, TimeoutError) as error:
+        raise ClusterUnavailable(
+            f"The Dask scheduler at {address} (MLOPS_DASK_SCHEDULER_ADDRESS) did not answer: "
+            f"{error}"
+        ) from error
+    return [{"address": address, **info} for address, info in sorted(workers.items())]
+
+
+def select_workers(client: Client, count: int) -> list[str]:
+    """The ``count`` workers of an existing cluster a run trains on: idle ones, most memory first.
+
+    Raises:
+        ClusterUnavailable: when the cluster has fewer workers than the allocation planned
+            (some left between planning and training).
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    busy = {worker for worker, tasks in client.processing().items() if tasks}
+    ranked = sorted(workers, key=lambda a: (a in busy, -(workers[a].get("memory_limit") or 0), a))
+    if len(ranked) < count:
+        raise ClusterUnavailable(
+            f"The allocation planned {count} worker(s) but the cluster has {len(ranked)} now."
+        )
+    return ranked[:count]
+
+
+def restart_survivors(client: Client, workers: list[str]) -> None:
+    """Restart the run's workers that are still there after one of them died.
+
+    Their LightGBM parts stay blocked on the dead peer (connect retries, then ``time_out``),
+    holding the worker's threads for minutes; a restart (through each worker's nanny) frees
+    them for the next run. Workers without a nanny cannot be restarted: that is logged.
+    """
+    present = client.scheduler_info(n_workers=-1)["workers"]
+    alive = [worker for worker in workers if worker in present]
+    if not alive:
+        return
+    try:
+        client.restart_workers(alive, timeout=60)
+        logger.warning("Restarted worker(s) %s, left blocked by the lost peer", ", ".join(alive))
+    except Exception as error:  # no nanny, or it did not come back in time
+        logger.warning(
+            "Could not restart worker(s) %s (%s): they stay busy until LightGBM's time_out",
+            ", ".join(alive),
+            error,
+        )
+
 
 @contextmanager
-def dask_client(cluster: ClusterConfig, default_scheduler: str | None = None) -> Iterator[Client]:
-    """A Dask client for one training run, closed (and its LocalCluster stopped) afterwards.
+def dask_client(
+    cluster: ClusterConfig, default_scheduler: str | None = None, kind: str = "local"
+) -> Iterator[Client]:
+    """A Dask client for one training run, closed (and its own cluster stopped) afterwards.
 
     Args:
-        cluster: Workers, threads and memory for a LocalCluster, or ``scheduler_address``.
+        cluster: Workers, threads and memory for a LocalCluster or KubeCluster, or
+            ``scheduler_address``.
         default_scheduler: Scheduler from settings (``MLOPS_DASK_SCHEDULER_ADDRESS``), used when
             the config names none.
+        kind: ``local`` or ``kubernetes`` (settings' ``dask_cluster``) when there is no scheduler.
 
     Yields:
         A connected client.
@@ -30,7 +101,11 @@ def dask_client(cluster: ClusterConfig, default_scheduler: str | None = None) ->
     address = cluster.scheduler_address or default_scheduler
     if address:
         logger.info("Connecting to the Dask scheduler at %s", address)
-        with Client(address, timeout="30s") as client:
+        with Client(address, timeout=CONNECT_TIMEOUT) as client:
+            yield client
+        return
+    if kind == "kubernetes":
+        with kube_cluster(cluster) as kube, Client(kube) as client:
             yield client
         return
     logger.info(
@@ -56,6 +131,55 @@ def dask_client(cluster: ClusterConfig, default_scheduler: str | None = None) ->
         yield client
 
 
+def kube_cluster_spec(cluster: ClusterConfig, image: str | None) -> dict:
+    """The DaskCluster resource for one run: the allocated workers, threads and memory.
+
+    Raises:
+        ClusterUnavailable: without an image (``MLOPS_DASK_KUBERNETES_IMAGE``).
+    """
+    from dask_kubernetes.operator import make_cluster_spec
+
+    if not image:
+        raise ClusterUnavailable(
+            "MLOPS_DASK_CLUSTER=kubernetes needs MLOPS_DASK_KUBERNETES_IMAGE (the train-cpu image)."
+        )
+    threads, memory = str(cluster.threads_per_worker), str(parse_bytes(cluster.memory_limit))
+    size = {"cpu": threads, "memory": memory}  # bytes: Kubernetes does not read "4GiB"
+    return make_cluster_spec(
+        name="mlops-train",
+        image=image,
+        n_workers=cluster.n_workers,
+        resources={"requests": size, "limits": size},
+        worker_command=["dask-worker", "--nthreads", threads, "--memory-limit", memory],
+    )
+
+
+@contextmanager
+def kube_cluster(cluster: ClusterConfig) -> Iterator[object]:
+    """A KubeCluster of the allocated shape for one run (the Dask operator), deleted afterwards."""
+    from dask_kubernetes.operator import KubeCluster
+
+    from mlops.settings import get_settings
+
+    settings = get_settings()
+    spec = kube_cluster_spec(cluster, settings.dask_kubernetes_image)
+    logger.info(
+        "Creating a KubeCluster: %d worker(s) x %d thread(s), %s each",
+        cluster.n_workers,
+        cluster.threads_per_worker,
+        cluster.memory_limit,
+    )
+    kube = KubeCluster(
+        custom_cluster_spec=spec,
+        namespace=settings.dask_kubernetes_namespace,
+        shutdown_on_close=True,
+    )
+    try:
+        yield kube
+    finally:
+        kube.close()
+
+
 def _peak_rss_bytes() -> int:
     # VmHWM is this process's own peak. ru_maxrss is not: Linux carries the parent's peak
     # across fork and exec, so a worker spawned by a big driver would report the driver's.
@@ -69,6 +193,6 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux
 
 
-def worker_peak_memory(client: Client) -> dict[str, int]:
-    """Peak resident memory of each worker process since it started, in bytes."""
-    return client.run(_peak_rss_bytes)
+def worker_peak_memory(client: Client, workers: list[str] | None = None) -> dict[str, int]:
+    """Peak resident memory of each worker process (of ``workers``, or all), in bytes."""
+    return client.run(_peak_rss_bytes, workers=workers)

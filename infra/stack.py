@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +31,9 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
+from infra.mlflow_server import MlflowServerLaunch, mlflow_server_launch
 from mlops.errors import MlopsError
-from mlops.settings import QUIET_ENVIRONMENT
+from mlops.settings import QUIET_ENVIRONMENT, get_settings
 
 PREFECT_SERVER = "prefect-server"
 MLFLOW_SERVER = "mlflow-server"
@@ -299,13 +300,49 @@ def find_project_dir(explicit: Path | None = None) -> Path:
 # ---------------------------------------------------------------- environment
 
 
+KEPT_VARIABLES = frozenset(
+    {
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",  # Postgres instead of SQLite
+        "PREFECT_SERVER_API_AUTH_STRING",
+        "PREFECT_API_AUTH_STRING",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_SERVER_ALLOWED_HOSTS",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    }
+)
+"""Prefect and MLflow variables of the caller that the stack's processes keep: where the
+servers store their data and the credentials to reach them."""
+
+
+def client_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """Credentials the stack's clients need for its own servers, when the caller set none.
+
+    The server's auth string is the clients' one; with the MLflow auth app on (an admin
+    password in ``MLOPS_MLFLOW_ADMIN_PASSWORD``), the stack's processes sign in as its admin.
+    """
+    added = {}
+    if env.get("PREFECT_SERVER_API_AUTH_STRING") and not env.get("PREFECT_API_AUTH_STRING"):
+        added["PREFECT_API_AUTH_STRING"] = env["PREFECT_SERVER_API_AUTH_STRING"]
+    password = get_settings().mlflow_admin_password
+    if password is not None and not env.get("MLFLOW_TRACKING_USERNAME"):
+        added["MLFLOW_TRACKING_USERNAME"] = get_settings().mlflow_admin_username
+        added["MLFLOW_TRACKING_PASSWORD"] = password.get_secret_value()
+    return added
+
+
 def base_env(state: StackState) -> dict[str, str]:
     """Environment shared by every process of the stack."""
     home = Path(state.home)
     # The caller's Prefect and MLflow variables (a test harness's API, a UI switched off) are
     # not the stack's; every process gets the stack's own.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in KEPT_VARIABLES or not k.startswith(("PREFECT_", "MLFLOW_"))
+    }
     env.update(QUIET_ENVIRONMENT)
+    env.update(client_credentials(env))
     env.update(
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_API_URL=state.prefect_api_url,
@@ -335,22 +372,10 @@ def prefect_server_command(state: StackState) -> list[str]:
     ]
 
 
-def mlflow_server_command(state: StackState) -> list[str]:
-    home = Path(state.home)
-    return [
-        _bin("mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{home / 'mlflow.db'}",
-        "--default-artifact-root",
-        (home / "mlflow-artifacts").as_uri(),
-        "--host",
-        state.host,
-        "--port",
-        str(state.mlflow_port),
-        "--workers",
-        "2",
-    ]
+def mlflow_server_launch_for(state: StackState) -> MlflowServerLaunch:
+    """The stack's MLflow server: backend store, artifacts and auth from settings."""
+    settings = get_settings().model_copy(update={"home": Path(state.home)})
+    return mlflow_server_launch(settings, state.host, state.mlflow_port)
 
 
 def serving_command(state: StackState) -> list[str]:
@@ -525,6 +550,7 @@ def server_specs(state: StackState) -> dict[str, ServerSpec]:
         "PREFECT_UI_ENABLED": "true",
         "PREFECT_UI_API_URL": state.prefect_api_url,
     }
+    mlflow = mlflow_server_launch_for(state)
     specs = [
         ServerSpec(
             PREFECT_SERVER,
@@ -537,8 +563,8 @@ def server_specs(state: StackState) -> dict[str, ServerSpec]:
         ),
         ServerSpec(
             MLFLOW_SERVER,
-            mlflow_server_command(state),
-            base_env(state),
+            mlflow.command,
+            base_env(state) | mlflow.env,
             state.mlflow_url,
             f"{state.mlflow_url}/health",
             state.mlflow_port,

@@ -256,7 +256,7 @@ def ui(
         "--backend-store-uri",
         uri,
         "--default-artifact-root",
-        settings.mlflow_artifact_root,
+        settings.experiment_artifact_root,
         "--host",
         host,
         "--port",
@@ -265,6 +265,32 @@ def ui(
     typer.echo(f"MLflow UI on http://{host}:{port} (store: {uri})")
     typer.echo("  " + " ".join(command))
     raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
+
+
+@app.command("mlflow-server")
+def mlflow_server(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    workers: Annotated[int, typer.Option(help="Server worker processes.")] = 2,
+) -> None:
+    """Run the MLflow tracking server (registry included) that these settings describe.
+
+    The backend store is MLOPS_MLFLOW_BACKEND_STORE_URI (e.g. postgresql://user:pw@db/mlflow;
+    default: SQLite under MLOPS_HOME), artifacts go to MLOPS_MLFLOW_ARTIFACT_ROOT, or through
+    the server to MLOPS_MLFLOW_ARTIFACTS_DESTINATION. With MLOPS_MLFLOW_ADMIN_PASSWORD set, MLflow's
+    basic-auth app runs: every request needs a user, the admin is
+    MLOPS_MLFLOW_ADMIN_USERNAME, and a guessable password (MLflow's old default, under 12
+    characters) stops the start with exit 2. The process becomes the server (for containers).
+    """
+    from infra.mlflow_server import mlflow_server_launch
+
+    try:
+        launch = mlflow_server_launch(get_settings(), host, port, workers)
+    except MlopsError as error:
+        _fail(error)
+    auth = "basic-auth app on" if launch.authenticated else "no authentication"
+    typer.echo(f"MLflow server on http://{host}:{port} ({auth})", err=True)
+    os.execvpe(launch.command[0], launch.command, os.environ | launch.env)
 
 
 # ---------------------------------------------------------------- the local stack
@@ -552,6 +578,7 @@ def serve(
     import uvicorn
     from mlflow.tracking import MlflowClient
 
+    from model_registry.registry import parse_reference
     from serving.app import ServingLimits, ServingState, build_app
     from serving.inference_log import build_inference_log
     from serving.loader import load_served_model
@@ -567,6 +594,10 @@ def serve(
         return load_served_model(registry, reference, uri)
 
     served = None
+    try:
+        parse_reference(model)  # a path or a pickle is refused even with --wait-for-model
+    except MlopsError as error:
+        _fail(error)
     try:
         log = build_inference_log(settings)
         served = load(client(), model)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,18 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLOPS_DASK_SCHEDULER_ADDRESS", "DASK_SCHEDULER_ADDRESS"),
         description="Existing Dask scheduler to train on; default: a LocalCluster per run.",
     )
+    dask_cluster: Literal["local", "scheduler", "kubernetes"] | None = Field(
+        default=None,
+        description="Where training's Dask cluster comes from: a LocalCluster per run, the "
+        "existing scheduler at dask_scheduler_address, or a KubeCluster per run (dask-kubernetes' "
+        "operator); default: the scheduler when an address is set, else local.",
+    )
+    dask_kubernetes_image: str | None = Field(
+        default=None, description="Image of the KubeCluster's scheduler and workers."
+    )
+    dask_kubernetes_namespace: str | None = Field(
+        default=None, description="Namespace the KubeCluster is created in; default: the pod's."
+    )
     stage_runner: Literal["in-process", "deployments"] = Field(
         default="in-process",
         description="How the retraining pipeline runs its stages: as sub-flows in its own "
@@ -56,6 +68,33 @@ class Settings(BaseSettings):
     )
     prefect_port: int = Field(default=4200, description="Prefect server port of the local stack.")
     mlflow_port: int = Field(default=5000, description="MLflow server port of the local stack.")
+
+    mlflow_backend_store_uri: str | None = Field(
+        default=None,
+        description="Backend store of the MLflow server `mlops up` / `mlops mlflow-server` "
+        "starts (e.g. postgresql://user@host/mlflow); default: SQLite under home.",
+    )
+    mlflow_artifact_root: str | None = Field(
+        default=None,
+        description="Where experiments keep their artifacts (e.g. s3://bucket/mlflow); default: "
+        "home/mlflow-artifacts, or the server's own default for an http(s) tracking URI.",
+    )
+    mlflow_artifacts_destination: str | None = Field(
+        default=None,
+        description="Object storage the MLflow server proxies artifacts to (clients then need "
+        "no storage credentials); replaces mlflow_artifact_root on the server.",
+    )
+    mlflow_admin_username: str = Field(
+        default="admin", description="Admin user of the MLflow server's basic-auth app."
+    )
+    mlflow_admin_password: SecretStr | None = Field(
+        default=None,
+        description="Turns on the MLflow server's basic-auth app with this admin password; "
+        "MLflow's old default and passwords under 12 characters are refused at start-up.",
+    )
+    mlflow_auth_database_url: str | None = Field(
+        default=None, description="The basic-auth app's user database; default: SQLite under home."
+    )
 
     allocator_history_url: str | None = Field(
         default=None,
@@ -150,9 +189,25 @@ class Settings(BaseSettings):
         return self.tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
 
     @property
-    def mlflow_artifact_root(self) -> str:
-        """Where MLflow experiments created by the pipeline keep their artifacts."""
+    def resolved_backend_store_uri(self) -> str:
+        """The backend store of the MLflow server we start."""
+        return self.mlflow_backend_store_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def experiment_artifact_root(self) -> str | None:
+        """Where experiments created by the pipeline keep their artifacts (None: the server's)."""
+        if self.mlflow_artifact_root:
+            return self.mlflow_artifact_root.rstrip("/")
+        if self.resolved_tracking_uri.startswith(("http://", "https://")):
+            return None
         return (self.home_dir / "mlflow-artifacts").as_uri()
+
+    @property
+    def resolved_dask_cluster(self) -> str:
+        """``local``, ``scheduler`` or ``kubernetes``."""
+        if self.dask_cluster:
+            return self.dask_cluster
+        return "scheduler" if self.dask_scheduler_address else "local"
 
     @property
     def resolved_artifact_store(self) -> str:
@@ -188,6 +243,10 @@ def configure_environment(settings: Settings) -> None:
     Prefect is imported.
     """
     use_local_stack(settings)
+    from infra.stack import client_credentials
+
+    for name, value in client_credentials(os.environ).items():
+        os.environ.setdefault(name, value)
     if "PREFECT_HOME" not in os.environ:
         prefect_home = settings.home_dir / "prefect"
         prefect_home.mkdir(parents=True, exist_ok=True)  # its SQLite file cannot create folders

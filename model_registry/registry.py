@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,14 @@ PREVIOUS = "previous"
 
 class ModelLoadError(MlopsError):
     """The model named does not exist, or is not a pipeline model."""
+
+
+class ModelReferenceError(ModelLoadError):
+    """A model was asked for by path or non-registry URI: only the registry is trusted."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\- ]*")
+_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 
 
 class RegisteredVersion(BaseModel):
@@ -107,6 +116,20 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     return str(found.version) if found is not None else None
 
 
+def ensure_registered_model(client: MlflowClient, name: str, description: str = "") -> None:
+    """Create the registered model unless it exists; safe when many pipelines race to create it."""
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException:
+        pass
+    try:
+        client.create_registered_model(name, description=description or None)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another run created it first
+            raise
+
+
 def register_model_version(
     client: MlflowClient,
     name: str,
@@ -124,10 +147,7 @@ def register_model_version(
     Returns:
         The version and its alias.
     """
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description=description or None)
+    ensure_registered_model(client, name, description)
     # A logged model's URI is models:/<model id>; a tracking server wants that id named too.
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     created = client.create_model_version(
@@ -149,16 +169,32 @@ def register_model_version(
 def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
     """``NAME``, ``NAME@alias``, ``NAME/version`` or ``models:/...`` -> (name, alias, version).
 
-    A bare name means its ``champion``.
+    A bare name means its ``champion``. Anything else (a file path, a pickle, a ``runs:/``,
+    ``file:`` or ``s3:`` URI) is refused before anything is read: models are loaded only from
+    the registry, and only in LightGBM's native format.
+
+    Raises:
+        ModelReferenceError: for a path or a URI outside the registry.
     """
     body = reference.removeprefix("models:/")
+    name, alias, version = body, CHAMPION, None
     if "@" in body:
         name, alias = body.split("@", 1)
-        return name, alias, None
-    if "/" in body:
-        name, version = body.split("/", 1)
-        return name, None, version
-    return body, "champion", None
+    elif "/" in body:
+        name, version, alias = *body.split("/", 1), None
+    valid = (
+        _NAME.fullmatch(name)
+        and (alias is None or _ALIAS.fullmatch(alias))
+        and (version is None or version.isdigit())
+        and not name.lower().endswith((".pkl", ".pickle", ".joblib", ".cloudpickle"))
+    )
+    if not valid:
+        raise ModelReferenceError(
+            f"'{reference}' is not a registered model. Models are loaded only from the MLflow "
+            "registry, in LightGBM's native format: give NAME, NAME@alias, NAME/version or "
+            "models:/NAME@alias. Files, pickles and other URIs (runs:/, file:, s3:) are refused."
+        )
+    return name, alias, version
 
 
 def resolve_version(client: MlflowClient, reference: str) -> tuple[str, str, str]:

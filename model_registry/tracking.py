@@ -40,12 +40,16 @@ def tracking_client(config: PipelineConfig, settings: Settings | None = None) ->
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: str) -> str:
-    """The id of experiment ``name``, created with its artifacts under ``artifact_root``."""
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    """The id of experiment ``name``, created with its artifacts under ``artifact_root``.
+
+    With no ``artifact_root`` the tracking server's default artifact location is used.
+    """
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
-    return client.create_experiment(name, artifact_location=f"{artifact_root}/{name}")
+    location = f"{artifact_root}/{name}" if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
 
 
 def start_run(

@@ -213,9 +213,11 @@ class SqlSink:
     def __init__(self, url: str) -> None:
         import sqlalchemy as sa
 
-        self.engine = sa.create_engine(url)
+        from mlops.sql import create_tables, open_engine
+
+        self.engine = open_engine(url)
         self.table = inference_log_table(sa.MetaData())
-        self.table.metadata.create_all(self.engine)
+        create_tables(self.table.metadata, self.engine)
 
     def write(self, key: LogKey, table: pa.Table) -> str:
         outputs = [c for c in table.column_names if c.startswith(OUTPUT_PREFIX)]

@@ -19,7 +19,7 @@ def experiment_for(config: PipelineConfig) -> tuple[MlflowClient, str]:
     """A tracking client and the id of the config's experiment (created if needed)."""
     client = tracking.tracking_client(config)
     experiment_id = tracking.ensure_experiment(
-        client, config.experiment_name, get_settings().mlflow_artifact_root
+        client, config.experiment_name, get_settings().experiment_artifact_root
     )
     return client, experiment_id
 

@@ -22,7 +22,7 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
-from distributed import Client
+from distributed import Client, wait
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
@@ -239,7 +239,11 @@ def _feature_partitions(
 
 
 def train_lightgbm_on_dask(
-    client: Client, dataset: DatasetRef, training: TrainingConfig, work_uri: str
+    client: Client,
+    dataset: DatasetRef,
+    training: TrainingConfig,
+    work_uri: str,
+    workers: list[str] | None = None,
 ) -> TrainedModel:
     """Train a LightGBM model on the dataset's training split across the client's workers.
 
@@ -248,6 +252,7 @@ def train_lightgbm_on_dask(
         dataset: The preprocessed dataset.
         training: Parameters, early stopping and the cluster shape.
         work_uri: Scratch folder for the validation curve.
+        workers: The workers of an existing cluster to train on; default: all of them.
 
     Returns:
         The booster (cut to its best validation round when early stopping is on), with the
@@ -263,7 +268,7 @@ def train_lightgbm_on_dask(
         lgb.DaskLGBMRegressor if dataset.task == "regression" else lgb.DaskLGBMClassifier
     )
     model = estimator_class(client=client, **params)
-    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    n_workers = len(workers or client.scheduler_info(n_workers=-1)["workers"])
     features, labels = _feature_partitions(dataset, "train", n_workers)
     scorer = GlobalValidationScorer(
         dataset.split_uris["validation"],
@@ -275,6 +280,9 @@ def train_lightgbm_on_dask(
     )
     started = time.perf_counter()
     warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+    if workers:  # LightGBM trains where the data's parts are: placing them selects the workers
+        features, labels = client.persist([features, labels], workers=workers)
+        wait([features, labels])
     model.fit(
         features,
         labels,
@@ -301,7 +309,7 @@ def train_lightgbm_on_dask(
         validation_targets=labels,
         validation_scores=scores,
         wall_time_s=wall_time,
-        peak_worker_memory_bytes=worker_peak_memory(client),
+        peak_worker_memory_bytes=worker_peak_memory(client, workers),
         cluster=training.cluster,
     )
 
@@ -498,16 +506,22 @@ def train_on_allocation(
     job = job_features(dataset, training)
     settings = get_settings()
     scheduler = training.cluster.scheduler_address or settings.dask_scheduler_address
+    kind = "scheduler" if scheduler else settings.resolved_dask_cluster
     common = {
         "use_case": dataset.name,
         "dataset_version": dataset.version,
-        "backend": "scheduler" if scheduler else "local",
+        "backend": kind,
         "predicted": (allocation.predicted_wall_time_s, allocation.predicted_peak_memory_bytes),
     }
     configured = training_for_allocation(training, allocation)
     try:
         trained, startup, wall = measure_training(
-            dataset, configured, allocation.shape, work_uri, scheduler_address=scheduler
+            dataset,
+            configured,
+            allocation.shape,
+            work_uri,
+            scheduler_address=scheduler,
+            cluster_kind=kind,
         )
     except TrainingOutcomeError as failure:
         profile = profile_row(

@@ -10,9 +10,15 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+import itertools
+from pathlib import Path
+
 import pytest
 
 from mlops.settings import get_settings
+from tests.postgres import PostgresServer, postgres_bin_dir, postgres_server
+
+_databases = itertools.count()
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +34,29 @@ def isolated_state(tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> PostgresServer:
+    """One PostgreSQL server for the session (Debian's package, installed by `make test`)."""
+    if postgres_bin_dir() is None:
+        if os.environ.get("MLOPS_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required (MLOPS_REQUIRE_POSTGRES) but not installed")
+        pytest.skip("PostgreSQL is not installed: run infra/local/install_postgres.sh")
+    with postgres_server() as server:
+        yield server
+
+
+def fresh_database_url(backend: str, folder: Path, postgres: PostgresServer | None) -> str:
+    """An empty database: a new SQLite file in ``folder``, or a new database on the server."""
+    name = f"test_{next(_databases)}"
+    if backend == "sqlite":
+        return f"sqlite:///{folder / (name + '.db')}"
+    return postgres.create_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    """A factory of empty databases, once on SQLite and once on PostgreSQL."""
+    server = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    return lambda: fresh_database_url(request.param, tmp_path, server)

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlops.errors import MlopsError
+from mlops.sql import create_tables, open_engine
 
 RunStatus = Literal["success", "out-of-memory", "killed", "timeout", "failed"]
 Backend = Literal["local", "scheduler", "kubernetes", "simulated"]
@@ -173,10 +174,8 @@ class HistoryStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url)
-        metadata.create_all(self.engine)
+        self.engine = open_engine(url)
+        create_tables(metadata, self.engine)
 
     def record(self, profile: RunProfile) -> None:
         """Add one run."""

@@ -6,13 +6,20 @@ from collections.abc import Sequence
 
 from dask.utils import parse_bytes
 
+from infra.dask_cluster import scheduler_workers
 from mlops.config import AllocatorConfig, ClusterConfig
 from mlops.settings import Settings
 
 from .history import ClusterShape, HistoryStore, JobFeatures, RunProfile
 from .model import fit_model
 from .recommend import Allocation, Objective, Pricing, confidence_label, recommend_allocation
-from .resources import Resources, candidate_shapes, cluster_resources, local_resources
+from .resources import (
+    Resources,
+    candidate_shapes,
+    cluster_resources,
+    existing_cluster_resources,
+    local_resources,
+)
 
 
 def open_history(settings: Settings) -> HistoryStore:
@@ -21,13 +28,25 @@ def open_history(settings: Settings) -> HistoryStore:
 
 
 def resources_for(cluster: ClusterConfig, settings: Settings) -> Resources:
-    """This machine for a LocalCluster; the configured limits for an existing scheduler."""
-    if cluster.scheduler_address or settings.dask_scheduler_address:
+    """What a run may get: this machine, the workers of an existing scheduler, or the limits
+    configured for a KubeCluster.
+
+    Raises:
+        ClusterUnavailable: when the existing scheduler cannot be reached or has no worker.
+    """
+    kind = "scheduler" if cluster.scheduler_address else settings.resolved_dask_cluster
+    if kind == "scheduler":
+        address = cluster.scheduler_address or settings.dask_scheduler_address
+        return existing_cluster_resources(
+            address, scheduler_workers(address), settings.allocator_max_workers
+        )
+    if kind == "kubernetes":
         return cluster_resources(
             settings.allocator_max_workers or cluster.n_workers,
             settings.allocator_threads_per_worker,
             settings.allocator_memory_per_worker,
             settings.allocator_gpus or 0,
+            backend="kubernetes",
         )
     return local_resources(settings.allocator_gpus)
 
@@ -73,6 +92,8 @@ def plan_allocation(
         config.max_memory_per_worker,
         allow_gpu=config.use_gpu == "auto",
     )
+    if resources.description:
+        notes.insert(0, f"sized within {resources.description}")
     gpu_note = resources.gpu_note if config.use_gpu == "auto" else "use_gpu is 'never'"
     return recommend_allocation(
         job,

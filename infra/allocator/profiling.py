@@ -113,6 +113,18 @@ class MemoryExhausted(RuntimeError):
     """A worker reached Dask's pause threshold (it stops taking tasks, so the run stalls)."""
 
 
+class WorkerLost(RuntimeError):
+    """A worker the run trained on died or left the cluster."""
+
+
+def lost_workers(client: Any, workers: list[str] | None) -> list[str]:
+    """Those of ``workers`` the scheduler no longer has."""
+    if not workers:
+        return []
+    present = client.scheduler_info(n_workers=-1)["workers"]
+    return [worker for worker in workers if worker not in present]
+
+
 def paused_workers(client: Any) -> list[str]:
     """Workers the scheduler reports as paused for memory."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -125,11 +137,17 @@ def run_watched(
     memory_kills: list[str],
     timeout_s: float | None,
     poll_s: float = 0.5,
+    workers: list[str] | None = None,
 ) -> Any:
     """Run ``action`` in a thread and watch its cluster while it runs.
 
+    Args:
+        workers: The workers the action trains on; one of them leaving the cluster fails the
+            run at once (LightGBM's fixed machine list cannot go on without it).
+
     Raises:
         MemoryExhausted: a worker paused for memory or was restarted by its nanny.
+        WorkerLost: a worker of ``workers`` left the cluster.
         TimeoutError: the action ran past ``timeout_s``.
     """
     outcome: dict[str, Any] = {}
@@ -149,6 +167,12 @@ def run_watched(
             break
         if memory_kills:
             raise MemoryExhausted(memory_kills[0])
+        lost = lost_workers(client, workers)
+        if lost:
+            raise WorkerLost(
+                f"worker {lost[0]} left the Dask cluster mid-training; LightGBM cannot finish "
+                "without it"
+            )
         paused = paused_workers(client)
         if paused:
             raise MemoryExhausted(
@@ -216,8 +240,12 @@ def measure_training(
     *,
     timeout_s: float | None = None,
     scheduler_address: str | None = None,
+    cluster_kind: str = "local",
 ) -> tuple[Any, float, float]:
     """Train on a cluster of ``shape`` and time it.
+
+    On an existing scheduler the run gets ``shape.workers`` of its workers; on a LocalCluster
+    or KubeCluster, a cluster of that shape is built for it.
 
     Returns:
         The trained model, the cluster start-up seconds and the training seconds.
@@ -225,7 +253,7 @@ def measure_training(
     Raises:
         TrainingOutcomeError: when training fails, with the failure's status and elapsed time.
     """
-    from infra.dask_cluster import dask_client
+    from infra.dask_cluster import dask_client, restart_survivors, select_workers
     from tasks.training import train_lightgbm_on_dask
 
     cluster = cluster_config(shape, training.cluster)
@@ -234,14 +262,20 @@ def measure_training(
     startup = 0.0
     with watch_memory_kills() as kills:
         try:
-            with dask_client(cluster, scheduler_address) as client:
+            with dask_client(cluster, scheduler_address, cluster_kind) as client:
+                workers = select_workers(client, shape.workers) if scheduler_address else None
                 startup = time.perf_counter() - started
-                trained = run_watched(
-                    lambda: train_lightgbm_on_dask(client, dataset, config, work_uri),
-                    client,
-                    kills.messages,
-                    timeout_s,
-                )
+                try:
+                    trained = run_watched(
+                        lambda: train_lightgbm_on_dask(client, dataset, config, work_uri, workers),
+                        client,
+                        kills.messages,
+                        timeout_s,
+                        workers=workers,
+                    )
+                except WorkerLost:
+                    restart_survivors(client, workers or [])
+                    raise
         except Exception as error:
             elapsed = time.perf_counter() - started - startup
             status = classify_failure(error, kills.messages)

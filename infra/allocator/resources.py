@@ -29,6 +29,11 @@ class Resources:
     gpu_note: str | None = None
     """Why there is no GPU, when there is none."""
     backend: str = "local"
+    fixed_worker: bool = False
+    """An existing cluster's workers: their threads and memory are what they are, only how many
+    of them a run gets can be chosen."""
+    description: str | None = None
+    """The existing cluster, in words, for the rationale."""
 
 
 def detect_gpus() -> tuple[int, str | None]:
@@ -62,16 +67,62 @@ def local_resources(gpus: int | None = None) -> Resources:
 
 
 def cluster_resources(
-    max_workers: int, threads_per_worker: int, memory_per_worker: str, gpus: int
+    max_workers: int,
+    threads_per_worker: int,
+    memory_per_worker: str,
+    gpus: int,
+    backend: str = "scheduler",
 ) -> Resources:
-    """An existing cluster's limits, from settings (``MLOPS_ALLOCATOR_MAX_WORKERS``...)."""
+    """A cluster's limits from settings (``MLOPS_ALLOCATOR_MAX_WORKERS``...): a KubeCluster's."""
     return Resources(
         max_workers=max_workers,
         max_threads_per_worker=threads_per_worker,
         memory_bytes=max_workers * parse_bytes(memory_per_worker),
         gpus=gpus,
         gpu_note=None if gpus else "the configured cluster has no GPU (MLOPS_ALLOCATOR_GPUS)",
+        backend=backend,
+        description=f"the {backend} cluster's limits (MLOPS_ALLOCATOR_MAX_WORKERS: {max_workers} "
+        f"worker(s) x {threads_per_worker} thread(s), {memory_per_worker} each)",
+    )
+
+
+def existing_cluster_resources(
+    address: str, workers: list[dict], max_workers: int | None = None
+) -> Resources:
+    """A running Dask cluster, from its scheduler's worker list (``scheduler_info()``).
+
+    The run can be given any number of its workers; threads and memory per worker are the
+    smallest worker's, so every selection fits. Workers started with ``--resources GPU=1``
+    count as GPUs.
+
+    Raises:
+        ValueError: when the scheduler has no worker.
+    """
+    if not workers:
+        raise ValueError(f"The Dask scheduler at {address} has no worker: start `dask worker`s.")
+    threads = min(int(w["nthreads"]) for w in workers)
+    memory = min(int(w.get("memory_limit") or psutil.virtual_memory().total) for w in workers)
+    gpus = sum(1 for w in workers if (w.get("resources") or {}).get("GPU"))
+    usable = min(len(workers), max_workers or len(workers))
+    description = (
+        f"the existing Dask cluster at {address} ({len(workers)} worker(s) x {threads} "
+        f"thread(s), {format_bytes(memory)} each"
+        + (
+            f"; MLOPS_ALLOCATOR_MAX_WORKERS lets a run use {usable}"
+            if usable < len(workers)
+            else ""
+        )
+        + ")"
+    )
+    return Resources(
+        max_workers=usable,
+        max_threads_per_worker=threads,
+        memory_bytes=usable * memory,
+        gpus=gpus,
+        gpu_note=None if gpus else "no worker of the cluster has a GPU resource",
         backend="scheduler",
+        fixed_worker=True,
+        description=description,
     )
 
 
@@ -112,6 +163,23 @@ def candidate_shapes(
                 f"{format_bytes(resources.memory_bytes)}, the memory available"
             )
         memory_cap = min(memory_cap, requested)
+    if resources.fixed_worker:  # existing workers: choose how many, not their size
+        memory = resources.memory_bytes // resources.max_workers
+        if max_threads_per_worker is not None or max_memory_per_worker is not None:
+            notes.append(
+                "the use case's per-worker limits do not apply: the existing workers' threads "
+                "and memory are fixed"
+            )
+        return [
+            ClusterShape(
+                workers=n,
+                threads_per_worker=resources.max_threads_per_worker,
+                memory_per_worker_bytes=memory,
+                gpu=gpu,
+            )
+            for n in range(1, workers + 1)
+            for gpu in ((False, True) if allow_gpu and n <= resources.gpus else (False,))
+        ], notes
     shapes = []
     for n in range(1, workers + 1):
         for t in range(1, threads + 1):

@@ -222,13 +222,13 @@ def test_deadline_and_budget_constrain_the_pick():
 # ---------------------------------------------------------------- the history store
 
 
-def test_history_round_trips_through_csv_and_parquet(tmp_path):
-    store = HistoryStore(f"sqlite:///{tmp_path / 'a.db'}")
+def test_history_round_trips_through_csv_and_parquet(tmp_path, database_url):
+    store = HistoryStore(database_url())
     runs = history_of({"one": job()})
     store.add_all(runs)
     for name in ("runs.csv", "runs.parquet"):
         assert export_history(store, tmp_path / name) == len(runs)
-        other = HistoryStore(f"sqlite:///{tmp_path / (name + '.db')}")
+        other = HistoryStore(database_url())
         assert import_history(other, tmp_path / name) == len(runs)
         back = {r.run_id: r for r in other.runs()}
         for run in runs:
@@ -238,9 +238,9 @@ def test_history_round_trips_through_csv_and_parquet(tmp_path):
     assert list(pd.read_csv(tmp_path / "runs.csv").columns) == list(COLUMNS)
 
 
-def test_a_corrupt_row_names_row_and_field_and_imports_nothing(tmp_path):
-    store = HistoryStore(f"sqlite:///{tmp_path / 'a.db'}")
-    source = HistoryStore(f"sqlite:///{tmp_path / 'b.db'}")
+def test_a_corrupt_row_names_row_and_field_and_imports_nothing(tmp_path, database_url):
+    store = HistoryStore(database_url())
+    source = HistoryStore(database_url())
     source.add_all(history_of({"one": job()}))
     export_history(source, tmp_path / "runs.csv")
     frame = pd.read_csv(tmp_path / "runs.csv")

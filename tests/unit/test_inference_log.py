@@ -86,8 +86,8 @@ def test_queued_requests_are_converted_then_written_together(tmp_path):
     assert log.flush() == [] and log.counters.written_rows == 8
 
 
-def test_the_sql_sink_writes_rows_the_monitor_reads_back(tmp_path):
-    url = f"sqlite:///{tmp_path / 'log.db'}"
+def test_the_sql_sink_writes_rows_the_monitor_reads_back(database_url):
+    url = database_url()
     log = InferenceLog(SqlSink(url))
     record_three_requests(log)
     log.flush()
@@ -99,7 +99,7 @@ def test_the_sql_sink_writes_rows_the_monitor_reads_back(tmp_path):
     assert str(rows["logged_at"].dt.tz) == "UTC"
     later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
     assert load_sql_window(url, "fraud", later).empty  # the window bounds the rows
-    assert load_sql_window(f"sqlite:///{tmp_path / 'empty.db'}", "fraud", START).empty
+    assert load_sql_window(database_url(), "fraud", START).empty
 
 
 def test_sampling_the_bounded_queue_and_a_failing_sink_never_raise(tmp_path, caplog):
