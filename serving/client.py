@@ -6,8 +6,11 @@ which server did not answer or refused.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -115,3 +118,25 @@ def _message(reply: httpx.Response) -> str:
         return str(reply.json().get("message", reply.text))[:300]
     except ValueError:
         return reply.text[:300]
+
+
+def replica_urls(url: str) -> list[str]:
+    """One URL per IPv4 address the URL's host name resolves to: every ready pod behind a
+    Kubernetes headless Service. An IP literal, or a name with one address, stays as it is;
+    a name that does not resolve too (the reload then fails on it, naming it)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return [url]
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, parts.port, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return [url]
+    addresses = sorted({info[4][0] for info in found})
+    if len(addresses) <= 1:
+        return [url]
+    port = f":{parts.port}" if parts.port else ""
+    return [parts._replace(netloc=f"{address}{port}").geturl() for address in addresses]

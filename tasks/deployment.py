@@ -29,7 +29,7 @@ from mlops.settings import get_settings
 from model_registry import tracking
 from model_registry.promotion import Promotion, promote_to_champion, roll_back_promotion
 from model_registry.registry import RegisteredVersion
-from serving.client import InstanceError, request_reload, score, served_model
+from serving.client import InstanceError, replica_urls, request_reload, score, served_model
 from serving.loader import load_served_model
 from serving.payload import Rows
 from tasks.preprocessing import read_split
@@ -218,11 +218,14 @@ def held_out_rows(dataset: DatasetRef, count: int) -> pd.DataFrame:
 def instances_of(model: str) -> list[str]:
     """The configured serving instances (``MLOPS_SERVING_URLS``) that serve ``model``.
 
-    An instance serving another model is left alone (one stack can serve several use cases);
-    one that does not answer is kept, so the reload fails on it and the deploy rolls back.
+    A host name with several addresses (a Kubernetes headless Service) stands for each of
+    them, so every replica is reloaded and checked. An instance serving another model is left
+    alone (one stack can serve several use cases); one that does not answer is kept, so the
+    reload fails on it and the deploy rolls back.
     """
     kept = []
-    for url in get_settings().serving_instances:
+    urls = [replica for url in get_settings().serving_instances for replica in replica_urls(url)]
+    for url in urls:
         name = served_model(url)
         if name is not None and name != model:
             logger.info("%s serves %s, not %s: not reloading it", url, name, model)

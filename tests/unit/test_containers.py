@@ -461,20 +461,23 @@ def test_training_pools_get_more_resources_and_the_gpu_pool_a_gpu():
 # ---------------------------------------------------------------- Kubernetes serving
 
 
-def test_the_serving_service_routes_to_the_deployments_pods_on_5001():
-    kinds = {doc["kind"]: doc for doc in SERVING_DOCS}
-    assert set(kinds) == {"Deployment", "Service"}
-    deployment, service = kinds["Deployment"], kinds["Service"]
+def test_the_serving_services_route_to_the_deployments_pods_on_5001():
+    (deployment,) = [doc for doc in SERVING_DOCS if doc["kind"] == "Deployment"]
+    services = {doc["metadata"]["name"]: doc for doc in SERVING_DOCS if doc["kind"] == "Service"}
+    assert len(SERVING_DOCS) == 3
     pod = deployment["spec"]["template"]
     labels = pod["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert service["spec"]["selector"].items() <= labels.items()
     (container,) = pod["spec"]["containers"]
     ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
-    (port,) = service["spec"]["ports"]
-    target = port["targetPort"]
-    assert port["port"] == (ports[target] if isinstance(target, str) else target) == 5001
-    assert service["spec"]["type"] == "ClusterIP"
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= labels.items()
+        (port,) = service["spec"]["ports"]
+        target = port["targetPort"]
+        assert port["port"] == (ports[target] if isinstance(target, str) else target) == 5001
+    assert services["prefect-mlops-serving"]["spec"]["type"] == "ClusterIP"
+    # The deploy stage reloads every replica through the headless one (one address per pod).
+    assert services["prefect-mlops-serving-replicas"]["spec"]["clusterIP"] == "None"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         check = container[probe]["httpGet"]
         assert check["path"] == "/health" and ports.get(check["port"], check["port"]) == 5001

@@ -39,3 +39,26 @@ def test_a_slow_target_fails_with_the_budget_named():
     assert check.detail.startswith(
         "http://a: single-row p95 latency 500.0 ms is over the budget of 10 ms"
     )
+
+
+def test_a_headless_service_name_stands_for_each_replica(monkeypatch):
+    import socket
+
+    from serving.client import replica_urls
+
+    assert replica_urls("http://127.0.0.1:5001") == ["http://127.0.0.1:5001"]
+    assert replica_urls("http://localhost:5001") == ["http://localhost:5001"]  # one IPv4 address
+    assert replica_urls("http://no-such-host.invalid:5001") == ["http://no-such-host.invalid:5001"]
+
+    def two_pods(host, port, *args):  # what cluster DNS answers for a headless Service
+        assert host == "serving-replicas.mlops.svc"
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))
+            for ip in ("10.1.0.7", "10.1.0.5")
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_pods)
+    assert replica_urls("http://serving-replicas.mlops.svc:5001") == [
+        "http://10.1.0.5:5001",
+        "http://10.1.0.7:5001",
+    ]
