@@ -32,8 +32,8 @@ def scheduler_workers(address: str) -> list[dict]:
     Raises:
         ClusterUnavailable: when the scheduler does not answer within 30 s.
     """
-    try:
-        with Client(address, timeout=CONNECT_TIMEOUT) as client:
+    try:  # not the default client: it must not change dask's scheduler for this process
+        with Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False) as client:
             workers = client.scheduler_info(n_workers=-1)["workers"]
     except (OSError, TimeoutError) as error:
         raise ClusterUnavailable(

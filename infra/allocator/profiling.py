@@ -125,6 +125,21 @@ def lost_workers(client: Any, workers: list[str] | None) -> list[str]:
     return [worker for worker in workers if worker not in present]
 
 
+def wait_for_lost_workers(
+    client: Any, workers: list[str] | None, grace_s: float = 3.0
+) -> list[str]:
+    """The run's workers that left the cluster, allowing the scheduler ``grace_s`` to notice.
+
+    When a worker dies, its peers' sockets can fail a moment before the scheduler removes it.
+    """
+    deadline = time.monotonic() + grace_s
+    while True:
+        lost = lost_workers(client, workers)
+        if lost or not workers or time.monotonic() >= deadline:
+            return lost
+        time.sleep(0.2)
+
+
 def paused_workers(client: Any) -> list[str]:
     """Workers the scheduler reports as paused for memory."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -273,9 +288,17 @@ def measure_training(
                         timeout_s,
                         workers=workers,
                     )
-                except WorkerLost:
+                except Exception as error:
+                    lost = wait_for_lost_workers(client, workers)
+                    if not lost:
+                        raise
                     restart_survivors(client, workers or [])
-                    raise
+                    if isinstance(error, WorkerLost):
+                        raise
+                    raise WorkerLost(  # LightGBM's socket error on a survivor came first
+                        f"worker {lost[0]} left the Dask cluster mid-training; LightGBM cannot "
+                        f"finish without it ({type(error).__name__}: {error})"
+                    ) from error
         except Exception as error:
             elapsed = time.perf_counter() - started - startup
             status = classify_failure(error, kills.messages)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import pytest
 from distributed import Client, get_task_stream
 from mlflow.tracking import MlflowClient
@@ -63,7 +64,7 @@ class ProcessCluster:
         return self.workers[name]
 
     def wait_for_workers(self, count: int, seconds: float = 60) -> None:
-        with Client(self.address, timeout="30s") as client:
+        with Client(self.address, timeout="30s", set_as_default=False) as client:
             client.wait_for_workers(count, timeout=seconds)
 
     def stop(self) -> None:
@@ -89,6 +90,15 @@ def cluster(tmp_path_factory) -> Iterator[ProcessCluster]:
         processes.stop()
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_default_scheduler():
+    """Clients made here must leave dask's process-wide scheduler setting as they found it
+    (later tests run Dask in-process)."""
+    before = dask.config.get("scheduler", None)
+    yield
+    assert dask.config.get("scheduler", None) == before
+
+
 @pytest.fixture
 def on_cluster(cluster, monkeypatch) -> ProcessCluster:
     monkeypatch.setenv("MLOPS_DASK_SCHEDULER_ADDRESS", cluster.address)
@@ -100,7 +110,10 @@ def on_cluster(cluster, monkeypatch) -> ProcessCluster:
 def train_part_workers(address: str) -> Iterator[set[str]]:
     """The workers that run a LightGBM training part meanwhile (the scheduler's task stream)."""
     used: set[str] = set()
-    with Client(address, timeout="30s") as client, get_task_stream(client) as stream:
+    with (
+        Client(address, timeout="30s", set_as_default=False) as client,
+        get_task_stream(client) as stream,
+    ):
         yield used
     used.update(task["worker"] for task in stream.data if "_train_part" in task["key"])
 
@@ -129,7 +142,7 @@ def test_the_allocator_sizes_the_run_within_the_existing_cluster(
 
 def kill_a_worker_once_training_starts(cluster: ProcessCluster, killed: dict) -> None:
     """SIGKILL the first worker seen running a LightGBM training part."""
-    with Client(cluster.address, timeout="30s") as client:
+    with Client(cluster.address, timeout="30s", set_as_default=False) as client:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             for worker, keys in client.processing().items():
