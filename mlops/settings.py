@@ -103,10 +103,15 @@ class Settings(BaseSettings):
     allocator_max_workers: int | None = Field(
         default=None,
         ge=1,
-        description="Workers the existing Dask cluster can give a run (with a scheduler address).",
+        description="The most workers one run may get: of an existing scheduler's (default: all), "
+        "or of a KubeCluster (default: training.cluster.n_workers).",
     )
-    allocator_threads_per_worker: int = Field(default=1, ge=1, description="...their threads.")
-    allocator_memory_per_worker: str = Field(default="4GiB", description="...their memory.")
+    allocator_threads_per_worker: int = Field(
+        default=1, ge=1, description="Threads per KubeCluster worker at most."
+    )
+    allocator_memory_per_worker: str = Field(
+        default="4GiB", description="Memory per KubeCluster worker at most."
+    )
     allocator_gpus: int | None = Field(
         default=None, ge=0, description="GPUs the allocator may use; default: count nvidia-smi's."
     )
