@@ -38,6 +38,7 @@ def test_the_mlflow_server_on_postgres_and_object_storage_behind_basic_auth(tmp_
     assert len(launch.env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) >= 32
     ini = (tmp_path / "mlflow-auth" / "basic_auth.ini").read_text()
     assert "mlflow_auth" in ini and "admin_username = admin" in ini
+    assert "auth_cache_ttl_seconds = 60" in ini
     assert "a-long-enough-secret" not in ini  # the password stays in the environment
 
 
