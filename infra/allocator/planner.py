@@ -115,7 +115,11 @@ def fixed_allocation(
     workers = min(cluster.n_workers, resources.max_workers)
     threads = min(cluster.threads_per_worker, resources.max_threads_per_worker)
     memory = parse_bytes(cluster.memory_limit)
-    if (workers, threads) != (cluster.n_workers, cluster.threads_per_worker):
+    if resources.fixed_worker:  # an existing cluster's workers are the size they are
+        threads = resources.max_threads_per_worker
+        memory = resources.memory_bytes // resources.max_workers
+        notes.append(f"{workers} worker(s) of {resources.description}, at their own size")
+    elif (workers, threads) != (cluster.n_workers, cluster.threads_per_worker):
         notes.append(
             f"training.cluster asks for {cluster.n_workers}x{cluster.threads_per_worker}; capped "
             f"at {workers}x{threads}, all the {resources.backend} cluster has"

@@ -190,7 +190,8 @@ def test_a_worker_killed_mid_training_fails_the_run_cleanly_and_a_retry_succeeds
     assert client.search_model_versions(f"name='{config.model.name}'") == []  # nothing registered
     store = open_history(get_settings())
     try:
-        assert [(r.status, r.workers) for r in store.runs(config.name)] == [("killed", 2)]
+        runs = [(r.status, r.workers, r.memory_per_worker_bytes) for r in store.runs(config.name)]
+        assert runs == [("killed", 2, WORKER_MEMORY)]  # the workers as they are
     finally:
         store.close()
 
