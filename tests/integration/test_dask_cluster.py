@@ -183,6 +183,7 @@ def test_a_worker_killed_mid_training_fails_the_run_cleanly_and_a_retry_succeeds
     failed_at = time.monotonic()
     killer.join()
     assert killed, "no worker was seen training"
+    print(f"the run failed {failed_at - killed['at']:.1f}s after the kill")
     assert failed_at - killed["at"] < 60  # bounded: well inside LightGBM's 1-minute time_out
 
     uri = tracking_uri_for(config)
