@@ -27,7 +27,7 @@ class ClusterUnavailable(MlopsError):
 
 
 def scheduler_workers(address: str) -> list[dict]:
-    """The workers an existing scheduler has now: address, name, threads, memory, resources.
+    """What each worker of an existing scheduler reports now: threads, memory, resources...
 
     Raises:
         ClusterUnavailable: when the scheduler does not answer within 30 s.
@@ -40,7 +40,7 @@ def scheduler_workers(address: str) -> list[dict]:
             f"The Dask scheduler at {address} (MLOPS_DASK_SCHEDULER_ADDRESS) did not answer: "
             f"{error}"
         ) from error
-    return [{"address": address, **info} for address, info in sorted(workers.items())]
+    return [workers[worker] for worker in sorted(workers)]
 
 
 def select_workers(client: Client, count: int) -> list[str]:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.stack import console_script
 from mlops.errors import MlopsError
 from mlops.settings import Settings
 
@@ -91,7 +90,7 @@ def mlflow_server_launch(
         UnsafeServerSettings: when the admin password is unsafe.
     """
     command = [
-        _mlflow_bin(),
+        console_script("mlflow"),
         "server",
         "--backend-store-uri",
         settings.resolved_backend_store_uri,
@@ -106,8 +105,7 @@ def mlflow_server_launch(
         command += ["--artifacts-destination", settings.mlflow_artifacts_destination]
         command += ["--default-artifact-root", "mlflow-artifacts:/"]
     else:
-        root = settings.mlflow_artifact_root or (settings.home_dir / "mlflow-artifacts").as_uri()
-        command += ["--default-artifact-root", root]
+        command += ["--default-artifact-root", settings.default_artifact_root]
     password = settings.mlflow_admin_password
     if password is None:
         return MlflowServerLaunch(command)
@@ -122,7 +120,3 @@ def mlflow_server_launch(
         or secrets.token_urlsafe(32),
     }
     return MlflowServerLaunch([*command, "--app-name", "basic-auth"], env, authenticated=True)
-
-
-def _mlflow_bin() -> str:
-    return shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"

@@ -20,20 +20,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
 import yaml
 from pydantic import BaseModel
 
-from infra.mlflow_server import MlflowServerLaunch, mlflow_server_launch
 from mlops.errors import MlopsError
-from mlops.settings import QUIET_ENVIRONMENT, get_settings
+from mlops.settings import QUIET_ENVIRONMENT, client_credentials, get_settings
+
+if TYPE_CHECKING:
+    from infra.mlflow_server import MlflowServerLaunch
 
 PREFECT_SERVER = "prefect-server"
 MLFLOW_SERVER = "mlflow-server"
@@ -315,22 +317,6 @@ KEPT_VARIABLES = frozenset(
 servers store their data and the credentials to reach them."""
 
 
-def client_credentials(env: Mapping[str, str]) -> dict[str, str]:
-    """Credentials the stack's clients need for its own servers, when the caller set none.
-
-    The server's auth string is the clients' one; with the MLflow auth app on (an admin
-    password in ``MLOPS_MLFLOW_ADMIN_PASSWORD``), the stack's processes sign in as its admin.
-    """
-    added = {}
-    if env.get("PREFECT_SERVER_API_AUTH_STRING") and not env.get("PREFECT_API_AUTH_STRING"):
-        added["PREFECT_API_AUTH_STRING"] = env["PREFECT_SERVER_API_AUTH_STRING"]
-    password = get_settings().mlflow_admin_password
-    if password is not None and not env.get("MLFLOW_TRACKING_USERNAME"):
-        added["MLFLOW_TRACKING_USERNAME"] = get_settings().mlflow_admin_username
-        added["MLFLOW_TRACKING_PASSWORD"] = password.get_secret_value()
-    return added
-
-
 def base_env(state: StackState) -> dict[str, str]:
     """Environment shared by every process of the stack."""
     home = Path(state.home)
@@ -342,7 +328,7 @@ def base_env(state: StackState) -> dict[str, str]:
         if k in KEPT_VARIABLES or not k.startswith(("PREFECT_", "MLFLOW_"))
     }
     env.update(QUIET_ENVIRONMENT)
-    env.update(client_credentials(env))
+    env.update(client_credentials(env, get_settings()))
     env.update(
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_API_URL=state.prefect_api_url,
@@ -354,7 +340,7 @@ def base_env(state: StackState) -> dict[str, str]:
     return env
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this environment (the same virtualenv as ``mlops``)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
@@ -362,7 +348,7 @@ def _bin(name: str) -> str:
 
 def prefect_server_command(state: StackState) -> list[str]:
     return [
-        _bin("prefect"),
+        console_script("prefect"),
         "server",
         "start",
         "--host",
@@ -374,13 +360,15 @@ def prefect_server_command(state: StackState) -> list[str]:
 
 def mlflow_server_launch_for(state: StackState) -> MlflowServerLaunch:
     """The stack's MLflow server: backend store, artifacts and auth from settings."""
+    from infra.mlflow_server import mlflow_server_launch
+
     settings = get_settings().model_copy(update={"home": Path(state.home)})
     return mlflow_server_launch(settings, state.host, state.mlflow_port)
 
 
 def serving_command(state: StackState) -> list[str]:
     return [
-        _bin("mlops"),
+        console_script("mlops"),
         "serve",
         state.serving_model,
         "--host",
@@ -401,7 +389,7 @@ def serving_env(state: StackState) -> dict[str, str]:
 
 def worker_command(pool: str) -> list[str]:
     return [
-        _bin("prefect"),
+        console_script("prefect"),
         "worker",
         "start",
         "--pool",
@@ -686,7 +674,14 @@ def deploy_project(state: StackState, prefect_file: str = "prefect.yaml") -> int
     log = stack_dir(Path(state.home)) / "logs" / "deploy.log"
     env = base_env(state)
     env.pop("MLOPS_PROJECT_DIR")  # resolved by each worker at run time, not baked in
-    command = [_bin("prefect"), "deploy", "--all", "--no-prompt", "--prefect-file", prefect_file]
+    command = [
+        console_script("prefect"),
+        "deploy",
+        "--all",
+        "--no-prompt",
+        "--prefect-file",
+        prefect_file,
+    ]
     done = subprocess.run(
         command, cwd=state.project_dir, env=env, capture_output=True, text=True, timeout=600
     )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -249,9 +247,10 @@ def ui(
         return
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    from infra.stack import console_script
+
     command = [
-        mlflow_bin,
+        console_script("mlflow"),
         "ui",
         "--backend-store-uri",
         uri,

@@ -8,6 +8,7 @@ point the same code at real servers.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -191,21 +192,29 @@ class Settings(BaseSettings):
     @property
     def resolved_tracking_uri(self) -> str:
         """The MLflow tracking URI in use."""
-        return self.tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+        return self.tracking_uri or self.local_mlflow_uri
+
+    @property
+    def local_mlflow_uri(self) -> str:
+        """The SQLite MLflow store under home: the default tracking URI and backend store."""
+        return f"sqlite:///{self.home_dir / 'mlflow.db'}"
 
     @property
     def resolved_backend_store_uri(self) -> str:
         """The backend store of the MLflow server we start."""
-        return self.mlflow_backend_store_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+        return self.mlflow_backend_store_uri or self.local_mlflow_uri
+
+    @property
+    def default_artifact_root(self) -> str:
+        """Where MLflow artifacts go unless a server says otherwise: the setting, or home."""
+        root = self.mlflow_artifact_root or (self.home_dir / "mlflow-artifacts").as_uri()
+        return root.rstrip("/")
 
     @property
     def experiment_artifact_root(self) -> str | None:
         """Where experiments created by the pipeline keep their artifacts (None: the server's)."""
-        if self.mlflow_artifact_root:
-            return self.mlflow_artifact_root.rstrip("/")
-        if self.resolved_tracking_uri.startswith(("http://", "https://")):
-            return None
-        return (self.home_dir / "mlflow-artifacts").as_uri()
+        remote = self.resolved_tracking_uri.startswith(("http://", "https://"))
+        return None if remote and not self.mlflow_artifact_root else self.default_artifact_root
 
     @property
     def resolved_dask_cluster(self) -> str:
@@ -248,9 +257,7 @@ def configure_environment(settings: Settings) -> None:
     Prefect is imported.
     """
     use_local_stack(settings)
-    from infra.stack import client_credentials
-
-    for name, value in client_credentials(os.environ).items():
+    for name, value in client_credentials(os.environ, settings).items():
         os.environ.setdefault(name, value)
     if "PREFECT_HOME" not in os.environ:
         prefect_home = settings.home_dir / "prefect"
@@ -260,6 +267,22 @@ def configure_environment(settings: Settings) -> None:
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("MPLCONFIGDIR", str(settings.home_dir / "cache" / "matplotlib"))
+
+
+def client_credentials(env: Mapping[str, str], settings: Settings) -> dict[str, str]:
+    """Credentials our clients need for servers we start, when ``env`` has none of its own.
+
+    The Prefect server's auth string is its clients' one; with the MLflow auth app on (an
+    admin password in ``MLOPS_MLFLOW_ADMIN_PASSWORD``), our processes sign in as its admin.
+    """
+    added = {}
+    if env.get("PREFECT_SERVER_API_AUTH_STRING") and not env.get("PREFECT_API_AUTH_STRING"):
+        added["PREFECT_API_AUTH_STRING"] = env["PREFECT_SERVER_API_AUTH_STRING"]
+    password = settings.mlflow_admin_password
+    if password is not None and not env.get("MLFLOW_TRACKING_USERNAME"):
+        added["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_admin_username
+        added["MLFLOW_TRACKING_PASSWORD"] = password.get_secret_value()
+    return added
 
 
 def use_local_stack(settings: Settings) -> bool:

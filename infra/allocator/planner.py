@@ -117,7 +117,7 @@ def fixed_allocation(
     memory = parse_bytes(cluster.memory_limit)
     if resources.fixed_worker:  # an existing cluster's workers are the size they are
         threads = resources.max_threads_per_worker
-        memory = resources.memory_bytes // resources.max_workers
+        memory = resources.worker_memory_bytes
         notes.append(f"{workers} worker(s) of {resources.description}, at their own size")
     elif (workers, threads) != (cluster.n_workers, cluster.threads_per_worker):
         notes.append(

@@ -117,6 +117,15 @@ class WorkerLost(RuntimeError):
     """A worker the run trained on died or left the cluster."""
 
 
+def worker_lost(worker: str, cause: BaseException | None = None) -> WorkerLost:
+    """The error for a run whose worker left the cluster, with the error it caused, if any."""
+    seen = f" ({type(cause).__name__}: {cause})" if cause else ""
+    return WorkerLost(
+        f"worker {worker} left the Dask cluster mid-training; LightGBM cannot finish without "
+        f"it{seen}"
+    )
+
+
 def lost_workers(client: Any, workers: list[str] | None) -> list[str]:
     """Those of ``workers`` the scheduler no longer has."""
     if not workers:
@@ -162,7 +171,8 @@ def run_watched(
 
     Raises:
         MemoryExhausted: a worker paused for memory or was restarted by its nanny.
-        WorkerLost: a worker of ``workers`` left the cluster.
+        WorkerLost: a worker of ``workers`` left the cluster (also when the action's own
+            error, e.g. LightGBM's socket error on a survivor, came first).
         TimeoutError: the action ran past ``timeout_s``.
     """
     outcome: dict[str, Any] = {}
@@ -184,10 +194,7 @@ def run_watched(
             raise MemoryExhausted(memory_kills[0])
         lost = lost_workers(client, workers)
         if lost:
-            raise WorkerLost(
-                f"worker {lost[0]} left the Dask cluster mid-training; LightGBM cannot finish "
-                "without it"
-            )
+            raise worker_lost(lost[0])
         paused = paused_workers(client)
         if paused:
             raise MemoryExhausted(
@@ -196,6 +203,9 @@ def run_watched(
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise TimeoutError(f"training did not finish within {timeout_s:.0f}s")
     if "error" in outcome:
+        lost = wait_for_lost_workers(client, workers)  # a dying peer's socket error comes first
+        if lost:
+            raise worker_lost(lost[0], outcome["error"]) from outcome["error"]
         raise outcome["error"]
     return outcome.get("value")
 
@@ -288,17 +298,9 @@ def measure_training(
                         timeout_s,
                         workers=workers,
                     )
-                except Exception as error:
-                    lost = wait_for_lost_workers(client, workers)
-                    if not lost:
-                        raise
+                except WorkerLost:
                     restart_survivors(client, workers or [])
-                    if isinstance(error, WorkerLost):
-                        raise
-                    raise WorkerLost(  # LightGBM's socket error on a survivor came first
-                        f"worker {lost[0]} left the Dask cluster mid-training; LightGBM cannot "
-                        f"finish without it ({type(error).__name__}: {error})"
-                    ) from error
+                    raise
         except Exception as error:
             elapsed = time.perf_counter() - started - startup
             status = classify_failure(error, kills.messages)

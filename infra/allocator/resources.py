@@ -35,6 +35,11 @@ class Resources:
     description: str | None = None
     """The existing cluster, in words, for the rationale."""
 
+    @property
+    def worker_memory_bytes(self) -> int:
+        """Memory of one worker when every worker gets the same share (an existing cluster's)."""
+        return self.memory_bytes // self.max_workers
+
 
 def detect_gpus() -> tuple[int, str | None]:
     """GPUs visible through ``nvidia-smi``, with a reason when there are none."""
@@ -164,7 +169,6 @@ def candidate_shapes(
             )
         memory_cap = min(memory_cap, requested)
     if resources.fixed_worker:  # existing workers: choose how many, not their size
-        memory = resources.memory_bytes // resources.max_workers
         if max_threads_per_worker is not None or max_memory_per_worker is not None:
             notes.append(
                 "the use case's per-worker limits do not apply: the existing workers' threads "
@@ -174,7 +178,7 @@ def candidate_shapes(
             ClusterShape(
                 workers=n,
                 threads_per_worker=resources.max_threads_per_worker,
-                memory_per_worker_bytes=memory,
+                memory_per_worker_bytes=resources.worker_memory_bytes,
                 gpu=gpu,
             )
             for n in range(1, workers + 1)

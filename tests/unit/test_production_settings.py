@@ -8,9 +8,8 @@ import pytest
 from infra.allocator.resources import candidate_shapes, existing_cluster_resources
 from infra.dask_cluster import ClusterUnavailable, kube_cluster_spec
 from infra.mlflow_server import mlflow_server_launch
-from infra.stack import client_credentials
 from mlops.config import ClusterConfig
-from mlops.settings import Settings
+from mlops.settings import Settings, client_credentials
 
 GIB = 2**30
 PG = "postgresql://mlflow:pw@db.internal:5432/mlflow"
@@ -95,16 +94,13 @@ def test_the_kubecluster_gets_the_allocated_shape():
         kube_cluster_spec(ClusterConfig(), None)
 
 
-def test_clients_of_the_stack_get_its_credentials_unless_they_have_their_own(monkeypatch):
-    monkeypatch.setenv("MLOPS_MLFLOW_ADMIN_PASSWORD", "a-long-enough-secret")
-    from mlops.settings import get_settings
-
-    get_settings.cache_clear()
-    added = client_credentials({"PREFECT_SERVER_API_AUTH_STRING": "admin:x"})
+def test_clients_of_the_stack_get_its_credentials_unless_they_have_their_own(tmp_path):
+    settings = Settings(home=tmp_path, mlflow_admin_password="a-long-enough-secret")
+    added = client_credentials({"PREFECT_SERVER_API_AUTH_STRING": "admin:x"}, settings)
     assert added == {
         "PREFECT_API_AUTH_STRING": "admin:x",
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": "a-long-enough-secret",
     }
     own = {"PREFECT_API_AUTH_STRING": "ci:y", "MLFLOW_TRACKING_USERNAME": "ci"}
-    assert client_credentials(own) == {}
+    assert client_credentials(own, settings) == {}
