@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-integration test-stack lint format ui benchmark benchmark-allocator benchmark-serving serve lock clean
+.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-integration test-stack reliability lint format ui benchmark benchmark-allocator benchmark-serving serve lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -59,6 +59,11 @@ test-integration: $(STAMP) postgres  ## Integration tests against real Prefect, 
 
 test-stack: $(STAMP) browser  ## The local stack end to end: deployments, a killed worker, the UIs
 	$(BIN)/python -m pytest tests/stack
+
+reliability: $(STAMP) postgres  ## Every failure scenario, the long ones included (~30 min); rewrites docs/reliability.md
+	rm -rf test-artifacts/reliability
+	$(BIN)/python -m pytest tests -m reliability ; status=$$? ; \
+	$(BIN)/python -m tests.reliability.report && exit $$status
 
 lint: $(STAMP)  ## ruff check + format check
 	$(BIN)/ruff check .

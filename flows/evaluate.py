@@ -1,4 +1,4 @@
-"""Evaluate stage: the logged model, loaded through MLflow, scored on the test split."""
+"""Evaluate stage: the logged model, loaded from its files in MLflow, scored on the test split."""
 
 from __future__ import annotations
 
@@ -18,5 +18,5 @@ def evaluate_flow(
     parent_run_id: str | None = None,
 ) -> EvaluationResult:
     """Compute test-split metrics of the trained model and log them with plots."""
-    targets, scores = score_model_task(training.model_uri, dataset, "test")
+    targets, scores = score_model_task(config, training.model_uri, dataset, "test")
     return log_evaluation_task(config, dataset, training, targets, scores, parent_run_id)

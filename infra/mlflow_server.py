@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,12 +71,37 @@ def write_auth_config(settings: Settings) -> Path:
         "default_permission = READ\n"
         f"database_uri = {database}\n"
         f"admin_username = {settings.mlflow_admin_username}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "# MLflow's basic auth, plus: an experiment's artifact location must lie under the\n"
+        "# server's artifact root (else any signed-in user could make the server write anywhere),\n"
+        "# and other Authorization schemes get 401 (see infra/mlflow_auth.py).\n"
+        "authorization_function = infra.mlflow_auth:authenticate\n"
         "# A verified user:password is trusted for 60 s per server worker instead of re-running\n"
         "# the password hash on every request; a changed password takes up to 60 s to apply.\n"
         "auth_cache_ttl_seconds = 60\n"
     )
     return path
+
+
+def sqlite_store_env(backend_store_uri: str) -> dict[str, str]:
+    """For a SQLite backend store: write-ahead logging on the file and no connection pool.
+
+    Under many concurrent clients (20 pipelines registering at once) MLflow's server ran out
+    of its pooled connections while writers queued for SQLite's lock, and answered
+    ``BAD_REQUEST: QueuePool limit ... reached`` to requests that were fine (8 of 40
+    registrations in one measured burst). Without a pool each request opens its own
+    connection and waits on SQLite's busy timeout instead; in write-ahead-log mode readers
+    never wait for the writer. Both are no-ops for other databases.
+
+    Returns:
+        Variables for the server's environment (none for other databases).
+    """
+    if not backend_store_uri.startswith("sqlite:///"):
+        return {}
+    path = Path(backend_store_uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as connection:  # the mode is kept in the file
+        connection.execute("PRAGMA journal_mode=WAL")
+    return {"MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}
 
 
 def mlflow_server_launch(
@@ -105,13 +131,17 @@ def mlflow_server_launch(
         command += ["--artifacts-destination", settings.mlflow_artifacts_destination]
         command += ["--default-artifact-root", "mlflow-artifacts:/"]
     else:
+        # Clients write to the artifact root directly. The server's upload endpoint
+        # (mlflow-artifacts:/) writes there too, not to ./mlartifacts in its working directory.
         command += ["--default-artifact-root", settings.default_artifact_root]
+        command += ["--artifacts-destination", settings.default_artifact_root]
+    store_env = sqlite_store_env(settings.resolved_backend_store_uri)
     password = settings.mlflow_admin_password
     if password is None:
-        return MlflowServerLaunch(command)
+        return MlflowServerLaunch(command, store_env)
     check_admin_password(settings.mlflow_admin_username, password.get_secret_value())
     config = write_auth_config(settings)
-    env = {
+    env = store_env | {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_AUTH_ADMIN_PASSWORD": password.get_secret_value(),
         # The auth app's CSRF key: the caller's (shared by replicas behind a load balancer),

@@ -3,7 +3,10 @@
 Every process is started in the background in its own process group, bound to loopback, with
 its log under ``<home>/stack/logs/`` and its pid (and start time, so a reused pid is never
 mistaken for ours) in ``<home>/stack/stack.json``. ``mlops down`` stops exactly those groups.
-``mlops up`` is idempotent: what is already running is kept, what died is started again.
+``mlops up`` is idempotent: what is already running is kept, what died is started again. It
+checks every port it needs before starting anything, and if it fails part-way it stops what it
+started itself (what ran before it stays). The supervisor (``infra/supervisor.py``), started last,
+restarts a server or worker that dies. Whatever changes the stack holds ``<home>/stack/stack.lock``.
 
 The serving instance (``mlops serve <model> --wait-for-model``) starts before the model has a
 champion and loads it when the deploy stage tells it to: the deploy-pool worker gets its URL
@@ -12,6 +15,7 @@ and the admin token the stack generated (kept in ``stack.json``, readable by its
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
@@ -31,7 +35,8 @@ import psutil
 import yaml
 from pydantic import BaseModel
 
-from mlops.errors import MlopsError
+from infra.prefect_sqlite import sqlite_server_env
+from mlops.errors import EnvironmentFailure
 from mlops.settings import QUIET_ENVIRONMENT, client_credentials, get_settings
 
 if TYPE_CHECKING:
@@ -40,17 +45,28 @@ if TYPE_CHECKING:
 PREFECT_SERVER = "prefect-server"
 MLFLOW_SERVER = "mlflow-server"
 SERVING = "serving"
+SERVERS = (PREFECT_SERVER, MLFLOW_SERVER, SERVING)
+"""In the order they must come up: workers need Prefect, the serving instance needs MLflow."""
 SERVING_POLL_SECONDS = 10
 """How often the stack's serving instance checks the champion alias (besides deploy's reload)."""
 WORKER_PREFIX = "worker:"
 WORKER_POLL_SECONDS = 2
 """How often a stack worker asks its pool for runs (Prefect's default is 10 s)."""
+SUPERVISOR = "supervisor"
+SERVER_START_SECONDS = 120
+"""How long a server may take to answer its health check (the serving instance loads the
+champion, if there is one, before it answers)."""
+WORKER_START_SECONDS = 60
+"""How long a worker may take to report to its pool."""
+RESTART_LIMIT = 5
+RESTART_WINDOW_SECONDS = 600
+"""The supervisor gives up on a component restarted RESTART_LIMIT times in this window."""
+LOCK_SECONDS = 600
+"""How long ``mlops up`` and ``mlops down`` wait for another command holding the stack's lock."""
 
 
-class StackError(MlopsError):
-    """The local stack could not be started or reached."""
-
-    exit_code = 1
+class StackError(EnvironmentFailure):
+    """The local stack could not be started or reached (exit 1)."""
 
 
 class ProcessRecord(BaseModel):
@@ -62,6 +78,10 @@ class ProcessRecord(BaseModel):
     command: list[str]
     log: str
     url: str | None = None
+    restarts: int = 0
+    """Times it was started again after it had died (by the supervisor or ``mlops up``)."""
+    restarted_at: list[float] = []
+    """When those restarts happened (epoch seconds), the last RESTART_WINDOW_SECONDS only."""
 
 
 class StackState(BaseModel):
@@ -108,6 +128,7 @@ class ComponentStatus(BaseModel):
     healthy: bool
     detail: str
     url: str | None = None
+    restarts: int = 0
 
 
 # ---------------------------------------------------------------- state on disk
@@ -136,6 +157,39 @@ def write_state(state: StackState) -> None:
     tmp.touch(mode=0o600)  # it holds the serving admin token
     tmp.write_text(state.model_dump_json(indent=2))
     tmp.replace(path)
+
+
+@contextmanager
+def stack_lock(home: Path, timeout: float) -> Iterator[bool]:
+    """Hold the stack's lock for the block: one command at a time starts or stops its processes.
+
+    ``mlops up`` and ``mlops down`` hold it for their whole run, the supervisor while it
+    restarts a component. Processes started meanwhile do not inherit it (``close_fds``).
+
+    Args:
+        home: The state folder.
+        timeout: Seconds to wait for another holder; 0 to try once.
+
+    Yields:
+        Whether the lock is held; False when ``timeout`` passed first.
+    """
+    path = stack_dir(home) / "stack.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with path.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.2)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- processes
@@ -191,16 +245,43 @@ def process_tree(record: ProcessRecord) -> list[psutil.Process]:
         return []
 
 
+def reap_orphans(record: ProcessRecord) -> bool:
+    """Kill what is left of a dead recorded process's group; returns whether anything was.
+
+    A server killed alone leaves its children running (uvicorn's workers, MLflow's job
+    consumers) and holding its port; they stay in its process group, whose id is its pid. The
+    group is left alone when that pid now belongs to another program.
+    """
+    try:
+        process = psutil.Process(record.pid)
+        ours = abs(process.create_time() - record.create_time) < 1.0
+        if not ours or process.status() != psutil.STATUS_ZOMBIE:
+            return False  # alive, or the pid was reused: not our group to signal
+    except psutil.NoSuchProcess:
+        pass
+    return _signal_group(record.pid, signal.SIGKILL)
+
+
+def recent_restarts(record: ProcessRecord, now: float | None = None) -> list[float]:
+    """When the component was restarted in the last RESTART_WINDOW_SECONDS (oldest first)."""
+    since = (now if now is not None else time.time()) - RESTART_WINDOW_SECONDS
+    return [moment for moment in record.restarted_at if moment >= since]
+
+
 def stop_processes(records: list[ProcessRecord], grace_seconds: float = 10) -> dict[str, int]:
     """Stop recorded processes together: each one's process group and every descendant.
 
     SIGTERM to all of them first, SIGKILL for whatever is left after ``grace_seconds``.
     Descendants are collected before any signal, so a child in a session of its own (a
-    worker's flow-run process and its Dask cluster) is stopped too.
+    worker's flow-run process and its Dask cluster) is stopped too. What is left of the group
+    of a recorded process that already died is killed as well.
 
     Returns:
-        How many processes were stopped, by record name.
+        How many processes were stopped, by record name (not counting a dead one's leftovers).
     """
+    for record in records:
+        if not is_alive(record):
+            reap_orphans(record)
     trees = {record.name: (record, process_tree(record)) for record in records}
     everything = [process for _, tree in trees.values() for process in tree]
     for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5)):
@@ -222,9 +303,13 @@ def stop_process(record: ProcessRecord, grace_seconds: float = 10) -> int:
     return stop_processes([record], grace_seconds)[record.name]
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError, PermissionError):
+def _signal_group(pid: int, sig: signal.Signals) -> bool:
+    """Signal a process group we started; returns whether it still had members."""
+    try:
         os.killpg(pid, sig)  # started with start_new_session, so its group id is its pid
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- readiness
@@ -401,6 +486,11 @@ def worker_command(pool: str) -> list[str]:
     ]
 
 
+def supervisor_command(state: StackState) -> list[str]:
+    """The supervisor (``infra/supervisor.py``) in this environment's Python."""
+    return [sys.executable, "-m", "infra.supervisor", "--home", state.home]
+
+
 @contextmanager
 def prefect_api(state: StackState) -> Iterator[None]:
     """Point this process's Prefect client at the stack's server for the block."""
@@ -434,6 +524,10 @@ def bring_up(
 ) -> StackState:
     """Start (or complete) the local stack and deploy the project to it.
 
+    Every port it needs is checked before anything starts. If a component still fails to
+    start (or anything else fails), what this call started is stopped again and the rest is
+    left as it was.
+
     Args:
         home: The state folder (``MLOPS_HOME``).
         asked: What the user asked for (command-line options).
@@ -445,34 +539,136 @@ def bring_up(
 
     Raises:
         StackError: a port is taken by another program, a stack already runs with other
-            settings, or a component failed to start.
+            settings, another command holds the stack, or a component failed to start.
     """
     home = home.resolve()
-    state = _state_to_reuse(home, asked, defaults)
-    project_dir = Path(state.project_dir)
-    say(f"Local stack in {home} (logs: {stack_dir(home) / 'logs'})")
-    if state.serving_token is None:  # recorded with the first process started
-        state.serving_token = secrets.token_urlsafe(24)
-    specs = server_specs(state)
-    serving = specs.pop(SERVING)
-    _start_servers(state, list(specs.values()), say)  # Prefect and MLflow at once
-    _start_servers(state, [serving], say)  # it reads the registry from MLflow
-    pools = project_pools(project_dir)
-    _prepare_prefect(state, pools, asked.redeploy, say)
-    for pool in pools:
-        _ensure_worker(state, pool, say)
-    with prefect_api(state):
-        for pool in pools:
-            wait_until(lambda p=pool: _pool_has_online_worker(p), 60, f"worker for {pool}")
-    say("All workers online.")
+    with stack_lock(home, LOCK_SECONDS) as locked:
+        if not locked:
+            raise StackError(_lock_message(home))
+        state = _state_to_reuse(home, asked, defaults)
+        say(f"Local stack in {home} (logs: {stack_dir(home) / 'logs'})")
+        check_ports(state)
+        if state.serving_token is None:  # recorded with the first process started
+            state.serving_token = secrets.token_urlsafe(24)
+        started = StartedHere(state)
+        try:
+            _start_everything(state, asked.redeploy, started, say)
+        except BaseException:
+            started.roll_back(say)
+            raise
     return state
 
 
-def _start_servers(state: StackState, specs: list[ServerSpec], say: Callable[[str], None]) -> None:
-    started = [spec for spec in specs if _start_server(state, spec, say)]
-    for spec in started:  # they start at once; wait for each to answer
+def _start_everything(
+    state: StackState, redeploy: bool, started: StartedHere, say: Callable[[str], None]
+) -> None:
+    specs = server_specs(state)
+    _start_servers(state, [specs[PREFECT_SERVER], specs[MLFLOW_SERVER]], started, say)
+    _start_servers(state, [specs[SERVING]], started, say)  # it reads the registry from MLflow
+    pools = project_pools(Path(state.project_dir))
+    _prepare_prefect(state, pools, redeploy, say)
+    for pool in pools:
+        _ensure_component(state, f"{WORKER_PREFIX}{pool}", started, say)
+    for pool in pools:
+        wait_ready(state, state.processes[f"{WORKER_PREFIX}{pool}"])
+    say("All workers online.")
+    _ensure_component(state, SUPERVISOR, started, say)
+
+
+def _lock_message(home: Path) -> str:
+    return (
+        f"Another `mlops up` or `mlops down` has held the stack in {home} for "
+        f"{LOCK_SECONDS} s (lock: {stack_dir(home) / 'stack.lock'}). Wait for it to finish, "
+        "or stop it, then run this again."
+    )
+
+
+class StartedHere:
+    """What one ``mlops up`` started, so that a failure part-way can stop exactly that."""
+
+    def __init__(self, state: StackState) -> None:
+        self.state = state
+        self.replaced: dict[str, ProcessRecord | None] = {}
+
+    def add(self, previous: ProcessRecord | None, record: ProcessRecord) -> None:
+        """Note that ``record`` was started here, in place of ``previous`` (a dead one, or none)."""
+        self.replaced.setdefault(record.name, previous)
+
+    def roll_back(self, say: Callable[[str], None]) -> None:
+        """Stop what was started here; put back the records it replaced; keep everything else."""
+        records = [self.state.processes[name] for name in self.replaced]
+        if not records:
+            return
+        say(f"Stopping what this call started: {', '.join(r.name for r in records)}")
+        stop_processes(records, grace_seconds=5)
+        for name, previous in self.replaced.items():
+            if previous is None:
+                self.state.processes.pop(name, None)
+            else:
+                self.state.processes[name] = previous
+        if self.state.processes:
+            write_state(self.state)
+        else:
+            state_path(Path(self.state.home)).unlink(missing_ok=True)
+
+
+def check_ports(state: StackState) -> None:
+    """Every server's port is free, or held by that server of this stack.
+
+    Raises:
+        StackError: naming each taken port and the option that changes it; nothing was started.
+    """
+    specs = list(server_specs(state).values())
+    ports = [spec.port for spec in specs]
+    if len(set(ports)) != len(ports):
+        listing = ", ".join(f"{spec.name} {spec.port}" for spec in specs)
+        raise StackError(f"The servers need a port each, but got {listing}. Nothing was started.")
+    for spec in specs:
+        _free_port_of_dead_server(state, spec)
+    taken = [
+        spec
+        for spec in specs
+        if not _runs_here(state, spec.name) and port_in_use(state.host, spec.port)
+    ]
+    if taken:
+        raise StackError(
+            "\n".join(port_taken_message(state, spec) for spec in taken) + "\nNothing was started."
+        )
+
+
+def port_taken_message(state: StackState, spec: ServerSpec) -> str:
+    return (
+        f"Port {spec.port} on {state.host} is in use by another program, so the {spec.name} "
+        f"cannot start. Stop that program, or choose another port ({spec.option} or "
+        f"{spec.setting})."
+    )
+
+
+def _free_port_of_dead_server(state: StackState, spec: ServerSpec, timeout: float = 10) -> None:
+    """Kill what a dead server of this stack left behind, and wait until its port is free.
+
+    Its children keep its port (uvicorn's workers): that port is ours, not another program's.
+    """
+    record = state.processes.get(spec.name)
+    if record is None or is_alive(record) or not reap_orphans(record):
+        return
+    deadline = time.monotonic() + timeout
+    while port_in_use(state.host, spec.port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _runs_here(state: StackState, name: str) -> bool:
+    record = state.processes.get(name)
+    return record is not None and is_alive(record)
+
+
+def _start_servers(
+    state: StackState, specs: list[ServerSpec], started: StartedHere, say: Callable[[str], None]
+) -> None:
+    new = [spec for spec in specs if _start_server(state, spec, started, say)]
+    for spec in new:  # they start at once; wait for each to answer
         record = state.processes[spec.name]
-        seconds = wait_until(lambda s=spec: http_ok(s.health_url), 120, spec.name, record)
+        seconds = wait_ready(state, record)
         say(
             f"  {spec.name:<26} {spec.url}  started (pid {record.pid}), healthy after {seconds:.1f} s"
         )
@@ -521,86 +717,155 @@ def _state_to_reuse(home: Path, asked: StackOptions, defaults: StackOptions) -> 
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to start one server of the stack and tell that it is up."""
+    """Where one server of the stack listens and how to tell that it is up."""
 
     name: str
-    command: list[str]
-    env: dict[str, str]
     url: str
     health_url: str
     port: int
-    port_setting: str
+    option: str
+    setting: str
 
 
 def server_specs(state: StackState) -> dict[str, ServerSpec]:
-    """The stack's two servers, by name."""
-    prefect_env = base_env(state) | {
-        "PREFECT_UI_ENABLED": "true",
-        "PREFECT_UI_API_URL": state.prefect_api_url,
+    """The stack's servers, by name, in the order they start."""
+    places = {
+        PREFECT_SERVER: (state.prefect_url, f"{state.prefect_api_url}/health", state.prefect_port),
+        MLFLOW_SERVER: (state.mlflow_url, f"{state.mlflow_url}/health", state.mlflow_port),
+        SERVING: (state.serving_url, f"{state.serving_url}/health", state.serving_port),
     }
-    mlflow = mlflow_server_launch_for(state)
-    specs = [
-        ServerSpec(
-            PREFECT_SERVER,
-            prefect_server_command(state),
-            prefect_env,
-            state.prefect_url,
-            f"{state.prefect_api_url}/health",
-            state.prefect_port,
-            "MLOPS_PREFECT_PORT",
-        ),
-        ServerSpec(
-            MLFLOW_SERVER,
-            mlflow.command,
-            base_env(state) | mlflow.env,
-            state.mlflow_url,
-            f"{state.mlflow_url}/health",
-            state.mlflow_port,
-            "MLOPS_MLFLOW_PORT",
-        ),
-        ServerSpec(
-            SERVING,
-            serving_command(state),
-            base_env(state)
-            | {
-                "MLOPS_SERVING_ADMIN_TOKEN": state.serving_token or "",
-                "MLOPS_SERVING_POLL_S": str(SERVING_POLL_SECONDS),
-            },
-            state.serving_url,
-            f"{state.serving_url}/health",
-            state.serving_port,
-            "MLOPS_SERVING_PORT",
-        ),
-    ]
-    return {spec.name: spec for spec in specs}
+    specs = {}
+    for name, (url, health_url, port) in places.items():
+        option = name.split("-")[0]
+        specs[name] = ServerSpec(
+            name, url, health_url, port, f"--{option}-port", f"MLOPS_{option.upper()}_PORT"
+        )
+    return specs
 
 
-def _start_server(state: StackState, spec: ServerSpec, say: Callable[[str], None]) -> bool:
+def component_launch(state: StackState, name: str) -> tuple[list[str], dict[str, str], str | None]:
+    """How to start one component: its command, its environment and its URL.
+
+    Raises:
+        UnsafeServerSettings: for the MLflow server, when its admin password is unsafe.
+    """
+    if name.startswith(WORKER_PREFIX):
+        env = base_env(state) | serving_env(state)  # the deploy stage reloads the instance
+        env["PREFECT_WORKER_QUERY_SECONDS"] = str(WORKER_POLL_SECONDS)
+        return worker_command(name.removeprefix(WORKER_PREFIX)), env, None
+    if name == SUPERVISOR:
+        return supervisor_command(state), base_env(state), None
+    url = server_specs(state)[name].url
+    if name == PREFECT_SERVER:
+        env = base_env(state) | {
+            "PREFECT_UI_ENABLED": "true",
+            "PREFECT_UI_API_URL": state.prefect_api_url,
+        }
+        if "postgresql" not in env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", ""):
+            env = sqlite_server_env() | env  # what the user set wins
+        return prefect_server_command(state), env, url
+    if name == MLFLOW_SERVER:
+        mlflow = mlflow_server_launch_for(state)
+        return mlflow.command, base_env(state) | mlflow.env, url
+    env = {
+        "MLOPS_SERVING_ADMIN_TOKEN": state.serving_token or "",
+        "MLOPS_SERVING_POLL_S": str(SERVING_POLL_SECONDS),
+    }
+    return serving_command(state), base_env(state) | env, url
+
+
+def log_path(state: StackState, name: str) -> Path:
+    """The component's log: ``<home>/stack/logs/<name>.log`` (``worker-<pool>.log``)."""
+    file_name = name.replace(WORKER_PREFIX, "worker-", 1)
+    return stack_dir(Path(state.home)) / "logs" / f"{file_name}.log"
+
+
+def start_component(state: StackState, name: str) -> ProcessRecord:
+    """Start one component of the stack and record it; a restart if it was recorded before.
+
+    Returns:
+        Its new record (also in ``state.processes`` and ``stack.json``).
+    """
+    command, env, url = component_launch(state, name)
+    record = start_process(name, command, env, Path(state.project_dir), log_path(state, name), url)
+    previous = state.processes.get(name)
+    if previous is not None:
+        record.restarts = previous.restarts + 1
+        record.restarted_at = [*recent_restarts(previous), time.time()]
+    state.processes[name] = record
+    write_state(state)
+    return record
+
+
+def wait_ready(state: StackState, record: ProcessRecord) -> float:
+    """Wait until a component answers: a server its health check, a worker its pool.
+
+    Returns:
+        The seconds it took.
+
+    Raises:
+        StackError: if it exits or is not ready in time, with its log's tail.
+    """
+    if record.name in SERVERS:
+        health_url = server_specs(state)[record.name].health_url
+        return wait_until(lambda: http_ok(health_url), SERVER_START_SECONDS, record.name, record)
+    if record.name.startswith(WORKER_PREFIX):
+        pool = record.name.removeprefix(WORKER_PREFIX)
+        with prefect_api(state):
+            return wait_until(
+                lambda: _worker_reported_since(pool, record.create_time),
+                WORKER_START_SECONDS,
+                f"worker for {pool}",
+                record,
+            )
+    return 0.0
+
+
+def _start_server(
+    state: StackState, spec: ServerSpec, started: StartedHere, say: Callable[[str], None]
+) -> bool:
     """Start the server unless it already runs and answers; returns whether it was started.
+
+    One that runs but does not answer yet may be starting (just restarted by the supervisor,
+    or the serving instance loading the champion): it gets SERVER_START_SECONDS to answer
+    before it is replaced.
 
     Raises:
         StackError: if its port is taken by a program that is not this stack's server.
     """
     record = state.processes.get(spec.name)
-    if record and is_alive(record) and http_ok(spec.health_url):
-        say(f"  {spec.name:<26} {spec.url}  already running (pid {record.pid})")
-        return False
     if record and is_alive(record):
+        if not http_ok(spec.health_url):
+            say(f"  {spec.name:<26} running (pid {record.pid}) but not answering yet; waiting")
+            with suppress(StackError):
+                wait_ready(state, record)
+        if http_ok(spec.health_url):
+            say(f"  {spec.name:<26} {spec.url}  already running (pid {record.pid})")
+            return False
+        say(f"  {spec.name:<26} not answering after {SERVER_START_SECONDS} s: starting it again")
         stop_process(record)
-    if port_in_use(state.host, spec.port):
-        option = spec.name.split("-")[0]
-        raise StackError(
-            f"Port {spec.port} on {state.host} is in use by another program, so the "
-            f"{spec.name} cannot start. Stop that program, or choose another port "
-            f"(--{option}-port or {spec.port_setting})."
-        )
-    log = stack_dir(Path(state.home)) / "logs" / f"{spec.name}.log"
-    record = start_process(
-        spec.name, spec.command, spec.env, Path(state.project_dir), log, spec.url
-    )
-    state.processes[spec.name] = record
-    write_state(state)
+    elif record:
+        reap_orphans(record)  # a server killed alone leaves children holding its port
+    if port_in_use(state.host, spec.port):  # taken since check_ports
+        raise StackError(port_taken_message(state, spec))
+    started.add(record, start_component(state, spec.name))
     return True
+
+
+def _ensure_component(
+    state: StackState, name: str, started: StartedHere, say: Callable[[str], None]
+) -> None:
+    """Start a worker or the supervisor unless it runs."""
+    label = name.replace(WORKER_PREFIX, "worker ", 1)
+    record = state.processes.get(name)
+    if record and is_alive(record):
+        say(f"  {label:<26} already running (pid {record.pid})")
+        return
+    if record:
+        reap_orphans(record)
+    new = start_component(state, name)
+    started.add(record, new)
+    say(f"  {label:<26} started (pid {new.pid})")
 
 
 def _prepare_prefect(
@@ -693,21 +958,6 @@ def deploy_project(state: StackState, prefect_file: str = "prefect.yaml") -> int
     return len(project_deployments(Path(state.project_dir), prefect_file))
 
 
-def _ensure_worker(state: StackState, pool: str, say: Callable[[str], None]) -> None:
-    name = f"{WORKER_PREFIX}{pool}"
-    record = state.processes.get(name)
-    if record and is_alive(record):
-        say(f"  {'worker ' + pool:<26} already running (pid {record.pid})")
-        return
-    env = base_env(state) | serving_env(state)  # the deploy stage reloads the instance
-    env["PREFECT_WORKER_QUERY_SECONDS"] = str(WORKER_POLL_SECONDS)
-    log = stack_dir(Path(state.home)) / "logs" / f"worker-{pool}.log"
-    record = start_process(name, worker_command(pool), env, Path(state.project_dir), log, None)
-    state.processes[name] = record
-    write_state(state)
-    say(f"  {'worker ' + pool:<26} started (pid {record.pid})")
-
-
 def _pool_has_online_worker(pool: str) -> bool:
     from prefect.client.orchestration import get_client
 
@@ -716,30 +966,62 @@ def _pool_has_online_worker(pool: str) -> bool:
     return any(str(w.status).upper().endswith("ONLINE") for w in workers)
 
 
+def _worker_reported_since(pool: str, since: float) -> bool:
+    """Whether a worker of ``pool`` sent a heartbeat after ``since`` (epoch seconds).
+
+    A killed worker stays "online" in Prefect until its heartbeats are missed for a while, so
+    a new one is known to be up only by a heartbeat of its own.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        workers = client.read_workers_for_work_pool(pool)
+    return any(
+        w.last_heartbeat_time is not None and w.last_heartbeat_time.timestamp() >= since - 1
+        for w in workers
+    )
+
+
 # ---------------------------------------------------------------- status and down
 
 
 def stack_status(state: StackState) -> list[ComponentStatus]:
-    """Each recorded component: running or not, and healthy by its own measure."""
+    """Each recorded component: running or not, healthy by its own measure, restarts."""
     servers = server_specs(state)
     answering = {name: http_ok(spec.health_url) for name, spec in servers.items()}
     rows = []
     for name, record in state.processes.items():
         if not is_alive(record):
-            rows.append(ComponentStatus(name=name, pid=None, healthy=False, detail="not running"))
-            continue
-        if name in servers:
+            ok, detail = False, _not_running(record)
+        elif name in servers:
             ok = answering[name]
             detail = "healthy" if ok else "running, not responding"
+        elif name == SUPERVISOR:
+            ok, detail = True, "watching the others"
         else:
             ok = answering[PREFECT_SERVER] and _worker_online(
                 state, name.removeprefix(WORKER_PREFIX)
             )
             detail = "online" if ok else "running, not reported online"
         rows.append(
-            ComponentStatus(name=name, pid=record.pid, healthy=ok, detail=detail, url=record.url)
+            ComponentStatus(
+                name=name,
+                pid=record.pid if is_alive(record) else None,
+                healthy=ok,
+                detail=detail,
+                url=record.url,
+                restarts=record.restarts,
+            )
         )
     return rows
+
+
+def _not_running(record: ProcessRecord) -> str:
+    recent = recent_restarts(record)
+    if len(recent) >= RESTART_LIMIT and record.name != SUPERVISOR:
+        minutes = RESTART_WINDOW_SECONDS // 60
+        return f"not running; supervisor gave up ({len(recent)} restarts in {minutes} min)"
+    return "not running"
 
 
 def _worker_online(state: StackState, pool: str) -> bool:
@@ -750,26 +1032,54 @@ def _worker_online(state: StackState, pool: str) -> bool:
 def bring_down(home: Path, say: Callable[[str], None] = print) -> int:
     """Stop every process ``mlops up`` started under ``home``; safe to run twice.
 
+    The supervisor goes first, so that it restarts nothing that is being stopped; then the
+    workers, so that none starts a run against a server that is going away; then the servers.
+
     Returns:
         How many processes were stopped.
     """
-    state = read_state(home.resolve())
+    home = home.resolve()
+    state = read_state(home)
     if state is None:
         say(f"No local stack recorded under {home}; nothing to stop.")
         return 0
-    records = list(state.processes.values())
-    workers = [r for r in records if r.name.startswith(WORKER_PREFIX)]
-    servers = [r for r in records if not r.name.startswith(WORKER_PREFIX)]
     stopped = 0
-    # Workers first, so none of them starts a run against a server that is going away.
-    for group in (workers, servers):
-        for name, count in stop_processes(group).items():
-            stopped += count
-            plural = "es" if count != 1 else ""
-            say(
-                f"  {name:<26} "
-                + (f"stopped ({count} process{plural})" if count else "was not running")
-            )
-    state_path(Path(state.home)).unlink(missing_ok=True)
+    supervisor = state.processes.get(SUPERVISOR)
+    if supervisor is not None:
+        stopped += _stop_supervisor(supervisor, say)
+    with stack_lock(home, LOCK_SECONDS) as locked:
+        if not locked:
+            say(f"warning: {_lock_message(home)} Stopping the stack anyway.")
+        state = read_state(home) or state  # the supervisor may have recorded a restart
+        records = [r for r in state.processes.values() if r.name != SUPERVISOR]
+        workers = [r for r in records if r.name.startswith(WORKER_PREFIX)]
+        servers = [r for r in records if not r.name.startswith(WORKER_PREFIX)]
+        for group in (workers, servers):
+            for name, count in stop_processes(group).items():
+                stopped += count
+                _say_stopped(name, count, say)
+        state_path(home).unlink(missing_ok=True)
     say("Local stack stopped.")
     return stopped
+
+
+def _stop_supervisor(record: ProcessRecord, say: Callable[[str], None]) -> int:
+    """Stop the supervisor process alone (what it restarted is stopped with the rest)."""
+    if not is_alive(record):
+        _say_stopped(record.name, 0, say)
+        return 0
+    process = psutil.Process(record.pid)
+    with suppress(psutil.NoSuchProcess):
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    _say_stopped(record.name, 1, say)
+    return 1
+
+
+def _say_stopped(name: str, count: int, say: Callable[[str], None]) -> None:
+    plural = "es" if count != 1 else ""
+    say(f"  {name:<26} " + (f"stopped ({count} process{plural})" if count else "was not running"))

@@ -19,10 +19,12 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 from uuid import UUID
 
+import httpx
 from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Cancelled, State
 from pydantic import TypeAdapter
 
@@ -125,7 +127,7 @@ def _wait_for_stage(flow_run: FlowRun, name: str, settings: Settings) -> FlowRun
     started = False
     with get_client(sync_client=True) as client:
         while True:
-            flow_run = client.read_flow_run(flow_run.id)
+            flow_run = _read_through_outage(client, flow_run, name, settings)
             state = flow_run.state
             if state is not None and state.is_final():
                 return flow_run
@@ -141,6 +143,41 @@ def _wait_for_stage(flow_run: FlowRun, name: str, settings: Settings) -> FlowRun
                 client.set_flow_run_state(flow_run.id, Cancelled(message=message), force=True)
                 raise StageFailed(message)
             time.sleep(settings.stage_poll_s)
+
+
+def _read_through_outage(client: Any, flow_run: FlowRun, name: str, settings: Settings) -> FlowRun:
+    """The stage's flow run as the API has it now, waiting out an outage of the API.
+
+    The stage keeps running on its worker while the Prefect server restarts; the pipeline
+    only has to keep asking. Prefect's client already retries a few times (about half a
+    minute); beyond that the pipeline waits up to ``settings.api_outage_s`` in all.
+
+    Raises:
+        StageFailed: when the API stays unreachable longer than that.
+    """
+    down_since: float | None = None
+    while True:
+        try:
+            return client.read_flow_run(flow_run.id)
+        except (httpx.TransportError, PrefectHTTPStatusError) as error:
+            if isinstance(error, PrefectHTTPStatusError) and error.response.status_code < 500:
+                raise
+            now = time.monotonic()
+            down_since = down_since or now
+            if now - down_since > settings.api_outage_s:
+                raise StageFailed(
+                    f"The Prefect API was unreachable for {now - down_since:.0f} s while stage "
+                    f"'{name}' (flow run '{flow_run.name}') ran: {type(error).__name__}: {error}. "
+                    "The stage's own run may still finish; check it in the Prefect UI. "
+                    "Raise MLOPS_API_OUTAGE_S to wait longer."
+                ) from error
+            logger.warning(
+                "Prefect API unreachable for %.0f s (%s); still waiting for stage %s",
+                now - down_since,
+                type(error).__name__,
+                name,
+            )
+            time.sleep(min(5.0, settings.stage_poll_s * 5))
 
 
 def _mirror_on_parent_task(flow_run: FlowRun) -> None:

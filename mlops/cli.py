@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from mlops.config import PipelineConfig, load_config, parse_config
-from mlops.errors import ConfigError, MlopsError
+from mlops.errors import ConfigError, EnvironmentFailure, MlopsError
 from mlops.settings import configure_environment, get_settings
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ def _configure() -> None:
 
 
 def _fail(error: Exception) -> None:
+    """Print the error as one paragraph and exit with its code (2 bad input, 1 environment)."""
     typer.secho(f"\nerror: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(getattr(error, "exit_code", 1))
 
@@ -61,12 +62,18 @@ def config_for_file(data: str, target: str, task: str | None, name: str | None) 
 
 
 def preflight(config: PipelineConfig) -> None:
-    """Cheap checks before any service starts: the file opens and the named columns exist.
+    """Cheap checks before any service starts: a writable store, a readable file, its columns.
 
     A declared synthetic source is generated first, with progress on the terminal.
+
+    Raises:
+        StorageError: the artifact store cannot be written (exit 1: not bad input).
+        MlopsError: the data or config is unusable (exit 2).
     """
+    from infra.storage import check_artifact_store
     from tasks.preprocessing import ensure_synthetic_source, infer_schema, open_source, read_head
 
+    check_artifact_store(get_settings())
     if ensure_synthetic_source(config.data):
         typer.echo(f"Generated {config.data.synthetic.rows:,} rows -> {config.data.source}")
     source = open_source(config.data)
@@ -97,7 +104,8 @@ def run(
     Either `--config configs/<use-case>.yaml`, or `--data FILE --target COLUMN` to infer
     everything from the file. Exit status: 0 when the candidate became champion, 2 for bad
     input (including data that fails the data gate), 3 when the model gate rejected it, 4
-    when its deploy failed the smoke test and was rolled back.
+    when its deploy failed the smoke test and was rolled back, 1 when the environment failed
+    (an artifact store that cannot be written, a server that cannot be reached).
     """
     try:
         if config is not None and data is not None:
@@ -333,7 +341,10 @@ def up(
     by the deploy stage; its inference log feeds the drift monitor. Also creates the work pools and deploys prefect.yaml (prefect deploy --all). State lives
     under .mlops/ (SQLite databases, artifacts; logs in .mlops/stack/logs). Running it again
     keeps what runs, restarts what died, and deploys again only if prefect.yaml or flows/
-    changed. Stop it with `mlops down`.
+    changed. Every port is checked before anything starts; if a component still fails to
+    start, what this call started is stopped again (exit 1). Last, a supervisor starts: it
+    restarts a server or worker that dies (`mlops status` counts the restarts). Stop it all
+    with `mlops down`.
     """
     from infra.stack import StackOptions, bring_up, find_project_dir
 
@@ -379,7 +390,12 @@ def _print_stack_urls(state: Any) -> None:
 def status(
     urls: Annotated[bool, typer.Option("--urls", help="Print only where to open the UIs.")] = False,
 ) -> None:
-    """Show each component of the local stack with its pid, URL and health (exit 1 if any is down)."""
+    """Show the local stack: each component's pid, health, restarts and URL, and each schedule.
+
+    For every scheduled deployment: its schedules, the next run they created and the last one
+    they started, so you see that schedules fire. Exit 1 if a component is down or an active
+    schedule has no run waiting (the scheduler is not creating runs).
+    """
     from infra.stack import read_state, stack_status
 
     state = read_state(get_settings().home_dir)
@@ -391,21 +407,70 @@ def status(
         return
     rows = stack_status(state)
     typer.echo(f"Local stack in {state.home} (project {state.project_dir})")
-    typer.echo(f"  {'component':<26} {'pid':>7}  {'status':<28} url")
+    typer.echo(f"  {'component':<26} {'pid':>7}  {'status':<44} {'restarts':>8}  url")
     for row in rows:
         colour = typer.colors.GREEN if row.healthy else typer.colors.RED
         pid = str(row.pid) if row.pid else "-"
         typer.echo(f"  {row.name:<26} {pid:>7}  ", nl=False)
-        typer.secho(f"{row.detail:<28}", fg=colour, nl=False)
-        typer.echo(f" {row.url or ''}")
+        typer.secho(f"{row.detail:<44}", fg=colour, nl=False)
+        typer.echo(f" {row.restarts:>8}  {row.url or ''}")
+    firing = _print_schedules(state)
     if not all(row.healthy for row in rows):
-        typer.echo("Some components are down: `mlops up` restarts them.")
+        typer.echo("Some components are down: the supervisor restarts them, or `mlops up` does.")
         raise typer.Exit(1)
+    if not firing:
+        raise typer.Exit(1)
+
+
+def _print_schedules(state: Any) -> bool:
+    """Each scheduled deployment with its next and last scheduled run; False if one is stuck."""
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    from infra.schedules import read_schedules
+    from infra.stack import http_ok, prefect_api
+
+    if not http_ok(f"{state.prefect_api_url}/health"):
+        typer.echo("Schedules: not shown, the Prefect server is not answering.")
+        return True
+    try:
+        with prefect_api(state), get_client(sync_client=True) as client:
+            deployments = read_schedules(client)
+    except httpx.HTTPError as error:  # the server went away between the two calls
+        typer.echo(f"Schedules: not shown, the Prefect server failed to answer: {error}")
+        return True
+    typer.echo("Schedules (times in UTC):")
+    for found in deployments:
+        typer.echo(f"  {found.deployment:<42} {'; '.join(found.schedules)}")
+        if found.firing:
+            late = found.next_run is not None and found.next_run.state == "Late"
+            typer.secho(
+                f"      next  {_scheduled_run_text(found.next_run)}"
+                + ("  (past due: no worker took it)" if late else ""),
+                fg="red" if late else None,
+            )
+        else:
+            typer.secho("      next  none: the scheduler is not creating runs", fg="red")
+        typer.echo(f"      last  {_scheduled_run_text(found.last_run)}")
+    stuck = [found.deployment for found in deployments if not found.firing]
+    if stuck:
+        log = Path(state.home) / "stack" / "logs" / "prefect-server.log"
+        typer.echo(f"No run scheduled for {', '.join(stuck)}: read {log}.")
+    return not stuck
+
+
+def _scheduled_run_text(run: Any) -> str:
+    if run is None:
+        return "none yet"
+    return f"{run.due:%Y-%m-%d %H:%M:%S}  {run.state:<10} {run.name}"
 
 
 @app.command()
 def down() -> None:
-    """Stop everything `mlops up` started here (by recorded pid; safe to run twice)."""
+    """Stop everything `mlops up` started here (by recorded pid; safe to run twice).
+
+    The supervisor first, so that it restarts nothing; then the workers; then the servers.
+    """
     from infra.stack import bring_down
 
     bring_down(get_settings().home_dir, say=typer.echo)
@@ -435,7 +500,7 @@ def trigger(
     """
     if not os.environ.get("PREFECT_API_URL"):
         _fail(
-            ConfigError(
+            EnvironmentFailure(
                 "No Prefect server to trigger on: start the local stack with `mlops up`, or "
                 "set PREFECT_API_URL to a server where the project is deployed."
             )
@@ -489,14 +554,14 @@ def _follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     try:
         if state.is_failed() and state.name not in VERDICT_STATES:
             state.result()  # raises what stopped the pipeline
-            raise MlopsError(f"The pipeline ended {state.name}: {state.message}")
+            raise EnvironmentFailure(f"The pipeline ended {state.name}: {state.message}")
         from flows.retrain import PipelineResult
 
         result = PipelineResult.model_validate(state.result(raise_on_failure=False))
     except MlopsError as error:
         _fail(error)
-    except Exception as error:
-        _fail(MlopsError(f"The pipeline ended {state.name}: {error}"))
+    except Exception as error:  # not bad input: a crash, a lost server (exit 1)
+        _fail(EnvironmentFailure(f"The pipeline ended {state.name}: {error}"))
     _print_summary(result, time.perf_counter() - started)
     _exit_for(result.decision)
 
@@ -568,8 +633,9 @@ def serve(
     """Serve a registered model over MLflow's scoring protocol (POST /invocations).
 
     Also answers /ping, /health, /version and /metrics (Prometheus). Clients written for
-    `mlflow models serve` work unchanged. When the alias moves, the new version is loaded
-    beside the old one, checked on its input example and swapped in without downtime: on
+    `mlflow models serve` work unchanged. A version is first loaded and checked in a child
+    process (a damaged model file cannot crash the server); when the alias moves, the new
+    version is checked that way, loaded beside the old one and swapped in without downtime: on
     POST /admin/reload (Bearer MLOPS_SERVING_ADMIN_TOKEN) or every MLOPS_SERVING_POLL_S
     seconds. Scored requests go to the inference log (MLOPS_INFERENCE_LOG: Parquet under the
     artifact store by default, `sql`, or `off`), which the drift monitor reads. Ctrl-C stops it.
@@ -585,37 +651,42 @@ def serve(
 
     settings = get_settings()
     uri = settings.resolved_tracking_uri
+    check = settings.model_check
 
     def client() -> MlflowClient:
         return MlflowClient(uri, registry_uri=uri)
 
     def load(registry: MlflowClient, reference: str):
-        return load_served_model(registry, reference, uri)
+        return load_served_model(registry, reference, uri, check)
 
-    served = None
     try:
         parse_reference(model)  # a path or a pickle is refused even with --wait-for-model
-    except MlopsError as error:
-        _fail(error)
-    try:
         log = build_inference_log(settings)
-        served = load(client(), model)
     except ValueError as error:
         _fail(ConfigError(str(error)))
     except MlopsError as error:
-        if not wait_for_model:
-            _fail(error)
-        typer.echo(f"Waiting for {model}: {error}")
+        _fail(error)
     limits = ServingLimits(
         max_body_bytes=settings.serving_max_body_bytes,
         max_in_flight=settings.serving_max_in_flight,
+        body_timeout_s=settings.serving_body_timeout_s,
+        max_body_memory_bytes=settings.serving_max_body_memory_bytes,
+        latency_budget_ms=settings.serving_latency_budget_ms,
         admin_token=settings.serving_admin_token,
         poll_s=settings.serving_poll_s,
         log_flush_s=settings.inference_log_flush_s,
     )
-    state = ServingState(served, limits, log=log, reference=model)
+    state = ServingState(None, limits, log=log, reference=model)
+    swapper = ModelSwapper(state, model, client, load)
+    try:
+        swapper.load_first()  # sets /health's last_reload_error when it fails
+    except MlopsError as error:
+        if not wait_for_model:
+            _fail(error)
+        typer.echo(f"Waiting for {model}: {error}")
+    served = state.model
     bind_host, bind_port = host or settings.serving_host, port or settings.serving_port
-    what = f"{served.name} version {served.version}" if served else f"{model} (once it exists)"
+    what = f"{served.name} version {served.version}" if served else f"{model} (once one loads)"
     typer.echo(f"Serving {what} on http://{bind_host}:{bind_port}/invocations")
     if log is not None:
         target = settings.inference_log_url if settings.inference_log == "sql" else None
@@ -624,11 +695,18 @@ def serve(
             f"{target or settings.inference_log_root}"
         )
     uvicorn.run(
-        build_app(state, ModelSwapper(state, model, client, load)),
+        build_app(state, swapper),
         host=bind_host,
         port=bind_port,
         log_level="warning",
         access_log=False,
+        timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
+        # a stop waits this long for requests in flight (slow bodies time out later), then
+        # writes the inference log out
+        timeout_graceful_shutdown=10,
+        # No limit_concurrency: it counts idle connections too, so a few hundred idle or slow
+        # clients would get every request a plain-text 503; the app sheds on event-loop lag
+        # and bounds body memory itself, and answers JSON.
     )
 
 

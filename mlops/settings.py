@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlops.model_check import ModelCheckLimits
+
 
 class Settings(BaseSettings):
     """Where the pipeline keeps its state and which engines it talks to."""
@@ -63,6 +65,12 @@ class Settings(BaseSettings):
     )
     stage_poll_s: float = Field(
         default=1.0, gt=0, description="How often the pipeline checks on a stage run."
+    )
+    api_outage_s: float = Field(
+        default=600,
+        ge=0,
+        description="How long the pipeline keeps waiting for a stage while the Prefect API "
+        "cannot be reached (a server restart, a network blip) before it fails.",
     )
     stack_host: str = Field(
         default="127.0.0.1", description="Interface the local stack's servers bind (mlops up)."
@@ -126,7 +134,40 @@ class Settings(BaseSettings):
         default=16 * 2**20, gt=0, description="Larger request bodies get 413."
     )
     serving_max_in_flight: int = Field(
-        default=64, gt=0, description="More concurrent requests than this get 503 + Retry-After."
+        default=64,
+        gt=0,
+        description="Requests being scored at once (bodies read); beyond, 503 + Retry-After.",
+    )
+    serving_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request body must be in this long after its headers; else 408 (a slow "
+        "client holds no scoring slot meanwhile).",
+    )
+    serving_max_body_memory_bytes: int = Field(
+        default=256 * 2**20,
+        gt=0,
+        description="Bytes of request bodies held at once (being received or scored); beyond, "
+        "503 + Retry-After. Keep it at least MLOPS_SERVING_MAX_BODY_BYTES.",
+    )
+    serving_latency_budget_ms: float = Field(
+        default=100.0,
+        ge=0,
+        description="A request that finds the event loop busy with its own work for more than "
+        "half this past its last timer gets 503 + Retry-After at once, so the requests "
+        "accepted keep a wait near it under overload (0: never shed).",
+    )
+    model_check_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A model from the registry is loaded and checked in a child process before "
+        "serving (or the model gate) loads it; one that takes longer than this is refused.",
+    )
+    model_check_memory_mb: int = Field(
+        default=4096,
+        ge=0,
+        description="Memory the model-check child process may add to read and check a model; "
+        "a model that needs more is refused (0: no cap).",
     )
 
     serving_admin_token: str | None = Field(
@@ -160,8 +201,21 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How often recorded requests are written out."
     )
     inference_log_max_buffer_rows: int = Field(
-        default=200_000, gt=0, description="Rows held before writing; beyond, rows are dropped."
+        default=200_000,
+        gt=0,
+        description="Rows waiting to be written at most (a failed write's rows are kept and "
+        "tried again); beyond, new rows are dropped and counted.",
     )
+    inference_log_journal_dir: Path | None = Field(
+        default=None,
+        description="Local folder of the inference log's crash journal (replayed by the next "
+        "`mlops serve`); default: home/inference-log-journal.",
+    )
+
+    @property
+    def model_check(self) -> ModelCheckLimits:
+        """Limits of the child process that checks a model before it is loaded."""
+        return ModelCheckLimits(self.model_check_timeout_s, self.model_check_memory_mb)
 
     @property
     def serving_instances(self) -> list[str]:
@@ -178,6 +232,11 @@ class Settings(BaseSettings):
     def inference_log_root(self) -> str:
         """Where the Parquet inference log is written: ``<artifact store>/inference-log``."""
         return f"{self.resolved_artifact_store.rstrip('/')}/inference-log"
+
+    @property
+    def inference_log_journal_root(self) -> Path:
+        """Where the inference log journals rows until they are written."""
+        return self.inference_log_journal_dir or self.home_dir / "inference-log-journal"
 
     @property
     def feedback_root(self) -> str:

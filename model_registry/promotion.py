@@ -19,7 +19,14 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from mlops.errors import PromotionConflict
-from model_registry.registry import CHALLENGER, CHAMPION, PREVIOUS, alias_version, version_by_alias
+from model_registry.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    alias_version,
+    set_alias,
+    version_by_alias,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +102,8 @@ def promote_to_champion(
             )
         replaced = alias_version(client, name, PREVIOUS)
         if current is not None:
-            client.set_registered_model_alias(name, PREVIOUS, current)
-        client.set_registered_model_alias(name, CHAMPION, candidate_version)
+            set_alias(client, name, PREVIOUS, current)
+        set_alias(client, name, CHAMPION, candidate_version)
         if alias_version(client, name, CHALLENGER) == candidate_version:
             client.delete_registered_model_alias(name, CHALLENGER)
         client.set_model_version_tag(name, candidate_version, "mlops.promoted_at", _now())
@@ -149,7 +156,7 @@ def roll_back_promotion(
         restored = promotion.previous_version
         _set_or_clear(client, name, CHAMPION, restored)
         _set_or_clear(client, name, PREVIOUS, promotion.replaced_previous)
-        client.set_registered_model_alias(name, CHALLENGER, failed)
+        set_alias(client, name, CHALLENGER, failed)
         client.set_model_version_tag(name, failed, "mlops.rolled_back_at", _now())
         client.set_model_version_tag(name, failed, "deploy.reason", reason[:5000])
     logger.warning(
@@ -160,7 +167,7 @@ def roll_back_promotion(
 
 def _set_or_clear(client: MlflowClient, name: str, alias: str, version: str | None) -> None:
     if version is not None:
-        client.set_registered_model_alias(name, alias, version)
+        set_alias(client, name, alias, version)
     elif alias_version(client, name, alias) is not None:
         client.delete_registered_model_alias(name, alias)
 

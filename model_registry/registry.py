@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
+import random
 import re
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urlparse
 
 import lightgbm as lgb
 import mlflow
@@ -23,7 +28,7 @@ from pydantic import BaseModel
 
 import mlops
 from mlops.dataset import DatasetRef
-from mlops.errors import MlopsError
+from mlops.errors import EnvironmentFailure, MlopsError
 from mlops.prediction import predict_frame
 from mlops.pyfunc import BOOSTER_ARTIFACT, INFO_ARTIFACT, SPEC_ARTIFACT
 
@@ -40,6 +45,10 @@ class ModelLoadError(MlopsError):
 
 class ModelReferenceError(ModelLoadError):
     """A model was asked for by path or non-registry URI: only the registry is trusted."""
+
+
+class RegistrationError(EnvironmentFailure):
+    """A version was registered but the registry would not label it; it is kept."""
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\- ]*")
@@ -130,6 +139,76 @@ def ensure_registered_model(client: MlflowClient, name: str, description: str = 
             raise
 
 
+WRITE_ATTEMPTS = 6
+"""Tries of a registry write: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s of back-off (with jitter) in all."""
+_RETRIED_CODES = frozenset({"BAD_REQUEST", "TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR"})
+"""How MLflow reports a lost race (a unique-key violation is BAD_REQUEST), a busy database or
+an exhausted connection pool (also BAD_REQUEST, from a server under load)."""
+
+T = TypeVar("T")
+
+
+def retry_write(write: Callable[[], T], what: str) -> T:
+    """Run a registry write, retrying the transient failures MLflow reports (see above).
+
+    ``write`` must be safe to repeat. A failure that is not transient (a missing version, an
+    invalid name) is raised at once.
+
+    Raises:
+        MlflowException: when the write still fails after ``WRITE_ATTEMPTS`` tries.
+    """
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            return write()
+        except MlflowException as error:
+            if error.error_code not in _RETRIED_CODES or attempt == WRITE_ATTEMPTS - 1:
+                raise
+            delay = 0.1 * 2**attempt * random.uniform(0.5, 1.5)
+            logger.warning(
+                "%s failed (%s: %s); trying again in %.1f s",
+                what,
+                error.error_code,
+                str(error.message)[:200],
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``, retrying the races MLflow loses.
+
+    MLflow writes an alias by reading whether it exists, then inserting or updating. Two
+    first writes of the same alias at once both insert, and the loser fails with a unique-key
+    violation; its next try finds the row and updates it.
+
+    Raises:
+        MlflowException: when the write still fails after ``WRITE_ATTEMPTS`` tries.
+    """
+    retry_write(
+        lambda: client.set_registered_model_alias(name, alias, version),
+        f"Setting {name}@{alias} to version {version}",
+    )
+
+
+def find_registered_version(
+    client: MlflowClient, name: str, model_uri: str, run_id: str
+) -> str | None:
+    """The version of ``name`` already registered from this run and model, if any."""
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    model_id = _model_id(model_uri)
+    same = [v for v in found if v.source == model_uri or (model_id and v.model_id == model_id)]
+    return str(min(int(v.version) for v in same)) if same else None
+
+
+def _model_id(model_uri: str) -> str | None:
+    """A logged model's id from its URI (``models:/m-...``), else None."""
+    return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+
+
 def register_model_version(
     client: MlflowClient,
     name: str,
@@ -138,28 +217,45 @@ def register_model_version(
     tags: Mapping[str, str],
     description: str = "",
 ) -> RegisteredVersion:
-    """Register a new version as ``challenger``.
+    """Register a model as a new version of ``name`` with the alias ``challenger``.
 
-    Only the model gate makes a version ``champion`` (``model_registry.promotion``). If anything
-    fails after the version was created, the version is deleted, so the registry never holds a
-    half-registered model.
+    Only the model gate makes a version ``champion`` (``model_registry.promotion``). Safe to
+    repeat: a model this run already registered (a retried task) gets its version back
+    instead of a second one. The alias write is retried when it loses a race with another
+    registration; if it still fails the version is kept (a trained model is never deleted
+    because a label could not be set) and the error says which version it is.
 
     Returns:
         The version and its alias.
+
+    Raises:
+        RegistrationError: when the alias could not be set.
     """
-    ensure_registered_model(client, name, description)
-    # A logged model's URI is models:/<model id>; a tracking server wants that id named too.
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    created = client.create_model_version(
-        name, model_uri, run_id=run_id, tags=dict(tags), model_id=model_id
+    retry_write(
+        lambda: ensure_registered_model(client, name, description), f"Creating the model {name}"
     )
-    version = str(created.version)
+
+    def create_once() -> str:  # a try whose answer was lost may have created it
+        found = find_registered_version(client, name, model_uri, run_id)
+        if found is not None:
+            logger.warning(
+                "%s version %s already holds this model; not registering it again", name, found
+            )
+            return found
+        created = client.create_model_version(
+            name, model_uri, run_id=run_id, tags=dict(tags), model_id=_model_id(model_uri)
+        )
+        return str(created.version)
+
+    version = retry_write(create_once, f"Registering a version of {name}")
     try:
-        client.set_registered_model_alias(name, CHALLENGER, version)
-    except Exception:
-        logger.error("Registering %s v%s failed; removing the version", name, version)
-        client.delete_model_version(name, version)
-        raise
+        set_alias(client, name, CHALLENGER, version)
+    except MlflowException as error:
+        raise RegistrationError(
+            f"{name} version {version} is registered, but the alias '{CHALLENGER}' could not be "
+            f"set ({error.error_code}: {error.message}). The version is kept; set the alias "
+            "when the registry is healthy again, or run the pipeline again."
+        ) from error
     logger.info("Registered %s version %s as '%s'", name, version, CHALLENGER)
     return RegisteredVersion(
         name=name, version=version, alias=CHALLENGER, run_id=run_id, model_uri=model_uri
@@ -226,9 +322,90 @@ def download_version(
 
     Returns:
         The local folder holding the version's files.
+
+    Raises:
+        ModelLoadError: when its files lie outside its experiment's artifact location.
     """
-    source = client.get_model_version_download_uri(name, version)
+    return download_model(client, f"models:/{name}/{version}", destination, tracking_uri)
+
+
+def download_model(
+    client: MlflowClient, model_uri: str, destination: str, tracking_uri: str
+) -> Path:
+    """The files of a model: ``models:/m-<id>`` (a logged model) or a registry reference.
+
+    The files must lie inside the artifact location of the experiment the model was logged
+    in: a version registered from anywhere else (``file:///etc``, another bucket) is refused
+    before anything is read.
+
+    Returns:
+        The local folder holding the model's files.
+
+    Raises:
+        ModelLoadError: when the model does not exist or its files lie outside the store.
+    """
+    try:
+        location, experiment_id = _model_location(client, model_uri)
+        location = _storage_location(client, location)
+        root = client.get_experiment(experiment_id).artifact_location if experiment_id else None
+    except MlflowException as error:
+        raise ModelLoadError(
+            f"{model_uri}: where its files are cannot be told ({error.error_code}: "
+            f"{str(error.message)[:300]})."
+        ) from None
+    if root is None or not _inside(location, root):
+        raise ModelLoadError(
+            f"{model_uri} is refused: its files are at {location}, outside the artifact "
+            f"location of its experiment ({root or 'unknown'}). Models are loaded only from "
+            "the tracking store they were logged to."
+        )
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=source, dst_path=destination, tracking_uri=tracking_uri
+        artifact_uri=location, dst_path=destination, tracking_uri=tracking_uri
     )
     return Path(local)
+
+
+def _model_location(client: MlflowClient, model_uri: str) -> tuple[str, str | None]:
+    """Where a model's files are, and the experiment they belong to (None when unknown)."""
+    model_id = _model_id(model_uri)
+    if model_id is None:
+        name, version, run_id = resolve_version(client, model_uri)
+        location = client.get_model_version_download_uri(name, version)
+        if run_id:
+            return location, client.get_run(run_id).info.experiment_id
+        model_id = client.get_model_version(name, version).model_id
+        if model_id is None:
+            return location, None
+    try:
+        logged = client.get_logged_model(model_id)
+    except MlflowException as error:
+        raise ModelLoadError(f"No logged model {model_id} ({error.error_code}).") from None
+    return (location if _model_id(model_uri) is None else logged.artifact_location), (
+        logged.experiment_id
+    )
+
+
+def _storage_location(client: MlflowClient, location: str, depth: int = 0) -> str:
+    """An artifact URI with ``runs:/`` and ``models:/`` indirections resolved to storage."""
+    if location.startswith("runs:/") and depth < 5:
+        run_id, _, path = location.removeprefix("runs:/").partition("/")
+        root = client.get_run(run_id).info.artifact_uri.rstrip("/")
+        return f"{root}/{path}" if path else root
+    if location.startswith("models:/") and depth < 5:
+        inner, _ = _model_location(client, location)
+        return _storage_location(client, inner, depth + 1)
+    return location
+
+
+def _inside(location: str, root: str) -> bool:
+    """Whether artifact URI ``location`` lies under ``root`` (no ``..`` escape, same scheme)."""
+
+    def parts(uri: str) -> tuple[str, str, str]:
+        parsed = urlparse(uri if "://" in uri or ":" in uri.split("/")[0] else f"file://{uri}")
+        path = posixpath.normpath(unquote(parsed.path) or "/")
+        return parsed.scheme or "file", parsed.netloc, path.rstrip("/") + "/"
+
+    scheme, host, path = parts(location)
+    root_scheme, root_host, root_path = parts(root)
+    same_host = host == root_host or not host or not root_host  # mlflow-artifacts: may omit it
+    return scheme == root_scheme and same_host and path.startswith(root_path)

@@ -7,8 +7,11 @@ that points MLflow's global state at a tracking URI (needed by ``log_model``/``l
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from mlflow.tracking import MlflowClient
 
 from mlops.config import PipelineConfig
 from mlops.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 _BATCH = 1000  # MLflow accepts at most 1000 metrics per log_batch call
 _PARAM_BATCH = 100  # and at most 100 params or tags
@@ -67,15 +72,89 @@ def start_run(
     return run.info.run_id
 
 
-def start_stage_run(
+@dataclass
+class OpenRun:
+    """A run opened by :func:`stage_run`; set ``status`` to ``FAILED`` for a failed outcome."""
+
+    run_id: str
+    status: str = "FINISHED"
+
+
+@contextmanager
+def stage_run(
     client: MlflowClient,
     experiment_id: str,
     stage: str,
     parent_run_id: str | None,
     tags: Mapping[str, str],
-) -> str:
-    """A run named and tagged after a pipeline stage, nested under the pipeline's run if given."""
-    return start_run(client, experiment_id, stage, parent_run_id, {**tags, "mlops.stage": stage})
+    run_name: str | None = None,
+) -> Iterator[OpenRun]:
+    """A run named (unless ``run_name``) and tagged after a pipeline stage, closed whatever happens.
+
+    Nested under the pipeline's run if ``parent_run_id`` is given. The run ends with the
+    block's ``status`` (``FINISHED`` unless the block sets another); an exception ends it
+    ``FAILED`` (``KILLED`` for a cancellation or interrupt) with the error as the tag
+    ``mlops.error``, and propagates. So a stage that fails or is retried halfway never leaves
+    a run RUNNING.
+    """
+    all_tags = {**tags, "mlops.stage": stage}
+    run = OpenRun(start_run(client, experiment_id, run_name or stage, parent_run_id, all_tags))
+    with closed_on_error(client, run.run_id):
+        yield run
+    client.set_terminated(run.run_id, status=run.status)
+
+
+@contextmanager
+def closed_on_error(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """End ``run_id`` if the block raises (then re-raise); leave it open when the block succeeds.
+
+    For a run that outlives the block, e.g. the pipeline's parent run while its stages run.
+    """
+    try:
+        yield
+    except BaseException as error:
+        end_failed_run(client, run_id, error)
+        raise
+
+
+def end_failed_run(client: MlflowClient, run_id: str, error: BaseException) -> None:
+    """Mark a run ``FAILED`` (``KILLED`` when interrupted or cancelled) with the error as a tag.
+
+    Never raises: it runs while another error propagates, possibly one of the tracking
+    server's own, and must not replace it.
+    """
+    status = "FAILED" if isinstance(error, Exception) else "KILLED"
+    try:
+        client.set_tag(run_id, "mlops.error", f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, status=status)
+    except Exception as closing:  # the original error is the one to report
+        logger.warning("Could not mark MLflow run %s %s: %s", run_id, status, closing)
+
+
+def close_abandoned_runs(
+    client: MlflowClient, experiment_id: str, abandoned: Callable[[str], bool]
+) -> list[str]:
+    """End ``KILLED`` the RUNNING runs whose Prefect flow run is over (a process that was killed).
+
+    A flow-run process killed outright (SIGKILL, a lost node) runs no cleanup, so its MLflow
+    runs stay RUNNING. Each run carries its flow run's id (tag ``prefect.flow_run_id``);
+    ``abandoned`` answers, for that id, whether the flow run has ended (the caller asks Prefect).
+
+    Returns:
+        The ids of the runs it ended.
+    """
+    closed = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500
+    ):
+        flow_run_id = run.data.tags.get("prefect.flow_run_id", "none")
+        if flow_run_id != "none" and abandoned(flow_run_id):
+            client.set_tag(run.info.run_id, "mlops.error", "its flow run ended without closing it")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    if closed:
+        logger.warning("Ended %d abandoned MLflow run(s) KILLED: %s", len(closed), closed)
+    return closed
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:

@@ -1,18 +1,23 @@
 """The HTTP service: MLflow's scoring protocol, health, version and Prometheus metrics.
 
-Every response says which model version produced it (``X-Model-Version``). Bad requests get a
-JSON error with a 4xx status (MLflow's ``{"error_code", "message"}`` shape) and never take the
-service down; more requests in flight than ``max_in_flight`` get 503 with ``Retry-After``
-instead of queueing without bound. A small body (up to ``inline_bytes``, a few dozen rows) is
-scored on the event loop, where it takes well under a millisecond and a hop to a thread would
-cost more than the work; a larger one is parsed and scored in a worker thread, so the event
-loop keeps answering while LightGBM predicts.
+Every response says which model version produced it (``X-Model-Version``, once a model is
+loaded), and every error is JSON in MLflow's ``{"error_code", "message"}`` shape, unknown paths
+and methods included. Bad requests get a 4xx and never take the service down. What
+``/invocations`` lets in is decided in :mod:`serving.admission`: once the event loop's current
+turn has run, by its own work, past half the latency budget, requests get 503 with
+``Retry-After`` at once; a body is read as it streams in, within a deadline (408), a size
+limit (413) and a budget of body bytes held at once (503); and more requests being scored
+than ``max_in_flight`` get 503 instead of queueing without bound. A small body (up to ``inline_bytes``, a few dozen rows) is scored on the event
+loop, where it takes well under a millisecond and a hop to a thread would cost more than the
+work; a larger one is parsed and scored in a worker thread, so the event loop keeps answering
+while LightGBM predicts.
 
 Every scored request gets an ``X-Request-Id`` (the client's, or a new one) and, when the
-inference log is on, is queued for it (:mod:`serving.inference_log`); a background task writes
-the queue out every ``log_flush_s`` seconds and once more at shutdown. A service started before
-its model exists (``wait_for_model``) answers 503 on ``/invocations`` and ``/ping`` until a
-reload finds it.
+inference log is on, is queued for it (:mod:`serving.inference_log`); a background task
+converts and journals the queue five times a second, writes it out every ``log_flush_s``
+seconds, and once more at shutdown. A service started before its model exists, or whose model
+failed its check (``wait_for_model``), answers 503 on ``/invocations`` and ``/ping`` until a
+reload finds a good version.
 """
 
 from __future__ import annotations
@@ -26,17 +31,19 @@ import anyio
 import numpy as np
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from mlops.errors import DataError
 
+from .admission import BodyMemory, BodyRefused, LoopLag, read_body, too_big
 from .inference_log import InferenceLog, request_id
-from .loader import ServedModel
-from .metrics import ServiceMetrics
+from .metrics import ServiceMetrics, gauge_lines
 from .openapi import openapi_document
 from .payload import PayloadError, check_rows, parse_body, predictions_body
+from .served_model import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +56,15 @@ class ServingLimits:
 
     max_body_bytes: int = 16 * 2**20
     max_in_flight: int = 64
+    """Requests being scored at once (their bodies read); beyond, 503."""
     inline_bytes: int = 16 * 2**10
     """Bodies up to this size are scored on the event loop; larger ones in a worker thread."""
+    body_timeout_s: float = 30.0
+    """A body must be in this long after the request's headers; else 408."""
+    max_body_memory_bytes: int = 256 * 2**20
+    """Bytes of request bodies held at once (being received or scored); beyond, 503."""
+    latency_budget_ms: float = 100.0
+    """Refuse requests (503) while the event loop runs later than this (0: never)."""
     admin_token: str | None = None
     """Bearer token of ``POST /admin/reload``; the endpoint is off without one."""
     poll_s: float = 0.0
@@ -71,6 +85,14 @@ class ServingState:
     log: InferenceLog | None = None
     reference: str = ""
     """What the service was asked to serve (e.g. ``fraud-detector``), shown while waiting."""
+    loop: LoopLag = field(init=False)
+    """The event loop's lag, against ``limits.latency_budget_ms``."""
+    bodies: BodyMemory = field(init=False)
+    """Request body bytes held, against ``limits.max_body_memory_bytes``."""
+
+    def __post_init__(self) -> None:
+        self.loop = LoopLag(self.limits.latency_budget_ms / 1000)
+        self.bodies = BodyMemory(self.limits.max_body_memory_bytes)
 
     @property
     def version(self) -> str:
@@ -82,8 +104,16 @@ class ServingState:
         return self.model.describe()
 
 
-def _json(payload: object, status: int = 200, version: str = "", ident: str = "") -> Response:
-    headers = {"X-Model-Version": version} if version else {}
+def _json(
+    payload: object,
+    status: int = 200,
+    version: str = "",
+    ident: str = "",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    headers = dict(headers or {})
+    if version:
+        headers["X-Model-Version"] = version
     if ident:
         headers["X-Request-Id"] = ident
     return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
@@ -91,7 +121,12 @@ def _json(payload: object, status: int = 200, version: str = "", ident: str = ""
 
 def _error(error: PayloadError, version: str, ident: str = "") -> Response:
     body = {"error_code": error.code, "message": str(error)}
-    return _json(body, error.status, version, ident)
+    headers = {}
+    if isinstance(error, BodyRefused):  # the client may still be sending: do not read the rest
+        headers["Connection"] = "close"
+    if error.status == 503:
+        headers["Retry-After"] = "1"
+    return _json(body, error.status, version, ident, headers)
 
 
 def build_app(state: ServingState, swapper=None) -> Starlette:
@@ -100,29 +135,19 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
     async def invocations(request: Request) -> Response:
         started = time.perf_counter()
         model = state.model  # one version for the whole request, whatever swaps meanwhile
-        if model is None or state.in_flight >= state.limits.max_in_flight:
-            state.metrics.observe("/invocations", 503, time.perf_counter() - started)
-            return _unavailable(model, state)
-        state.in_flight += 1
-        asked_id, skip_log = _log_headers(request.scope["headers"])
-        ident = request_id(asked_id)
-        try:
-            response, scored = await _score(request, model, state.limits, ident)
-        finally:
-            state.in_flight -= 1
-        count = 0
-        if scored is not None:
-            body, content_type, count, outputs = scored
-            if state.log is not None and not skip_log:
-                state.log.record(ident, model, body, content_type, count, outputs)
+        if model is None or state.loop.refuses():  # refused before its body is read: cheap
+            response, count = _unavailable(model, state), 0
+        else:
+            response, count = await _invoke(request, model, state)
         state.metrics.observe(
             "/invocations", response.status_code, time.perf_counter() - started, count
         )
         return response
 
     async def ping(_: Request) -> Response:
-        status = 200 if state.model is not None else 503
-        return PlainTextResponse("\n", status, headers={"X-Model-Version": state.version})
+        if state.model is None:
+            return _unavailable(None, state)
+        return PlainTextResponse("\n", headers={"X-Model-Version": state.version})
 
     async def health(_: Request) -> Response:
         body = {
@@ -130,6 +155,8 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
             **state.describe(),
             "last_reload_error": state.last_error,
         }
+        if state.model is not None and state.model.check_s is not None:
+            body["model_check_s"] = round(state.model.check_s, 3)
         if state.log is not None:
             body["inference_log"] = vars(state.log.counters)
         return _json(body, version=state.version)
@@ -146,6 +173,16 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
 
     async def metrics(_: Request) -> Response:
         text = state.metrics.render(state.describe()["model"], state.version)
+        text += gauge_lines(
+            "mlops_serving_event_loop_lag_seconds",
+            "How late the event loop last ran its 10 ms timer.",
+            state.loop.lag_s,
+        )
+        text += gauge_lines(
+            "mlops_serving_body_bytes_held",
+            "Bytes of request bodies held now (being received or scored).",
+            state.bodies.held,
+        )
         if state.log is not None:
             text += state.log.render_metrics()
         return PlainTextResponse(text, headers={"X-Model-Version": state.version})
@@ -190,14 +227,32 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
         async with anyio.create_task_group() as tasks:
+            tasks.start_soon(state.loop.watch)
             if swapper is not None and state.limits.poll_s > 0:
                 tasks.start_soon(swapper.poll, state.limits.poll_s)
             if state.log is not None:
+                await anyio.to_thread.run_sync(state.log.recover)
                 tasks.start_soon(_write_log_every, state.log, state.limits.log_flush_s)
             yield
             tasks.cancel_scope.cancel()
         if state.log is not None:  # what queued since the last write
             await _flush_log(state.log)
+            state.log.close()
+
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        """404, 405 and the like as MLflow's JSON error, with the model version."""
+        return _json(
+            _http_error_body(request, error), error.status_code, state.version, "", error.headers
+        )
+
+    async def internal_error(_: Request, error: Exception) -> Response:
+        # uvicorn logs the traceback: Starlette raises the error again once this is sent
+        body = {
+            "error_code": "INTERNAL_ERROR",
+            "message": f"The service failed on this request ({type(error).__name__}); "
+            "it keeps serving, and its log has the details.",
+        }
+        return _json(body, 500, state.version)
 
     return Starlette(
         lifespan=lifespan,
@@ -211,7 +266,20 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
+
+
+def _http_error_body(request: Request, error: HTTPException) -> dict[str, str]:
+    path = request.url.path
+    if error.status_code == 404:
+        message = f"There is no endpoint {path}; /openapi.json lists them."
+        return {"error_code": "ENDPOINT_NOT_FOUND", "message": message}
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {path}; use {allowed}."
+        return {"error_code": "METHOD_NOT_ALLOWED", "message": message}
+    return {"error_code": "BAD_REQUEST", "message": str(error.detail)}
 
 
 def _log_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
@@ -226,16 +294,17 @@ def _log_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
 
 
 LOG_WORK_S = 0.2
-"""How often queued log rows are converted (small chunks keep each pause of the loop short)."""
+"""How often queued log rows are converted and journaled: the most a crash can lose."""
 
 
 async def _write_log_every(log: InferenceLog, every_s: float) -> None:
     last_write = time.monotonic()
     while True:
         await anyio.sleep(LOG_WORK_S)
-        log.convert()  # on the loop: a few microseconds a request
+        log.convert()  # on the loop: a few microseconds a request, and one journal append
         due = time.monotonic() - last_write >= every_s
-        if log.converted.rows and (due or log.converted.rows >= log.rows_per_file):
+        full = log.converted.rows >= log.rows_per_file and not log.failing
+        if log.converted.rows and (due or full):
             await _write(log)
         if due:
             last_write = time.monotonic()
@@ -256,52 +325,78 @@ async def _write(log: InferenceLog) -> list[str]:
 
 def _unavailable(model: ServedModel | None, state: ServingState) -> Response:
     if model is None:
-        error = {
-            "error_code": "NO_MODEL",
-            "message": f"No version of {state.describe()['model']} is loaded yet "
-            "(waiting for the alias to exist); retry later.",
-        }
+        waiting = f"No version of {state.describe()['model']} is loaded yet"
+        reason = (
+            f" (the last one tried was refused: {state.last_error})"
+            if state.last_error
+            else " (waiting for the alias to exist)"
+        )
+        error = PayloadError(503, f"{waiting}{reason}; retry later.", "NO_MODEL")
     else:
-        error = {
-            "error_code": "OVERLOADED",
-            "message": "Too many requests in flight; retry shortly.",
-        }
-    return Response(
-        orjson.dumps(error),
-        status_code=503,
-        media_type=JSON,
-        headers={"Retry-After": "1", "X-Model-Version": state.version},
-    )
+        error = PayloadError(
+            503,
+            "The service is busier than its latency budget of "
+            f"{state.limits.latency_budget_ms:g} ms allows (MLOPS_SERVING_LATENCY_BUDGET_MS); "
+            "retry after Retry-After seconds.",
+            "OVERLOADED",
+        )
+    return _error(error, state.version)
 
 
-Scored = tuple[bytes, str, int, dict[str, np.ndarray]]
-"""A scored request: its body, content type, row count and prediction columns."""
+Scored = tuple[bytes, int, dict[str, np.ndarray]]
+"""A scored request: the response body, its row count and prediction columns."""
 
 
-async def _score(
-    request: Request, model: ServedModel, limits: ServingLimits, ident: str
-) -> tuple[Response, Scored | None]:
+async def _invoke(
+    request: Request, model: ServedModel, state: ServingState
+) -> tuple[Response, int]:
+    """Read, score and log one request; returns the response and how many rows it scored."""
+    asked_id, skip_log = _log_headers(request.scope["headers"])
+    ident = request_id(asked_id)
+    limits, held = state.limits, 0
     try:
         declared = int(request.headers.get("content-length") or 0)
         if declared > limits.max_body_bytes:
-            raise PayloadError(413, _too_big(declared, limits), "PAYLOAD_TOO_LARGE")
-        body = await request.body()
-        if len(body) > limits.max_body_bytes:
-            raise PayloadError(413, _too_big(len(body), limits), "PAYLOAD_TOO_LARGE")
+            raise BodyRefused(413, too_big(declared, limits.max_body_bytes), "PAYLOAD_TOO_LARGE")
+        body = await read_body(
+            request.receive, limits.max_body_bytes, limits.body_timeout_s, state.bodies
+        )
+        held = len(body)
         content_type = request.headers.get("content-type", "")
-        if len(body) <= limits.inline_bytes:
-            answer, count, outputs = score_body(body, content_type, model)
-        else:
-            answer, count, outputs = await anyio.to_thread.run_sync(
-                score_body, body, content_type, model
-            )
+        answer, count, outputs = await _score(body, content_type, model, state)
     except PayloadError as error:
-        return _error(error, model.version, ident), None
+        return _error(error, model.version, ident), 0
     except (DataError, ValueError, TypeError) as error:
         message = f"The rows could not be scored: {error}"
-        return _error(PayloadError(400, message), model.version, ident), None
+        return _error(PayloadError(400, message), model.version, ident), 0
+    finally:
+        state.bodies.give_back(held)
+    if state.log is not None and not skip_log:
+        state.log.record(ident, model, body, content_type, count, outputs)
     headers = {"X-Model-Version": model.version, "X-Request-Id": ident}
-    return Response(answer, media_type=JSON, headers=headers), (body, content_type, count, outputs)
+    return Response(answer, media_type=JSON, headers=headers), count
+
+
+async def _score(body: bytes, content_type: str, model: ServedModel, state: ServingState) -> Scored:
+    """Score a body that is in, as one of at most ``max_in_flight``.
+
+    Raises:
+        PayloadError: 503 when ``max_in_flight`` requests are being scored; a 4xx for the body.
+    """
+    if state.in_flight >= state.limits.max_in_flight:
+        raise PayloadError(
+            503,
+            f"{state.in_flight} requests are being scored, the limit "
+            "(MLOPS_SERVING_MAX_IN_FLIGHT); retry after Retry-After seconds.",
+            "OVERLOADED",
+        )
+    state.in_flight += 1
+    try:
+        if len(body) <= state.limits.inline_bytes:
+            return score_body(body, content_type, model)
+        return await anyio.to_thread.run_sync(score_body, body, content_type, model)
+    finally:
+        state.in_flight -= 1
 
 
 def score_body(
@@ -316,7 +411,3 @@ def score_body(
     check_rows(rows, model.spec)
     outputs = model.predict_rows(rows)
     return predictions_body(outputs), rows.count, outputs
-
-
-def _too_big(size: int, limits: ServingLimits) -> str:
-    return f"The body has {size} bytes; the limit is {limits.max_body_bytes} (MLOPS_SERVING_MAX_BODY_BYTES)."

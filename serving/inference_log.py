@@ -23,13 +23,18 @@ row. Two sinks:
 Requests with the header ``X-Inference-Log: skip`` (the deploy stage's smoke tests) are not
 recorded: they are not traffic.
 
-When storage is unavailable the batch is dropped with an error in the log and counted on
-``/metrics``; serving goes on. The queue is bounded: beyond ``max_buffer_rows`` rows waiting,
-new rows are dropped (and counted) instead of growing memory without bound.
+Converted rows are also appended to a local journal on the same tick (:mod:`serving.log_spool`),
+so a crash of the service loses only the requests answered since the last tick (0.2 s); the
+next start replays the rest into the sink. When storage is unavailable (a full disk, a database
+down) the write's temporary file is removed, the batch is kept and tried again on the next
+write, with an error in the log and on ``/metrics``; serving goes on. The rows waiting are
+bounded: beyond ``max_buffer_rows``, new rows are dropped (and counted) instead of growing
+memory without bound.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -44,7 +49,10 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from .log_spool import LogKey, LogSpool, Segment
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +77,6 @@ class LoggedRequest(NamedTuple):
     body: bytes
     count: int
     outputs: dict[str, np.ndarray]
-
-
-LogKey = tuple[str, str, str]
-"""(model, version, UTC day): the rows one write holds."""
 
 
 class LogSink(Protocol):
@@ -201,9 +205,15 @@ class ParquetSink:
         fs, path = fsspec.core.url_to_fs(folder)
         fs.makedirs(path, exist_ok=True)
         temporary = f"{path}/.{name}.tmp"
-        with fs.open(temporary, "wb") as handle:
-            pq.write_table(table, handle)
-        fs.mv(temporary, f"{path}/{name}")
+        try:
+            with fs.open(temporary, "wb") as handle:
+                pq.write_table(table, handle)
+            fs.mv(temporary, f"{path}/{name}")
+        except BaseException:  # a full disk, a lost connection: leave no half file behind
+            with contextlib.suppress(Exception):
+                if fs.exists(temporary):
+                    fs.rm(temporary)
+            raise
         return f"{folder}/{name}"
 
 
@@ -263,13 +273,19 @@ def inference_log_table(metadata: Any) -> Any:
 
 @dataclass
 class LogCounters:
-    """What the log has done, for ``/metrics``."""
+    """What the log has done, for ``/metrics`` and ``/health``."""
 
     recorded_rows: int = 0
     written_rows: int = 0
     dropped_rows: int = 0
+    """Rows not recorded because ``max_buffer_rows`` rows were already waiting."""
     write_errors: int = 0
     files: int = 0
+    pending_rows: int = 0
+    """Rows recorded and not written yet (queued, converted, or kept after a failed write)."""
+    recovered_rows: int = 0
+    """Rows replayed from the journal of a process that stopped before writing them."""
+    journal_errors: int = 0
 
 
 @dataclass
@@ -278,6 +294,17 @@ class Converted:
 
     tables: dict[LogKey, list[pa.Table]] = field(default_factory=dict)
     rows: int = 0
+    key_rows: dict[LogKey, int] = field(default_factory=dict)
+    segments: list[Segment] = field(default_factory=list)
+    """The journal files holding these tables, deleted once they are written."""
+    failed: list[LogKey] = field(default_factory=list)
+    """Set by ``write``: the keys it could not write, kept for the next write."""
+
+    def add(self, key: LogKey, table: pa.Table, rows: int) -> None:
+        """Add one table of ``rows`` scored rows."""
+        self.tables.setdefault(key, []).append(table)
+        self.key_rows[key] = self.key_rows.get(key, 0) + rows
+        self.rows += rows
 
 
 @dataclass
@@ -286,18 +313,24 @@ class InferenceLog:
 
     In the service, ``record`` and ``convert`` run on the event loop (no lock, no contention
     for the interpreter with another thread) and ``write`` in a worker thread, on what
-    ``take`` handed it. ``flush`` does all of it at once, for callers outside an event loop.
-    Rows not yet written (queued or converted) count against ``max_buffer_rows``.
+    ``take`` handed it; ``done`` (on the loop again) deletes its journal files, or keeps what
+    failed for the next write. ``flush`` does all of it at once, for callers outside an event
+    loop. Rows not yet written (queued, converted or kept) count against ``max_buffer_rows``;
+    beyond it new rows are dropped and counted.
     """
 
     sink: LogSink
     sample_rate: float = 1.0
     max_buffer_rows: int = 200_000
     rows_per_file: int = 100_000
+    spool: LogSpool | None = None
+    """The local journal that makes converted rows survive a crash (None: memory only)."""
     counters: LogCounters = field(default_factory=LogCounters)
     converted: Converted = field(default_factory=Converted)
+    failing: bool = False
+    """The last write failed: the next is tried on the write schedule, not as soon as rows pile up."""
     _queue: list = field(default_factory=list)
-    _unwritten_rows: int = 0
+    _journal_failing: bool = False
 
     def record(
         self,
@@ -311,11 +344,12 @@ class InferenceLog:
         """Queue one scored request of ``model`` (a served model: name, version); cheap."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
-        if self._unwritten_rows + count > self.max_buffer_rows:
-            self.counters.dropped_rows += count
+        counters = self.counters
+        if counters.pending_rows + count > self.max_buffer_rows:
+            counters.dropped_rows += count
             return
-        self._unwritten_rows += count
-        self.counters.recorded_rows += count
+        counters.pending_rows += count
+        counters.recorded_rows += count
         self._queue.append(
             LoggedRequest(
                 request, time.time(), model.name, model.version, content_type, body, count, outputs
@@ -323,41 +357,89 @@ class InferenceLog:
         )
 
     def convert(self) -> int:
-        """Turn what has queued into Arrow tables; returns how many rows."""
+        """Turn what has queued into Arrow tables and journal them; returns how many rows."""
         batch, self._queue = self._queue, []
+        rows = 0
         for key, group in by_version_and_day(batch).items():
-            self.converted.tables.setdefault(key, []).append(requests_table(group))
-        rows = sum(r.count for r in batch)
-        self.converted.rows += rows
+            table, count = requests_table(group), sum(r.count for r in group)
+            self.converted.add(key, table, count)
+            self._journal(key, table)
+            rows += count
         return rows
 
     def take(self) -> Converted:
-        """What is converted, for ``write``; the log starts a new batch."""
+        """What is converted, for ``write``; the log starts a new batch (and journal file)."""
         taken, self.converted = self.converted, Converted()
+        if self.spool is not None:
+            taken.segments += self.spool.seal()
         return taken
 
     def write(self, converted: Converted) -> list[str]:
         """Write converted tables (one file per model version and day). Never raises.
 
-        Safe in a worker thread; the caller then calls ``done`` with the same batch.
+        Safe in a worker thread; the caller then calls ``done`` with the same batch. A key
+        that fails, and those after it, are left in ``converted.failed``.
         """
         written = []
-        try:
-            for key, parts in converted.tables.items():
-                written.append(self.sink.write(key, pa.concat_tables(parts)))
-        except Exception as error:  # storage trouble must never take serving down
-            self.counters.write_errors += 1
-            self.counters.dropped_rows += converted.rows
-            logger.error("Could not write %d inference-log rows: %s", converted.rows, error)
-            written = []
-        else:
-            self.counters.written_rows += converted.rows
-            self.counters.files += len(written)
+        keys = list(converted.tables)
+        for index, key in enumerate(keys):
+            try:
+                written.append(self.sink.write(key, pa.concat_tables(converted.tables[key])))
+            except Exception as error:  # storage trouble must never take serving down
+                converted.failed = keys[index:]
+                kept = sum(converted.key_rows[k] for k in converted.failed)
+                self.counters.write_errors += 1
+                logger.error(
+                    "Could not write %d inference-log rows (kept for the next write, %d rows "
+                    "waiting of at most %d): %s",
+                    kept,
+                    self.counters.pending_rows,
+                    self.max_buffer_rows,
+                    error,
+                )
+                break
+            self.counters.written_rows += converted.key_rows[key]
+            self.counters.files += 1
         return written
 
     def done(self, converted: Converted) -> None:
-        """A batch handed to ``write`` is out (written or dropped): its rows stop counting."""
-        self._unwritten_rows -= converted.rows
+        """A batch handed to ``write`` is out: written rows stop counting, failed ones are kept."""
+        kept = Converted()
+        for key in converted.failed:
+            kept.tables[key] = converted.tables[key]
+            kept.key_rows[key] = converted.key_rows[key]
+            kept.rows += converted.key_rows[key]
+            for table in converted.tables[key]:
+                self._journal(key, table)  # journaled again before the old files go
+        self.counters.pending_rows -= converted.rows - kept.rows
+        self.failing = bool(converted.failed)
+        if kept.rows:
+            self.converted = _merge(kept, self.converted)
+        if self.spool is not None:
+            self.spool.discard(converted.segments)
+
+    def recover(self) -> int:
+        """Take in the journal of processes that stopped before writing it; returns its rows.
+
+        The rows are written with the next write, and their journal files deleted then.
+        """
+        if self.spool is None:
+            return 0
+        recovered = Converted()
+        for segment, tables in self.spool.adopt_orphans():
+            for key, table in tables:
+                recovered.add(key, table, int(pc.sum(table.column("rows")).as_py() or 0))
+            recovered.segments.append(segment)
+        if recovered.segments:
+            logger.warning(
+                "Replaying %d inference-log rows from %d journal file(s) a stopped process left",
+                recovered.rows,
+                len(recovered.segments),
+            )
+        self.counters.recovered_rows += recovered.rows
+        self.counters.pending_rows += recovered.rows
+        self.converted = _merge(recovered, self.converted)
+        return recovered.rows
 
     def flush(self) -> list[str]:
         """Convert and write everything recorded so far; returns where it went. Never raises."""
@@ -369,23 +451,84 @@ class InferenceLog:
         self.done(taken)
         return written
 
+    def close(self) -> None:
+        """Let go of the journal: whatever it still holds is replayed by the next start."""
+        if self.spool is not None:
+            self.spool.release(self.converted.segments)
+            self.converted.segments = []
+            self.spool.close()
+
+    def _journal(self, key: LogKey, table: pa.Table) -> None:
+        if self.spool is None:
+            return
+        try:
+            self.spool.append(key, table)
+        except OSError as error:  # the rows stay in memory; only crash safety is lost
+            self.counters.journal_errors += 1
+            if not self._journal_failing:
+                logger.error(
+                    "Could not journal inference-log rows to %s (a crash would lose them "
+                    "until this recovers): %s",
+                    self.spool.folder,
+                    error,
+                )
+            self._journal_failing = True
+        else:
+            if self._journal_failing:
+                logger.warning("The inference-log journal is written again")
+            self._journal_failing = False
+
     def render_metrics(self) -> str:
         """Prometheus lines for the log's counters."""
         c = self.counters
         lines = []
-        for name, value, help_text in [
-            ("recorded_rows", c.recorded_rows, "Rows queued for the inference log."),
-            ("written_rows", c.written_rows, "Rows written to the inference log."),
-            ("dropped_rows", c.dropped_rows, "Rows dropped (queue full or a failed write)."),
-            ("write_errors", c.write_errors, "Failed writes of the inference log."),
+        for name, kind, value, help_text in [
+            (
+                "recorded_rows_total",
+                "counter",
+                c.recorded_rows,
+                "Rows queued for the inference log.",
+            ),
+            ("written_rows_total", "counter", c.written_rows, "Rows written to the inference log."),
+            (
+                "dropped_rows_total",
+                "counter",
+                c.dropped_rows,
+                "Rows dropped because max_buffer_rows rows were waiting.",
+            ),
+            (
+                "write_errors_total",
+                "counter",
+                c.write_errors,
+                "Failed writes of the inference log.",
+            ),
+            ("pending_rows", "gauge", c.pending_rows, "Rows recorded and not written yet."),
+            (
+                "recovered_rows_total",
+                "counter",
+                c.recovered_rows,
+                "Rows replayed from a stopped process's journal.",
+            ),
+            ("journal_errors_total", "counter", c.journal_errors, "Failed journal appends."),
         ]:
-            metric = f"mlops_inference_log_{name}_total"
+            metric = f"mlops_inference_log_{name}"
             lines += [
                 f"# HELP {metric} {help_text}",
-                f"# TYPE {metric} counter",
+                f"# TYPE {metric} {kind}",
                 f"{metric} {value}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def _merge(first: Converted, then: Converted) -> Converted:
+    """One batch holding ``first``'s tables before ``then``'s."""
+    merged = Converted(segments=first.segments + then.segments)
+    for batch in (first, then):
+        for key, tables in batch.tables.items():
+            merged.tables.setdefault(key, []).extend(tables)
+            merged.key_rows[key] = merged.key_rows.get(key, 0) + batch.key_rows[key]
+        merged.rows += batch.rows
+    return merged
 
 
 def build_inference_log(settings: Any) -> InferenceLog | None:
@@ -408,4 +551,5 @@ def build_inference_log(settings: Any) -> InferenceLog | None:
         sink,
         sample_rate=settings.inference_log_sample_rate,
         max_buffer_rows=settings.inference_log_max_buffer_rows,
+        spool=LogSpool(settings.inference_log_journal_root),
     )

@@ -60,3 +60,8 @@ class ServiceMetrics:
                 f'mlops_serving_model_version{{model="{model}"}} {version}',
             ]
         return "\n".join(lines) + "\n"
+
+
+def gauge_lines(metric: str, help_text: str, value: float) -> str:
+    """One Prometheus gauge in the text exposition format."""
+    return f"# HELP {metric} {help_text}\n# TYPE {metric} gauge\n{metric} {value}\n"

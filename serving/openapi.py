@@ -159,11 +159,16 @@ def openapi_document(model_name: str, spec: FeatureSpec, max_body_bytes: int) ->
             "400": _json(
                 error, "A malformed body, or columns or values that do not fit the model."
             ),
+            "408": _json(error, "The body did not arrive in time (MLOPS_SERVING_BODY_TIMEOUT_S)."),
             "413": _json(
                 error, f"A body over {max_body_bytes} bytes (MLOPS_SERVING_MAX_BODY_BYTES)."
             ),
             "415": _json(error, "A content type other than application/json or text/csv."),
-            "503": _json(error, "Too many requests in flight; retry after Retry-After seconds."),
+            "503": _json(
+                error,
+                "Over the latency budget, or too many requests or body bytes at once; retry "
+                "after Retry-After seconds.",
+            ),
         },
     }
     return {
@@ -175,7 +180,14 @@ def openapi_document(model_name: str, spec: FeatureSpec, max_body_bytes: int) ->
         },
         "paths": {
             "/invocations": {"post": scoring},
-            "/ping": {"get": {"responses": {"200": _text("The service is up.")}}},
+            "/ping": {
+                "get": {
+                    "responses": {
+                        "200": _text("The service is up, with a model."),
+                        "503": _json(error, "No model is loaded yet."),
+                    }
+                }
+            },
             "/health": {
                 "get": {
                     "responses": {

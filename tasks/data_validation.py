@@ -523,41 +523,42 @@ def log_data_gate(
     tags: dict[str, str],
 ) -> str:
     """Record the data gate in a ``data-gate`` run: counts, suite, report and the Data Docs site."""
-    run_id = tracking.start_stage_run(client, experiment_id, "data-gate", parent_run_id, tags)
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            "dataset.version": result.dataset_version,
-            "reference.version": result.reference_version,
-            "reference.origin": result.reference_origin,
-            "suite.name": result.suite_name,
-            "suite.uri": result.suite_uri,
-            "rows_validated": result.rows_validated,
-        },
-    )
-    counts = {v: sum(c.verdict == v for c in result.checks) for v in ("pass", "fail", "skip")}
-    tracking.log_metrics(
-        client,
-        run_id,
-        {
-            "expectations_passed": counts["pass"],
-            "expectations_failed": counts["fail"],
-            "expectations_skipped": counts["skip"],
-        },
-    )
-    tracking.set_tags(
-        client, run_id, {"gate.data.verdict": "passed" if result.passed else "failed"}
-    )
-    with tempfile.TemporaryDirectory(prefix="data-docs-") as tmp:
-        fs, base = fsspec.core.url_to_fs(result.data_docs_uri.removesuffix("/index.html"))
-        fs.get(base, f"{tmp}/data_docs", recursive=True)
-        client.log_artifacts(run_id, f"{tmp}/data_docs", "data_docs")
-    tracking.log_json(client, run_id, _read_json(result.suite_uri), "expectation_suite.json")
-    tracking.log_json(client, run_id, [c.model_dump() for c in result.checks], "data_gate.json")
-    link = tracking.artifact_url(client, run_id, "data_docs/index.html")
-    client.log_text(run_id, data_gate_markdown(result, link), "data_gate_report.md")
-    client.set_terminated(run_id, status="FINISHED" if result.passed else "FAILED")
+    with tracking.stage_run(client, experiment_id, "data-gate", parent_run_id, tags) as run:
+        run_id = run.run_id
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                "dataset.version": result.dataset_version,
+                "reference.version": result.reference_version,
+                "reference.origin": result.reference_origin,
+                "suite.name": result.suite_name,
+                "suite.uri": result.suite_uri,
+                "rows_validated": result.rows_validated,
+            },
+        )
+        counts = {v: sum(c.verdict == v for c in result.checks) for v in ("pass", "fail", "skip")}
+        tracking.log_metrics(
+            client,
+            run_id,
+            {
+                "expectations_passed": counts["pass"],
+                "expectations_failed": counts["fail"],
+                "expectations_skipped": counts["skip"],
+            },
+        )
+        tracking.set_tags(
+            client, run_id, {"gate.data.verdict": "passed" if result.passed else "failed"}
+        )
+        with tempfile.TemporaryDirectory(prefix="data-docs-") as tmp:
+            fs, base = fsspec.core.url_to_fs(result.data_docs_uri.removesuffix("/index.html"))
+            fs.get(base, f"{tmp}/data_docs", recursive=True)
+            client.log_artifacts(run_id, f"{tmp}/data_docs", "data_docs")
+        tracking.log_json(client, run_id, _read_json(result.suite_uri), "expectation_suite.json")
+        tracking.log_json(client, run_id, [c.model_dump() for c in result.checks], "data_gate.json")
+        link = tracking.artifact_url(client, run_id, "data_docs/index.html")
+        client.log_text(run_id, data_gate_markdown(result, link), "data_gate_report.md")
+        run.status = "FINISHED" if result.passed else "FAILED"
     return run_id
 
 

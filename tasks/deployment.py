@@ -2,7 +2,7 @@
 
 Going live means every serving instance (``MLOPS_SERVING_URLS``) is told to reload and must
 then answer with the new version; the smoke test sends held-out test rows and requires the
-registry model's predictions (``mlflow.pyfunc.load_model`` on the same rows) and a p95
+registry model's predictions (its files loaded natively, on the same rows) and a p95
 single-row latency within the use case's budget. With no instance configured, the same check
 runs on the serving code in this process. Any failure rolls ``champion`` back to the version
 before (compare-and-set) and tells the instances to reload again.
@@ -15,7 +15,6 @@ import time
 from typing import Literal
 
 import httpx
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from prefect import task
@@ -34,7 +33,7 @@ from serving.loader import load_served_model
 from serving.payload import Rows
 from tasks.preprocessing import read_split
 from tasks.promotion import promotion_lock
-from tasks.tracking import experiment_for, lineage_tags
+from tasks.tracking import experiment_for, lineage_tags, model_store
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +264,8 @@ def go_live(config: PipelineConfig, dataset: DatasetRef, version: str) -> GoLive
     except InstanceError as error:
         return GoLive(passed=False, reason=str(error), reloads={}, checks=[], instances=urls)
     rows = held_out_rows(dataset, config.deploy.smoke_rows)
-    expected = mlflow.pyfunc.load_model(f"models:/{config.model.name}/{version}").predict(rows)
+    candidate = model_store(config).load(f"models:/{config.model.name}/{version}", verify=False)
+    expected = candidate.predict(rows)  # the version this pipeline run trained and gated
     checks = [check_instance(url, rows, expected, version, config.deploy) for url in urls] or [
         check_in_process(config, version, rows, expected)
     ]
@@ -377,29 +377,30 @@ def record_deployment_task(
         tags | {"deploy.instances": ",".join(result.instances) or IN_PROCESS}
     ).items():
         client.set_model_version_tag(candidate.name, candidate.version, key, value)
-    run_id = tracking.start_stage_run(
+    with tracking.stage_run(
         client, experiment_id, "deploy", parent_run_id, lineage_tags(config)
-    )
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            "model.name": candidate.name,
-            "model.version": candidate.version,
-            "instances": len(result.instances),
-        },
-    )
-    metrics = {}
-    for number, check in enumerate(result.checks):
-        for name in ("latency_p50_ms", "latency_p95_ms", "max_difference"):
-            value = getattr(check, name)
-            if value is not None:
-                metrics[f"smoke_{number}_{name}"] = value
-    tracking.log_metrics(client, run_id, metrics)
-    tracking.set_tags(client, run_id, tags)
-    markdown = deployment_markdown(result)
-    client.log_text(run_id, markdown, "deployment.md")
-    client.set_terminated(run_id, status="FINISHED" if deployed else "FAILED")
+    ) as run:
+        run_id = run.run_id
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                "model.name": candidate.name,
+                "model.version": candidate.version,
+                "instances": len(result.instances),
+            },
+        )
+        metrics = {}
+        for number, check in enumerate(result.checks):
+            for name in ("latency_p50_ms", "latency_p95_ms", "max_difference"):
+                value = getattr(check, name)
+                if value is not None:
+                    metrics[f"smoke_{number}_{name}"] = value
+        tracking.log_metrics(client, run_id, metrics)
+        tracking.set_tags(client, run_id, tags)
+        markdown = deployment_markdown(result)
+        client.log_text(run_id, markdown, "deployment.md")
+        run.status = "FINISHED" if deployed else "FAILED"
     create_markdown_artifact(
         markdown=markdown,
         key=artifact_key("deployment", candidate.name),

@@ -9,7 +9,6 @@ import matplotlib
 matplotlib.use("Agg")  # plots are files, never windows
 
 import matplotlib.pyplot as plt
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -22,8 +21,9 @@ from mlops.config import PipelineConfig, TaskType
 from mlops.dataset import TARGET_COLUMN, DatasetRef
 from mlops.prediction import class_scores
 from model_registry import tracking
+from model_registry.loading import ModelStore
 from tasks.preprocessing import read_split
-from tasks.tracking import experiment_for, lineage_tags
+from tasks.tracking import experiment_for, lineage_tags, model_store
 
 if TYPE_CHECKING:
     from tasks.training import TrainingResult
@@ -204,14 +204,18 @@ def learning_curve_figure(curve: list[float], best_iteration: int, metric: str) 
 
 
 def score_model_on_split(
-    model_uri: str, dataset: DatasetRef, split: str
+    store: ModelStore, model_uri: str, dataset: DatasetRef, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load a logged model through MLflow and score one split of the dataset's raw rows.
+    """Load a logged model's files from the tracking store and score one split's raw rows.
+
+    The model is the one this pipeline run trained, so it is loaded without the separate
+    process check (see :mod:`model_registry.loading`); a corrupt file would end this stage
+    loudly, not silently.
 
     Returns:
         Encoded targets and class scores (see :func:`mlops.pyfunc.class_scores`).
     """
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = store.load(model_uri, verify=False)
     frame = read_split(dataset, split)
     predictions = model.predict(frame[dataset.feature_spec.input_columns])
     scores = class_scores(predictions, dataset.task, dataset.classes)
@@ -220,10 +224,10 @@ def score_model_on_split(
 
 @task(name="score-model", retries=1, retry_delay_seconds=5, persist_result=False)
 def score_model_task(
-    model_uri: str, dataset: DatasetRef, split: str
+    config: PipelineConfig, model_uri: str, dataset: DatasetRef, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score a logged model on a split."""
-    return score_model_on_split(model_uri, dataset, split)
+    return score_model_on_split(model_store(config), model_uri, dataset, split)
 
 
 class EvaluationResult(BaseModel):
@@ -248,23 +252,25 @@ def log_evaluation(
 ) -> EvaluationResult:
     """Compute and log test metrics and plots in an ``evaluate`` run (and on the training run)."""
     metrics = compute_metrics(dataset.task, targets, scores)
-    run_id = tracking.start_stage_run(client, experiment_id, "evaluate", parent_run_id, tags)
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            "model_uri": model.model_uri,
-            "split": "test",
-            "rows": len(targets),
-            "dataset.version": dataset.version,
-        },
-    )
-    tracking.log_metrics(client, run_id, {f"test_{k}": v for k, v in metrics.items()})
-    tracking.log_figures(
-        client, run_id, evaluation_figures(dataset.task, targets, scores, dataset.classes, "test")
-    )
-    tracking.log_metrics(client, model.run_id, {f"test_{k}": v for k, v in metrics.items()})
-    client.set_terminated(run_id, status="FINISHED")
+    with tracking.stage_run(client, experiment_id, "evaluate", parent_run_id, tags) as run:
+        run_id = run.run_id
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                "model_uri": model.model_uri,
+                "split": "test",
+                "rows": len(targets),
+                "dataset.version": dataset.version,
+            },
+        )
+        tracking.log_metrics(client, run_id, {f"test_{k}": v for k, v in metrics.items()})
+        tracking.log_figures(
+            client,
+            run_id,
+            evaluation_figures(dataset.task, targets, scores, dataset.classes, "test"),
+        )
+        tracking.log_metrics(client, model.run_id, {f"test_{k}": v for k, v in metrics.items()})
     return EvaluationResult(
         run_id=run_id,
         split="test",

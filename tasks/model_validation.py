@@ -1,7 +1,8 @@
 """The model gate: a candidate version against the current champion on the same held-out rows.
 
-Both models are loaded through MLflow exactly as a consumer would load them and score the
-candidate dataset's test split. The checks, each configurable in ``model_gate`` (``null`` turns
+Both models are loaded from their files in the tracking store, natively (never unpickled; the
+champion, which this run did not make, is checked in a separate process first, see
+:mod:`model_registry.loading`), and score the candidate dataset's test split. The checks, each configurable in ``model_gate`` (``null`` turns
 one off): absolute floors on test metrics, no regression of the primary metric against the
 champion beyond a tolerance, the same per value of configured categorical columns (slices), a
 p95 single-row latency budget and a model-size budget. Each check is a
@@ -11,12 +12,8 @@ p95 single-row latency budget and a model-size budget. Each check is a
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
@@ -25,7 +22,9 @@ from mlops.config import ModelGateConfig, TaskType
 from mlops.dataset import TARGET_COLUMN, DatasetRef
 from mlops.errors import ConfigError
 from mlops.gates import LOWER_IS_BETTER, GateCheck
+from mlops.model_files import PipelineModel
 from mlops.prediction import class_scores
+from model_registry.loading import ModelStore
 from model_registry.promotion import ChampionRef
 from tasks.evaluation import compute_metrics, primary_metric
 from tasks.preprocessing import read_split
@@ -40,15 +39,6 @@ CHANCE_FLOORS: dict[str, dict[str, float]] = {
 """Floors when ``model_gate.metric_floors`` is unset: better than chance, nothing more."""
 
 _WARMUP = 5
-
-
-class LoadedModel(BaseModel):
-    """A model loaded from MLflow with its on-disk size."""
-
-    model_config = {"arbitrary_types_allowed": True}
-
-    model: Any
-    size_bytes: int
 
 
 # ---------------------------------------------------------------- comparing numbers
@@ -229,7 +219,7 @@ def _slice_skip(column: str, metric: str, why: str) -> GateCheck:
     )
 
 
-def single_row_latency_ms(model: Any, rows: pd.DataFrame, samples: int) -> np.ndarray:
+def single_row_latency_ms(model: PipelineModel, rows: pd.DataFrame, samples: int) -> np.ndarray:
     """Wall time of ``samples`` single-row predictions, in milliseconds (after a warm-up)."""
     picks = rows.iloc[np.arange(samples + _WARMUP) % len(rows)]
     timings = []
@@ -279,22 +269,13 @@ def size_check(size_bytes: int, budget_mb: float) -> GateCheck:
 # ---------------------------------------------------------------- loading and scoring
 
 
-def load_logged_model(model_uri: str, folder: Path) -> LoadedModel:
-    """Download a logged model into ``folder`` and load it as MLflow's pyfunc."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model = mlflow.pyfunc.load_model(model_uri, dst_path=str(folder))
-    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-    return LoadedModel(model=model, size_bytes=size)
-
-
-def score_rows(model: Any, frame: pd.DataFrame, dataset: DatasetRef) -> np.ndarray:
-    """Class scores (or values) of a pyfunc model on raw rows, in the dataset's class order.
+def score_rows(model: PipelineModel, frame: pd.DataFrame, dataset: DatasetRef) -> np.ndarray:
+    """Class scores (or values) of a model on raw rows, in the dataset's class order.
 
     Raises:
         ValueError: if the model predicts other classes than the dataset has.
     """
-    python_model = model.unwrap_python_model()
-    classes = getattr(python_model, "classes", None)
+    classes = model.classes
     if dataset.task != "regression" and list(classes or []) != list(dataset.classes or []):
         raise ValueError(f"it predicts classes {classes}, the test split has {dataset.classes}")
     predictions = model.predict(frame[dataset.feature_spec.input_columns])
@@ -324,20 +305,24 @@ class Scored(BaseModel):
 
     model_config = {"arbitrary_types_allowed": True}
 
-    loaded: LoadedModel | None
+    loaded: PipelineModel | None
     scores: np.ndarray | None
     problem: str | None = None
 
 
 def score_champion(
-    champion: ChampionRef | None, frame: pd.DataFrame, dataset: DatasetRef, folder: Path
+    champion: ChampionRef | None, frame: pd.DataFrame, dataset: DatasetRef, store: ModelStore
 ) -> Scored:
-    """Load and score the champion; a failure is recorded, not raised (the gate fails on it)."""
+    """Load and score the champion; a failure is recorded, not raised (the gate fails on it).
+
+    Its files are checked in a separate process first: a corrupt champion must fail the
+    comparison with a reason, not crash the gate (and so every later retraining).
+    """
     if champion is None:
         return Scored(loaded=None, scores=None)
     try:
-        loaded = load_logged_model(champion.model_uri, folder)
-        return Scored(loaded=loaded, scores=score_rows(loaded.model, frame, dataset))
+        loaded = store.load(champion.model_uri, verify=True)
+        return Scored(loaded=loaded, scores=score_rows(loaded, frame, dataset))
     except Exception as error:  # any load or predict failure means: cannot compare
         problem = f"champion version {champion.version} cannot score these rows: {error}"
         logger.warning(problem)
@@ -349,6 +334,7 @@ def compare_with_champion(
     candidate_uri: str,
     champion: ChampionRef | None,
     gate: ModelGateConfig,
+    store: ModelStore,
 ) -> Comparison:
     """Score candidate and champion on the dataset's test split and run every model check.
 
@@ -362,31 +348,24 @@ def compare_with_champion(
     _check_slice_columns(gate, frame)
     targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
     metric = resolve_primary_metric(gate, dataset.task)
-    with tempfile.TemporaryDirectory(prefix="model-gate-") as tmp:
-        candidate = load_logged_model(candidate_uri, Path(tmp) / "candidate")
-        candidate_scores = score_rows(candidate.model, frame, dataset)
-        metrics = compute_metrics(dataset.task, targets, candidate_scores)
-        check_metric_names(gate, dataset.task, set(metrics))
-        if not gate.enabled:
-            return Comparison(checks=[], primary_metric=metric, candidate_metrics=metrics)
-        rival = score_champion(champion, frame, dataset, Path(tmp) / "champion")
-        rival_metrics = (
-            compute_metrics(dataset.task, targets, rival.scores) if rival.loaded else None
+    candidate = store.load(candidate_uri, verify=False)  # trained by this pipeline run
+    candidate_scores = score_rows(candidate, frame, dataset)
+    metrics = compute_metrics(dataset.task, targets, candidate_scores)
+    check_metric_names(gate, dataset.task, set(metrics))
+    if not gate.enabled:
+        return Comparison(checks=[], primary_metric=metric, candidate_metrics=metrics)
+    rival = score_champion(champion, frame, dataset, store)
+    rival_metrics = compute_metrics(dataset.task, targets, rival.scores) if rival.loaded else None
+    checks = floor_checks(metrics, gate.metric_floors or CHANCE_FLOORS[dataset.task])
+    if gate.max_regression is not None:
+        checks.append(
+            _regression_or_problem(metric, metrics, champion, rival_metrics, gate, rival.problem)
         )
-        checks = floor_checks(metrics, gate.metric_floors or CHANCE_FLOORS[dataset.task])
-        if gate.max_regression is not None:
-            checks.append(
-                _regression_or_problem(
-                    metric, metrics, champion, rival_metrics, gate, rival.problem
-                )
-            )
-        checks += slice_checks(frame, dataset.task, candidate_scores, rival.scores, gate, metric)
-        if gate.max_latency_p95_ms is not None:
-            checks.append(
-                _latency(candidate, rival, frame[dataset.feature_spec.input_columns], gate)
-            )
-        if gate.max_model_size_mb is not None:
-            checks.append(size_check(candidate.size_bytes, gate.max_model_size_mb))
+    checks += slice_checks(frame, dataset.task, candidate_scores, rival.scores, gate, metric)
+    if gate.max_latency_p95_ms is not None:
+        checks.append(_latency(candidate, rival, frame[dataset.feature_spec.input_columns], gate))
+    if gate.max_model_size_mb is not None:
+        checks.append(size_check(candidate.size_bytes, gate.max_model_size_mb))
     return Comparison(
         checks=checks,
         primary_metric=metric,
@@ -396,13 +375,11 @@ def compare_with_champion(
 
 
 def _latency(
-    candidate: LoadedModel, rival: Scored, rows: pd.DataFrame, gate: ModelGateConfig
+    candidate: PipelineModel, rival: Scored, rows: pd.DataFrame, gate: ModelGateConfig
 ) -> GateCheck:
-    candidate_ms = single_row_latency_ms(candidate.model, rows, gate.latency_samples)
+    candidate_ms = single_row_latency_ms(candidate, rows, gate.latency_samples)
     champion_ms = (
-        single_row_latency_ms(rival.loaded.model, rows, gate.latency_samples)
-        if rival.loaded
-        else None
+        single_row_latency_ms(rival.loaded, rows, gate.latency_samples) if rival.loaded else None
     )
     return latency_check(candidate_ms, champion_ms, gate.max_latency_p95_ms or 0.0)
 

@@ -646,25 +646,25 @@ def record_drift_task(config: PipelineConfig, report: DriftReport) -> DriftRepor
     """A ``drift-monitor`` MLflow run (metrics, report, plots) and the Prefect markdown artifact."""
     client, experiment_id = experiment_for(config)
     tags = lineage_tags(config) | {
-        "mlops.stage": "drift-monitor",
         "drift.status": report.status,
         "model.name": report.model_name,
         "model.version": report.champion_version or "none",
     }
-    run_id = tracking.start_run(client, experiment_id, f"drift-monitor-{report.status}", tags=tags)
-    report = report.model_copy(update={"mlflow_run_id": run_id})
-    metrics = {"rows": report.rows, "drifted_features": len(report.drifted_features)}
-    metrics |= {f"psi.{_slug(d.column)}": d.psi for d in report.features}
-    if report.prediction is not None:
-        metrics["psi.prediction"] = report.prediction.psi
-    if report.performance is not None:
-        metrics |= {f"labelled.{k}": v for k, v in report.performance.metrics.items()}
-    tracking.log_metrics(client, run_id, metrics)
-    tracking.log_json(client, run_id, report_json(report), "drift_report.json")
-    tracking.log_figures(client, run_id, drift_figures(report), folder="drift")
-    markdown = drift_markdown(report)
-    client.log_text(run_id, markdown, "drift_report.md")
-    client.set_terminated(run_id, status="FINISHED")
+    name = f"drift-monitor-{report.status}"
+    with tracking.stage_run(client, experiment_id, "drift-monitor", None, tags, name) as run:
+        run_id = run.run_id
+        report = report.model_copy(update={"mlflow_run_id": run_id})
+        metrics = {"rows": report.rows, "drifted_features": len(report.drifted_features)}
+        metrics |= {f"psi.{_slug(d.column)}": d.psi for d in report.features}
+        if report.prediction is not None:
+            metrics["psi.prediction"] = report.prediction.psi
+        if report.performance is not None:
+            metrics |= {f"labelled.{k}": v for k, v in report.performance.metrics.items()}
+        tracking.log_metrics(client, run_id, metrics)
+        tracking.log_json(client, run_id, report_json(report), "drift_report.json")
+        tracking.log_figures(client, run_id, drift_figures(report), folder="drift")
+        markdown = drift_markdown(report)
+        client.log_text(run_id, markdown, "drift_report.md")
     create_markdown_artifact(
         markdown=markdown,
         key=artifact_key("drift", report.model_name),

@@ -7,6 +7,7 @@ partitions, twice at most: one pass for the profile and one for writing the spli
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from prefect import task
 from infra.caching import CACHE_EXPIRATION, inputs_and_code
 from mlops.config import DataConfig, FeatureConfig, PipelineConfig, SplitConfig, TaskType
 from mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef, MetaFeatures
-from mlops.errors import DataError
+from mlops.errors import DataError, StorageError
 from mlops.features import build_features, fit_feature_spec
 from model_registry import tracking
 from tasks.tracking import experiment_for, lineage_tags
@@ -570,7 +571,9 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
     example = coerce_frame(sample, schema).head(5)
     build_features(example, spec)  # fail here, not at training time, if the transform breaks
     counts = _compute(
-        lambda: write_splits(typed, uri, schema.target, task, classes), config.data.source
+        lambda: write_splits(typed, uri, schema.target, task, classes),
+        config.data.source,
+        destination=uri,
     )
     dataset = DatasetRef(
         name=config.name,
@@ -595,16 +598,48 @@ def read_head(source: dd.DataFrame, name: str, rows: int = 5000) -> pd.DataFrame
     return _compute(lambda: source.head(rows, npartitions=min(source.npartitions, 4)), name)
 
 
-def _compute(action, source: str):
+def _compute(action, source: str, destination: str | None = None):
+    """Run a Dask computation over ``source``; its errors as the user's or the environment's.
+
+    Raises:
+        StorageError: writing under ``destination`` failed (a full disk, no permission): not
+            the data's fault.
+        DataError: anything else the parser, Arrow or the file system raised.
+    """
     try:
         return action()
     except DataError:
         raise
-    except (ValueError, OSError, pa.ArrowException) as error:  # parser, I/O and Arrow errors
-        raise DataError(
-            f"Reading '{source}' failed part-way: {type(error).__name__}: {error}. "
-            "The file may be truncated or corrupt, or a column holds values of mixed types."
-        ) from None
+    except OSError as error:
+        if destination is not None and _written_under(error, destination):
+            raise StorageError(
+                f"Writing the dataset to {destination} failed: {type(error).__name__}: "
+                f"{error.strerror or error}. The source was read fine; free space or fix the "
+                "permissions of the artifact store (MLOPS_ARTIFACT_STORE), then run again."
+            ) from None
+        raise _read_failed(source, error) from None
+    except (ValueError, pa.ArrowException) as error:  # parser and Arrow errors
+        raise _read_failed(source, error) from None
+
+
+def _written_under(error: OSError, destination: str) -> bool:
+    """Whether an I/O error is about ``destination``, a folder above it or a file in it (or
+    could only come from a write: a full disk, a read-only file system)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    root = destination.removeprefix("file://").rstrip("/")
+    for name in (error.filename, error.filename2):
+        path = str(name or "").rstrip("/")
+        if path and (path == root or root.startswith(f"{path}/") or path.startswith(f"{root}/")):
+            return True
+    return False
+
+
+def _read_failed(source: str, error: Exception) -> DataError:
+    return DataError(
+        f"Reading '{source}' failed part-way: {type(error).__name__}: {error}. "
+        "The file may be truncated or corrupt, or a column holds values of mixed types."
+    )
 
 
 def _check_split_sizes(split_counts: pd.Series, source: str) -> None:
@@ -676,31 +711,31 @@ def log_dataset(
     tags: dict[str, str],
 ) -> str:
     """Record a dataset version in a ``preprocess`` run: its facts, profile and reference."""
-    run_id = tracking.start_stage_run(client, experiment_id, "preprocess", parent_run_id, tags)
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            "dataset.version": dataset.version,
-            "dataset.uri": dataset.uri,
-            "source": dataset.source_uri,
-            "target": dataset.target,
-            "task": dataset.task,
-            "classes": dataset.classes,
-            "features": len(dataset.feature_spec.feature_names),
-            "dropped_columns": dataset.dropped_columns,
-        },
-    )
-    numbers = {f"rows_{k}": v for k, v in dataset.row_counts.items()}
-    numbers |= {
-        f"meta_{k}": v
-        for k, v in dataset.meta_features.model_dump().items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    tracking.log_metrics(client, run_id, numbers)
-    tracking.log_json(client, run_id, dataset.profile, "data_profile.json")
-    tracking.log_json(client, run_id, dataset.model_dump(mode="json"), "dataset.json")
-    client.set_terminated(run_id, status="FINISHED")
+    with tracking.stage_run(client, experiment_id, "preprocess", parent_run_id, tags) as run:
+        run_id = run.run_id
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                "dataset.version": dataset.version,
+                "dataset.uri": dataset.uri,
+                "source": dataset.source_uri,
+                "target": dataset.target,
+                "task": dataset.task,
+                "classes": dataset.classes,
+                "features": len(dataset.feature_spec.feature_names),
+                "dropped_columns": dataset.dropped_columns,
+            },
+        )
+        numbers = {f"rows_{k}": v for k, v in dataset.row_counts.items()}
+        numbers |= {
+            f"meta_{k}": v
+            for k, v in dataset.meta_features.model_dump().items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        tracking.log_metrics(client, run_id, numbers)
+        tracking.log_json(client, run_id, dataset.profile, "data_profile.json")
+        tracking.log_json(client, run_id, dataset.model_dump(mode="json"), "dataset.json")
     return run_id
 
 

@@ -22,7 +22,7 @@ from model_registry.ledger import record_ledger
 from model_registry.promotion import ChampionRef, current_champion
 from model_registry.registry import RegisteredVersion
 from tasks.model_validation import Comparison, compare_with_champion
-from tasks.tracking import experiment_for, lineage_tags
+from tasks.tracking import experiment_for, lineage_tags, model_store
 
 
 class GateDecision(BaseModel):
@@ -107,8 +107,9 @@ def compare_with_champion_task(
     champion: ChampionRef | None,
 ) -> Comparison:
     """Score candidate and champion on the test split and run the model checks."""
-    experiment_for(config)  # points MLflow at the config's tracking store before loading models
-    return compare_with_champion(dataset, candidate.model_uri, champion, config.model_gate)
+    return compare_with_champion(
+        dataset, candidate.model_uri, champion, config.model_gate, model_store(config)
+    )
 
 
 @task(name="record-gate-ledger")
@@ -124,25 +125,25 @@ def record_ledger_task(
     ledger = build_ledger(candidate, champion, data_gate, comparison)
     client, experiment_id = experiment_for(config)
     record_ledger(client, ledger)
-    run_id = tracking.start_stage_run(
+    with tracking.stage_run(
         client, experiment_id, "model-gate", parent_run_id, lineage_tags(config)
-    )
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            "model.name": candidate.name,
-            "candidate.version": candidate.version,
-            "champion.version": champion.version if champion else "none",
-            "primary_metric": comparison.primary_metric,
-        },
-    )
-    metrics = {f"candidate_{k}": v for k, v in comparison.candidate_metrics.items()}
-    metrics |= {f"champion_{k}": v for k, v in (comparison.champion_metrics or {}).items()}
-    tracking.log_metrics(client, run_id, metrics)
-    tracking.set_tags(client, run_id, {"gate.verdict": ledger.verdict})
-    client.log_text(run_id, ledger_markdown(ledger), "gate_ledger.md")
-    client.set_terminated(run_id, status="FINISHED")
+    ) as run:
+        run_id = run.run_id
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                "model.name": candidate.name,
+                "candidate.version": candidate.version,
+                "champion.version": champion.version if champion else "none",
+                "primary_metric": comparison.primary_metric,
+            },
+        )
+        metrics = {f"candidate_{k}": v for k, v in comparison.candidate_metrics.items()}
+        metrics |= {f"champion_{k}": v for k, v in (comparison.champion_metrics or {}).items()}
+        tracking.log_metrics(client, run_id, metrics)
+        tracking.set_tags(client, run_id, {"gate.verdict": ledger.verdict})
+        client.log_text(run_id, ledger_markdown(ledger), "gate_ledger.md")
     create_markdown_artifact(
         markdown=ledger_markdown(ledger),
         key=artifact_key("gate-ledger", candidate.name),

@@ -69,20 +69,20 @@ def register_candidate(
     registered = register_model_version(
         client, config.model.name, training.model_uri, training.run_id, tags, description
     )
-    run_id = tracking.start_stage_run(
+    with tracking.stage_run(
         client, experiment_id, "register", parent_run_id, lineage_tags(config)
-    )
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            "model.name": registered.name,
-            "model.version": registered.version,
-            "model.alias": registered.alias,
-            "model.uri": registered.model_uri,
-        },
-    )
-    client.set_terminated(run_id, status="FINISHED")
+    ) as run:
+        run_id = run.run_id
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                "model.name": registered.name,
+                "model.version": registered.version,
+                "model.alias": registered.alias,
+                "model.uri": registered.model_uri,
+            },
+        )
     return registered
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from functools import lru_cache
 from typing import Any
+from uuid import UUID
 
 from mlflow.tracking import MlflowClient
 from prefect import task
@@ -13,6 +14,13 @@ from prefect.runtime import flow_run
 from mlops.config import PipelineConfig
 from mlops.settings import get_settings
 from model_registry import tracking
+from model_registry.loading import ModelStore
+
+
+def model_store(config: PipelineConfig) -> ModelStore:
+    """Models of the config's tracking store, loaded natively."""
+    client, _ = experiment_for(config)
+    return ModelStore(client, tracking.tracking_uri_for(config), get_settings().model_check)
 
 
 def experiment_for(config: PipelineConfig) -> tuple[MlflowClient, str]:
@@ -47,15 +55,34 @@ def lineage_tags(config: PipelineConfig) -> dict[str, str]:
     }
 
 
+def flow_run_has_ended(flow_run_id: str) -> bool:
+    """Whether Prefect says this flow run is over (False when it cannot tell)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+    except Exception:  # unknown id, another API, a server away: leave the run alone
+        return False
+    return state is not None and state.is_final()
+
+
 @task(name="open-pipeline-run", retries=3, retry_delay_seconds=[2, 10, 30])
 def open_pipeline_run_task(config: PipelineConfig) -> str:
-    """Create the pipeline's parent MLflow run; stages nest their runs under it."""
+    """Create the pipeline's parent MLflow run; stages nest their runs under it.
+
+    First ends the runs that killed flow runs left RUNNING in the experiment. A try that fails
+    after creating the run ends it FAILED, so retries never leave a run RUNNING.
+    """
     client, experiment_id = experiment_for(config)
+    tracking.close_abandoned_runs(client, experiment_id, flow_run_has_ended)
     run_id = tracking.start_run(
         client, experiment_id, f"pipeline-{flow_run.name or 'local'}", tags=lineage_tags(config)
     )
-    tracking.log_params(client, run_id, {"use_case": config.name, "model_name": config.model.name})
-    tracking.log_json(client, run_id, config.model_dump(mode="json"), "config.json")
+    with tracking.closed_on_error(client, run_id):
+        params = {"use_case": config.name, "model_name": config.model.name}
+        tracking.log_params(client, run_id, params)
+        tracking.log_json(client, run_id, config.model_dump(mode="json"), "config.json")
     return run_id
 
 

@@ -355,70 +355,70 @@ def log_training(
     extra_metrics: dict[str, float] | None = None,
 ) -> TrainingResult:
     """Log a training run: params, the per-round validation curve, plots, inputs and the model."""
-    run_id = tracking.start_stage_run(client, experiment_id, "train", parent_run_id, tags)
-    cluster = trained.cluster
-    tracking.log_params(
-        client,
-        run_id,
-        {
-            **trained.params,
-            **(extra_params or {}),
-            "best_iteration": trained.best_iteration,
-            "dataset.version": dataset.version,
-            "cluster.n_workers": cluster.n_workers,
-            "cluster.threads_per_worker": cluster.threads_per_worker,
-            "cluster.memory_limit": cluster.memory_limit,
-            "cluster.scheduler": cluster.scheduler_address or "local",
-        },
-    )
-    tracking.log_metric_history(
-        client, run_id, f"validation_{trained.validation_metric}", trained.validation_curve
-    )
-    per_iteration = trained.wall_time_s / max(trained.iterations_run, 1)
-    peak = max(trained.peak_worker_memory_bytes.values(), default=0)
-    best_score = (
-        trained.validation_curve[trained.best_iteration - 1]
-        if trained.validation_curve
-        else float("nan")
-    )
-    tracking.log_metrics(
-        client,
-        run_id,
-        {
-            "training_time_s": trained.wall_time_s,
-            "time_per_iteration_s": per_iteration,
-            "iterations_run": trained.iterations_run,
-            "peak_worker_memory_mb": peak / 2**20,
-            f"best_validation_{trained.validation_metric}": best_score,
-            **(extra_metrics or {}),
-        },
-    )
-    importance = feature_importance(trained.booster)
-    tracking.log_figures(
-        client,
-        run_id,
-        {
-            "feature_importance": feature_importance_figure(importance),
-            "learning_curve": learning_curve_figure(
-                trained.validation_curve, trained.best_iteration, trained.validation_metric
+    with tracking.stage_run(client, experiment_id, "train", parent_run_id, tags) as run:
+        run_id = run.run_id
+        cluster = trained.cluster
+        tracking.log_params(
+            client,
+            run_id,
+            {
+                **trained.params,
+                **(extra_params or {}),
+                "best_iteration": trained.best_iteration,
+                "dataset.version": dataset.version,
+                "cluster.n_workers": cluster.n_workers,
+                "cluster.threads_per_worker": cluster.threads_per_worker,
+                "cluster.memory_limit": cluster.memory_limit,
+                "cluster.scheduler": cluster.scheduler_address or "local",
+            },
+        )
+        tracking.log_metric_history(
+            client, run_id, f"validation_{trained.validation_metric}", trained.validation_curve
+        )
+        per_iteration = trained.wall_time_s / max(trained.iterations_run, 1)
+        peak = max(trained.peak_worker_memory_bytes.values(), default=0)
+        best_score = (
+            trained.validation_curve[trained.best_iteration - 1]
+            if trained.validation_curve
+            else float("nan")
+        )
+        tracking.log_metrics(
+            client,
+            run_id,
+            {
+                "training_time_s": trained.wall_time_s,
+                "time_per_iteration_s": per_iteration,
+                "iterations_run": trained.iterations_run,
+                "peak_worker_memory_mb": peak / 2**20,
+                f"best_validation_{trained.validation_metric}": best_score,
+                **(extra_metrics or {}),
+            },
+        )
+        importance = feature_importance(trained.booster)
+        tracking.log_figures(
+            client,
+            run_id,
+            {
+                "feature_importance": feature_importance_figure(importance),
+                "learning_curve": learning_curve_figure(
+                    trained.validation_curve, trained.best_iteration, trained.validation_metric
+                ),
+            },
+        )
+        client.log_text(run_id, importance.to_csv(index=False), "feature_importance.csv")
+        tracking.log_figures(
+            client,
+            run_id,
+            evaluation_figures(
+                dataset.task,
+                trained.validation_targets,
+                trained.validation_scores,
+                dataset.classes,
+                "validation",
             ),
-        },
-    )
-    client.log_text(run_id, importance.to_csv(index=False), "feature_importance.csv")
-    tracking.log_figures(
-        client,
-        run_id,
-        evaluation_figures(
-            dataset.task,
-            trained.validation_targets,
-            trained.validation_scores,
-            dataset.classes,
-            "validation",
-        ),
-    )
-    log_dataset_inputs(run_id, dataset)
-    model_uri = log_pipeline_model(run_id, trained.booster, dataset, read_sample(dataset))
-    client.set_terminated(run_id, status="FINISHED")
+        )
+        log_dataset_inputs(run_id, dataset)
+        model_uri = log_pipeline_model(run_id, trained.booster, dataset, read_sample(dataset))
     return TrainingResult(
         run_id=run_id,
         model_uri=model_uri,

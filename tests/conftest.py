@@ -18,6 +18,10 @@ import pytest
 from mlops.settings import get_settings
 from tests.postgres import PostgresServer, postgres_bin_dir, postgres_server
 
+pytest_plugins = [
+    "tests.fixtures"
+]  # real components, shared by the integration and reliability suites
+
 _databases = itertools.count()
 
 

@@ -49,10 +49,10 @@ class PostgresServer:
         return f"postgresql{driver}://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
-        """Create a database; returns its SQLAlchemy URL (psycopg 3, SQLAlchemy's default)."""
-        import psycopg
+        """Create a database; returns its SQLAlchemy URL (psycopg2, SQLAlchemy's default)."""
+        import psycopg2
 
-        connection = psycopg.connect(self.url("postgres"))
+        connection = psycopg2.connect(self.url("postgres"))
         try:
             connection.autocommit = True  # CREATE DATABASE refuses to run in a transaction
             with connection.cursor() as cursor:

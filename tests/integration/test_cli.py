@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from mlops.cli import app
 from mlops.settings import get_settings
+from tests.fixtures import read_only_folder
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -168,6 +169,39 @@ def test_config_with_wrong_type(tmp_path):
         )
     )
     assert_refused(run_config(path), "split.test_fraction", "'lots'", str(path))
+
+
+def test_an_unwritable_artifact_store_is_an_environment_failure_not_bad_input(tmp_path):
+    path = tmp_path / "data.csv"
+    small_frame().to_csv(path, index=False)
+    with read_only_folder(tmp_path / "store") as store:
+        env = os.environ | {"MLOPS_ARTIFACT_STORE": str(store)}
+        result = subprocess.run(
+            [MLOPS, "run", "--config", str(write_config(tmp_path, path))],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    message = result.stderr.split("error: ")[-1]
+    assert f"The artifact store (MLOPS_ARTIFACT_STORE), {store}, cannot be written" in message
+    assert "Nothing was run" in message and "writable folder" in message
+    assert "Traceback" not in result.stderr
+    assert registered_models() == []
+
+
+def test_trigger_without_a_prefect_server_is_an_environment_failure(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    result = subprocess.run(
+        [MLOPS, "trigger"],
+        env=env | {"MLOPS_HOME": str(tmp_path / "no-stack")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "No Prefect server to trigger on: start the local stack with `mlops up`" in result.stderr
 
 
 def test_help_lists_commands():

@@ -127,8 +127,11 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
-def test_bad_data_stops_the_pipeline_at_the_data_gate(kind, in_champion_home, fraud_file, tmp_path):
+def test_bad_data_stops_the_pipeline_at_the_data_gate(
+    kind, in_champion_home, fraud_file, tmp_path, figures
+):
     source = tmp_path / f"{kind.replace(' ', '-')}.parquet"
     corrupt(pd.read_parquet(fraud_file), kind).to_parquet(source)
     config = bundled_config("fraud_detection", source)
@@ -164,6 +167,16 @@ def test_bad_data_stops_the_pipeline_at_the_data_gate(kind, in_champion_home, fr
     assert {"data_docs", "data_gate_report.md", "expectation_suite.json"} <= artifacts
     report = markdown_artifacts(stages["data-gate"].id)["data-gate-fraud-detection"]
     assert "# Data gate FAILED" in report and "data_docs/index.html" in report
+    figures.record(
+        "pipeline",
+        f"bad data at the data gate ({kind})",
+        f"a source file with {kind} run through the whole pipeline",
+        True,
+        "the data gate failed naming the check; nothing trained or registered, champion kept, "
+        "both stage runs closed",
+        versions_added=version_count() - versions_before,
+        stages_run=len(stages),
+    )
 
 
 def test_new_data_from_the_same_process_passes(in_champion_home, tmp_path):

@@ -7,13 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,8 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from infra.allocator.history import HistoryStore
-from infra.mlflow_server import UnsafeServerSettings, check_admin_password, mlflow_server_launch
-from mlops.settings import QUIET_ENVIRONMENT, Settings
+from infra.mlflow_server import UnsafeServerSettings, check_admin_password
 from model_registry.promotion import promote_to_champion, roll_back_promotion
 from model_registry.registry import (
     CHALLENGER,
@@ -33,35 +28,11 @@ from model_registry.registry import (
     parse_reference,
     register_model_version,
 )
+from tests.fixtures import MLFLOW_PASSWORD, MLFLOW_USER, PREFECT_AUTH, clean_env
 from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
-PREFECT_AUTH = "admin:prefect-test-secret"
-MLFLOW_USER, MLFLOW_PASSWORD = "admin", "mlflow-test-secret"
 CONCURRENT_RUNS = 20
-
-
-@dataclass(frozen=True)
-class Servers:
-    prefect_api: str
-    mlflow: str
-    history_url: str
-
-    def client_env(self) -> dict[str, str]:
-        """What a process needs to reach both servers as an authenticated user."""
-        return {
-            "PREFECT_API_URL": self.prefect_api,
-            "PREFECT_API_AUTH_STRING": PREFECT_AUTH,
-            "MLFLOW_TRACKING_URI": self.mlflow,
-            "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
-            "MLFLOW_TRACKING_PASSWORD": MLFLOW_PASSWORD,
-        }
-
-
-def clean_env(home: Path) -> dict[str, str]:
-    """This process's environment without its Prefect/MLflow settings (the test harness's)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    return env | QUIET_ENVIRONMENT | {"MLOPS_HOME": str(home), "PREFECT_HOME": str(home / "p")}
 
 
 def mlops(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -74,71 +45,6 @@ def mlops(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
         timeout=60,
         check=False,
     )
-
-
-def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server behind {url} exited ({process.returncode})"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {seconds:.0f}s")
-
-
-@contextlib.contextmanager
-def started(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@pytest.fixture(scope="module")
-def servers(postgres) -> Iterator[Servers]:
-    """Prefect and MLflow servers on PostgreSQL, each behind its authentication, on loopback."""
-    home = Path(tempfile.mkdtemp(prefix="mlops-production-"))
-    prefect_port, mlflow_port = free_port(), free_port()
-    postgres.create_database("prefect")
-    prefect_env = clean_env(home) | {
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.url("prefect", "+asyncpg"),
-        "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH,
-        "PREFECT_UI_ENABLED": "false",
-    }
-    settings = Settings(
-        home=home,
-        mlflow_backend_store_uri=postgres.create_database("mlflow"),
-        mlflow_auth_database_url=postgres.create_database("mlflow_auth"),
-        mlflow_admin_username=MLFLOW_USER,
-        mlflow_admin_password=MLFLOW_PASSWORD,
-    )
-    mlflow = mlflow_server_launch(settings, "127.0.0.1", mlflow_port)
-    assert mlflow.authenticated and "--app-name" in mlflow.command
-    prefect_command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1"]
-    with (
-        started(
-            [*prefect_command, "--port", str(prefect_port)], prefect_env, home / "prefect.log"
-        ) as prefect_server,
-        started(mlflow.command, clean_env(home) | mlflow.env, home / "mlflow.log") as mlflow_server,
-    ):
-        wait_healthy(f"http://127.0.0.1:{prefect_port}/api/health", prefect_server)
-        wait_healthy(f"http://127.0.0.1:{mlflow_port}/health", mlflow_server)
-        yield Servers(
-            prefect_api=f"http://127.0.0.1:{prefect_port}/api",
-            mlflow=f"http://127.0.0.1:{mlflow_port}",
-            history_url=postgres.create_database("allocator"),
-        )
 
 
 def test_each_server_refuses_requests_without_valid_credentials(servers):
@@ -154,8 +60,10 @@ def test_each_server_refuses_requests_without_valid_credentials(servers):
     assert httpx.get(experiments, auth=(MLFLOW_USER, MLFLOW_PASSWORD)).status_code == 200
 
 
-def test_twenty_flow_runs_and_registrations_at_once_lose_nothing(servers, tmp_path):
+@pytest.mark.reliability
+def test_twenty_flow_runs_and_registrations_at_once_lose_nothing(servers, tmp_path, figures):
     model = "concurrency-model"
+    started = time.monotonic()
     env = clean_env(tmp_path) | servers.client_env()
     driver = [sys.executable, "-m", "tests.integration.concurrent_registrations"]
     finished = subprocess.run(
@@ -181,6 +89,11 @@ def test_twenty_flow_runs_and_registrations_at_once_lose_nothing(servers, tmp_pa
     ).json()
     assert len(runs) == CONCURRENT_RUNS
     assert {run["state_type"] for run in runs} == {"COMPLETED"}
+    seconds = time.monotonic() - started
+    events = completed_events(servers.prefect_api, [run["id"] for run in runs], auth)
+    assert events == CONCURRENT_RUNS  # every Completed event stored
+    dead_letters = list((servers.home / "p" / "dlq").glob("*"))
+    assert dead_letters == []  # and none given up on its way to the automations
 
     os.environ.update(
         MLFLOW_TRACKING_USERNAME=MLFLOW_USER, MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD
@@ -205,6 +118,41 @@ def test_twenty_flow_runs_and_registrations_at_once_lose_nothing(servers, tmp_pa
     assert sorted(run.dataset_version for run in recorded) == sorted(
         f"v{i}" for i in range(CONCURRENT_RUNS)
     )
+    figures.record(
+        "orchestration",
+        "20 concurrent flow runs on PostgreSQL (production profile)",
+        "20 flow runs start at the same instant, each logging an MLflow run, registering a "
+        "version of the same model and recording an allocator run, against Prefect and MLflow "
+        "servers on PostgreSQL behind their authentication",
+        True,
+        "20 runs COMPLETED, 20 Completed events stored, none dead-lettered; 20 MLflow runs "
+        "FINISHED; versions exactly 1..20; 20 history rows",
+        runs=CONCURRENT_RUNS,
+        completed=len(runs),
+        completed_events=events,
+        dead_lettered=len(dead_letters),
+        versions=len(registered),
+        seconds=round(seconds, 1),
+    )
+
+
+def completed_events(api: str, flow_run_ids: list[str], auth: tuple[str, ...]) -> int:
+    """``prefect.flow-run.Completed`` events stored for these runs (waiting up to 60 s)."""
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.Completed"]},
+            "resource": {"id": [f"prefect.flow-run.{i}" for i in flow_run_ids]},
+        },
+        "limit": 50,
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        answer = httpx.post(f"{api}/events/filter", json=body, auth=auth, timeout=30)
+        answer.raise_for_status()
+        found = len({e["resource"]["prefect.resource.id"] for e in answer.json()["events"]})
+        if found >= len(flow_run_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 def test_the_registry_registers_promotes_and_rolls_back_on_both_databases(database_url):

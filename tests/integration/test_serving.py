@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import orjson
@@ -21,8 +24,16 @@ from starlette.testclient import TestClient
 
 from serving.app import ServingLimits, ServingState, build_app
 from serving.loader import ModelLoadError, load_served_model
+from tests.fixtures import MODEL_DAMAGE, damaged_copy, register_files
 from tests.integration.conftest import serving_process
 from tests.ports import free_port
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
 
 
 @pytest.fixture
@@ -155,11 +166,103 @@ def test_bad_requests_get_a_json_4xx_naming_the_problem(client, served_registry)
     assert client.get("/ping").status_code == 200  # still up
 
 
-def test_overload_is_refused_with_retry_after(served_registry):
-    state = ServingState(served_registry["served"], ServingLimits(max_in_flight=0))
-    with TestClient(build_app(state)) as overloaded:
-        response = overloaded.post("/invocations", json={"dataframe_records": [{}]})
-    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+def rows_body(served_registry, rows: int) -> bytes:
+    frame = jsonable(served_registry["rows"].head(rows))
+    split = {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}
+    return orjson.dumps({"dataframe_split": split})
+
+
+async def poll_until(check, deadline_s: float = 30) -> None:
+    """Until ``await check()`` is true."""
+    deadline = time.monotonic() + deadline_s
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_overload_is_refused_with_retry_after(served_registry):
+    """Two real overloads, in the service's own event loop: a burst of requests longer than
+    the latency budget to serve, and every scoring slot taken while the worker threads are
+    all busy."""
+    limits = ServingLimits(max_in_flight=1, latency_budget_ms=50)
+    state = ServingState(served_registry["served"], limits)
+    app = build_app(state)
+    small, large = rows_body(served_registry, 1), rows_body(served_registry, 300)
+    assert len(large) > limits.inline_bytes  # scored in a worker thread
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://serving") as client,
+    ):
+
+        async def scores(body: bytes) -> httpx.Response:
+            return await client.post("/invocations", content=body, headers=JSON_TYPE)
+
+        async def let_in() -> bool:
+            return (await scores(small)).status_code == 200
+
+        await anyio.sleep(0)  # the lifespan's tasks (the lag probe among them) start
+        assert await let_in()
+        burst: list[httpx.Response] = []
+
+        async def one_of_the_burst() -> None:
+            burst.append(await scores(small))
+
+        async with anyio.create_task_group() as tasks:  # 400 at once: one long turn of the loop
+            for _ in range(400):
+                tasks.start_soon(one_of_the_burst)
+        refused = [r for r in burst if r.status_code == 503]
+        assert refused and {r.status_code for r in burst} == {200, 503}
+        assert {r.headers["Retry-After"] for r in refused} == {"1"}
+        assert refused[0].json()["error_code"] == "OVERLOADED"
+        assert "latency budget" in refused[0].json()["message"]
+        assert refused[0].headers["X-Model-Version"] == served_registry["version"]
+        await poll_until(let_in)  # the loop caught up
+
+        threads = anyio.to_thread.current_default_thread_limiter()
+        holders = [object() for _ in range(int(threads.total_tokens))]
+        for holder in holders:  # every worker thread busy elsewhere
+            await threads.acquire_on_behalf_of(holder)
+        first: list[httpx.Response] = []
+
+        async def first_request() -> None:
+            first.append(await scores(large))
+
+        async def slot_taken() -> bool:
+            return state.in_flight == 1  # the first request holds it, waiting for a thread
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first_request)
+            await poll_until(slot_taken)
+            second = await scores(large)
+            for holder in holders:
+                threads.release_on_behalf_of(holder)
+        assert second.status_code == 503 and second.headers["Retry-After"] == "1"
+        assert "MLOPS_SERVING_MAX_IN_FLIGHT" in second.json()["message"]
+        assert first[0].status_code == 200 and len(first[0].json()["predictions"]) == 300
+    assert state.in_flight == 0 and state.bodies.held == 0
+
+
+def test_unknown_paths_and_methods_get_mlflow_json_errors_with_the_version(client, served_registry):
+    version = served_registry["version"]
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and missing.headers["X-Model-Version"] == version
+    assert missing.json() == {
+        "error_code": "ENDPOINT_NOT_FOUND",
+        "message": "There is no endpoint /nope; /openapi.json lists them.",
+    }
+    wrong = client.get("/invocations")
+    assert wrong.status_code == 405 and wrong.headers["X-Model-Version"] == version
+    assert wrong.headers["Allow"] == "POST" and wrong.json()["error_code"] == "METHOD_NOT_ALLOWED"
+    assert "GET is not allowed on /invocations; use POST" in wrong.json()["message"]
+
+    waiting = ServingState(None, reference="fraud-detector")
+    with TestClient(build_app(waiting)) as no_model:
+        ping = no_model.get("/ping")
+        assert ping.status_code == 503 and ping.json()["error_code"] == "NO_MODEL"
+        assert "X-Model-Version" not in ping.headers  # no model: no version to name
+        assert no_model.delete("/ping").json()["error_code"] == "METHOD_NOT_ALLOWED"
 
 
 def test_unknown_model_is_a_clear_error(served_registry):
@@ -211,14 +314,10 @@ def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(served_r
         assert client.post("/admin/reload", headers=admin).json()["status"] == "unchanged"
 
         # A broken version (not a pipeline model) becomes champion: refused, the old one serves.
-        experiment = registry_client.get_experiment_by_name("fraud-detection")
-        run = registry_client.create_run(experiment.experiment_id)
-        (tmp_path / "note.txt").write_text("not a model")
-        registry_client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"), "model")
-        broken = registry_client.create_model_version(
-            "fraud-detector", f"runs:/{run.info.run_id}/model", run.info.run_id
-        )
-        registry_client.set_registered_model_alias("fraud-detector", "champion", broken.version)
+        (tmp_path / "broken").mkdir()
+        (tmp_path / "broken" / "note.txt").write_text("not a model")
+        broken = register_files(registry_client, "fraud-detector", tmp_path / "broken")
+        registry_client.set_registered_model_alias("fraud-detector", "champion", broken)
         refused = client.post("/admin/reload", headers=admin)
         assert refused.status_code == 409 and refused.json()["status"] == "failed"
         assert "not a pipeline model" in client.get("/health").json()["last_reload_error"]
@@ -226,9 +325,8 @@ def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(served_r
         assert still.status_code == 200 and still.headers["X-Model-Version"] == original.version
 
         # A good new version (the same model registered again) is swapped in.
-        good = registry_client.create_model_version(
-            "fraud-detector", f"models:/fraud-detector/{original.version}", original.run_id
-        )
+        logged = registry_client.get_model_version("fraud-detector", original.version).source
+        good = registry_client.create_model_version("fraud-detector", logged, original.run_id)
         registry_client.set_registered_model_alias("fraud-detector", "champion", good.version)
         swapped = client.post("/admin/reload", headers=admin).json()
         assert swapped == {"status": "swapped", "version": str(good.version), "error": None}
@@ -237,6 +335,71 @@ def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(served_r
         assert_same(as_frame(after), served_registry["expected"].head(5))
         assert client.get("/health").json()["last_reload_error"] is None
     registry_client.set_registered_model_alias("fraud-detector", "champion", original.version)
+
+
+def register_damaged(registry_client: MlflowClient, version: str, kind: str, workdir: Path) -> str:
+    """A copy of ``version`` with a damaged model.txt (see ``tests.fixtures.damaged_copy``)."""
+    folder = damaged_copy(registry_client, "fraud-detector", version, kind, workdir)
+    return register_files(registry_client, "fraud-detector", folder)
+
+
+class Traffic(threading.Thread):
+    """Single-row requests one after another, recording each answer's status and version."""
+
+    def __init__(self, url: str, body: dict) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body, self.answers, self.errors = url, body, [], []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self.stop.is_set():
+                try:
+                    reply = http.post(f"{self.url}/invocations", json=self.body)
+                except httpx.TransportError as error:
+                    self.errors.append(repr(error))
+                    return
+                self.answers.append((reply.status_code, reply.headers.get("X-Model-Version")))
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 120
+        while len(self.answers) < count and not self.errors:
+            assert time.monotonic() < deadline, "the traffic stalled"
+            time.sleep(0.05)
+
+
+def test_a_corrupt_model_file_never_takes_a_real_server_down(served_registry, tmp_path):
+    """A damaged model.txt makes LightGBM abort the process that parses it: a real `mlops
+    serve` checks it in a child process, refuses it, and keeps serving the old version."""
+    uri = served_registry["uri"]
+    registry_client = MlflowClient(uri, registry_uri=uri)
+    original = served_registry["version"]
+    registry_client.set_registered_model_alias("fraud-detector", "corrupt-test", original)
+    port = free_port()
+    env = os.environ | served_registry["env"] | {"MLOPS_SERVING_ADMIN_TOKEN": "s3cret"}
+    row = jsonable(served_registry["rows"].head(1)).to_dict(orient="records")
+    admin = {"Authorization": "Bearer s3cret"}
+    url = f"http://127.0.0.1:{port}"
+    with serving_process("fraud-detector@corrupt-test", port, env) as server:
+        traffic = Traffic(url, {"dataframe_records": row})
+        traffic.start()
+        for kind in MODEL_DAMAGE:
+            damaged = register_damaged(registry_client, original, kind, tmp_path / kind)
+            registry_client.set_registered_model_alias("fraud-detector", "corrupt-test", damaged)
+            before = len(traffic.answers)
+            refused = httpx.post(f"{url}/admin/reload", headers=admin, timeout=120)
+            traffic.wait_for(before + 20)  # and it goes on answering after
+            assert refused.status_code == 409, (kind, refused.text)
+            error = refused.json()["error"]
+            assert f"fraud-detector version {damaged}" in error and "crashed (SIG" in error, error
+            health = httpx.get(f"{url}/health", timeout=10).json()
+            assert health["version"] == original and health["last_reload_error"] == error
+            assert server.poll() is None, kind  # the serving process is alive
+        traffic.stop.set()
+        traffic.join(timeout=30)
+    assert not traffic.errors, traffic.errors
+    assert {status for status, _ in traffic.answers} == {200}
+    assert {version for _, version in traffic.answers} == {original}  # during and after
 
 
 def test_reloading_is_off_without_a_token(client):

@@ -119,9 +119,12 @@ def test_sampling_the_bounded_queue_and_a_failing_sink_never_raise(tmp_path, cap
     record_three_requests(broken)
     with caplog.at_level(logging.ERROR):
         assert broken.flush() == []
-    assert (broken.counters.write_errors, broken.counters.dropped_rows) == (1, 4)
-    assert "Could not write 4 inference-log rows: disk full" in caplog.text
-    assert "mlops_inference_log_dropped_rows_total 4" in broken.render_metrics()
+    # the rows are kept for the next write, not dropped
+    assert (broken.counters.write_errors, broken.counters.dropped_rows) == (1, 0)
+    assert broken.counters.pending_rows == 4 and broken.converted.rows == 4
+    assert "Could not write 4 inference-log rows (kept for the next write" in caplog.text
+    assert "disk full" in caplog.text
+    assert "mlops_inference_log_pending_rows 4" in broken.render_metrics()
 
 
 def test_bad_and_partial_files_are_skipped_with_a_warning(tmp_path, caplog):

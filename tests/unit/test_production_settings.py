@@ -3,6 +3,8 @@ cluster's resources, the KubeCluster spec, clients' credentials."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from infra.allocator.resources import candidate_shapes, existing_cluster_resources
@@ -38,6 +40,7 @@ def test_the_mlflow_server_on_postgres_and_object_storage_behind_basic_auth(tmp_
     ini = (tmp_path / "mlflow-auth" / "basic_auth.ini").read_text()
     assert "mlflow_auth" in ini and "admin_username = admin" in ini
     assert "auth_cache_ttl_seconds = 60" in ini
+    assert "authorization_function = infra.mlflow_auth:authenticate" in ini
     assert "a-long-enough-secret" not in ini  # the password stays in the environment
 
 
@@ -45,6 +48,10 @@ def test_the_default_mlflow_server_is_sqlite_under_home_without_auth(tmp_path):
     launch = mlflow_server_launch(Settings(home=tmp_path), "127.0.0.1", 5000)
     assert option(launch.command, "--backend-store-uri") == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert "--app-name" not in launch.command and not launch.authenticated
+    # Many clients at once: no connection pool to run out of, readers never wait for a writer.
+    assert launch.env == {"MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_experiments_use_the_servers_artifact_root_unless_one_is_set(tmp_path, monkeypatch):
