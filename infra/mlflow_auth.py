@@ -17,10 +17,11 @@ This module is imported only by the MLflow server process (MLflow's auth app imp
 
 from __future__ import annotations
 
+import json
 import os
-import posixpath
 from typing import Any
-from urllib.parse import unquote, urlparse
+
+from mlops.uris import location_within
 
 ARTIFACT_ROOT_VARIABLE = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 """Where ``mlflow server`` tells its workers the default artifact root is."""
@@ -46,42 +47,20 @@ def authenticate() -> Any:
         return make_basic_auth_response()
     answer = authenticate_request_basic_auth()
     if request.method == "POST" and request.path.endswith(CREATE_EXPERIMENT):
-        location = (request.get_json(silent=True) or {}).get("artifact_location")
+        location = _artifact_location(request.get_json(silent=True))
         root = os.environ.get(ARTIFACT_ROOT_VARIABLE, "")
-        if location and not location_within(str(location), root):
+        if location and not location_within(location, root):
             return make_forbidden_response()
     return answer
 
 
-def location_within(location: str, root: str) -> bool:
-    """Whether an artifact location lies under ``root``, however its path is spelled.
-
-    The path is unquoted until it stops changing (``%252e`` included), and may hold no ``..``
-    segment, backslash or NUL. A plain path and a ``file:`` URI are the same location.
-    """
-    if not root:
-        return False
-    target, base = _split(location), _split(root)
-    if target is None or base is None:
-        return False
-    scheme, host, path = target
-    root_scheme, root_host, root_path = base
-    inside = path == root_path or path.startswith(root_path.rstrip("/") + "/")
-    return (scheme, host) == (root_scheme, root_host) and inside
-
-
-def _split(uri: str) -> tuple[str, str, str] | None:
-    """(scheme, host, normalised path), or None for a path that tries to climb out."""
-    text = uri
-    for _ in range(5):
-        decoded = unquote(text)
-        if decoded == text:
-            break
-        text = decoded
-    if "\\" in text or "\x00" in text:
-        return None
-    parsed = urlparse(text if ":" in text.split("/")[0] else f"file://{text}")
-    path = parsed.path or "/"
-    if ".." in path.split("/"):
-        return None
-    return parsed.scheme or "file", parsed.netloc, posixpath.normpath(path)
+def _artifact_location(body: Any) -> str | None:
+    """The ``artifact_location`` of a create-experiment body, parsed as MLflow parses it
+    (it also takes a JSON string holding the JSON object)."""
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return None
+    location = body.get("artifact_location") if isinstance(body, dict) else None
+    return str(location) if location else None

@@ -16,6 +16,7 @@ all), without holding up the consumer's other messages.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 from prefect.logging import get_logger
@@ -51,8 +52,15 @@ MAX_DELAY_S = 30.0
 
 
 def retry_delay(retries_so_far: int) -> float:
-    """Seconds before the next try of a message that has failed ``retries_so_far + 1`` times."""
+    """Seconds before the next try of a message that has failed ``retries_so_far + 1`` times
+    (before jitter)."""
     return min(FIRST_DELAY_S * 2**retries_so_far, MAX_DELAY_S)
+
+
+def jittered(delay: float) -> float:
+    """``delay`` spread over 0.75-1.25 of itself, so messages that failed in one burst of
+    writes do not all come back in the same instant."""
+    return delay * random.uniform(0.75, 1.25)
 
 
 class Consumer(MemoryConsumer):
@@ -83,7 +91,7 @@ class Consumer(MemoryConsumer):
     def _retry_later(
         self, handler: MessageHandler, message: MemoryMessage, error: Exception
     ) -> None:
-        delay = retry_delay(message.retry_count)
+        delay = jittered(retry_delay(message.retry_count))
         logger.warning(
             "A %s message failed (%s: %s); try %d of %d in %.2f s",
             self.topic.name,
@@ -105,8 +113,9 @@ class Consumer(MemoryConsumer):
         try:
             await handler(message)
             await update_metric(self.topic.name, "consumed")
-        except StopConsumer:  # the consumer is stopping: leave the message to its subscription
-            await self.subscription.retry(message)
+        except StopConsumer as stop:  # the consumer is stopping
+            if not stop.ack:  # not handled: back to its subscription, for whoever consumes next
+                await self.subscription.retry(message)
         except Exception as error:
             if message.retry_count >= self.subscription.max_retries:
                 logger.error(
@@ -117,3 +126,14 @@ class Consumer(MemoryConsumer):
                 await self.subscription.send_to_dead_letter_queue(message)
             else:
                 self._retry_later(handler, message, error)
+
+    async def cleanup(self) -> None:
+        """Stop the retries still waiting, then unsubscribe as Prefect's consumer does.
+
+        Their messages end here, as everything an in-memory broker holds ends with its server.
+        """
+        waiting = list(self._waiting)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await super().cleanup()

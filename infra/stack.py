@@ -780,8 +780,15 @@ def log_path(state: StackState, name: str) -> Path:
     return stack_dir(Path(state.home)) / "logs" / f"{file_name}.log"
 
 
-def start_component(state: StackState, name: str) -> ProcessRecord:
-    """Start one component of the stack and record it; a restart if it was recorded before.
+def start_component(state: StackState, name: str, restart: bool = False) -> ProcessRecord:
+    """Start one component of the stack and record it.
+
+    Args:
+        state: The stack.
+        name: The component.
+        restart: The supervisor is restarting it after it died: counted, and its back-off
+            goes on. A start by ``mlops up`` (a person who fixed the cause) starts the count
+            afresh.
 
     Returns:
         Its new record (also in ``state.processes`` and ``stack.json``).
@@ -789,9 +796,11 @@ def start_component(state: StackState, name: str) -> ProcessRecord:
     command, env, url = component_launch(state, name)
     record = start_process(name, command, env, Path(state.project_dir), log_path(state, name), url)
     previous = state.processes.get(name)
-    if previous is not None:
+    if previous is not None and restart:
         record.restarts = previous.restarts + 1
         record.restarted_at = [*recent_restarts(previous), time.time()]
+    elif previous is not None:
+        record.restarts = previous.restarts  # the total stays; the back-off window starts over
     state.processes[name] = record
     write_state(state)
     return record

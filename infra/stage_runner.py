@@ -149,8 +149,9 @@ def _read_through_outage(client: Any, flow_run: FlowRun, name: str, settings: Se
     """The stage's flow run as the API has it now, waiting out an outage of the API.
 
     The stage keeps running on its worker while the Prefect server restarts; the pipeline
-    only has to keep asking. Prefect's client already retries a few times (about half a
-    minute); beyond that the pipeline waits up to ``settings.api_outage_s`` in all.
+    only has to keep asking. Each call first spends the Prefect client's own retries (about
+    half a minute); beyond those the pipeline keeps asking for up to ``settings.api_outage_s``.
+    Only this wait rides out an outage: the pipeline's other calls to the API do not.
 
     Raises:
         StageFailed: when the API stays unreachable longer than that.

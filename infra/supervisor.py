@@ -62,7 +62,11 @@ def start_order(name: str) -> int:
 
 
 def due_for_restart(state: StackState, now: float) -> ProcessRecord | None:
-    """The first dead component whose backoff has passed and that is not given up on."""
+    """The first dead component whose backoff has passed and that is not given up on.
+
+    A dead server still in its back-off holds back what comes after it: workers need the
+    Prefect server, the serving instance needs MLflow.
+    """
     for record in sorted(state.processes.values(), key=lambda r: start_order(r.name)):
         if record.name == SUPERVISOR or is_alive(record):
             continue
@@ -72,6 +76,8 @@ def due_for_restart(state: StackState, now: float) -> ProcessRecord | None:
         last = recent[-1] if recent else 0.0
         if now - last >= restart_delay(len(recent)):
             return record
+        if record.name in SERVERS:
+            return None
     return None
 
 
@@ -135,7 +141,7 @@ class Supervisor:
         reap_orphans(dead)  # a server killed alone leaves children holding its port
         count = len(recent_restarts(dead, now)) + 1
         with sigterm_deferred():
-            record = start_component(state, dead.name)
+            record = start_component(state, dead.name, restart=True)
         logger.warning(
             "%s (pid %d) was not running: started it again as pid %d "
             "(restart %d of at most %d in %d min; its log: %s)",

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlops.model_check import ModelCheckLimits
@@ -206,11 +206,27 @@ class Settings(BaseSettings):
         description="Rows waiting to be written at most (a failed write's rows are kept and "
         "tried again); beyond, new rows are dropped and counted.",
     )
+    inference_log_max_buffer_bytes: int = Field(
+        default=256 * 2**20,
+        gt=0,
+        description="Bytes of request bodies the inference log holds unwritten (during a "
+        "storage outage, say); beyond, new rows are dropped and counted.",
+    )
     inference_log_journal_dir: Path | None = Field(
         default=None,
         description="Local folder of the inference log's crash journal (replayed by the next "
         "`mlops serve`); default: home/inference-log-journal.",
     )
+
+    @model_validator(mode="after")
+    def _bodies_fit_in_memory(self) -> Settings:
+        if self.serving_max_body_memory_bytes < self.serving_max_body_bytes:
+            raise ValueError(
+                f"MLOPS_SERVING_MAX_BODY_MEMORY_BYTES ({self.serving_max_body_memory_bytes}) is "
+                f"below MLOPS_SERVING_MAX_BODY_BYTES ({self.serving_max_body_bytes}): a body "
+                "the service accepts could never be held. Raise the first or lower the second."
+            )
+        return self
 
     @property
     def model_check(self) -> ModelCheckLimits:

@@ -3,9 +3,10 @@
 ``mlflow.pyfunc.load_model`` runs whatever code a version holds (a pickle's ``__setstate__``);
 the pipeline and serving instead read a pipeline model's files (:mod:`mlops.model_files`), so a
 version registered by someone else (a pickle, files outside the tracking store) is refused
-without running anything of it. A model this run did not write is first loaded in a child
-process (:mod:`mlops.model_check`): LightGBM's parser aborts the process on some damaged model
-files rather than raising.
+without running anything of it. Every model is first loaded in a child process
+(:mod:`mlops.model_check`), the one this pipeline run trained too (its files came back from the
+artifact store): LightGBM's parser aborts the process on some damaged model files rather than
+raising.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def load_pipeline_model(
         client: Registry client.
         model_uri: The model.
         tracking_uri: The tracking store the client talks to.
-        check: Limits of the child process's check. None reads the files here unchecked: only
-            for a model this process's own pipeline run wrote.
+        check: Limits of the child process's check. None reads the files here unchecked (a
+            damaged model file can then crash this process).
 
     Raises:
         ModelLoadError: when it does not exist, is not a pipeline model, lies outside the
@@ -85,8 +86,6 @@ class ModelStore:
     tracking_uri: str
     check: ModelCheckLimits = ModelCheckLimits()  # noqa: RUF009 - frozen, never mutated
 
-    def load(self, model_uri: str, verify: bool = True) -> PipelineModel:
-        """The model at ``model_uri``, checked in a child process first unless ``verify`` is off."""
-        return load_pipeline_model(
-            self.client, model_uri, self.tracking_uri, self.check if verify else None
-        )
+    def load(self, model_uri: str) -> PipelineModel:
+        """The model at ``model_uri``, checked in a child process first."""
+        return load_pipeline_model(self.client, model_uri, self.tracking_uri, self.check)

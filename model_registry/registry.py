@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import random
 import re
 import tempfile
@@ -15,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urlparse
 
 import lightgbm as lgb
 import mlflow
@@ -31,6 +29,7 @@ from mlops.dataset import DatasetRef
 from mlops.errors import EnvironmentFailure, MlopsError
 from mlops.prediction import predict_frame
 from mlops.pyfunc import BOOSTER_ARTIFACT, INFO_ARTIFACT, SPEC_ARTIFACT
+from mlops.uris import location_within
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +40,10 @@ PREVIOUS = "previous"
 
 class ModelLoadError(MlopsError):
     """The model named does not exist, or is not a pipeline model."""
+
+
+MISSING = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+"""MLflow's error codes for a model, version, alias or run that is not there (or not valid)."""
 
 
 class ModelReferenceError(ModelLoadError):
@@ -194,11 +197,13 @@ def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None
 def find_registered_version(
     client: MlflowClient, name: str, model_uri: str, run_id: str
 ) -> str | None:
-    """The version of ``name`` already registered from this run and model, if any."""
-    try:
-        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except MlflowException:
-        return None
+    """The version of ``name`` already registered from this run and model, if any.
+
+    Raises:
+        MlflowException: when the registry cannot say (the caller retries, rather than risk
+            registering the model twice).
+    """
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     model_id = _model_id(model_uri)
     same = [v for v in found if v.source == model_uri or (model_id and v.model_id == model_id)]
     return str(min(int(v.version) for v in same)) if same else None
@@ -253,8 +258,8 @@ def register_model_version(
     except MlflowException as error:
         raise RegistrationError(
             f"{name} version {version} is registered, but the alias '{CHALLENGER}' could not be "
-            f"set ({error.error_code}: {error.message}). The version is kept; set the alias "
-            "when the registry is healthy again, or run the pipeline again."
+            f"set ({error.error_code}: {error.message}). The version is kept: retry this flow "
+            "run when the registry is healthy (the retry finds the version and sets the alias)."
         ) from error
     logger.info("Registered %s version %s as '%s'", name, version, CHALLENGER)
     return RegisteredVersion(
@@ -307,6 +312,8 @@ def resolve_version(client: MlflowClient, reference: str) -> tuple[str, str, str
             else client.get_model_version(name, version)
         )
     except MlflowException as error:
+        if error.error_code not in MISSING:  # the registry away or busy: not the model's fault
+            raise
         what = f"alias '{alias}'" if alias else f"version {version}"
         raise ModelLoadError(
             f"Nothing at '{reference}': model '{name}' has no {what} in the registry "
@@ -343,17 +350,21 @@ def download_model(
 
     Raises:
         ModelLoadError: when the model does not exist or its files lie outside the store.
+        MlflowException: when the registry cannot be asked (away, busy): nothing is known
+            about the model, so nothing is concluded either.
     """
     try:
         location, experiment_id = _model_location(client, model_uri)
         location = _storage_location(client, location)
         root = client.get_experiment(experiment_id).artifact_location if experiment_id else None
     except MlflowException as error:
+        if error.error_code not in MISSING:
+            raise
         raise ModelLoadError(
             f"{model_uri}: where its files are cannot be told ({error.error_code}: "
             f"{str(error.message)[:300]})."
         ) from None
-    if root is None or not _inside(location, root):
+    if root is None or not location_within(location, root):
         raise ModelLoadError(
             f"{model_uri} is refused: its files are at {location}, outside the artifact "
             f"location of its experiment ({root or 'unknown'}). Models are loaded only from "
@@ -395,17 +406,3 @@ def _storage_location(client: MlflowClient, location: str, depth: int = 0) -> st
         inner, _ = _model_location(client, location)
         return _storage_location(client, inner, depth + 1)
     return location
-
-
-def _inside(location: str, root: str) -> bool:
-    """Whether artifact URI ``location`` lies under ``root`` (no ``..`` escape, same scheme)."""
-
-    def parts(uri: str) -> tuple[str, str, str]:
-        parsed = urlparse(uri if "://" in uri or ":" in uri.split("/")[0] else f"file://{uri}")
-        path = posixpath.normpath(unquote(parsed.path) or "/")
-        return parsed.scheme or "file", parsed.netloc, path.rstrip("/") + "/"
-
-    scheme, host, path = parts(location)
-    root_scheme, root_host, root_path = parts(root)
-    same_host = host == root_host or not host or not root_host  # mlflow-artifacts: may omit it
-    return scheme == root_scheme and same_host and path.startswith(root_path)

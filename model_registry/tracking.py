@@ -131,27 +131,31 @@ def end_failed_run(client: MlflowClient, run_id: str, error: BaseException) -> N
         logger.warning("Could not mark MLflow run %s %s: %s", run_id, status, closing)
 
 
+ABANDONED_TAG = "mlops.abandoned"
+
+
 def close_abandoned_runs(
-    client: MlflowClient, experiment_id: str, abandoned: Callable[[str], bool]
+    client: MlflowClient, experiment_id: str, ended: Callable[[list[str]], set[str]]
 ) -> list[str]:
     """End ``KILLED`` the RUNNING runs whose Prefect flow run is over (a process that was killed).
 
     A flow-run process killed outright (SIGKILL, a lost node) runs no cleanup, so its MLflow
     runs stay RUNNING. Each run carries its flow run's id (tag ``prefect.flow_run_id``);
-    ``abandoned`` answers, for that id, whether the flow run has ended (the caller asks Prefect).
+    ``ended`` answers, for a list of ids, which flow runs have ended (the caller asks Prefect).
+    Each run it ends gets the tag ``mlops.abandoned``, which stays if the run is closed later.
 
     Returns:
         The ids of the runs it ended.
     """
-    closed = []
-    for run in client.search_runs(
+    running = client.search_runs(
         [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500
-    ):
-        flow_run_id = run.data.tags.get("prefect.flow_run_id", "none")
-        if flow_run_id != "none" and abandoned(flow_run_id):
-            client.set_tag(run.info.run_id, "mlops.error", "its flow run ended without closing it")
-            client.set_terminated(run.info.run_id, status="KILLED")
-            closed.append(run.info.run_id)
+    )
+    flow_runs = {run.info.run_id: run.data.tags.get("prefect.flow_run_id") for run in running}
+    over = ended(sorted({f for f in flow_runs.values() if f and f != "none"}))
+    closed = [run_id for run_id, flow_run in flow_runs.items() if flow_run in over]
+    for run_id in closed:
+        client.set_tag(run_id, ABANDONED_TAG, "its flow run ended without closing this run")
+        client.set_terminated(run_id, status="KILLED")
     if closed:
         logger.warning("Ended %d abandoned MLflow run(s) KILLED: %s", len(closed), closed)
     return closed

@@ -9,9 +9,11 @@
   requests accepted keep a wait near the budget.
 - **Bodies.** A body is read as it streams in (:func:`read_body`): against the size limit as it
   arrives (413 as soon as it passes the limit, chunked or not), within a deadline (408 for a
-  client too slow to send it), and against a budget of body bytes held by the whole process at
-  once (503 beyond it), so memory stays bounded whatever the clients send. A request counts as
-  in flight only once its body is in: a slow client holds no scoring slot.
+  client too slow to send it), and against a budget of body bytes being read or scored by the
+  whole process at once (503 beyond it). A request counts as in flight only once its body is
+  in: a slow client holds no scoring slot. Bodies kept for the inference log after the answer
+  count against the log's own cap (``MLOPS_INFERENCE_LOG_MAX_BUFFER_BYTES``), so memory stays
+  bounded whatever the clients send and however long storage is away.
 """
 
 from __future__ import annotations

@@ -283,6 +283,8 @@ class LogCounters:
     files: int = 0
     pending_rows: int = 0
     """Rows recorded and not written yet (queued, converted, or kept after a failed write)."""
+    pending_bytes: int = 0
+    """Bytes of request bodies those rows hold."""
     recovered_rows: int = 0
     """Rows replayed from the journal of a process that stopped before writing them."""
     journal_errors: int = 0
@@ -295,6 +297,8 @@ class Converted:
     tables: dict[LogKey, list[pa.Table]] = field(default_factory=dict)
     rows: int = 0
     key_rows: dict[LogKey, int] = field(default_factory=dict)
+    key_bytes: dict[LogKey, int] = field(default_factory=dict)
+    """Bytes of the request bodies each key's tables hold (what the log's byte cap counts)."""
     segments: list[Segment] = field(default_factory=list)
     """The journal files holding these tables, deleted once they are written."""
     failed: list[LogKey] = field(default_factory=list)
@@ -304,7 +308,13 @@ class Converted:
         """Add one table of ``rows`` scored rows."""
         self.tables.setdefault(key, []).append(table)
         self.key_rows[key] = self.key_rows.get(key, 0) + rows
+        self.key_bytes[key] = self.key_bytes.get(key, 0) + body_bytes(table)
         self.rows += rows
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of request bodies in all its tables."""
+        return sum(self.key_bytes.values())
 
 
 @dataclass
@@ -322,6 +332,9 @@ class InferenceLog:
     sink: LogSink
     sample_rate: float = 1.0
     max_buffer_rows: int = 200_000
+    max_buffer_bytes: int = 256 * 2**20
+    """Bytes of request bodies the log may hold unwritten (a storage outage must not let
+    memory grow with the traffic); beyond it new rows are dropped and counted, like rows."""
     rows_per_file: int = 100_000
     spool: LogSpool | None = None
     """The local journal that makes converted rows survive a crash (None: memory only)."""
@@ -345,10 +358,12 @@ class InferenceLog:
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         counters = self.counters
-        if counters.pending_rows + count > self.max_buffer_rows:
+        full = counters.pending_rows + count > self.max_buffer_rows
+        if full or counters.pending_bytes + len(body) > self.max_buffer_bytes:
             counters.dropped_rows += count
             return
         counters.pending_rows += count
+        counters.pending_bytes += len(body)
         counters.recorded_rows += count
         self._queue.append(
             LoggedRequest(
@@ -403,19 +418,26 @@ class InferenceLog:
         return written
 
     def done(self, converted: Converted) -> None:
-        """A batch handed to ``write`` is out: written rows stop counting, failed ones are kept."""
+        """A batch handed to ``write`` is out: written rows stop counting, failed ones are kept.
+
+        The journal files of a batch are deleted only once all of it is written: kept rows keep
+        their files (a crash replays them; rows of the same files that were written may then be
+        written twice, and ``request_id`` tells them apart). Nothing is journalled again here,
+        on the event loop, however large the backlog.
+        """
         kept = Converted()
         for key in converted.failed:
             kept.tables[key] = converted.tables[key]
             kept.key_rows[key] = converted.key_rows[key]
+            kept.key_bytes[key] = converted.key_bytes[key]
             kept.rows += converted.key_rows[key]
-            for table in converted.tables[key]:
-                self._journal(key, table)  # journaled again before the old files go
         self.counters.pending_rows -= converted.rows - kept.rows
+        self.counters.pending_bytes -= converted.bytes - kept.bytes
         self.failing = bool(converted.failed)
         if kept.rows:
+            kept.segments = converted.segments
             self.converted = _merge(kept, self.converted)
-        if self.spool is not None:
+        elif self.spool is not None:
             self.spool.discard(converted.segments)
 
     def recover(self) -> int:
@@ -438,6 +460,7 @@ class InferenceLog:
             )
         self.counters.recovered_rows += recovered.rows
         self.counters.pending_rows += recovered.rows
+        self.counters.pending_bytes += recovered.bytes
         self.converted = _merge(recovered, self.converted)
         return recovered.rows
 
@@ -503,6 +526,7 @@ class InferenceLog:
                 "Failed writes of the inference log.",
             ),
             ("pending_rows", "gauge", c.pending_rows, "Rows recorded and not written yet."),
+            ("pending_bytes", "gauge", c.pending_bytes, "Request-body bytes of those rows."),
             (
                 "recovered_rows_total",
                 "counter",
@@ -520,6 +544,11 @@ class InferenceLog:
         return "\n".join(lines) + "\n"
 
 
+def body_bytes(table: pa.Table) -> int:
+    """Bytes of the request bodies in a requests table."""
+    return int(pc.sum(pc.binary_length(table.column("body"))).as_py() or 0)
+
+
 def _merge(first: Converted, then: Converted) -> Converted:
     """One batch holding ``first``'s tables before ``then``'s."""
     merged = Converted(segments=first.segments + then.segments)
@@ -527,6 +556,7 @@ def _merge(first: Converted, then: Converted) -> Converted:
         for key, tables in batch.tables.items():
             merged.tables.setdefault(key, []).extend(tables)
             merged.key_rows[key] = merged.key_rows.get(key, 0) + batch.key_rows[key]
+            merged.key_bytes[key] = merged.key_bytes.get(key, 0) + batch.key_bytes[key]
         merged.rows += batch.rows
     return merged
 
@@ -551,5 +581,6 @@ def build_inference_log(settings: Any) -> InferenceLog | None:
         sink,
         sample_rate=settings.inference_log_sample_rate,
         max_buffer_rows=settings.inference_log_max_buffer_rows,
+        max_buffer_bytes=settings.inference_log_max_buffer_bytes,
         spool=LogSpool(settings.inference_log_journal_root),
     )

@@ -29,11 +29,11 @@ from model_registry import tracking
 from model_registry.promotion import Promotion, promote_to_champion, roll_back_promotion
 from model_registry.registry import RegisteredVersion
 from serving.client import InstanceError, replica_urls, request_reload, score, served_model
-from serving.loader import load_served_model
+from serving.loader import ServedModel, load_served_model
 from serving.payload import Rows
 from tasks.preprocessing import read_split
 from tasks.promotion import promotion_lock
-from tasks.tracking import experiment_for, lineage_tags, model_store
+from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
 
@@ -189,14 +189,11 @@ def check_instance(
 
 def check_in_process(
     config: PipelineConfig,
-    version: str,
+    served: ServedModel,
     rows: pd.DataFrame,
     expected: pd.DataFrame,
 ) -> SmokeCheck:
-    """The smoke test on the serving code itself, loading the version as a server would."""
-    client, _ = experiment_for(config)
-    uri = tracking.tracking_uri_for(config)
-    served = load_served_model(client, f"{config.model.name}/{version}", uri)
+    """The smoke test on the serving code itself, on the version loaded as a server loads it."""
     columns = {c: rows[c].tolist() for c in rows.columns}
     as_served = pd.DataFrame(served.predict_rows(Rows(columns, len(rows))))
     singles = []
@@ -264,10 +261,12 @@ def go_live(config: PipelineConfig, dataset: DatasetRef, version: str) -> GoLive
     except InstanceError as error:
         return GoLive(passed=False, reason=str(error), reloads={}, checks=[], instances=urls)
     rows = held_out_rows(dataset, config.deploy.smoke_rows)
-    candidate = model_store(config).load(f"models:/{config.model.name}/{version}", verify=False)
-    expected = candidate.predict(rows)  # the version this pipeline run trained and gated
+    client, _ = experiment_for(config)
+    uri, check = tracking.tracking_uri_for(config), get_settings().model_check
+    served = load_served_model(client, f"{config.model.name}/{version}", uri, check)
+    expected = served.predict(rows)  # the registry model's predictions, by its own files
     checks = [check_instance(url, rows, expected, version, config.deploy) for url in urls] or [
-        check_in_process(config, version, rows, expected)
+        check_in_process(config, served, rows, expected)
     ]
     failed = [c for c in checks if not c.passed]
     reason = "; ".join(c.detail for c in failed) or f"smoke test passed on {len(checks)} target(s)"

@@ -208,14 +208,13 @@ def score_model_on_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load a logged model's files from the tracking store and score one split's raw rows.
 
-    The model is the one this pipeline run trained, so it is loaded without the separate
-    process check (see :mod:`model_registry.loading`); a corrupt file would end this stage
-    loudly, not silently.
+    The files are checked in a child process first (:mod:`model_registry.loading`): they came
+    back from the artifact store, where a damaged file would otherwise crash this stage.
 
     Returns:
         Encoded targets and class scores (see :func:`mlops.pyfunc.class_scores`).
     """
-    model = store.load(model_uri, verify=False)
+    model = store.load(model_uri)
     frame = read_split(dataset, split)
     predictions = model.predict(frame[dataset.feature_spec.input_columns])
     scores = class_scores(predictions, dataset.task, dataset.classes)

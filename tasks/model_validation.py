@@ -1,8 +1,8 @@
 """The model gate: a candidate version against the current champion on the same held-out rows.
 
-Both models are loaded from their files in the tracking store, natively (never unpickled; the
-champion, which this run did not make, is checked in a separate process first, see
-:mod:`model_registry.loading`), and score the candidate dataset's test split. The checks, each configurable in ``model_gate`` (``null`` turns
+Both models are loaded from their files in the tracking store, natively (never unpickled, and
+checked in a separate process first, see :mod:`model_registry.loading`), and score the
+candidate dataset's test split. The checks, each configurable in ``model_gate`` (``null`` turns
 one off): absolute floors on test metrics, no regression of the primary metric against the
 champion beyond a tolerance, the same per value of configured categorical columns (slices), a
 p95 single-row latency budget and a model-size budget. Each check is a
@@ -321,7 +321,7 @@ def score_champion(
     if champion is None:
         return Scored(loaded=None, scores=None)
     try:
-        loaded = store.load(champion.model_uri, verify=True)
+        loaded = store.load(champion.model_uri)
         return Scored(loaded=loaded, scores=score_rows(loaded, frame, dataset))
     except Exception as error:  # any load or predict failure means: cannot compare
         problem = f"champion version {champion.version} cannot score these rows: {error}"
@@ -348,7 +348,7 @@ def compare_with_champion(
     _check_slice_columns(gate, frame)
     targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
     metric = resolve_primary_metric(gate, dataset.task)
-    candidate = store.load(candidate_uri, verify=False)  # trained by this pipeline run
+    candidate = store.load(candidate_uri)
     candidate_scores = score_rows(candidate, frame, dataset)
     metrics = compute_metrics(dataset.task, targets, candidate_scores)
     check_metric_names(gate, dataset.task, set(metrics))

@@ -281,7 +281,9 @@ def champion_reference(
         return None
     champion, dataset = found
     version = str(champion.version)
-    served = load_served_model(client, f"{model}/{version}", tracking_uri)
+    served = load_served_model(
+        client, f"{model}/{version}", tracking_uri, get_settings().model_check
+    )
     columns = served.spec.input_columns
     train = _sample(read_split(dataset, "train", columns=columns), config.max_reference_rows)
     test = _sample(read_split(dataset, "test", columns=columns), config.max_reference_rows)

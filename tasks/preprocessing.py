@@ -627,7 +627,7 @@ def _written_under(error: OSError, destination: str) -> bool:
     could only come from a write: a full disk, a read-only file system)."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return True
-    root = destination.removeprefix("file://").rstrip("/")
+    root = fsspec.core.url_to_fs(destination)[1].rstrip("/")  # as fsspec names its files
     for name in (error.filename, error.filename2):
         path = str(name or "").rstrip("/")
         if path and (path == root or root.startswith(f"{path}/") or path.startswith(f"{root}/")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 from prefect import task
@@ -86,7 +87,23 @@ def register_candidate(
     return registered
 
 
-@task(name="register-model")
+def _not_refused(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a registration that failed, not one refused for its metrics (it would be again)."""
+    try:
+        state.result()
+    except RegistrationRefused:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="register-model",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_not_refused,
+)
 def register_model_task(
     config: PipelineConfig,
     dataset: DatasetRef,
@@ -94,7 +111,8 @@ def register_model_task(
     evaluation: EvaluationResult,
     parent_run_id: str | None,
 ) -> RegisteredVersion:
-    """Register the candidate model version with its alias."""
+    """Register the candidate model version with its alias (a retry finds the version a
+    failed try registered, and does not register it again)."""
     client, experiment_id = experiment_for(config)
     return register_candidate(
         client, experiment_id, config, dataset, training, evaluation, parent_run_id

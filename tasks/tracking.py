@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from contextlib import suppress
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
@@ -55,16 +56,28 @@ def lineage_tags(config: PipelineConfig) -> dict[str, str]:
     }
 
 
-def flow_run_has_ended(flow_run_id: str) -> bool:
-    """Whether Prefect says this flow run is over (False when it cannot tell)."""
+def ended_flow_runs(flow_run_ids: list[str]) -> set[str]:
+    """Those of the flow runs that Prefect says are over (none when it cannot tell)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    ids = []
+    for flow_run_id in flow_run_ids:
+        with suppress(ValueError):
+            ids.append(UUID(flow_run_id))
+    if not ids:
+        return set()
+    runs = []
     try:
         with get_client(sync_client=True) as client:
-            state = client.read_flow_run(UUID(flow_run_id)).state
-    except Exception:  # unknown id, another API, a server away: leave the run alone
-        return False
-    return state is not None and state.is_final()
+            for start in range(0, len(ids), 200):  # the API's largest page
+                chunk = ids[start : start + 200]
+                runs += client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
+                )
+    except Exception:  # another API, a server away: leave the runs alone
+        return set()
+    return {str(run.id) for run in runs if run.state is not None and run.state.is_final()}
 
 
 @task(name="open-pipeline-run", retries=3, retry_delay_seconds=[2, 10, 30])
@@ -75,7 +88,7 @@ def open_pipeline_run_task(config: PipelineConfig) -> str:
     after creating the run ends it FAILED, so retries never leave a run RUNNING.
     """
     client, experiment_id = experiment_for(config)
-    tracking.close_abandoned_runs(client, experiment_id, flow_run_has_ended)
+    tracking.close_abandoned_runs(client, experiment_id, ended_flow_runs)
     run_id = tracking.start_run(
         client, experiment_id, f"pipeline-{flow_run.name or 'local'}", tags=lineage_tags(config)
     )

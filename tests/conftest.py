@@ -35,6 +35,12 @@ def isolated_state(tmp_path, monkeypatch):
     # mlflow.set_registry_uri() exports this one: without a reset it would leak between tests
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{home / 'mlflow.db'}")
     monkeypatch.delenv("MLOPS_ARTIFACT_STORE", raising=False)
+    # mlflow.set_tracking_uri() (the pipeline's tracking_client) also sets a process-wide URI
+    # that wins over the variables: an earlier test's server, long stopped, must not be it.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()

@@ -325,8 +325,12 @@ def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(served_r
         assert still.status_code == 200 and still.headers["X-Model-Version"] == original.version
 
         # A good new version (the same model registered again) is swapped in.
-        logged = registry_client.get_model_version("fraud-detector", original.version).source
-        good = registry_client.create_model_version("fraud-detector", logged, original.run_id)
+        # MLflow's SQL registry resolves a models:/m-... source through the process-wide
+        # tracking URI (not this client's): give it the logged model's storage location.
+        source = registry_client.get_model_version("fraud-detector", original.version).source
+        model_id = source.removeprefix("models:/")
+        location = registry_client.get_logged_model(model_id).artifact_location
+        good = registry_client.create_model_version("fraud-detector", location, original.run_id)
         registry_client.set_registered_model_alias("fraud-detector", "champion", good.version)
         swapped = client.post("/admin/reload", headers=admin).json()
         assert swapped == {"status": "swapped", "version": str(good.version), "error": None}

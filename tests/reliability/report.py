@@ -33,6 +33,7 @@ def render(scenarios: list[Scenario], notes: str) -> str:
         "",
     ]
     ordered = sorted(scenarios, key=lambda s: (_area_rank(s.area), s.name))
+    areas = {s.area for s in scenarios}
     for area, group in groupby(ordered, key=lambda s: s.area):
         lines += [f"## {area.capitalize()}", ""]
         if area in area_notes:
@@ -48,6 +49,9 @@ def render(scenarios: list[Scenario], notes: str) -> str:
                 f"{_cell(_figures(scenario.numbers))} |"
             )
         lines.append("")
+    for title, body in area_notes.items():  # sections that are no area: "Not tested here"
+        if title not in areas:
+            lines += [f"## {title[0].upper()}{title[1:]}", "", body.strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -265,6 +265,7 @@ def test_runs_of_a_killed_flow_run_are_ended_by_the_next_pipeline(tmp_path, pref
         parent = next_pipeline()
         seconds = time.monotonic() - started
     assert client.get_run(orphan).info.status == "KILLED"
+    assert "ended without closing" in client.get_run(orphan).data.tags["mlops.abandoned"]
     assert client.get_run(parent).info.status == "RUNNING"  # the new pipeline's own run
     figures.record(
         "orchestration",

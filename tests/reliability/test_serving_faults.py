@@ -475,10 +475,13 @@ def test_a_killed_server_loses_at_most_the_last_journal_tick_of_its_log(
     found = set(logged_request_ids(tmp_path))
     lost = {ident: at for ident, at in answered.items() if ident not in found}
     oldest_lost_s = max((killed_at - at for at in lost.values()), default=0.0)
-    window_s = 5 * JOURNAL_TICK_S  # the bound is one tick; five leave room for a busy machine
+    # The bound is one tick; ten leave room for a loop delayed by a busy machine. What does not
+    # depend on timing: the lost requests are the last ones answered, none before a kept one.
+    window_s = 10 * JOURNAL_TICK_S
+    last_kept = max((at for ident, at in answered.items() if ident in found), default=0.0)
     held = (
         oldest_lost_s <= window_s
-        and found >= set(answered) - set(lost)
+        and all(at >= last_kept for at in lost.values())
         and flushed["recovered_rows"] == len(found)
     )
     figures.record(
@@ -498,6 +501,7 @@ def test_a_killed_server_loses_at_most_the_last_journal_tick_of_its_log(
         journal_tick_s=JOURNAL_TICK_S,
     )
     assert flushed["recovered_rows"] == len(found) > 0, flushed
+    assert all(at >= last_kept for at in lost.values()), "a lost request before a kept one"
     assert oldest_lost_s <= window_s, sorted(lost.values())[:5]
     assert not list(tmp_path.rglob("*.journal")), "the replayed journal is deleted"
 
@@ -716,7 +720,8 @@ def test_slow_clients_hold_no_scoring_slot_and_an_endless_chunked_body_is_cut(
     grew_mib = (peak - watch.start_rss) / 2**20
     held = (
         normal_ok == len(normal) > 0
-        and slow == [408] * 70
+        and len(slow) == 70
+        and set(slow) <= {408, 503}
         and status == 413
         and sent < 256 * limit
         and grew_mib < 64
@@ -742,7 +747,8 @@ def test_slow_clients_hold_no_scoring_slot_and_an_endless_chunked_body_is_cut(
         rss_growth_mib=round(grew_mib, 1),
     )
     assert normal_ok == len(normal) > 0, sorted({s for s, _ in normal})
-    assert slow == [408] * 70, sorted(set(slow))
+    # Each slow client is cut off (408), or refused up front when the loop was busy (503).
+    assert len(slow) == 70 and set(slow) <= {408, 503}, sorted(set(slow))
     assert status == 413 and sent < 256 * limit, (status, sent)
     assert grew_mib < 64  # the body is cut at the limit, not read whole (256 MiB)
     assert server.alive()
@@ -963,7 +969,7 @@ def test_slow_and_oversized_clients_at_full_scale(registry, serve_processes, tmp
     peak = watch.stop()
     held = (
         len(latencies) == len(normal) > 0
-        and set(slow) == {408}
+        and set(slow) <= {408, 503}
         and {status for status, _ in answers} == {413}
         and peak - watch.start_rss < 256 * 2**20
         and server.alive()
@@ -987,7 +993,7 @@ def test_slow_and_oversized_clients_at_full_scale(registry, serve_processes, tmp
         upload_mib_sent=round(sum(sent for _, sent in answers) / 2**20, 1),
     )
     assert len(latencies) == len(normal) > 0
-    assert set(slow) == {408}, sorted(set(slow))
+    assert set(slow) <= {408, 503}, sorted(set(slow))  # cut off, or refused up front
     assert {status for status, _ in answers} == {413}, answers
     assert peak - watch.start_rss < 256 * 2**20
     assert server.alive()

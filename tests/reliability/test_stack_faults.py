@@ -382,6 +382,7 @@ def test_a_flow_run_process_killed_mid_training(stack_for_faults, source, figure
         crashed.state.type == StateType.CRASHED
         and pipeline.state.type == StateType.FAILED
         and again.state.type == StateType.COMPLETED
+        and not running
     )
     figures.record(
         AREA,
@@ -399,3 +400,4 @@ def test_a_flow_run_process_killed_mid_training(stack_for_faults, source, figure
     assert pipeline.state.type == StateType.FAILED
     assert "Stage 'train' ended Crashed" in (pipeline.state.message or "")
     assert again.state.type == StateType.COMPLETED, again.state.message
+    assert running == [], f"MLflow runs left RUNNING: {running}"

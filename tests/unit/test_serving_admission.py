@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -172,10 +175,21 @@ print(json.dumps(seen))
 def test_a_loop_late_only_because_others_hold_the_cpu_does_not_shed():
     """A loop that waits for a CPU held by other processes: late, but not by its own doing, so
     refusing requests would not help (a child process at low priority beside two spinners)."""
-    env = os.environ | {"PYTHONPATH": os.getcwd()}
-    done = subprocess.run(
-        [sys.executable, "-c", CONTENDED_LOOP], capture_output=True, text=True, env=env, timeout=120
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CONTENDED_LOOP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its spinners too are stopped if it runs out of time
     )
+    try:
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    done = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr
     contended = [(lag, own, late) for lag, own, late in json.loads(done.stdout) if lag > 0.02]
     assert len(contended) >= 3, "the spinners never made the loop late"

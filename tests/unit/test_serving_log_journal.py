@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -70,7 +71,14 @@ def test_a_process_that_dies_unwritten_is_replayed_by_the_next_start(tmp_path):
         os.kill(os.getpid(), 9)
         """
     )
-    dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    project = str(Path(__file__).resolve().parents[2])
+    dead = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"PYTHONPATH": project},
+    )
     assert dead.returncode == -9, dead.stderr
     assert len(list(journal.glob("*.journal"))) == 1 and not root.exists()
 
@@ -117,13 +125,32 @@ def test_a_failed_write_keeps_its_rows_for_the_next_and_leaves_no_temporary_file
     record(log, "d", 1)
     assert (log.counters.dropped_rows, log.counters.pending_rows) == (2, 5)
     assert "mlops_inference_log_pending_rows 5" in log.render_metrics()
-    assert len(list(journal.glob("*.journal"))) == 1  # the kept rows are journaled again
+    assert len(list(journal.glob("*.journal"))) == 1  # the kept rows keep their journal file
 
     (root / "fraud").unlink()
     assert len(log.flush()) == 1  # one file: one model version, one day
     assert logged_ids(root) == ["a", "b", "d"] and not log.failing
     assert (log.counters.written_rows, log.counters.pending_rows) == (5, 0)
     assert list(journal.glob("*.journal")) == [] and not list(root.rglob(".*.tmp"))
+
+
+def test_bodies_waiting_on_a_failing_store_are_capped_in_bytes(tmp_path):
+    """However long storage is away, the log holds at most max_buffer_bytes of bodies."""
+    root = tmp_path / "log"
+    root.mkdir()
+    (root / "fraud").write_text("in the way")
+    size = len(orjson.dumps({"dataframe_records": [{"amount": 0.0}]}))  # one body of record()
+    log = InferenceLog(ParquetSink(str(root)), max_buffer_bytes=2 * size + 1)
+    for ident in ("a", "b", "c"):
+        record(log, ident)
+    assert (log.counters.pending_bytes, log.counters.dropped_rows) == (2 * size, 1)
+    assert log.flush() == []  # storage away: both kept, still counted
+    assert (log.counters.pending_rows, log.counters.pending_bytes) == (2, 2 * size)
+    assert f"mlops_inference_log_pending_bytes {2 * size}" in log.render_metrics()
+    (root / "fraud").unlink()
+    assert len(log.flush()) == 1
+    assert (log.counters.pending_rows, log.counters.pending_bytes) == (0, 0)
+    assert logged_ids(root) == ["a", "b"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as a full disk")
@@ -143,8 +170,10 @@ def test_a_write_that_fills_the_disk_removes_its_temporary_file(tmp_path):
         print(log.flush(), log.counters.write_errors, log.counters.pending_rows)
         """
     )
-    env = os.environ | {"PYTHONPATH": os.getcwd()}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]", "1", "50"]
     assert "File too large" in done.stderr  # the write did fail on the size limit
