@@ -60,7 +60,7 @@ test-integration: $(STAMP) postgres  ## Integration tests against real Prefect, 
 test-stack: $(STAMP) browser  ## The local stack end to end: deployments, a killed worker, the UIs
 	$(BIN)/python -m pytest tests/stack
 
-reliability: $(STAMP) postgres  ## Every failure scenario, the long ones included (~30 min); rewrites docs/reliability.md
+reliability: $(STAMP) postgres  ## Every failure scenario, the long ones included (~20 min); rewrites docs/reliability.md
 	rm -rf test-artifacts/reliability
 	$(BIN)/python -m pytest tests -m reliability ; status=$$? ; \
 	$(BIN)/python -m tests.reliability.report && exit $$status
