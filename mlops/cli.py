@@ -585,25 +585,66 @@ def recommend(
     ] = None,
     data: Annotated[str | None, typer.Option(help="CSV or Parquet file/folder.")] = None,
     target: Annotated[str | None, typer.Option(help="Column to predict (with --data).")] = None,
+    job: Annotated[
+        Path | None,
+        typer.Option(
+            "--job",
+            help="A job described without data: JSON with name, context, family, bytes or rows, "
+            "features, params (docs/allocator.md).",
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Job name, as the history names it.")] = None,
+    family: Annotated[str | None, typer.Option(help="Job family: spark, lightgbm, ...")] = None,
+    size: Annotated[
+        str | None, typer.Option("--bytes", help="Input size, e.g. 93.8GB or 2GiB.")
+    ] = None,
+    rows: Annotated[int | None, typer.Option(help="Input rows.")] = None,
+    features: Annotated[int | None, typer.Option(help="Input columns.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Job parameter KEY=VALUE (repeatable).")
+    ] = None,
+    machine_type: Annotated[
+        list[str] | None,
+        typer.Option(help="Candidate machine type from the catalogue (repeatable)."),
+    ] = None,
+    nodes: Annotated[
+        str | None, typer.Option(help="Candidate node counts: 4-48 or 4,6,8 (default 1-16).")
+    ] = None,
+    objective: Annotated[
+        str, typer.Option(help="cost (least cost) or time (least time).")
+    ] = "cost",
+    deadline: Annotated[float | None, typer.Option(help="With cost: seconds at most.")] = None,
+    budget: Annotated[float | None, typer.Option(help="With time: cost at most.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the allocation as JSON.")] = False,
 ) -> None:
-    """Recommend the training cluster for a use case without training.
+    """Recommend the cluster for a job without running it.
 
-    Preprocesses the data (reusing a dataset version already written) for its meta-features,
-    then asks the allocator, which learns from every recorded training run.
+    For a use case (--config, or --data with --target) the data is preprocessed (reusing a
+    dataset version already written) for its meta-features. A job described without data
+    (--job FILE, or --name/--family/--bytes/--rows...) needs only its size. Candidates are
+    node counts (--nodes) of catalogue machine types (--machine-type, repeatable), or this
+    machine's (or the configured cluster's) shapes. The allocator learns from every recorded
+    run, imported ones included.
     """
+    described = job is not None or any(v is not None for v in (name, family, size, rows))
     try:
-        pipeline_config = _config_from_options(config, data, target)
-        preflight(pipeline_config)
-        from tasks.allocation import recommend_for_dataset
-        from tasks.preprocessing import fingerprint_source, preprocess_dataset
-
-        dataset = preprocess_dataset(
-            pipeline_config,
-            get_settings().resolved_artifact_store,
-            fingerprint_source(pipeline_config.data),
-        )
-        allocation = recommend_for_dataset(pipeline_config, dataset)
+        if described:
+            allocation = _recommend_described(
+                job,
+                name,
+                family,
+                size,
+                rows,
+                features,
+                param or [],
+                machine_type or [],
+                nodes,
+                objective,
+                deadline,
+                budget,
+            )
+        else:
+            allocation = _recommend_use_case(config, data, target)
     except MlopsError as error:
         _fail(error)
     if as_json:
@@ -612,6 +653,81 @@ def recommend(
     from infra.allocator.report import allocation_markdown
 
     typer.echo(allocation_markdown(allocation))
+
+
+def _recommend_use_case(config: Path | None, data: str | None, target: str | None) -> Any:
+    pipeline_config = _config_from_options(config, data, target)
+    preflight(pipeline_config)
+    from tasks.allocation import recommend_for_dataset
+    from tasks.preprocessing import fingerprint_source, preprocess_dataset
+
+    dataset = preprocess_dataset(
+        pipeline_config,
+        get_settings().resolved_artifact_store,
+        fingerprint_source(pipeline_config.data),
+    )
+    return recommend_for_dataset(pipeline_config, dataset)
+
+
+def _recommend_described(
+    job: Path | None,
+    name: str | None,
+    family: str | None,
+    size: str | None,
+    rows: int | None,
+    features: int | None,
+    params: list[str],
+    machine_types: list[str],
+    nodes: str | None,
+    objective: str,
+    deadline: float | None,
+    budget: float | None,
+) -> Any:
+    import json
+
+    from infra.allocator.planner import (
+        describe_job,
+        described_objective,
+        node_spec,
+        recommend_for_job,
+    )
+
+    raw: dict[str, Any] = {}
+    origin = "the command line"
+    if job is not None:
+        origin = str(job)
+        try:
+            raw = json.loads(job.read_text())
+        except OSError as error:
+            raise ConfigError(f"{job}: cannot be read ({error.strerror}).") from None
+        except ValueError as error:
+            raise ConfigError(f"{job}: not valid JSON ({error}).") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{job}: expected a JSON object describing the job.")
+    candidates = raw.pop("candidates", {}) if isinstance(raw.get("candidates"), dict) else {}
+    flags = {"name": name, "family": family, "rows": rows, "features": features}
+    raw |= {k: v for k, v in flags.items() if v is not None}
+    if size is not None:
+        raw["bytes"] = _parse_size(size)
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE.")
+        raw.setdefault("params", {})[key] = value
+    described = describe_job(raw, origin)
+    types = machine_types or list(candidates.get("machine_types", []))
+    counts = node_spec(nodes if nodes is not None else candidates.get("nodes"))
+    goal = described_objective(objective, deadline, budget)
+    return recommend_for_job(described, get_settings(), goal, types, counts)
+
+
+def _parse_size(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise ConfigError(f"--bytes {text!r}: not a size such as 93.8GB or 2GiB.") from None
 
 
 @app.command()
@@ -1007,8 +1123,9 @@ def allocator_history(
         )
         peak = f"{run.peak_memory_bytes / 2**20:.0f}" if run.peak_memory_bytes else "-"
         typer.echo(
-            f"{run.recorded_at:%Y-%m-%d %H:%M} {run.use_case[:20]:<20} {run.n_rows:>9,} "
-            f"{run.n_features:>4} {run.shape.label():<18} {run.status:<13} "
+            f"{run.recorded_at:%Y-%m-%d %H:%M} {run.use_case[:20]:<20} "
+            f"{f'{run.n_rows:,}' if run.n_rows else '-':>9} {run.n_features or '-':>4} "
+            f"{run.shape.label():<18} {run.status:<13} "
             f"{run.total_time_s:>7.1f} {predicted_time:>7} {peak:>8} {predicted_peak:>8}"
         )
 
@@ -1032,15 +1149,28 @@ def allocator_export(
 
 @allocator_app.command("import")
 def allocator_import(
-    file: Annotated[Path, typer.Argument(help="A .csv or .parquet history (e.g. an export).")],
+    file: Annotated[
+        Path, typer.Argument(help="A .csv or .parquet run log: an export, or a cluster's own.")
+    ],
 ) -> None:
-    """Add runs from another environment; every row is checked, and a bad file adds nothing."""
-    from infra.allocator.history import import_history
-    from infra.allocator.planner import open_history
+    """Add runs from another environment or a cluster's own log; a bad file adds nothing.
 
-    store = open_history(get_settings())
+    Required columns: use_case (the job), workers (nodes), status, wall_time_s. The others
+    are optional (empty = unknown); machine_type fills threads and memory from the catalogue
+    (MLOPS_ALLOCATOR_MACHINES extends it); columns that are not history columns are kept as
+    the job's params. docs/allocator.md maps a foreign log, with a worked example.
+    """
+    from infra.allocator.history import import_history
+    from infra.allocator.planner import open_catalogue, open_history
+
+    settings = get_settings()
     try:
-        count = import_history(store, file)
+        catalogue = open_catalogue(settings)
+    except MlopsError as error:
+        _fail(error)
+    store = open_history(settings)
+    try:
+        count = import_history(store, file, catalogue)
     except MlopsError as error:
         _fail(error)
     finally:

@@ -121,6 +121,18 @@ class AllocatorConfig(StrictModel):
     max_replans: int = Field(
         default=2, ge=0, description="After out-of-memory, re-plan and retry this many times."
     )
+    machine_types: list[str] = Field(
+        default_factory=list,
+        description="On a KubeCluster: size workers as these catalogue machine types (one "
+        "worker per node) and price them per node-hour.",
+    )
+    nodes: list[int] | None = Field(
+        default=None, description="With machine_types: the node counts the cluster offers."
+    )
+    min_nodes: int = Field(default=1, ge=1, description="With machine_types, without nodes.")
+    max_nodes: int | None = Field(
+        default=None, ge=1, description="With machine_types, without nodes (default 16)."
+    )
 
     @field_validator("max_memory_per_worker")
     @classmethod

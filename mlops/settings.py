@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     allocator_gpu_prior_speedup: float = Field(
         default=1.5, gt=0, description="GPU speed-up assumed until GPU runs are measured."
     )
+    allocator_machines: str | None = Field(
+        default=None,
+        description="CSV or YAML of machine types (name, vcpus, memory_gib, gpus, "
+        "price_per_hour) that extends and overrides the built-in catalogue.",
+    )
 
     serving_host: str = Field(default="127.0.0.1", description="Interface `mlops serve` binds.")
     serving_port: int = Field(default=5001, description="Port of `mlops serve`.")

@@ -6,7 +6,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from infra.allocator.history import RunProfile
-from infra.allocator.planner import open_history, plan_allocation, resources_for
+from infra.allocator.planner import (
+    open_catalogue,
+    open_history,
+    plan_allocation,
+    resources_for,
+)
 from infra.allocator.profiling import job_features
 from infra.allocator.recommend import Allocation
 from infra.allocator.report import allocation_markdown
@@ -30,6 +35,7 @@ def recommend_for_dataset(config: PipelineConfig, dataset: DatasetRef) -> Alloca
         history,
         resources_for(config.training.cluster, settings),
         settings.allocator_gpu_prior_speedup,
+        open_catalogue(settings),
     )
 
 

@@ -580,7 +580,7 @@ def train_model_task(
         trained.validation_metric,
         run.final_metric if run.final_metric is not None else float("nan"),
         (run.peak_memory_bytes or 0) / 2**20,
-        allocation.predicted_peak_memory_bytes / 2**20,
+        (allocation.predicted_peak_memory_bytes or float("nan")) / 2**20,
     )
     return attempt
 

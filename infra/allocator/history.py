@@ -9,12 +9,15 @@ row by row and written in one transaction, so a bad file changes nothing.
 
 from __future__ import annotations
 
+import json
 import math
+import typing
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pandas as pd
 import sqlalchemy as sa
@@ -27,35 +30,83 @@ RunStatus = Literal["success", "out-of-memory", "killed", "timeout", "failed"]
 Backend = Literal["local", "scheduler", "kubernetes", "simulated"]
 
 
+class Catalogue(Protocol):
+    """What an import needs of the machine catalogue (``machines.Catalogue`` is one)."""
+
+    machines: dict[str, Any]
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def get(self, name: str) -> Any: ...
+
+
 class HistoryError(MlopsError):
     """A history file or row is invalid; nothing was written."""
 
 
-class JobFeatures(BaseModel):
-    """What a training job is, independent of where it runs: the inputs of every prediction."""
+class JobFields(BaseModel):
+    """What a job is, independent of where it runs. Every field is optional: a pipeline run has
+    them all, an imported log what it recorded (missing is None, never 0)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    n_rows: int = Field(ge=1, description="Rows in the training split.")
-    n_features: int = Field(ge=1, description="Model input columns after feature engineering.")
-    n_numeric: int = Field(ge=0)
-    n_categorical: int = Field(ge=0)
-    bytes_in_memory: int = Field(ge=1, description="Training split as pandas holds it.")
-    max_cardinality: int = Field(ge=0)
-    mean_cardinality: float = Field(ge=0)
-    sparsity: float = Field(ge=0, le=1, description="Share of missing cells.")
-    task: Literal["binary", "multiclass", "regression"]
-    n_classes: int = Field(ge=0, description="0 for regression.")
-    n_estimators: int = Field(ge=1)
-    num_leaves: int = Field(ge=2)
-    max_bin: int = Field(ge=2)
-    learning_rate: float = Field(gt=0)
-    early_stopping_rounds: int = Field(ge=0)
+    family: str | None = Field(
+        default=None, max_length=64, description="lightgbm, spark, hadoop, ...: jobs alike."
+    )
+    bytes_in_memory: int | None = Field(
+        default=None, ge=1, description="The job's data: the training split as pandas holds it."
+    )
+    n_rows: int | None = Field(default=None, ge=1, description="Rows in the training split.")
+    n_features: int | None = Field(default=None, ge=1, description="Model input columns.")
+    n_numeric: int | None = Field(default=None, ge=0)
+    n_categorical: int | None = Field(default=None, ge=0)
+    max_cardinality: int | None = Field(default=None, ge=0)
+    mean_cardinality: float | None = Field(default=None, ge=0)
+    sparsity: float | None = Field(default=None, ge=0, le=1, description="Share of missing cells.")
+    task: Literal["binary", "multiclass", "regression"] | None = None
+    n_classes: int | None = Field(default=None, ge=0, description="0 for regression.")
+    n_estimators: int | None = Field(default=None, ge=1)
+    num_leaves: int | None = Field(default=None, ge=2)
+    max_bin: int | None = Field(default=None, ge=2)
+    learning_rate: float | None = Field(default=None, gt=0)
+    early_stopping_rounds: int | None = Field(default=None, ge=0)
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Anything else the log knew about the job."
+    )
 
     @property
     def trees_per_round(self) -> int:
         """LightGBM grows one tree per class per round for multiclass, else one."""
-        return max(self.n_classes, 1) if self.task == "multiclass" else 1
+        return max(self.n_classes or 0, 1) if self.task == "multiclass" else 1
+
+    @property
+    def is_lightgbm(self) -> bool:
+        """Whether every field the LightGBM cost model needs is known."""
+        return all(getattr(self, name) is not None for name in LIGHTGBM_FIELDS)
+
+
+LIGHTGBM_FIELDS = (
+    "n_rows",
+    "n_features",
+    "bytes_in_memory",
+    "n_estimators",
+    "num_leaves",
+    "max_bin",
+    "early_stopping_rounds",
+)
+"""What the LightGBM cost model reads; a job without one of them is predicted from its curves."""
+
+
+class JobFeatures(JobFields):
+    """A job to plan: its fields plus its name (the history's use case) and context."""
+
+    name: str | None = Field(default=None, description="The job: same name, same program.")
+    context: str | None = Field(default=None, description="Its input (a dataset version).")
+
+    @property
+    def size(self) -> float | None:
+        """How big its input is, in bytes (rows when only they are known), or None."""
+        return float(self.bytes_in_memory or self.n_rows or 0) or None
 
 
 class ClusterShape(BaseModel):
@@ -67,6 +118,7 @@ class ClusterShape(BaseModel):
     threads_per_worker: int = Field(ge=1)
     memory_per_worker_bytes: int = Field(ge=1)
     gpu: bool = False
+    machine_type: str | None = Field(default=None, description="Its nodes' type, if known.")
 
     @property
     def threads(self) -> int:
@@ -74,15 +126,16 @@ class ClusterShape(BaseModel):
         return self.workers * self.threads_per_worker
 
     def label(self) -> str:
-        """Short human form, e.g. ``2x1 @ 2.0 GiB`` (``+GPU`` when it has one)."""
+        """Short human form, e.g. ``2x1 @ 2.0 GiB`` or ``6 x c4.large`` (``+GPU`` with one)."""
+        gpu = " +GPU" if self.gpu else ""
+        if self.machine_type:
+            return f"{self.workers} x {self.machine_type}{gpu}"
         gib = self.memory_per_worker_bytes / 2**30
-        return f"{self.workers}x{self.threads_per_worker} @ {gib:.2g} GiB" + (
-            " +GPU" if self.gpu else ""
-        )
+        return f"{self.workers}x{self.threads_per_worker} @ {gib:.2g} GiB{gpu}"
 
 
 class WithShape:
-    """For models that carry a shape's four fields: the :class:`ClusterShape` they describe."""
+    """For models that carry a shape's fields: the :class:`ClusterShape` they describe."""
 
     @property
     def shape(self) -> ClusterShape:
@@ -92,57 +145,80 @@ class WithShape:
             threads_per_worker=self.threads_per_worker,
             memory_per_worker_bytes=self.memory_per_worker_bytes,
             gpu=self.gpu,
+            machine_type=getattr(self, "machine_type", None),
         )
 
 
-class RunProfile(JobFeatures, WithShape):
+class RunProfile(JobFields, WithShape):
     """One recorded training run: the job, the cluster it ran on, and the measured outcome."""
 
     run_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
     recorded_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     source: str = Field(default="pipeline", description="pipeline, sweep, import, ...")
-    use_case: str = Field(min_length=1)
-    dataset_version: str = Field(min_length=1)
-    workers: int = Field(ge=1)
+    use_case: str = Field(min_length=1, description="The job (runs of one program share it).")
+    dataset_version: str | None = Field(
+        default=None, min_length=1, description="The job's context: its input's version or size."
+    )
+    machine_type: str | None = Field(default=None, description="A name in the machine catalogue.")
+    workers: int = Field(ge=1, description="Dask workers, or nodes of a foreign cluster.")
     threads_per_worker: int = Field(ge=1)
     memory_per_worker_bytes: int = Field(ge=1)
     gpu: bool = False
     backend: Backend = "local"
-    host_cpus: int = Field(ge=1, description="CPU cores the cluster's workers shared.")
+    host_cpus: int | None = Field(
+        default=None, ge=1, description="CPU cores the workers shared on one machine."
+    )
     status: RunStatus
-    startup_s: float = Field(ge=0, description="Starting the cluster (0 for an existing one).")
-    wall_time_s: float = Field(ge=0, description="Training, data loading included.")
-    iterations: int = Field(ge=0, description="Boosting rounds run.")
+    startup_s: float | None = Field(default=None, ge=0, description="Starting the cluster.")
+    wall_time_s: float = Field(ge=0, description="The job's run, data loading included.")
+    iterations: int | None = Field(default=None, ge=0, description="Boosting rounds run.")
     time_per_iteration_s: float | None = Field(default=None, ge=0)
     peak_memory_bytes: int | None = Field(
-        default=None, ge=0, description="Largest peak resident memory over the workers."
+        default=None,
+        gt=0,
+        description="Largest peak resident memory over the workers; empty when not measured.",
     )
     final_metric: float | None = None
     metric_name: str | None = None
     predicted_wall_time_s: float | None = Field(default=None, ge=0)
     predicted_peak_memory_bytes: int | None = Field(default=None, ge=0)
 
-    @model_validator(mode="after")
-    def _successes_are_measured(self) -> RunProfile:
-        if self.status == "success" and (self.iterations < 1 or self.peak_memory_bytes is None):
-            raise ValueError("a successful run needs iterations >= 1 and peak_memory_bytes")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _from_job(cls, data: Any) -> Any:
+        """Accept a :class:`JobFeatures` dump: its name and context are the use case and the
+        dataset version unless those are given."""
+        if isinstance(data, dict) and ("name" in data or "context" in data):
+            data = dict(data)
+            name, context = data.pop("name", None), data.pop("context", None)
+            if name is not None:
+                data.setdefault("use_case", name)
+            if context is not None:
+                data.setdefault("dataset_version", context)
+        return data
 
-    @property
+    @cached_property
     def job(self) -> JobFeatures:
-        """The job part of the row."""
-        return JobFeatures.model_validate(self.model_dump(include=set(JobFeatures.model_fields)))
+        """The job part of the row (rows are not changed once made)."""
+        fields = self.model_dump(include=set(JobFields.model_fields))
+        return JobFeatures(**fields, name=self.use_case, context=self.dataset_version)
 
     @property
     def total_time_s(self) -> float:
-        """What the run occupied its cluster for: start-up plus training."""
-        return self.startup_s + self.wall_time_s
+        """What the run occupied its cluster for: start-up (when known) plus the run."""
+        return (self.startup_s or 0.0) + self.wall_time_s
+
+    @property
+    def context_key(self) -> tuple[str, str]:
+        """The job and its context: the runs of one program on one input."""
+        return self.use_case, self.dataset_version or ""
 
 
 COLUMNS: tuple[str, ...] = tuple(RunProfile.model_fields)
 """The documented columns of the history table and of its CSV/Parquet exports, in order."""
 
 _SQL_TYPES: dict[Any, Any] = {
+    dict: sa.JSON,
     int: sa.BigInteger,
     float: sa.Float,
     bool: sa.Boolean,
@@ -152,6 +228,8 @@ _SQL_TYPES: dict[Any, Any] = {
 
 
 def _sql_type(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is dict:
+        return _SQL_TYPES[dict]
     for python_type, sql_type in _SQL_TYPES.items():
         if annotation is python_type or python_type in getattr(annotation, "__args__", ()):
             return sql_type
@@ -169,6 +247,28 @@ runs_table = sa.Table(
 )
 
 
+def add_missing_columns(engine: sa.Engine) -> None:
+    """Add the columns a history written by an older version lacks (all of them nullable)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(runs_table.name)}
+    missing = [c for c in runs_table.columns if c.name not in present]
+    if not missing:
+        return
+    with engine.begin() as connection:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            connection.execute(
+                sa.text(f"ALTER TABLE {runs_table.name} ADD COLUMN {column.name} {kind}")
+            )
+
+
+def _stored(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row as the model reads it: None for what older versions wrote as 0 or left out."""
+    row = {k: v for k, v in row.items() if v is not None}
+    if not row.get("peak_memory_bytes"):
+        row.pop("peak_memory_bytes", None)  # older versions wrote 0 for "not measured"
+    return row
+
+
 class HistoryStore:
     """The run history in any SQLAlchemy database (SQLite under ``.mlops/`` by default)."""
 
@@ -176,6 +276,7 @@ class HistoryStore:
         self.url = url
         self.engine = open_engine(url)
         create_tables(metadata, self.engine)
+        add_missing_columns(self.engine)
 
     def record(self, profile: RunProfile) -> None:
         """Add one run."""
@@ -196,7 +297,7 @@ class HistoryStore:
             query = query.where(runs_table.c.use_case == use_case)
         with self.engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
-        return [RunProfile.model_validate(dict(row)) for row in rows]
+        return [RunProfile.model_validate(_stored(dict(row))) for row in rows]
 
     def run_ids(self) -> set[str]:
         """The ids of every recorded run."""
@@ -209,8 +310,11 @@ class HistoryStore:
 
 
 def profiles_frame(profiles: Iterable[RunProfile]) -> pd.DataFrame:
-    """Runs as a table with the documented columns."""
-    return pd.DataFrame([p.model_dump() for p in profiles], columns=list(COLUMNS))
+    """Runs as a table with the documented columns (``params`` as JSON text)."""
+    rows = [p.model_dump() for p in profiles]
+    for row in rows:
+        row["params"] = json.dumps(row["params"], sort_keys=True, default=str)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def export_history(store: HistoryStore, path: Path) -> int:
@@ -233,26 +337,48 @@ def _format(path: Path) -> str:
     raise HistoryError(f"{path}: use a .csv or .parquet file for the allocator history.")
 
 
-def read_history_file(path: Path) -> list[RunProfile]:
-    """Read and check every row of an exported history.
+_TEXT_COLUMNS = {
+    name
+    for name, field in RunProfile.model_fields.items()
+    if field.annotation in (str, str | None) or typing.get_origin(field.annotation) is dict
+}
+REQUIRED_COLUMNS = ("use_case", "workers", "status", "wall_time_s")
+"""What every imported row must have; the rest is optional (see docs/allocator.md)."""
+
+
+def read_history_file(path: Path, catalogue: Catalogue | None = None) -> list[RunProfile]:
+    """Read and check every row of a run log: an export, or a foreign cluster's log.
+
+    Columns that are not history columns are kept as the job's ``params``. A row that names a
+    ``machine_type`` gets its threads, memory and GPU from ``catalogue`` where it leaves them
+    empty; an unknown machine type is an error.
 
     Raises:
-        HistoryError: for a missing file, an unknown or missing column, or an invalid row,
-            naming the row (1 = first data row) and the field.
+        HistoryError: for a missing file, a missing required column, or an invalid row,
+            naming the file, the row (1 = first data row) and the field.
     """
     if not path.is_file():
         raise HistoryError(f"History file not found: {path}")
+    kind = _format(path)
     try:
-        frame = pd.read_parquet(path) if _format(path) == "parquet" else pd.read_csv(path)
+        if kind == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS})
     except (ValueError, OSError, pd.errors.ParserError) as error:
-        raise HistoryError(f"{path} could not be read as {_format(path)}: {error}") from None
-    unknown = sorted(set(frame.columns) - set(COLUMNS))
-    if unknown:
+        raise HistoryError(f"{path} could not be read as {kind}: {error}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
         raise HistoryError(
-            f"{path}: unknown column(s) {unknown}; the history columns are listed in "
-            "docs/allocator.md."
+            f"{path}: required column(s) {missing} missing; every run needs "
+            f"{', '.join(REQUIRED_COLUMNS)} (docs/allocator.md lists the others)."
         )
-    return [_row_profile(record, index, path) for index, record in enumerate(_records(frame), 1)]
+    profiles = [
+        _row_profile(record, index, path, catalogue)
+        for index, record in enumerate(_records(frame), 1)
+    ]
+    _refuse_duplicates(profiles, path)
+    return profiles
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -263,26 +389,86 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def _row_profile(record: dict[str, Any], index: int, path: Path) -> RunProfile:
+def _row_profile(
+    record: dict[str, Any], index: int, path: Path, catalogue: Catalogue | None
+) -> RunProfile:
+    where = f"{path}, row {index}"
+    params = _params(record.pop("params", None), where)
+    params |= {k: _plain(record.pop(k)) for k in list(record) if k not in RunProfile.model_fields}
+    record["params"] = params
+    record.setdefault("source", "import")
+    if record.get("machine_type") is not None:
+        _fill_from_catalogue(record, catalogue, where)
     try:
         return RunProfile.model_validate(record)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(row)"
         value = record.get(field, "<missing>")
+        hint = (
+            "; leave it empty when it was not measured"
+            if field == "peak_memory_bytes" and value == 0
+            else ""
+        )
         raise HistoryError(
-            f"{path}, row {index}: field '{field}' {first['msg'].lower()} (got {value!r}). "
+            f"{where}: field '{field}' {first['msg'].lower()} (got {value!r}){hint}. "
             "Nothing was imported."
         ) from None
 
 
-def import_history(store: HistoryStore, path: Path) -> int:
+def _params(value: Any, where: str) -> dict[str, Any]:
+    """The ``params`` column of an export: JSON text of a mapping."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise HistoryError(
+            f"{where}: field 'params' must be a JSON object (got {value!r}). Nothing was imported."
+        )
+    return parsed
+
+
+def _plain(value: Any) -> Any:
+    """A cell as a JSON-ready Python value."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _fill_from_catalogue(record: dict[str, Any], catalogue: Catalogue | None, where: str) -> None:
+    name = str(record["machine_type"])
+    if catalogue is None or name not in catalogue:
+        known = ", ".join(sorted(catalogue.machines)) if catalogue else "none"
+        raise HistoryError(
+            f"{where}: field 'machine_type' {name!r} is not in the machine catalogue (known: "
+            f"{known}); add it to the file named by MLOPS_ALLOCATOR_MACHINES. Nothing was "
+            "imported."
+        )
+    machine = catalogue.get(name)
+    record.setdefault("threads_per_worker", machine.vcpus)
+    record.setdefault("memory_per_worker_bytes", machine.memory_bytes)
+    record.setdefault("gpu", machine.gpus > 0)
+
+
+def _refuse_duplicates(profiles: list[RunProfile], path: Path) -> None:
+    first_row: dict[str, int] = {}
+    for index, profile in enumerate(profiles, 1):
+        if profile.run_id in first_row:
+            raise HistoryError(
+                f"{path}, row {index}: field 'run_id' {profile.run_id!r} repeats row "
+                f"{first_row[profile.run_id]}. Nothing was imported."
+            )
+        first_row[profile.run_id] = index
+
+
+def import_history(store: HistoryStore, path: Path, catalogue: Catalogue | None = None) -> int:
     """Add every row of ``path`` to the store in one transaction; returns the row count.
 
     Raises:
         HistoryError: if any row is invalid or a run id is already recorded; nothing is written.
     """
-    profiles = read_history_file(path)
+    profiles = read_history_file(path, catalogue)
     known = store.run_ids()
     clashes = [i for i, p in enumerate(profiles, 1) if p.run_id in known]
     if clashes:
@@ -290,9 +476,4 @@ def import_history(store: HistoryStore, path: Path) -> int:
             f"{path}, row {clashes[0]}: field 'run_id' {profiles[clashes[0] - 1].run_id!r} is "
             f"already in the history ({len(clashes)} such row(s)). Nothing was imported."
         )
-    try:
-        return store.add_all(profiles)
-    except sa.exc.IntegrityError as error:
-        raise HistoryError(f"{path}: duplicate run ids in the file. Nothing was imported.") from (
-            error
-        )
+    return store.add_all(profiles)

@@ -51,8 +51,8 @@ class Prediction:
 
 def expected_rounds(job: JobFeatures, stop_ratio: float = 1.0) -> float:
     """Boosting rounds to expect: all of them, or a learned share when early stopping is on."""
-    ratio = stop_ratio if job.early_stopping_rounds > 0 else 1.0
-    return max(1.0, job.n_estimators * ratio)
+    ratio = stop_ratio if (job.early_stopping_rounds or 0) > 0 else 1.0
+    return max(1.0, (job.n_estimators or 1) * ratio)
 
 
 def round_work(job: JobFeatures) -> float:
@@ -168,13 +168,16 @@ def fit_model(runs: Sequence[RunProfile], cores: int | None, kind: str = "cost")
             its own).
         kind: ``"cost"`` (the full model) or ``"ernest"`` (the four-term prior's form).
     """
+    runs = [r for r in runs if r.job.is_lightgbm]  # the others are predicted from curves
     cpu_runs = [r for r in runs if not r.gpu]  # GPU runs teach the GPU speed-up instead
     timed = [r for r in cpu_runs if r.status in ("success", "timeout") and r.total_time_s > 0]
     measured = [r for r in cpu_runs if r.status == "success" and r.peak_memory_bytes]
     stop_ratio = _stop_ratio(runs)
     time_rows, time_targets = [], []
     for run in timed:
-        rounds = run.iterations if run.status == "success" else expected_rounds(run.job, stop_ratio)
+        rounds = (run.status == "success" and run.iterations) or expected_rounds(
+            run.job, stop_ratio
+        )
         terms = (
             ernest_terms(run.job, run.shape, rounds)
             if kind == "ernest"
@@ -212,7 +215,7 @@ def _stop_ratio(runs: Sequence[RunProfile]) -> float:
     ratios = [
         r.iterations / r.n_estimators
         for r in runs
-        if r.status == "success" and r.early_stopping_rounds > 0 and r.iterations
+        if r.status == "success" and (r.early_stopping_rounds or 0) > 0 and r.iterations
     ]
     return float(np.median(ratios)) if ratios else 1.0
 
@@ -227,9 +230,9 @@ def job_vector(job: JobFeatures) -> np.ndarray:
             math.log10(job.n_rows),
             math.log10(job.n_features),
             math.log10(job.bytes_in_memory),
-            job.n_categorical / job.n_features,
-            math.log10(1 + job.max_cardinality) / 2,
-            job.sparsity,
+            (job.n_categorical or 0) / job.n_features,
+            math.log10(1 + (job.max_cardinality or 0)) / 2,
+            job.sparsity or 0.0,
             math.log10(job.n_estimators),
             math.log2(job.num_leaves) / 2,
             math.log2(job.max_bin) / 2,
@@ -255,8 +258,15 @@ class Neighbour:
 def nearest_jobs(job: JobFeatures, runs: Sequence[RunProfile], k: int = 3) -> list[Neighbour]:
     """The ``k`` most similar past jobs (a job = one dataset version with its parameters)."""
     groups: dict[tuple[str, str], list[RunProfile]] = {}
+    if not job.is_lightgbm:
+        return []
     for run in runs:
-        key = (run.dataset_version, f"{run.n_estimators}/{run.num_leaves}/{run.max_bin}")
+        if not run.job.is_lightgbm:
+            continue
+        key = (
+            run.dataset_version or run.use_case,
+            f"{run.n_estimators}/{run.num_leaves}/{run.max_bin}",
+        )
         groups.setdefault(key, []).append(run)
     ranked = sorted(
         (
@@ -269,8 +279,13 @@ def nearest_jobs(job: JobFeatures, runs: Sequence[RunProfile], k: int = 3) -> li
 
 
 def same_shape(a: ClusterShape, b: ClusterShape) -> bool:
-    """Same workers, threads and GPU use (memory limits aside)."""
-    return (a.workers, a.threads_per_worker, a.gpu) == (b.workers, b.threads_per_worker, b.gpu)
+    """Same workers, threads, GPU use and machine type (memory limits aside)."""
+    return (a.workers, a.threads_per_worker, a.gpu, a.machine_type) == (
+        b.workers,
+        b.threads_per_worker,
+        b.gpu,
+        b.machine_type,
+    )
 
 
 def transfer_ratio(
@@ -290,7 +305,7 @@ def transfer_ratio(
             if not same_shape(run.shape, shape):
                 continue
             if metric == "time" and run.status in ("success", "timeout"):
-                rounds = run.iterations if run.status == "success" else None
+                rounds = (run.iterations or None) if run.status == "success" else None
                 modelled = model.base_prediction(run.job, run.shape, rounds).time_s
                 observed = run.total_time_s
             elif metric == "memory" and run.status == "success" and run.peak_memory_bytes:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from dask.utils import parse_bytes
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infra.dask_cluster import scheduler_workers
 from mlops.config import AllocatorConfig, ClusterConfig
+from mlops.errors import ConfigError
 from mlops.settings import Settings
 
 from .history import ClusterShape, HistoryStore, JobFeatures, RunProfile
+from .machines import Catalogue, catalogue_for
 from .model import fit_model
 from .recommend import Allocation, Objective, Pricing, confidence_label, recommend_allocation
 from .resources import (
@@ -19,12 +23,19 @@ from .resources import (
     cluster_resources,
     existing_cluster_resources,
     local_resources,
+    machine_shapes,
+    node_counts,
 )
 
 
 def open_history(settings: Settings) -> HistoryStore:
     """The run history named by settings (SQLite under ``.mlops/`` by default)."""
     return HistoryStore(settings.resolved_history_url)
+
+
+def open_catalogue(settings: Settings) -> Catalogue:
+    """The machine catalogue: built-in types, extended by ``MLOPS_ALLOCATOR_MACHINES``."""
+    return catalogue_for(settings.allocator_machines)
 
 
 def resources_for(cluster: ClusterConfig, settings: Settings) -> Resources:
@@ -72,6 +83,7 @@ def plan_allocation(
     history: Sequence[RunProfile],
     resources: Resources,
     gpu_prior_speedup: float = 1.5,
+    catalogue: Catalogue | None = None,
 ) -> Allocation:
     """The allocation for one training run: recommended, or the fixed ``cluster`` (capped).
 
@@ -82,6 +94,7 @@ def plan_allocation(
         history: Every recorded run.
         resources: What exists to choose from.
         gpu_prior_speedup: GPU speed-up assumed until GPU runs are measured.
+        catalogue: Machine types, for a use case that names them (``machine_types``).
     """
     if not config.enabled:
         return fixed_allocation(job, cluster, history, resources)
@@ -92,6 +105,18 @@ def plan_allocation(
         config.max_memory_per_worker,
         allow_gpu=config.use_gpu == "auto",
     )
+    if config.machine_types and resources.backend == "kubernetes":
+        counts = node_counts(config.nodes, config.min_nodes, config.max_nodes)
+        catalogue = catalogue or Catalogue([])
+        shapes = machine_shapes(
+            catalogue, config.machine_types, counts, allow_gpu=config.use_gpu == "auto"
+        )
+        notes = [f"node counts {counts[0]}..{counts[-1]} of {', '.join(config.machine_types)}"]
+    elif config.machine_types:
+        notes.append(
+            f"machine_types apply to a KubeCluster; the {resources.backend} cluster's workers "
+            "are sized instead"
+        )
     if resources.description:
         notes.insert(0, f"sized within {resources.description}")
     gpu_note = resources.gpu_note if config.use_gpu == "auto" else "use_gpu is 'never'"
@@ -104,6 +129,7 @@ def plan_allocation(
         gpu_note=gpu_note,
         gpu_prior_speedup=gpu_prior_speedup,
         cores=resources.max_threads_per_worker if resources.backend == "local" else None,
+        catalogue=catalogue,
     )
 
 
@@ -147,3 +173,130 @@ def fixed_allocation(
         rationale=notes,
         history_runs=len(history),
     )
+
+
+class JobDescription(BaseModel):
+    """A job described without its data, for ``mlops recommend --job``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(default=None, description="The job as the history names it.")
+    context: str | None = Field(default=None, description="Its input, e.g. a dataset version.")
+    family: str | None = Field(default=None, description="lightgbm, spark, hadoop, ...")
+    bytes: int | None = Field(default=None, ge=1, description="Input size in bytes.")
+    rows: int | None = Field(default=None, ge=1)
+    features: int | None = Field(default=None, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    lightgbm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="n_estimators, num_leaves, max_bin, ... for the LightGBM cost model.",
+    )
+
+    @model_validator(mode="after")
+    def _sized(self) -> JobDescription:
+        if self.bytes is None and self.rows is None:
+            raise ValueError(
+                "field 'bytes' (or 'rows') is required: the allocator scales by input size"
+            )
+        return self
+
+    def job(self) -> JobFeatures:
+        """The allocator's view of the described job."""
+        return JobFeatures(
+            name=self.name,
+            context=self.context,
+            family=self.family,
+            bytes_in_memory=self.bytes,
+            n_rows=self.rows,
+            n_features=self.features,
+            params=self.params,
+            **self.lightgbm,
+        )
+
+
+def describe_job(raw: dict[str, Any], origin: str) -> JobFeatures:
+    """Check a job description (a JSON object or flags) and return the job.
+
+    Raises:
+        ConfigError: naming ``origin`` and the field that is wrong or missing.
+    """
+    try:
+        return JobDescription.model_validate(raw).job()
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        where = f"field '{field}' " if field else ""
+        raise ConfigError(f"{origin}: {where}{message}") from None
+
+
+def recommend_for_job(
+    job: JobFeatures,
+    settings: Settings,
+    objective: Objective,
+    machine_types: Sequence[str] = (),
+    counts: Sequence[int] = (),
+) -> Allocation:
+    """Recommend a cluster for a described job: node counts x machine types when given, else
+    the cluster the settings describe (this machine by default) with up to ``max(counts)``
+    workers."""
+    store = open_history(settings)
+    try:
+        history = store.runs()
+    finally:
+        store.close()
+    catalogue = open_catalogue(settings)
+    if machine_types:
+        shapes = machine_shapes(catalogue, list(machine_types), list(counts) or node_counts())
+        notes = [f"candidates: {len(shapes)} shape(s) of {', '.join(machine_types)}"]
+        cores = None
+    else:
+        resources = resources_for(ClusterConfig(), settings)
+        shapes, notes = candidate_shapes(resources, max(counts) if counts else None)
+        if counts:
+            shapes = [s for s in shapes if s.workers in set(counts)]
+        cores = resources.max_threads_per_worker if resources.backend == "local" else None
+    return recommend_allocation(
+        job,
+        history,
+        shapes,
+        objective,
+        notes=notes,
+        gpu_prior_speedup=settings.allocator_gpu_prior_speedup,
+        cores=cores,
+        catalogue=catalogue,
+    )
+
+
+def node_spec(spec: Any) -> list[int]:
+    """``4-48``, ``4,6,8`` or a list into node counts ([] for none given: the default range).
+
+    Raises:
+        ConfigError: naming the spec and the forms it may take.
+    """
+    if spec is None:
+        return []
+    try:
+        if isinstance(spec, list):
+            return node_counts([int(n) for n in spec])
+        text = str(spec).strip()
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-", 1))
+            return node_counts(None, low, high)
+        return node_counts([int(n) for n in text.split(",")])
+    except ValueError as error:
+        raise ConfigError(f"--nodes {spec!r}: {error}; use 4-48 or 4,6,8.") from None
+
+
+def described_objective(kind: str, deadline: float | None, budget: float | None) -> Objective:
+    """The objective of ``mlops recommend``'s flags.
+
+    Raises:
+        ConfigError: naming the flag that is wrong.
+    """
+    try:
+        return Objective(kind=kind, deadline_s=deadline, budget=budget)
+    except ValidationError as error:
+        first = error.errors()[0]
+        flag = {"kind": "objective", "deadline_s": "deadline"}.get(first["loc"][0], "budget")
+        raise ConfigError(f"--{flag}: {first['msg']}") from None

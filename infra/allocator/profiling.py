@@ -39,6 +39,9 @@ def job_features(dataset: DatasetRef, training: Any) -> JobFeatures:
     """The allocator's view of a job: dataset meta-features plus cost-driving parameters."""
     meta = dataset.meta_features
     return JobFeatures(
+        name=dataset.name,
+        context=dataset.version,
+        family="lightgbm",
         n_rows=max(meta.n_rows, 1),
         n_features=max(meta.n_features, 1),
         n_numeric=meta.n_numeric,
@@ -248,7 +251,7 @@ def profile_row(
         wall_time_s=wall_time_s,
         iterations=iterations,
         time_per_iteration_s=wall_time_s / iterations if iterations else None,
-        peak_memory_bytes=peak_memory_bytes,
+        peak_memory_bytes=peak_memory_bytes or None,  # 0: not measured
         final_metric=final_metric,
         metric_name=metric_name,
         source=source,

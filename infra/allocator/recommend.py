@@ -1,10 +1,13 @@
-"""Recommending a cluster for a training job: predict every candidate, keep the safe ones, pick.
+"""Recommending a cluster for a job: predict every candidate, keep the safe ones, pick.
 
-``recommend_allocation`` scores every candidate shape (workers x threads x memory x GPU that
-exists) with the fitted model and the transfer from similar past jobs, removes shapes that
-would run out of memory (predicted, or already seen failing for a job at least as heavy per
-worker), and picks by the objective: least cost under an optional deadline, or least time
-under an optional budget. The :class:`Allocation` says why, shows the runners-up and the past
+``recommend_allocation`` predicts every candidate shape's time with the predictor that did
+best in leave-one-out on the history (``predict.py``: the job's own scaling curves, its nearest
+other jobs', the LightGBM cost model, an Ernest prior), removes shapes that would run out of
+memory (already seen failing for a job at least as heavy per worker, or predicted, unless the
+job itself has run on as little memory with as much data per worker), and picks by the
+objective: least cost under an optional deadline, or least time under an optional budget.
+Cost is node-hours x the machine type's price (``machines.py``) when candidates name one,
+core-seconds otherwise. The :class:`Allocation` says why, shows the runners-up and the past
 runs behind the prediction, and how sure it is.
 """
 
@@ -14,9 +17,11 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from .history import ClusterShape, JobFeatures, RunProfile, WithShape
+from .machines import Catalogue, default_catalogue
 from .model import (
     PAUSE_FRACTION,
     FittedModel,
@@ -25,10 +30,12 @@ from .model import (
     fit_model,
     memory_spread,
     nearest_jobs,
+    round_work,
     safe_fraction,
     same_shape,
     transfer_ratio,
 )
+from .predict import TimePlan, plan_times
 
 GIB = 2**30
 
@@ -80,10 +87,12 @@ class Candidate(BaseModel, WithShape):
     threads_per_worker: int
     memory_per_worker_bytes: int
     gpu: bool
+    machine_type: str | None = None
     predicted_time_s: float
-    predicted_peak_memory_bytes: int
+    predicted_peak_memory_bytes: int | None = Field(description="None: not predictable.")
     predicted_cost: float
     support: float = Field(description="Weighted count of similar past runs on this shape.")
+    predictor: str = Field(default="cost", description="Which predictor timed it.")
     excluded: str | None = Field(default=None, description="Why it cannot be picked.")
 
 
@@ -106,9 +115,15 @@ class Allocation(BaseModel, WithShape):
     threads_per_worker: int
     memory_per_worker_bytes: int
     gpu: bool
+    machine_type: str | None = None
     predicted_wall_time_s: float
-    predicted_peak_memory_bytes: int
+    predicted_peak_memory_bytes: int | None = None
     predicted_cost: float
+    cost_unit: str = "core-s"
+    predictor: str | None = Field(default=None, description="Which predictor timed the pick.")
+    predictor_regret: float | None = Field(
+        default=None, description="Its mean leave-one-out regret on the history."
+    )
     confidence: float = Field(ge=0, le=1)
     confidence_label: Literal["low", "medium", "high"]
     objective: str
@@ -120,15 +135,34 @@ class Allocation(BaseModel, WithShape):
 
     def summary(self) -> str:
         """One line: shape, predictions and confidence."""
+        peak = (
+            f"peak {self.predicted_peak_memory_bytes / 2**20:.0f} MiB/worker"
+            if self.predicted_peak_memory_bytes
+            else "peak not predicted"
+        )
         return (
-            f"{self.shape.label()}: predicted {self.predicted_wall_time_s:.1f}s, "
-            f"peak {self.predicted_peak_memory_bytes / 2**20:.0f} MiB/worker, "
-            f"cost {self.predicted_cost:.1f} core-s, confidence {self.confidence_label} "
-            f"({self.confidence:.2f})"
+            f"{self.shape.label()}: predicted {self.predicted_wall_time_s:.1f}s, {peak}, "
+            f"cost {self.predicted_cost:.4g} {self.cost_unit}, confidence "
+            f"{self.confidence_label} ({self.confidence:.2f})"
         )
 
 
 # ---------------------------------------------------------------- scoring
+
+
+def shape_price(shape: ClusterShape, objective: Objective, catalogue: Catalogue) -> float:
+    """What a shape costs per second: its machine type's price, else the objective's pricing."""
+    price = catalogue.price_per_second(shape)
+    return objective.pricing.per_second(shape) if price is None else price
+
+
+def memory_is_modelled(job: JobFeatures, runs: Sequence[RunProfile]) -> bool:
+    """Whether the memory model may filter shapes for ``job``: it is a LightGBM job (the model's
+    form), or three runs of its family have a measured peak. Otherwise only failures count."""
+    if job.is_lightgbm:
+        return True
+    measured = [r for r in runs if r.peak_memory_bytes and r.family == job.family]
+    return len(measured) >= 3 and job.bytes_in_memory is not None
 
 
 def score_candidates(
@@ -137,26 +171,39 @@ def score_candidates(
     model: FittedModel,
     neighbours: Sequence[Neighbour],
     objective: Objective,
-    gpu_speedup: float,
+    plan: TimePlan,
+    history: Sequence[RunProfile],
+    catalogue: Catalogue,
 ) -> list[Candidate]:
-    """Predict time, memory and cost of every shape, marking the unsafe ones."""
+    """Predicted time, memory and cost of every shape, marking the unsafe ones."""
     scored = []
     spread = memory_spread(model, neighbours)
+    modelled = memory_is_modelled(job, history)
     for shape in shapes:
-        cpu_shape = shape.model_copy(update={"gpu": False})
-        base = model.base_prediction(job, cpu_shape)
-        time_ratio, support = transfer_ratio(model, neighbours, cpu_shape, "time")
-        memory_ratio, _ = transfer_ratio(model, neighbours, cpu_shape, "memory")
-        time_s = base.time_s * time_ratio / (gpu_speedup if shape.gpu else 1.0)
-        prediction = Prediction(time_s, int(base.peak_memory_bytes * memory_ratio))
+        timed = plan.times[shape]
+        peak = None
+        if modelled:
+            cpu_shape = shape.model_copy(update={"gpu": False})
+            memory_ratio, _ = transfer_ratio(model, neighbours, cpu_shape, "memory")
+            peak = int(model.base_prediction(job, cpu_shape).peak_memory_bytes * memory_ratio)
         scored.append(
             Candidate(
                 **shape.model_dump(),
-                predicted_time_s=prediction.time_s,
-                predicted_peak_memory_bytes=prediction.peak_memory_bytes,
-                predicted_cost=prediction.time_s * objective.pricing.per_second(shape),
-                support=support,
-                excluded=memory_exclusion(job, shape, prediction, model.runs, objective, spread),
+                predicted_time_s=timed.time_s,
+                predicted_peak_memory_bytes=peak,
+                predicted_cost=timed.time_s * shape_price(shape, objective, catalogue),
+                support=timed.support,
+                predictor=timed.predictor,
+                excluded=failed_before(job, shape, history)
+                or memory_exclusion(
+                    job,
+                    shape,
+                    Prediction(timed.time_s, peak or 0),
+                    history,
+                    objective,
+                    spread,
+                    modelled=modelled,
+                ),
             )
         )
     return scored
@@ -169,6 +216,8 @@ def memory_exclusion(
     runs: Sequence[RunProfile],
     objective: Objective,
     spread: float = 0.15,
+    *,
+    modelled: bool = True,
 ) -> str | None:
     """Why ``shape`` would run out of memory, or None when it looks safe.
 
@@ -178,18 +227,20 @@ def memory_exclusion(
     model's error on similar jobs (``spread``, in log terms), and more after failures it
     underestimated.
     """
-    per_worker = job.bytes_in_memory / shape.workers
+    per_worker = (job.size or 0) / shape.workers
     for run in runs:
-        if run.status != "out-of-memory" or run.gpu != shape.gpu:
+        if run.status != "out-of-memory" or run.gpu != shape.gpu or not run.job.size:
             continue
-        heavier = per_worker >= 0.9 * run.bytes_in_memory / run.workers
+        heavier = per_worker >= 0.9 * run.job.size / run.workers
         heavier = heavier and shape.threads_per_worker >= run.threads_per_worker
         if heavier and shape.memory_per_worker_bytes <= run.memory_per_worker_bytes:
             return (
-                f"a job with {run.bytes_in_memory / run.workers / 2**20:.0f} MiB per worker "
+                f"a job with {run.job.size / run.workers / 2**20:.0f} MiB per worker "
                 f"ran out of memory at {run.memory_per_worker_bytes / GIB:.2g} GiB "
                 f"({run.use_case}, {run.shape.label()})"
             )
+    if not modelled or ran_on_as_little(job, shape, runs):
+        return None
     margin = objective.memory_margin * math.exp(2 * spread) * failure_margin(runs)
     fraction = safe_fraction(runs)
     needed = prediction.peak_memory_bytes * margin / fraction
@@ -199,6 +250,41 @@ def memory_exclusion(
             f"{margin:.2f} is over {fraction:.0%} of {shape.memory_per_worker_bytes / GIB:.2g} GiB"
         )
     return None
+
+
+def failed_before(job: JobFeatures, shape: ClusterShape, runs: Sequence[RunProfile]) -> str | None:
+    """Why this very job and input would fail again on ``shape``: it failed there and never
+    succeeded there."""
+    if job.name is None:
+        return None
+    outcomes = [
+        r.status
+        for r in runs
+        if r.use_case == job.name
+        and (r.dataset_version or "") == (job.context or "")
+        and same_shape(r.shape, shape)
+    ]
+    if outcomes and "success" not in outcomes and any(o in ("failed", "killed") for o in outcomes):
+        return f"this job failed on {shape.label()} before ({len(outcomes)} run(s), none succeeded)"
+    return None
+
+
+def ran_on_as_little(job: JobFeatures, shape: ClusterShape, runs: Sequence[RunProfile]) -> bool:
+    """Whether this job already succeeded with at most ``shape``'s memory per worker while
+    holding at least as much data per worker (same input when its size is unknown)."""
+    for run in runs:
+        if run.status != "success" or run.use_case != job.name or run.gpu != shape.gpu:
+            continue
+        if run.memory_per_worker_bytes > shape.memory_per_worker_bytes:
+            continue
+        if run.threads_per_worker < shape.threads_per_worker:
+            continue
+        if job.size and run.job.size:
+            if run.job.size / run.workers >= job.size / shape.workers:
+                return True
+        elif run.dataset_version == job.context and run.workers <= shape.workers:
+            return True
+    return False
 
 
 def failure_margin(runs: Sequence[RunProfile]) -> float:
@@ -222,7 +308,12 @@ def pick(candidates: Sequence[Candidate], objective: Objective) -> tuple[Candida
     notes: list[str] = []
     if not safe:
         safe = [
-            max(candidates, key=lambda c: c.memory_per_worker_bytes / c.predicted_peak_memory_bytes)
+            max(
+                candidates,
+                key=lambda c: (
+                    c.memory_per_worker_bytes / max(c.predicted_peak_memory_bytes or 1, 1)
+                ),
+            )
         ]
         notes.append(
             "every candidate risks running out of memory; taking the one with the most "
@@ -255,27 +346,50 @@ def _key(candidate: Candidate, objective: Objective) -> float:
     return candidate.predicted_time_s if objective.kind == "time" else candidate.predicted_cost
 
 
-def explore(best: Candidate, candidates: Sequence[Candidate], objective: Objective) -> Candidate:
-    """A close runner-up that similar jobs never tried, when the best one is itself unproven."""
-    if best.support >= 1.0 or objective.explore_margin == 0:
+FUTURE_RUNS = 10
+"""Runs of a job a probe's lesson is expected to pay off over (a retraining schedule's month)."""
+
+
+def explore(
+    best: Candidate, candidates: Sequence[Candidate], objective: Objective, error_sd: float
+) -> Candidate:
+    """A close runner-up nothing similar has run, when probing it is expected to pay.
+
+    With the predictor's log error ``error_sd``, a runner-up predicted ``d`` dearer is really
+    cheaper with probability ``P = Phi(-d / (sd * sqrt 2))``; the saving that would bring to
+    each of the next :data:`FUTURE_RUNS` runs is about ``P * sd`` of the best's cost. It is
+    probed when that exceeds what the probe costs over the best now.
+    """
+    if best.support >= 1.0 or objective.explore_margin == 0 or error_sd <= 0:
         return best
-    limit = _key(best, objective) * (1 + objective.explore_margin)
-    close = [
-        c
-        for c in candidates
-        if c.excluded is None and _key(c, objective) <= limit and c.support < best.support
-    ]
-    return min(close, key=lambda c: (c.support, _key(c, objective))) if close else best
+    best_value = _key(best, objective)
+    limit = best_value * (1 + objective.explore_margin)
+    gains = []
+    for c in candidates:
+        value = _key(c, objective)
+        if c.excluded is not None or value > limit or c.support >= best.support:
+            continue
+        gap = math.log(value / best_value)
+        chance = 0.5 * math.erfc(gap / (error_sd * 2))  # Phi(-gap / (sd * sqrt 2))
+        gain = FUTURE_RUNS * chance * error_sd * best_value - (value - best_value)
+        if gain > 0:
+            gains.append((gain, c))
+    return max(gains, key=lambda g: g[0])[1] if gains else best
 
 
-def confidence(support: float, neighbours: Sequence[Neighbour], history_size: int) -> float:
-    """0..1: how much measured evidence near this job and shape backs the prediction."""
+def confidence(
+    support: float, gap: float, history_size: int, loo_regret: float | None = None
+) -> float:
+    """0..1: how much measured evidence near this job and shape backs the prediction, lowered
+    by how far the predictor's own picks were off in leave-one-out on the history."""
     if history_size == 0:
         return 0.1
-    nearest = neighbours[0].distance if neighbours else 10.0
-    closeness = math.exp(-nearest)
+    closeness = math.exp(-gap)
     evidence = 1 - math.exp(-support)
-    return round(min(0.95, 0.15 + 0.8 * evidence * (0.4 + 0.6 * closeness)), 2)
+    value = 0.15 + 0.8 * evidence * (0.4 + 0.6 * closeness)
+    if loo_regret is not None:
+        value *= math.exp(-2 * loo_regret)
+    return round(min(0.95, max(0.05, value)), 2)
 
 
 def confidence_label(value: float) -> Literal["low", "medium", "high"]:
@@ -287,21 +401,40 @@ def confidence_label(value: float) -> Literal["low", "medium", "high"]:
 
 
 def learned_gpu_speedup(
-    model: FittedModel, runs: Sequence[RunProfile], prior: float
+    job: JobFeatures, model: FittedModel, runs: Sequence[RunProfile], prior: float
 ) -> tuple[float, int]:
-    """Median of (CPU time the model predicts for the shape) / (measured GPU time).
+    """The GPU speed-up for this job, learned from measured GPU runs of LightGBM jobs.
+
+    Each GPU run gives a ratio: the CPU time the model predicts for its shape over its measured
+    time. The speed-up grows with the work of a boosting round (a GPU is wasted on small
+    histograms), so with three GPU runs or more, ``log(ratio)`` is fitted as a line in
+    ``log(round work)`` and read at this job's work, within the measured ratios; with fewer,
+    their median. Candidates of a GPU machine type are timed by their own curves instead.
 
     Returns the prior when no GPU run has been measured, and how many GPU runs were used.
     """
-    ratios = [
-        model.base_prediction(r.job, r.shape.model_copy(update={"gpu": False}), r.iterations).time_s
-        / max(r.total_time_s, 1e-6)
+    pairs = [
+        (
+            math.log10(round_work(r.job)),
+            math.log(
+                model.base_prediction(
+                    r.job, r.shape.model_copy(update={"gpu": False}), r.iterations
+                ).time_s
+                / max(r.total_time_s, 1e-6)
+            ),
+        )
         for r in runs
-        if r.gpu and r.status == "success"
+        if r.gpu and r.status == "success" and r.job.is_lightgbm and r.machine_type is None
     ]
-    if not ratios:
+    if not pairs:
         return prior, 0
-    return float(sorted(ratios)[len(ratios) // 2]), len(ratios)
+    works = np.array([w for w, _ in pairs])
+    logs = np.array([x for _, x in pairs])
+    if len(pairs) < 3 or np.ptp(works) < 0.1 or not job.is_lightgbm:
+        return float(math.exp(np.median(logs))), len(pairs)
+    slope, intercept = np.polyfit(works, logs, 1)
+    value = intercept + slope * math.log10(round_work(job))
+    return float(math.exp(min(max(value, logs.min()), logs.max()))), len(pairs)
 
 
 def recommend_allocation(
@@ -315,32 +448,53 @@ def recommend_allocation(
     gpu_prior_speedup: float = 1.5,
     model: FittedModel | None = None,
     cores: int | None = 1,
+    catalogue: Catalogue | None = None,
 ) -> Allocation:
     """Recommend a cluster for ``job`` from the run history.
 
     Args:
-        job: The job's meta-features and cost-driving parameters.
+        job: The job: its name and context, input size, family, and for LightGBM the
+            meta-features and cost-driving parameters.
         history: Every past run usable for learning (other jobs and this one).
-        shapes: The candidates that exist (see :func:`infra.allocator.resources.candidate_shapes`).
+        shapes: The candidates that exist (see :func:`infra.allocator.resources.candidate_shapes`
+            or :func:`infra.allocator.resources.machine_shapes`).
         objective: Cost under a deadline (default) or time under a budget, with prices.
         notes: What limiting the candidates did (capped requests), for the rationale.
         gpu_note: Why no GPU candidate exists, when none does.
         gpu_prior_speedup: GPU speed-up assumed until GPU runs are measured.
         model: A model already fitted on ``history`` (fitted here otherwise).
         cores: CPU cores the candidates' workers share (None: each worker has its own).
+        catalogue: Machine types and prices, for candidates that name one.
 
     Returns:
         The allocation, its runners-up, the nearest past runs and the rationale.
     """
     objective = objective or Objective()
+    catalogue = catalogue or default_catalogue()
     model = model or fit_model(history, cores)
     neighbours = nearest_jobs(job, history)
-    speedup, gpu_jobs = learned_gpu_speedup(model, history, gpu_prior_speedup)
-    candidates = score_candidates(job, shapes, model, neighbours, objective, speedup)
+    speedup, gpu_jobs = learned_gpu_speedup(job, model, history, gpu_prior_speedup)
+    plan = plan_times(
+        job,
+        shapes,
+        history,
+        lambda s: shape_price(s, objective, catalogue),
+        cores=cores,
+        gpu_speedup=speedup,
+        price_key=(objective.pricing.model_dump_json(), catalogue.fingerprint),
+    )
+    candidates = score_candidates(
+        job, shapes, model, neighbours, objective, plan, history, catalogue
+    )
     best, constraint_notes = pick(candidates, objective)
-    chosen = explore(best, candidates, objective)
-    value = confidence(chosen.support, neighbours, len(history))
-    rationale = _rationale(job, chosen, best, candidates, neighbours, history, objective)
+    error_sd = plan.best.log_error if plan.best else 0.3
+    chosen = explore(best, candidates, objective, error_sd)
+    regret = plan.best.mean_regret if plan.best and chosen.predictor != "measured" else None
+    own = chosen.predictor.startswith("same-job") or chosen.predictor == "measured"
+    gap = 0.0 if own else _nearest_gap(job, history, neighbours)
+    value = confidence(chosen.support, gap, len(history), regret)
+    unit = "core-s" if chosen.machine_type is None else "currency units"
+    rationale = _rationale(job, chosen, best, candidates, plan, history, objective, unit)
     rationale += [*notes, *constraint_notes]
     rationale.append(_gpu_reason(chosen, candidates, speedup, gpu_jobs, objective, gpu_note))
     ranked = _best_per_shape(
@@ -352,6 +506,9 @@ def recommend_allocation(
         predicted_wall_time_s=chosen.predicted_time_s,
         predicted_peak_memory_bytes=chosen.predicted_peak_memory_bytes,
         predicted_cost=chosen.predicted_cost,
+        cost_unit=unit,
+        predictor=chosen.predictor,
+        predictor_regret=regret,
         confidence=value,
         confidence_label=confidence_label(value),
         objective=_objective_text(objective),
@@ -363,11 +520,22 @@ def recommend_allocation(
     )
 
 
+def _nearest_gap(
+    job: JobFeatures, history: Sequence[RunProfile], neighbours: Sequence[Neighbour]
+) -> float:
+    if neighbours:
+        return neighbours[0].distance
+    from .curves import build_curves, job_gap
+
+    gaps = [job_gap(job, c) for c in build_curves(history) if c.job != job.name]
+    return min(gaps, default=10.0)
+
+
 def _best_per_shape(candidates: Sequence[Candidate], objective: Objective) -> list[Candidate]:
     """The best memory size of each workers x threads x GPU shape, best first."""
-    best: dict[tuple[int, int, bool], Candidate] = {}
+    best: dict[tuple, Candidate] = {}
     for c in sorted(candidates, key=lambda c: _key(c, objective)):
-        best.setdefault((c.workers, c.threads_per_worker, c.gpu), c)
+        best.setdefault((c.workers, c.threads_per_worker, c.gpu, c.machine_type), c)
     return list(best.values())
 
 
@@ -379,41 +547,64 @@ def _objective_text(objective: Objective) -> str:
     return f"least cost{deadline}"
 
 
+def _job_text(job: JobFeatures) -> str:
+    if job.is_lightgbm:
+        return f"{job.n_rows:,} rows x {job.n_features} features, up to {job.n_estimators} rounds"
+    size = (
+        f"{job.size / 1e9:.3g} GB of input"
+        if job.bytes_in_memory
+        else (f"{job.n_rows:,} rows" if job.n_rows else "input of unknown size")
+    )
+    return f"job '{job.name or '?'}' ({job.family or 'no family'}), {size}"
+
+
 def _rationale(
     job: JobFeatures,
     chosen: Candidate,
     best: Candidate,
     candidates: Sequence[Candidate],
-    neighbours: Sequence[Neighbour],
+    plan: TimePlan,
     history: Sequence[RunProfile],
     objective: Objective,
+    unit: str,
 ) -> list[str]:
     lines = [
         f"{_objective_text(objective)}: {chosen.shape.label()} is predicted to take "
-        f"{chosen.predicted_time_s:.1f}s and cost {chosen.predicted_cost:.1f} core-s "
-        f"for {job.n_rows:,} rows x {job.n_features} features, up to {job.n_estimators} rounds."
+        f"{chosen.predicted_time_s:.1f}s and cost {chosen.predicted_cost:.4g} {unit} "
+        f"for {_job_text(job)}."
     ]
     if not history:
         lines.append(
-            "No run history yet: this is the Ernest-style prior alone (low confidence). "
+            "No run history yet: this is the prior alone (low confidence). "
             "Every training run is recorded, so the next recommendations learn from it."
         )
-    elif neighbours:
-        near = ", ".join(f"{n.runs[0].use_case} (distance {n.distance:.2f})" for n in neighbours)
+    else:
+        own = sum(1 for r in history if r.use_case == job.name)
         lines.append(
-            f"Learned from {len(history)} past run(s); most similar jobs: {near}. "
-            f"Shape-specific correction from {chosen.support:.1f} weighted similar run(s)."
+            f"Learned from {len(history)} past run(s), {own} of this job; timed by "
+            f"'{chosen.predictor}' with {chosen.support:.1f} weighted run(s) behind it."
+        )
+    if plan.scores:
+        ranked = ", ".join(f"{s.name} {s.mean_regret:.0%} mean regret" for s in plan.scores[:4])
+        lines.append(
+            f"Predictors by leave-one-out on the history ({plan.scores[0].problems} held-out "
+            f"problem(s)): {ranked}."
         )
     if chosen is not best:
         lines.append(
-            f"Exploring: {best.shape.label()} is predicted marginally better but similar jobs "
-            f"never ran {chosen.shape.label()}; measuring it improves later picks."
+            f"Exploring: {best.shape.label()} is predicted marginally better but nothing similar "
+            f"ran {chosen.shape.label()}; the expected saving on later runs pays for the probe."
         )
     excluded = [c for c in candidates if c.excluded]
     if excluded:
         lines.append(
             f"{len(excluded)} shape(s) ruled out for memory, e.g. {excluded[0].shape.label()}: "
             f"{excluded[0].excluded}."
+        )
+    if not memory_is_modelled(job, history):
+        lines.append(
+            "Memory: not predicted (no measured peak for this family); only runs that ran out "
+            "of memory rule shapes out."
         )
     return lines
 
@@ -426,6 +617,12 @@ def _gpu_reason(
     objective: Objective,
     gpu_note: str | None,
 ) -> str:
+    if any(c.gpu and c.machine_type for c in candidates):
+        verdict = "chosen" if chosen.gpu else "not chosen"
+        return (
+            f"GPU: {verdict}; GPU machine types are timed by their own measured curves and "
+            "priced from the machine catalogue."
+        )
     basis = f"from {gpu_jobs} GPU run(s)" if gpu_jobs else "assumed, no GPU run measured yet"
     if not any(c.gpu for c in candidates):
         return f"GPU: not considered, {gpu_note or 'no GPU is available'}."

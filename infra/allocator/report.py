@@ -8,6 +8,11 @@ from .recommend import Allocation
 MIB = 2**20
 
 
+def _mib(value: int | None) -> str:
+    """Bytes as MiB, or a dash when not predicted or not measured."""
+    return f"{value / MIB:.0f}" if value else "-"
+
+
 def allocation_params(allocation: Allocation) -> dict[str, str | int | float | bool]:
     """MLflow params of the recommendation (compare them across runs in the MLflow UI)."""
     return {
@@ -23,7 +28,7 @@ def allocation_params(allocation: Allocation) -> dict[str, str | int | float | b
 def allocation_tags(allocation: Allocation) -> dict[str, str]:
     """MLflow tags: the rationale and the runners-up, readable in the run's overview."""
     alternatives = "; ".join(
-        f"{c.shape.label()} {c.predicted_time_s:.1f}s {c.predicted_cost:.1f} core-s"
+        f"{c.shape.label()} {c.predicted_time_s:.1f}s {c.predicted_cost:.4g} {allocation.cost_unit}"
         + (f" (excluded: {c.excluded})" if c.excluded else "")
         for c in allocation.alternatives
     )
@@ -38,8 +43,9 @@ def outcome_metrics(allocation: Allocation, actual: RunProfile) -> dict[str, flo
     metrics = {
         "allocator.predicted_time_s": allocation.predicted_wall_time_s,
         "allocator.actual_time_s": actual.total_time_s,
-        "allocator.predicted_peak_memory_mb": allocation.predicted_peak_memory_bytes / MIB,
     }
+    if allocation.predicted_peak_memory_bytes:
+        metrics["allocator.predicted_peak_memory_mb"] = allocation.predicted_peak_memory_bytes / MIB
     if actual.peak_memory_bytes:
         metrics["allocator.actual_peak_memory_mb"] = actual.peak_memory_bytes / MIB
     return metrics
@@ -57,8 +63,14 @@ def allocation_markdown(
         f"{allocation.history_runs} recorded run(s).",
         "",
         f"Predicted: {allocation.predicted_wall_time_s:.1f} s, "
-        f"{allocation.predicted_peak_memory_bytes / MIB:.0f} MiB peak per worker, "
-        f"{allocation.predicted_cost:.1f} core-seconds.",
+        f"{_mib(allocation.predicted_peak_memory_bytes)} MiB peak per worker, "
+        f"cost {allocation.predicted_cost:.4g} {allocation.cost_unit}"
+        + (
+            f" (timed by '{allocation.predictor}', mean leave-one-out regret "
+            f"{allocation.predictor_regret:.0%})."
+            if allocation.predictor_regret is not None
+            else "."
+        ),
         "",
         "## Why",
         "",
@@ -66,11 +78,12 @@ def allocation_markdown(
         "",
         "## Alternatives",
         "",
-        "| shape | predicted time (s) | predicted peak (MiB) | cost (core-s) | note |",
+        f"| shape | predicted time (s) | predicted peak (MiB) | cost ({allocation.cost_unit}) | "
+        "note |",
         "|---|---:|---:|---:|---|",
         *[
             f"| {c.shape.label()} | {c.predicted_time_s:.1f} | "
-            f"{c.predicted_peak_memory_bytes / MIB:.0f} | {c.predicted_cost:.1f} | "
+            f"{_mib(c.predicted_peak_memory_bytes)} | {c.predicted_cost:.4g} | "
             f"{c.excluded or ''} |"
             for c in allocation.alternatives
         ],
@@ -98,8 +111,8 @@ def allocation_markdown(
             "|---:|---|---|---:|---:|---:|---:|",
             *[
                 f"| {i} | {a.shape.label()} | {run.status} | {a.predicted_wall_time_s:.1f} | "
-                f"{run.total_time_s:.1f} | {a.predicted_peak_memory_bytes / MIB:.0f} | "
-                f"{(run.peak_memory_bytes or 0) / MIB:.0f} |"
+                f"{run.total_time_s:.1f} | {_mib(a.predicted_peak_memory_bytes)} | "
+                f"{_mib(run.peak_memory_bytes)} |"
                 for i, (a, run) in enumerate(attempts, 1)
             ],
         ]

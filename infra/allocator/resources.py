@@ -10,6 +10,7 @@ import psutil
 from dask.utils import format_bytes, parse_bytes
 
 from .history import ClusterShape
+from .machines import Catalogue
 from .profiling import host_cpus
 
 GIB = 2**30
@@ -209,3 +210,38 @@ def candidate_shapes(
         )
         notes.append(f"only {format_bytes(memory_cap)} of memory available for the workers")
     return shapes, notes
+
+
+DEFAULT_MAX_NODES = 16
+
+
+def node_counts(
+    nodes: list[int] | None = None, min_nodes: int = 1, max_nodes: int | None = None
+) -> list[int]:
+    """The node counts a cluster offers: an explicit list, or every count from min to max.
+
+    Raises:
+        ValueError: for a count under 1 or a minimum above the maximum.
+    """
+    if nodes:
+        if min(nodes) < 1:
+            raise ValueError(f"node counts must be 1 or more (got {sorted(nodes)})")
+        return sorted(set(nodes))
+    top = max_nodes or max(DEFAULT_MAX_NODES, min_nodes)
+    if min_nodes < 1 or min_nodes > top:
+        raise ValueError(f"min_nodes {min_nodes} must be between 1 and max_nodes {top}")
+    return list(range(min_nodes, top + 1))
+
+
+def machine_shapes(
+    catalogue: Catalogue, machine_types: list[str], counts: list[int], allow_gpu: bool = True
+) -> list[ClusterShape]:
+    """Candidates as a cloud cluster offers them: node counts x machine types.
+
+    Raises:
+        CatalogueError: naming a machine type the catalogue does not know.
+    """
+    machines = [catalogue.get(name) for name in machine_types]
+    return [
+        machine.shape(n) for machine in machines if allow_gpu or machine.gpus == 0 for n in counts
+    ]

@@ -268,15 +268,16 @@ def test_recommend_and_the_history_commands(tmp_path):
     assert any(line.startswith("GPU:") for line in allocation["rationale"])
 
     text = mlops("recommend", "--data", "houses.csv", "--target", "price", cwd=tmp_path)
-    assert "## Alternatives" in text.stdout and "core-seconds" in text.stdout
+    assert "## Alternatives" in text.stdout and "core-s" in text.stdout
 
     empty = mlops("allocator", "history", cwd=tmp_path)
     assert empty.returncode == 0 and "0 recorded run(s)" in empty.stdout
 
     bad = tmp_path / "bad.csv"
-    bad.write_text("run_id,workers\nabc,two\n")
+    bad.write_text("use_case,workers,status,wall_time_s\nabc,two,success,3.5\n")
     refused = mlops("allocator", "import", str(bad), cwd=tmp_path)
     assert refused.returncode == 2
-    assert "bad.csv, row 1: field" in refused.stderr and "Nothing was imported" in refused.stderr
+    assert "bad.csv, row 1: field 'workers'" in refused.stderr
+    assert "Nothing was imported" in refused.stderr
     exported = mlops("allocator", "export", str(tmp_path / "out.parquet"), cwd=tmp_path)
     assert exported.returncode == 0 and "Exported 0 run(s)" in exported.stdout
