@@ -626,7 +626,9 @@ def recommend(
     machine's (or the configured cluster's) shapes. The allocator learns from every recorded
     run, imported ones included.
     """
-    described = job is not None or any(v is not None for v in (name, family, size, rows))
+    described = job is not None or any(
+        v for v in (name, family, size, rows, features, param, machine_type, nodes)
+    )
     try:
         if described:
             allocation = _recommend_described(
@@ -704,7 +706,9 @@ def _recommend_described(
             raise ConfigError(f"{job}: not valid JSON ({error}).") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{job}: expected a JSON object describing the job.")
-    candidates = raw.pop("candidates", {}) if isinstance(raw.get("candidates"), dict) else {}
+    candidates = raw.pop("candidates", None) or {}
+    if not isinstance(candidates, dict):
+        raise ConfigError(f"{origin}: field 'candidates' must be an object (machine_types, nodes).")
     flags = {"name": name, "family": family, "rows": rows, "features": features}
     raw |= {k: v for k, v in flags.items() if v is not None}
     if size is not None:
@@ -715,7 +719,12 @@ def _recommend_described(
             raise ConfigError(f"--param {item!r}: expected KEY=VALUE.")
         raw.setdefault("params", {})[key] = value
     described = describe_job(raw, origin)
-    types = machine_types or list(candidates.get("machine_types", []))
+    listed = candidates.get("machine_types", [])
+    if isinstance(listed, str):
+        listed = [part.strip() for part in listed.split(",") if part.strip()]
+    if not isinstance(listed, list):
+        raise ConfigError(f"{origin}: field 'candidates.machine_types' must be a list of names.")
+    types = machine_types or [str(name) for name in listed]
     counts = node_spec(nodes if nodes is not None else candidates.get("nodes"))
     goal = described_objective(objective, deadline, budget)
     return recommend_for_job(described, get_settings(), goal, types, counts)

@@ -40,6 +40,8 @@ REGRET_SCALE = 0.05
 ERROR_SCALE = 0.1
 MIN_PROBLEMS = 3
 """Fewer held-out problems than this rank nothing: the preference order stands."""
+MIN_TIME_S = 0.01
+"""Times are read in log space: a run logged as 0 s counts as this."""
 FAILED = ("failed", "killed", "timeout")
 """Outcomes a curve counts as a failed attempt that must be run again."""
 
@@ -57,6 +59,7 @@ class Curve:
     context: str
     family: str | None
     size: float | None
+    size_kind: str | None
     kind: NodeKind
     times: dict[int, float] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
@@ -107,14 +110,15 @@ def build_curves(runs: Sequence[RunProfile]) -> list[Curve]:
                 context=run.dataset_version or "",
                 family=run.family,
                 size=job.size,
+                size_kind=job.size_kind,
                 kind=node_kind(run.shape),
                 lightgbm=job if job.is_lightgbm else None,
             )
             samples[key], failures[key] = {}, {}
-        if run.status == "success" and run.total_time_s > 0:
-            samples[key].setdefault(run.workers, []).append(run.total_time_s)
+        if run.status == "success":
+            samples[key].setdefault(run.workers, []).append(max(run.total_time_s, MIN_TIME_S))
         elif run.status in FAILED:
-            failures[key].setdefault(run.workers, []).append(run.total_time_s)
+            failures[key].setdefault(run.workers, []).append(max(run.total_time_s, MIN_TIME_S))
             grouped[key].failed.add(run.workers)
     for key, curve in grouped.items():
         curve.times = {n: float(np.median(t)) for n, t in samples[key].items()}
@@ -133,9 +137,13 @@ Predictor = Callable[[JobFeatures, Sequence[ClusterShape], Sequence[Curve]], dic
 """(job, candidate shapes, curves of the history) -> {shape: (time, support)} for those it can."""
 
 
+def _comparable(job: JobFeatures, curve: Curve) -> bool:
+    """Both sizes known, and of the same kind (bytes with bytes, rows with rows)."""
+    return bool(job.size and curve.size and job.size_kind == curve.size_kind)
+
+
 def _size_ratio(job: JobFeatures, curve: Curve) -> float:
-    size = job.size
-    return size / curve.size if size and curve.size else 1.0
+    return job.size / curve.size if _comparable(job, curve) else 1.0
 
 
 def _closeness(job: JobFeatures, curve: Curve) -> float:
@@ -174,8 +182,8 @@ SIZE_SLOPES = (0.0, 1.5)
 def _across_sizes(job: JobFeatures, nodes: int, mine: list[Curve]) -> list[tuple[float, Curve]]:
     """The job's time at ``nodes`` from its other contexts: read off the line through their
     times in log size where two sizes or more are known, else scaled in proportion."""
-    sized = sorted((c for c in mine if c.size), key=lambda c: c.size)
-    if job.size and len({c.size for c in sized}) >= 2:
+    sized = sorted((c for c in mine if _comparable(job, c)), key=lambda c: c.size)
+    if len({c.size for c in sized}) >= 2:
         xs = np.log([c.size for c in sized])
         ys = np.log([c.time_at(nodes) for c in sized])
         x = math.log(job.size)
@@ -199,7 +207,7 @@ def job_gap(job: JobFeatures, curve: Curve) -> float:
     if job.is_lightgbm and curve.lightgbm is not None:
         return job_distance(job, curve.lightgbm)
     family = 0.0 if job.family == curve.family else 1.0
-    size = abs(math.log10(_size_ratio(job, curve))) if job.size and curve.size else 0.5
+    size = abs(math.log10(_size_ratio(job, curve))) if _comparable(job, curve) else 0.5
     return family + size
 
 
@@ -303,20 +311,19 @@ def held_out_problems(
         for context, group in contexts.items():
             first = group[0]
             held = {(name, c) for c in contexts} if not same_job else {(name, context)}
-            described = JobFeatures(
-                name=name,
-                context=context,
-                family=first.family,
-                bytes_in_memory=int(first.size) if first.size else None,
-                **(_lightgbm_fields(first.lightgbm) if first.lightgbm else {}),
-            )
+            fields = _lightgbm_fields(first.lightgbm) if first.lightgbm else {}
+            if first.size:
+                fields["bytes_in_memory" if first.size_kind == "bytes" else "n_rows"] = int(
+                    first.size
+                )
+            described = JobFeatures(name=name, context=context, family=first.family, **fields)
             problems.append((described, held, group))
     family = [p for p in problems if p[0].family == job.family]
     return family if len({p[0].name for p in family}) >= 3 else problems
 
 
 def _lightgbm_fields(job: JobFeatures) -> dict:
-    return job.model_dump(exclude={"name", "context", "family", "bytes_in_memory", "params"})
+    return job.model_dump(exclude={"name", "context", "family", "params"})
 
 
 def loo_score(

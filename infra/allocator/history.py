@@ -9,6 +9,7 @@ row by row and written in one transaction, so a bad file changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import typing
@@ -108,6 +109,12 @@ class JobFeatures(JobFields):
         """How big its input is, in bytes (rows when only they are known), or None."""
         return float(self.bytes_in_memory or self.n_rows or 0) or None
 
+    @property
+    def size_kind(self) -> str | None:
+        """What :attr:`size` counts: ``bytes``, ``rows`` or None; sizes of two kinds do not
+        compare."""
+        return "bytes" if self.bytes_in_memory else "rows" if self.n_rows else None
+
 
 class ClusterShape(BaseModel):
     """A cluster configuration: what a candidate is and what a run used."""
@@ -197,6 +204,12 @@ class RunProfile(JobFields, WithShape):
                 data.setdefault("dataset_version", context)
         return data
 
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> RunProfile:
+        """A copy (with ``update``), its cached :attr:`job` dropped so that it follows."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("job", None)
+        return copy
+
     @cached_property
     def job(self) -> JobFeatures:
         """The job part of the row (rows are not changed once made)."""
@@ -253,12 +266,17 @@ def add_missing_columns(engine: sa.Engine) -> None:
     missing = [c for c in runs_table.columns if c.name not in present]
     if not missing:
         return
-    with engine.begin() as connection:
-        for column in missing:
-            kind = column.type.compile(dialect=engine.dialect)
-            connection.execute(
-                sa.text(f"ALTER TABLE {runs_table.name} ADD COLUMN {column.name} {kind}")
-            )
+    for column in missing:
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    sa.text(f"ALTER TABLE {runs_table.name} ADD COLUMN {column.name} {kind}")
+                )
+        except sa.exc.DBAPIError:  # another process added it first
+            present = {c["name"] for c in sa.inspect(engine).get_columns(runs_table.name)}
+            if column.name not in present:
+                raise
 
 
 def _stored(row: dict[str, Any]) -> dict[str, Any]:
@@ -397,6 +415,9 @@ def _row_profile(
     params |= {k: _plain(record.pop(k)) for k in list(record) if k not in RunProfile.model_fields}
     record["params"] = params
     record.setdefault("source", "import")
+    if record.get("run_id") is None:  # same row, same id: importing a file twice is refused
+        digest = hashlib.sha1(json.dumps(record, sort_keys=True, default=str).encode())
+        record["run_id"] = f"import-{digest.hexdigest()[:20]}"
     if record.get("machine_type") is not None:
         _fill_from_catalogue(record, catalogue, where)
     try:
@@ -432,8 +453,21 @@ def _params(value: Any, where: str) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    """A cell as a JSON-ready Python value."""
-    return value.item() if hasattr(value, "item") else value
+    """A cell as a JSON-ready Python value: numbers as numbers (text when not finite), times as
+    ISO text, arrays as lists, anything else JSON cannot hold as its text."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
 
 
 def _fill_from_catalogue(record: dict[str, Any], catalogue: Catalogue | None, where: str) -> None:
@@ -455,8 +489,13 @@ def _refuse_duplicates(profiles: list[RunProfile], path: Path) -> None:
     first_row: dict[str, int] = {}
     for index, profile in enumerate(profiles, 1):
         if profile.run_id in first_row:
+            derived = (
+                " (derived from the row: the same values)"
+                if profile.run_id.startswith("import-")
+                else ""
+            )
             raise HistoryError(
-                f"{path}, row {index}: field 'run_id' {profile.run_id!r} repeats row "
+                f"{path}, row {index}: field 'run_id' {profile.run_id!r}{derived} repeats row "
                 f"{first_row[profile.run_id]}. Nothing was imported."
             )
         first_row[profile.run_id] = index

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from dask.utils import parse_bytes
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from infra.dask_cluster import scheduler_workers
 from mlops.config import AllocatorConfig, ClusterConfig
@@ -14,7 +21,7 @@ from mlops.errors import ConfigError
 from mlops.settings import Settings
 
 from .history import ClusterShape, HistoryStore, JobFeatures, RunProfile
-from .machines import Catalogue, catalogue_for
+from .machines import Catalogue, CatalogueError, catalogue_for, default_catalogue
 from .model import fit_model
 from .recommend import Allocation, Objective, Pricing, confidence_label, recommend_allocation
 from .resources import (
@@ -107,7 +114,7 @@ def plan_allocation(
     )
     if config.machine_types and resources.backend == "kubernetes":
         counts = node_counts(config.nodes, config.min_nodes, config.max_nodes)
-        catalogue = catalogue or Catalogue([])
+        catalogue = catalogue or default_catalogue()
         shapes = machine_shapes(
             catalogue, config.machine_types, counts, allow_gpu=config.use_gpu == "auto"
         )
@@ -175,6 +182,23 @@ def fixed_allocation(
     )
 
 
+LIGHTGBM_KEYS = {
+    "n_numeric",
+    "n_categorical",
+    "max_cardinality",
+    "mean_cardinality",
+    "sparsity",
+    "task",
+    "n_classes",
+    "n_estimators",
+    "num_leaves",
+    "max_bin",
+    "learning_rate",
+    "early_stopping_rounds",
+}
+"""What ``--job``'s ``lightgbm`` object may hold: the cost model's parameters."""
+
+
 class JobDescription(BaseModel):
     """A job described without its data, for ``mlops recommend --job``."""
 
@@ -191,6 +215,17 @@ class JobDescription(BaseModel):
         default_factory=dict,
         description="n_estimators, num_leaves, max_bin, ... for the LightGBM cost model.",
     )
+
+    @field_validator("lightgbm")
+    @classmethod
+    def _lightgbm_fields_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - LIGHTGBM_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {unknown}; it takes {', '.join(sorted(LIGHTGBM_KEYS))} (rows, "
+                "bytes and features go at the top level)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _sized(self) -> JobDescription:
@@ -247,7 +282,10 @@ def recommend_for_job(
         store.close()
     catalogue = open_catalogue(settings)
     if machine_types:
-        shapes = machine_shapes(catalogue, list(machine_types), list(counts) or node_counts())
+        try:
+            shapes = machine_shapes(catalogue, list(machine_types), list(counts) or node_counts())
+        except CatalogueError as error:
+            raise CatalogueError(f"Candidate machine types: {error}") from None
         notes = [f"candidates: {len(shapes)} shape(s) of {', '.join(machine_types)}"]
         cores = None
     else:
@@ -278,14 +316,21 @@ def node_spec(spec: Any) -> list[int]:
         return []
     try:
         if isinstance(spec, list):
-            return node_counts([int(n) for n in spec])
-        text = str(spec).strip()
-        if "-" in text:
-            low, high = (int(part) for part in text.split("-", 1))
-            return node_counts(None, low, high)
-        return node_counts([int(n) for n in text.split(",")])
+            numbers = [int(n) for n in spec]
+        else:
+            text = str(spec).strip()
+            parts = text.split("-", 1) if "-" in text else text.split(",")
+            numbers = [int(part) for part in parts]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"--nodes {spec!r}: expected node counts such as 4-48 or 4,6,8."
+        ) from None
+    try:
+        if isinstance(spec, str) and "-" in spec:
+            return node_counts(None, numbers[0], numbers[1])
+        return node_counts(numbers)
     except ValueError as error:
-        raise ConfigError(f"--nodes {spec!r}: {error}; use 4-48 or 4,6,8.") from None
+        raise ConfigError(f"--nodes {spec!r}: {error}.") from None
 
 
 def described_objective(kind: str, deadline: float | None, budget: float | None) -> Objective:

@@ -64,12 +64,13 @@ def size_terms(size: float, shape: ClusterShape) -> np.ndarray:
     return np.array([1.0, size / shape.threads, math.log(shape.workers), float(shape.workers)])
 
 
-def fit_size_prior(runs: Sequence[RunProfile]) -> np.ndarray | None:
-    """Ernest's form fitted on every timed run whose input size is known (NNLS, relative)."""
+def fit_size_prior(runs: Sequence[RunProfile], kind: str | None) -> np.ndarray | None:
+    """Ernest's form fitted on every successful run whose input size is known in ``kind``
+    (bytes or rows), by non-negative least squares on relative error."""
     rows, targets = [], []
     for run in runs:
         size = run.job.size
-        if size and run.status in ("success", "timeout") and run.total_time_s > 0:
+        if size and run.job.size_kind == kind and run.status == "success" and run.total_time_s > 0:
             rows.append(size_terms(size, run.shape))
             targets.append(run.total_time_s)
     if len(rows) < 4:
@@ -127,14 +128,17 @@ class _Predictors:
         self.runs = list(runs)
         self.cores = cores
         self.gpu_speedup = gpu_speedup
-        self._fits: dict[frozenset, tuple[FittedModel, np.ndarray | None]] = {}
+        self._fits: dict[tuple, tuple[FittedModel, np.ndarray | None]] = {}
 
-    def _fitted(self, held: frozenset) -> tuple[list[RunProfile], FittedModel, np.ndarray | None]:
+    def _fitted(
+        self, held: frozenset, size_kind: str | None
+    ) -> tuple[list[RunProfile], FittedModel, np.ndarray | None]:
         runs = [r for r in self.runs if r.context_key not in held] if held else self.runs
-        if held not in self._fits:
+        key = (held, size_kind)
+        if key not in self._fits:
             lightgbm = [r for r in runs if r.job.is_lightgbm]
-            self._fits[held] = (fit_model(lightgbm, self.cores), fit_size_prior(runs))
-        return runs, *self._fits[held]
+            self._fits[key] = (fit_model(lightgbm, self.cores), fit_size_prior(runs, size_kind))
+        return runs, *self._fits[key]
 
     def __call__(
         self,
@@ -146,7 +150,7 @@ class _Predictors:
     ) -> dict[ClusterShape, tuple[float, float]]:
         if name in CURVE_PREDICTORS:
             return CURVE_PREDICTORS[name](job, shapes, curves)
-        runs, model, prior = self._fitted(frozenset(held))
+        runs, model, prior = self._fitted(frozenset(held), job.size_kind)
         if name == "cost":
             return cost_model_times(job, shapes, runs, model, self.gpu_speedup)
         return prior_times(job, shapes, prior)
@@ -182,6 +186,8 @@ def plan_times(
         own,
         tuple(names),
         price_key,
+        cores,
+        round(gpu_speedup, 3),
     )
     scores = _SCORES.get(key)
     if scores is None:

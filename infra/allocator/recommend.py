@@ -156,13 +156,11 @@ def shape_price(shape: ClusterShape, objective: Objective, catalogue: Catalogue)
     return objective.pricing.per_second(shape) if price is None else price
 
 
-def memory_is_modelled(job: JobFeatures, runs: Sequence[RunProfile]) -> bool:
-    """Whether the memory model may filter shapes for ``job``: it is a LightGBM job (the model's
-    form), or three runs of its family have a measured peak. Otherwise only failures count."""
-    if job.is_lightgbm:
-        return True
-    measured = [r for r in runs if r.peak_memory_bytes and r.family == job.family]
-    return len(measured) >= 3 and job.bytes_in_memory is not None
+def memory_is_modelled(job: JobFeatures) -> bool:
+    """Whether the memory model may filter shapes for ``job``: its form is LightGBM's (a base
+    plus multiples of each worker's share of the data), fitted on LightGBM runs. For other jobs
+    memory is not predicted, and only failures rule shapes out."""
+    return job.is_lightgbm
 
 
 def score_candidates(
@@ -178,7 +176,7 @@ def score_candidates(
     """Predicted time, memory and cost of every shape, marking the unsafe ones."""
     scored = []
     spread = memory_spread(model, neighbours)
-    modelled = memory_is_modelled(job, history)
+    modelled = memory_is_modelled(job)
     for shape in shapes:
         timed = plan.times[shape]
         peak = None
@@ -227,15 +225,15 @@ def memory_exclusion(
     model's error on similar jobs (``spread``, in log terms), and more after failures it
     underestimated.
     """
-    per_worker = (job.size or 0) / shape.workers
+    per_worker = (job.bytes_in_memory or 0) / shape.workers
     for run in runs:
-        if run.status != "out-of-memory" or run.gpu != shape.gpu or not run.job.size:
+        if run.status != "out-of-memory" or run.gpu != shape.gpu or not run.bytes_in_memory:
             continue
-        heavier = per_worker >= 0.9 * run.job.size / run.workers
+        heavier = per_worker >= 0.9 * run.bytes_in_memory / run.workers
         heavier = heavier and shape.threads_per_worker >= run.threads_per_worker
         if heavier and shape.memory_per_worker_bytes <= run.memory_per_worker_bytes:
             return (
-                f"a job with {run.job.size / run.workers / 2**20:.0f} MiB per worker "
+                f"a job with {run.bytes_in_memory / run.workers / 2**20:.0f} MiB per worker "
                 f"ran out of memory at {run.memory_per_worker_bytes / GIB:.2g} GiB "
                 f"({run.use_case}, {run.shape.label()})"
             )
@@ -279,8 +277,8 @@ def ran_on_as_little(job: JobFeatures, shape: ClusterShape, runs: Sequence[RunPr
             continue
         if run.threads_per_worker < shape.threads_per_worker:
             continue
-        if job.size and run.job.size:
-            if run.job.size / run.workers >= job.size / shape.workers:
+        if job.bytes_in_memory and run.bytes_in_memory:
+            if run.bytes_in_memory / run.workers >= job.bytes_in_memory / shape.workers:
                 return True
         elif run.dataset_version == job.context and run.workers <= shape.workers:
             return True
@@ -601,10 +599,10 @@ def _rationale(
             f"{len(excluded)} shape(s) ruled out for memory, e.g. {excluded[0].shape.label()}: "
             f"{excluded[0].excluded}."
         )
-    if not memory_is_modelled(job, history):
+    if not memory_is_modelled(job):
         lines.append(
-            "Memory: not predicted (no measured peak for this family); only runs that ran out "
-            "of memory rule shapes out."
+            "Memory: not predicted (the memory model is LightGBM's); only runs that ran out of "
+            "memory, or this job's failures, rule shapes out."
         )
     return lines
 

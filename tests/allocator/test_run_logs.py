@@ -113,6 +113,23 @@ def test_a_zero_peak_is_refused_with_a_hint_and_required_columns_are_named(tmp_p
     assert store.runs() == []
 
 
+def test_a_log_without_run_ids_cannot_be_imported_twice_and_odd_cells_are_kept(tmp_path):
+    store = HistoryStore(f"sqlite:///{tmp_path / 'h.db'}")
+    frame = pd.read_csv(spark_log(tmp_path / "log.csv")).drop(columns=["run_id"])
+    frame["started"] = pd.to_datetime(["2026-01-01 10:00"] * 4)
+    frame["stages"] = [[1, 2], [3], [], [4]]
+    frame["ratio"] = [float("inf"), 1.5, 2.0, 0.5]
+    frame.to_parquet(tmp_path / "log.parquet", index=False)
+    assert import_history(store, tmp_path / "log.parquet", CATALOGUE) == 4
+    kept = next(r for r in store.runs() if r.wall_time_s == 410.0).params
+    assert kept["started"].startswith("2026-01-01T10:00") and kept["stages"] == [1, 2]
+    assert kept["ratio"] == "inf"
+    assert all(r.run_id.startswith("import-") for r in store.runs())  # derived from the row
+    with pytest.raises(HistoryError, match="row 1: field 'run_id'.*already in the history"):
+        import_history(store, tmp_path / "log.parquet", CATALOGUE)
+    assert len(store.runs()) == 4
+
+
 def test_a_history_written_by_the_previous_version_is_read_and_gains_the_new_columns(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)
@@ -218,6 +235,32 @@ def test_a_failed_run_of_this_job_on_a_shape_rules_it_out():
     assert any(
         "failed on 2 x m4.large before" in (c.excluded or "") for c in allocation.alternatives
     )
+
+
+def test_other_families_with_peaks_zero_times_and_mixed_size_kinds_are_planned():
+    counts = (2, 4)
+    history = [
+        run("etl", "v1", 3e9, "m4.large", n, 100.0 / n, peak_memory_bytes=2 * GIB)
+        for n in counts
+    ] + [
+        run("etl", "v2", 6e9, "m4.large", 2, 0.0, status="failed"),  # logged as 0 s
+        RunProfile(  # a job known by rows only, beside jobs known by bytes
+            use_case="gbm", n_rows=10**6, status="success", wall_time_s=30.0,
+            **CATALOGUE.shape("m4.large", 2).model_dump(),
+        ),
+    ]  # fmt: skip
+    shapes = [CATALOGUE.shape("m4.large", n) for n in counts]
+    for job in (
+        JobFeatures(name="etl", context="v2", family="spark", bytes_in_memory=int(6e9)),
+        JobFeatures(name="new", family="spark", bytes_in_memory=int(1e9)),
+        JobFeatures(name="gbm2", n_rows=10**7),
+    ):
+        allocation = recommend_allocation(job, history, shapes, catalogue=CATALOGUE)
+        assert allocation.predicted_peak_memory_bytes is None  # Spark memory is not modelled
+        assert math.isfinite(allocation.predicted_wall_time_s) and allocation.workers in counts
+    first = history[0]
+    bigger = first.model_copy(update={"bytes_in_memory": 10**10})
+    assert bigger.job.bytes_in_memory == 10**10 and first.job.bytes_in_memory == int(3e9)
 
 
 def lightgbm_job(name: str, rows: int) -> JobFeatures:
@@ -327,6 +370,8 @@ def test_a_job_description_needs_its_size_and_names_what_is_wrong():
         describe_job({"name": "grep", "rows": "many"}, "job.json")
     with pytest.raises(ConfigError, match="field 'colour' Extra inputs"):
         describe_job({"rows": 10, "colour": "red"}, "job.json")
+    with pytest.raises(ConfigError, match=r"field 'lightgbm' unknown key\(s\) \['n_rows'\]"):
+        describe_job({"rows": 10, "lightgbm": {"n_rows": 5}}, "job.json")
     job = describe_job({"name": "grep", "bytes": 15_000_000_000, "params": {"q": 1}}, "x")
     assert job.size == 15e9 and job.params == {"q": 1}
 
@@ -371,4 +416,5 @@ def test_recommend_a_described_job_from_an_imported_log_on_the_command_line(tmp_
     assert unknown.returncode == 2 and "Unknown machine type 'z9.huge'" in unknown.stderr
     bad_nodes = mlops("recommend", "--rows", "10", "--nodes", "0,2", cwd=tmp_path)
     assert bad_nodes.returncode == 2 and "--nodes '0,2'" in bad_nodes.stderr
-    assert math.isfinite(allocation["predicted_cost"])
+    only_candidates = mlops("recommend", "--machine-type", "m4.large", cwd=tmp_path)
+    assert only_candidates.returncode == 2 and "'bytes' (or 'rows')" in only_candidates.stderr
