@@ -115,6 +115,9 @@ def build_curves(runs: Sequence[RunProfile]) -> list[Curve]:
                 lightgbm=job if job.is_lightgbm else None,
             )
             samples[key], failures[key] = {}, {}
+        curve = grouped[key]
+        if curve.size is None and run.job.size:  # a failed run may not have recorded it
+            curve.size, curve.size_kind = run.job.size, run.job.size_kind
         if run.status == "success":
             samples[key].setdefault(run.workers, []).append(max(run.total_time_s, MIN_TIME_S))
         elif run.status in FAILED:

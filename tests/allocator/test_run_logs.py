@@ -418,3 +418,17 @@ def test_recommend_a_described_job_from_an_imported_log_on_the_command_line(tmp_
     assert bad_nodes.returncode == 2 and "--nodes '0,2'" in bad_nodes.stderr
     only_candidates = mlops("recommend", "--machine-type", "m4.large", cwd=tmp_path)
     assert only_candidates.returncode == 2 and "'bytes' (or 'rows')" in only_candidates.stderr
+
+
+def test_a_curve_takes_its_input_size_from_any_run_that_recorded_it():
+    from infra.allocator.curves import build_curves
+
+    failed_first = [
+        run("etl", "v1", 3e9, "m4.large", 2, 50.0, status="failed").model_copy(
+            update={"bytes_in_memory": None}
+        ),
+        run("etl", "v1", 3e9, "m4.large", 4, 100.0),
+    ]
+    (curve,) = build_curves(failed_first)
+    assert (curve.size, curve.size_kind) == (3e9, "bytes")
+    assert curve.times[2] == pytest.approx(50.0 + 400.0 / 2)  # the failure, then a re-run at 4
