@@ -10,6 +10,7 @@ from infra.allocator.planner import (
     open_catalogue,
     open_history,
     plan_allocation,
+    recorded_runs,
     resources_for,
 )
 from infra.allocator.profiling import job_features
@@ -23,16 +24,11 @@ from mlops.settings import get_settings
 def recommend_for_dataset(config: PipelineConfig, dataset: DatasetRef) -> Allocation:
     """Plan the training cluster for a preprocessed dataset from the recorded history."""
     settings = get_settings()
-    store = open_history(settings)
-    try:
-        history = store.runs()
-    finally:
-        store.close()
     return plan_allocation(
         job_features(dataset, config.training),
         config.training.allocator,
         config.training.cluster,
-        history,
+        recorded_runs(settings),
         resources_for(config.training.cluster, settings),
         settings.allocator_gpu_prior_speedup,
         open_catalogue(settings),

@@ -86,10 +86,6 @@ class Curve:
         anchor = 0 if x < xs[0] else -1
         return float(math.exp(ys[anchor] + slope * (x - xs[anchor])))
 
-    def level(self) -> float:
-        """Mean log time over the measured node counts."""
-        return float(np.mean(np.log(list(self.times.values()))))
-
 
 def build_curves(runs: Sequence[RunProfile]) -> list[Curve]:
     """Group runs into curves: the median time where a shape was measured more than once.

@@ -40,6 +40,15 @@ def open_history(settings: Settings) -> HistoryStore:
     return HistoryStore(settings.resolved_history_url)
 
 
+def recorded_runs(settings: Settings) -> list[RunProfile]:
+    """Every run in the history named by settings."""
+    store = open_history(settings)
+    try:
+        return store.runs()
+    finally:
+        store.close()
+
+
 def open_catalogue(settings: Settings) -> Catalogue:
     """The machine catalogue: built-in types, extended by ``MLOPS_ALLOCATOR_MACHINES``."""
     return catalogue_for(settings.allocator_machines)
@@ -275,11 +284,7 @@ def recommend_for_job(
     """Recommend a cluster for a described job: node counts x machine types when given, else
     the cluster the settings describe (this machine by default) with up to ``max(counts)``
     workers."""
-    store = open_history(settings)
-    try:
-        history = store.runs()
-    finally:
-        store.close()
+    history = recorded_runs(settings)
     catalogue = open_catalogue(settings)
     if machine_types:
         try:

@@ -49,6 +49,7 @@ class TimePlan:
 
     times: dict[ClusterShape, TimePrediction]
     scores: list[Score]
+    curves: list[Curve]
 
     @property
     def best(self) -> Score | None:
@@ -124,10 +125,17 @@ _SCORES: dict[tuple, list[Score]] = {}
 class _Predictors:
     """Every predictor over one history, also on the history less some held-out contexts."""
 
-    def __init__(self, runs: Sequence[RunProfile], cores: int | None, gpu_speedup: float):
+    def __init__(
+        self,
+        runs: Sequence[RunProfile],
+        cores: int | None,
+        gpu_speedup: float,
+        model: FittedModel | None = None,
+    ):
         self.runs = list(runs)
         self.cores = cores
         self.gpu_speedup = gpu_speedup
+        self.model = model  # already fitted on all of ``runs``
         self._fits: dict[tuple, tuple[FittedModel, np.ndarray | None]] = {}
 
     def _fitted(
@@ -136,8 +144,8 @@ class _Predictors:
         runs = [r for r in self.runs if r.context_key not in held] if held else self.runs
         key = (held, size_kind)
         if key not in self._fits:
-            lightgbm = [r for r in runs if r.job.is_lightgbm]
-            self._fits[key] = (fit_model(lightgbm, self.cores), fit_size_prior(runs, size_kind))
+            model = self.model if not held and self.model else fit_model(runs, self.cores)
+            self._fits[key] = (model, fit_size_prior(runs, size_kind))
         return runs, *self._fits[key]
 
     def __call__(
@@ -165,13 +173,15 @@ def plan_times(
     cores: int | None,
     gpu_speedup: float,
     price_key: object = None,
+    model: FittedModel | None = None,
 ) -> TimePlan:
     """Predict every shape's time with the predictors ranked by leave-one-out on ``history``.
 
     The ranking depends only on the history, the job's name and family, and the prices, so it
     is kept for the next call with the same (``price_key`` names the prices; None: not kept).
+    ``model`` is the LightGBM cost model already fitted on ``history``, if there is one.
     """
-    predictors = _Predictors(history, cores, gpu_speedup)
+    predictors = _Predictors(history, cores, gpu_speedup, model)
     curves = build_curves(history)
     own = any(c.job == job.name for c in curves)
     names = [
@@ -214,7 +224,7 @@ def plan_times(
     times |= measured_times(job, shapes, curves)
     for shape in shapes:  # nothing at all to go on (no history): a generic guess
         times.setdefault(shape, TimePrediction(_blind_guess(shape), 0.0, "none"))
-    return TimePlan(times, scored)
+    return TimePlan(times, scored, curves)
 
 
 def own_first(scores: Sequence[Score]) -> list[Score]:
@@ -277,8 +287,3 @@ def measured_times(
 def _blind_guess(shape: ClusterShape) -> float:
     """No history and no size: assume near-linear scaling from 1 hour on one node."""
     return 3600.0 * shape.workers**-0.8
-
-
-def measured_kinds(history: Sequence[RunProfile], job: JobFeatures) -> set:
-    """Kinds of node the job itself has run on (for the rationale)."""
-    return {node_kind(r.shape) for r in history if r.use_case == job.name}

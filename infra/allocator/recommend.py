@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from .curves import job_gap
 from .history import ClusterShape, JobFeatures, RunProfile, WithShape
 from .machines import Catalogue, default_catalogue
 from .model import (
@@ -480,6 +481,7 @@ def recommend_allocation(
         cores=cores,
         gpu_speedup=speedup,
         price_key=(objective.pricing.model_dump_json(), catalogue.fingerprint),
+        model=model,
     )
     candidates = score_candidates(
         job, shapes, model, neighbours, objective, plan, history, catalogue
@@ -489,7 +491,7 @@ def recommend_allocation(
     chosen = explore(best, candidates, objective, error_sd)
     regret = plan.best.mean_regret if plan.best and chosen.predictor != "measured" else None
     own = chosen.predictor.startswith("same-job") or chosen.predictor == "measured"
-    gap = 0.0 if own else _nearest_gap(job, history, neighbours)
+    gap = 0.0 if own else _nearest_gap(job, plan, neighbours)
     value = confidence(chosen.support, gap, len(history), regret)
     unit = "core-s" if chosen.machine_type is None else "currency units"
     rationale = _rationale(job, chosen, best, candidates, plan, history, objective, unit)
@@ -518,15 +520,11 @@ def recommend_allocation(
     )
 
 
-def _nearest_gap(
-    job: JobFeatures, history: Sequence[RunProfile], neighbours: Sequence[Neighbour]
-) -> float:
+def _nearest_gap(job: JobFeatures, plan: TimePlan, neighbours: Sequence[Neighbour]) -> float:
+    """How unlike this job the nearest other job is (LightGBM meta-features, else curves)."""
     if neighbours:
         return neighbours[0].distance
-    from .curves import build_curves, job_gap
-
-    gaps = [job_gap(job, c) for c in build_curves(history) if c.job != job.name]
-    return min(gaps, default=10.0)
+    return min((job_gap(job, c) for c in plan.curves if c.job != job.name), default=10.0)
 
 
 def _best_per_shape(candidates: Sequence[Candidate], objective: Objective) -> list[Candidate]:
