@@ -166,10 +166,11 @@ def pipeline_config(spec: DatasetSpec, source: Path):
 
 def sweep(work: Path, count: int, repeats: int) -> None:
     """Train every dataset on every shape; record each run in the history store."""
-    from infra.allocator.history import ClusterShape, HistoryStore, export_history
+    from infra.allocator.history import ClusterShape, HistoryStore
     from infra.allocator.profiling import (
         job_features,
     )
+    from infra.allocator.run_logs import export_history
     from tasks.preprocessing import fingerprint_source, preprocess_dataset
 
     store = HistoryStore(f"sqlite:///{work / 'history.db'}")
@@ -647,7 +648,8 @@ TARGETS = {
 
 def load_runs(work: Path):
     """The sweep's history: its database when present, else the checked-in export."""
-    from infra.allocator.history import HistoryStore, read_history_file
+    from infra.allocator.history import HistoryStore
+    from infra.allocator.run_logs import read_history_file
 
     database = work / "history.db"
     if database.exists():
@@ -751,7 +753,7 @@ def report(work: Path, draws: int, datasets: Path) -> None:
     """Replay the measured history (and the simulator) and write docs/benchmarks.md."""
     import platform
 
-    from infra.allocator.recommend import Objective
+    from infra.allocator.allocation import Objective
 
     started = time.perf_counter()
     runs = load_runs(work)

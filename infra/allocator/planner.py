@@ -20,10 +20,11 @@ from mlops.config import AllocatorConfig, ClusterConfig
 from mlops.errors import ConfigError
 from mlops.settings import Settings
 
+from .allocation import Allocation, Objective, Pricing
 from .history import ClusterShape, HistoryStore, JobFeatures, RunProfile
 from .machines import Catalogue, CatalogueError, catalogue_for, default_catalogue
 from .model import fit_model
-from .recommend import Allocation, Objective, Pricing, confidence_label, recommend_allocation
+from .recommend import confidence_label, recommend_allocation
 from .resources import (
     Resources,
     candidate_shapes,

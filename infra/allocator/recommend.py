@@ -3,12 +3,11 @@
 ``recommend_allocation`` predicts every candidate shape's time with the predictor that did
 best in leave-one-out on the history (``predict.py``: the job's own scaling curves, its nearest
 other jobs', the LightGBM cost model, an Ernest prior), removes shapes that would run out of
-memory (already seen failing for a job at least as heavy per worker, or predicted, unless the
-job itself has run on as little memory with as much data per worker), and picks by the
-objective: least cost under an optional deadline, or least time under an optional budget.
-Cost is node-hours x the machine type's price (``machines.py``) when candidates name one,
-core-seconds otherwise. The :class:`Allocation` says why, shows the runners-up and the past
-runs behind the prediction, and how sure it is.
+memory (``safety.py``), and picks by the objective (``allocation.py``): least cost under an
+optional deadline, or least time under an optional budget. Cost is node-hours x the machine
+type's price (``machines.py``) when candidates name one, core-seconds otherwise. The
+:class:`Allocation` says why (``rationale.py``), shows the runners-up and the past runs behind
+the prediction, and how sure it is.
 """
 
 from __future__ import annotations
@@ -18,13 +17,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
 
+from .allocation import Allocation, Candidate, Objective
 from .curves import job_gap
-from .history import ClusterShape, JobFeatures, RunProfile, WithShape
+from .history import ClusterShape, JobFeatures, RunProfile
 from .machines import Catalogue, default_catalogue
 from .model import (
-    PAUSE_FRACTION,
     FittedModel,
     Neighbour,
     Prediction,
@@ -32,121 +30,12 @@ from .model import (
     memory_spread,
     nearest_jobs,
     round_work,
-    safe_fraction,
     same_shape,
     transfer_ratio,
 )
 from .predict import TimePlan, plan_times
-
-GIB = 2**30
-
-
-class Pricing(BaseModel):
-    """What a worker costs per second, in CPU-core-seconds."""
-
-    cpu_price: float = Field(default=1.0, gt=0, description="Per thread (core) per second.")
-    memory_price_per_gib: float = Field(
-        default=0.125, ge=0, description="Per GiB of worker memory limit per second."
-    )
-    gpu_price_ratio: float = Field(
-        default=8.0, gt=0, description="A GPU costs this many CPU cores."
-    )
-
-    def per_second(self, shape: ClusterShape) -> float:
-        """Price of the whole cluster for one second."""
-        worker = (
-            shape.threads_per_worker * self.cpu_price
-            + shape.memory_per_worker_bytes / GIB * self.memory_price_per_gib
-            + (self.gpu_price_ratio * self.cpu_price if shape.gpu else 0.0)
-        )
-        return shape.workers * worker
-
-
-class Objective(BaseModel):
-    """What to optimise and under which constraint."""
-
-    kind: Literal["cost", "time"] = "cost"
-    deadline_s: float | None = Field(default=None, gt=0, description="With kind=cost.")
-    budget: float | None = Field(default=None, gt=0, description="With kind=time, core-seconds.")
-    pricing: Pricing = Field(default_factory=Pricing)
-    memory_margin: float = Field(
-        default=1.0,
-        ge=1,
-        description="Extra factor on top of the learned memory margin (see memory_exclusion).",
-    )
-    explore_margin: float = Field(
-        default=0.03,
-        ge=0,
-        description="Among candidates predicted this close to the best, try the least-known.",
-    )
-
-
-class Candidate(BaseModel, WithShape):
-    """One scored cluster shape."""
-
-    workers: int
-    threads_per_worker: int
-    memory_per_worker_bytes: int
-    gpu: bool
-    machine_type: str | None = None
-    predicted_time_s: float
-    predicted_peak_memory_bytes: int | None = Field(description="None: not predictable.")
-    predicted_cost: float
-    support: float = Field(description="Weighted count of similar past runs on this shape.")
-    predictor: str = Field(default="cost", description="Which predictor timed it.")
-    excluded: str | None = Field(default=None, description="Why it cannot be picked.")
-
-
-class PastRun(BaseModel):
-    """A past run behind a recommendation."""
-
-    use_case: str
-    dataset_version: str
-    distance: float
-    shape: str
-    status: str
-    time_s: float
-    peak_memory_mib: float | None
-
-
-class Allocation(BaseModel, WithShape):
-    """The cluster a training run should get, with predictions and the reasons."""
-
-    workers: int
-    threads_per_worker: int
-    memory_per_worker_bytes: int
-    gpu: bool
-    machine_type: str | None = None
-    predicted_wall_time_s: float
-    predicted_peak_memory_bytes: int | None = None
-    predicted_cost: float
-    cost_unit: str = "core-s"
-    predictor: str | None = Field(default=None, description="Which predictor timed the pick.")
-    predictor_regret: float | None = Field(
-        default=None, description="Its mean leave-one-out regret on the history."
-    )
-    confidence: float = Field(ge=0, le=1)
-    confidence_label: Literal["low", "medium", "high"]
-    objective: str
-    rationale: list[str]
-    alternatives: list[Candidate] = Field(default_factory=list)
-    nearest_runs: list[PastRun] = Field(default_factory=list)
-    history_runs: int = 0
-    explored: bool = False
-
-    def summary(self) -> str:
-        """One line: shape, predictions and confidence."""
-        peak = (
-            f"peak {self.predicted_peak_memory_bytes / 2**20:.0f} MiB/worker"
-            if self.predicted_peak_memory_bytes
-            else "peak not predicted"
-        )
-        return (
-            f"{self.shape.label()}: predicted {self.predicted_wall_time_s:.1f}s, {peak}, "
-            f"cost {self.predicted_cost:.4g} {self.cost_unit}, confidence "
-            f"{self.confidence_label} ({self.confidence:.2f})"
-        )
-
+from .rationale import gpu_reason, objective_text, past_runs, rationale_lines
+from .safety import failed_before, memory_exclusion, memory_is_modelled
 
 # ---------------------------------------------------------------- scoring
 
@@ -155,13 +44,6 @@ def shape_price(shape: ClusterShape, objective: Objective, catalogue: Catalogue)
     """What a shape costs per second: its machine type's price, else the objective's pricing."""
     price = catalogue.price_per_second(shape)
     return objective.pricing.per_second(shape) if price is None else price
-
-
-def memory_is_modelled(job: JobFeatures) -> bool:
-    """Whether the memory model may filter shapes for ``job``: its form is LightGBM's (a base
-    plus multiples of each worker's share of the data), fitted on LightGBM runs. For other jobs
-    memory is not predicted, and only failures rule shapes out."""
-    return job.is_lightgbm
 
 
 def score_candidates(
@@ -206,96 +88,6 @@ def score_candidates(
             )
         )
     return scored
-
-
-def memory_exclusion(
-    job: JobFeatures,
-    shape: ClusterShape,
-    prediction: Prediction,
-    runs: Sequence[RunProfile],
-    objective: Objective,
-    spread: float = 0.15,
-    *,
-    modelled: bool = True,
-) -> str | None:
-    """Why ``shape`` would run out of memory, or None when it looks safe.
-
-    A past out-of-memory run rules out every shape that gives each worker at least as much
-    data and as many threads with at most as much memory; otherwise the predicted peak, times
-    a margin, must stay under the share of the limit that past runs show is safe. The margin is learned: two standard deviations of the memory
-    model's error on similar jobs (``spread``, in log terms), and more after failures it
-    underestimated.
-    """
-    per_worker = (job.bytes_in_memory or 0) / shape.workers
-    for run in runs:
-        if run.status != "out-of-memory" or run.gpu != shape.gpu or not run.bytes_in_memory:
-            continue
-        heavier = per_worker >= 0.9 * run.bytes_in_memory / run.workers
-        heavier = heavier and shape.threads_per_worker >= run.threads_per_worker
-        if heavier and shape.memory_per_worker_bytes <= run.memory_per_worker_bytes:
-            return (
-                f"a job with {run.bytes_in_memory / run.workers / 2**20:.0f} MiB per worker "
-                f"ran out of memory at {run.memory_per_worker_bytes / GIB:.2g} GiB "
-                f"({run.use_case}, {run.shape.label()})"
-            )
-    if not modelled or ran_on_as_little(job, shape, runs):
-        return None
-    margin = objective.memory_margin * math.exp(2 * spread) * failure_margin(runs)
-    fraction = safe_fraction(runs)
-    needed = prediction.peak_memory_bytes * margin / fraction
-    if needed > shape.memory_per_worker_bytes:
-        return (
-            f"predicted peak {prediction.peak_memory_bytes / 2**20:.0f} MiB x margin "
-            f"{margin:.2f} is over {fraction:.0%} of {shape.memory_per_worker_bytes / GIB:.2g} GiB"
-        )
-    return None
-
-
-def failed_before(job: JobFeatures, shape: ClusterShape, runs: Sequence[RunProfile]) -> str | None:
-    """Why this very job and input would fail again on ``shape``: it failed there and never
-    succeeded there."""
-    if job.name is None:
-        return None
-    outcomes = [
-        r.status
-        for r in runs
-        if r.use_case == job.name
-        and (r.dataset_version or "") == (job.context or "")
-        and same_shape(r.shape, shape)
-    ]
-    if outcomes and "success" not in outcomes and any(o in ("failed", "killed") for o in outcomes):
-        return f"this job failed on {shape.label()} before ({len(outcomes)} run(s), none succeeded)"
-    return None
-
-
-def ran_on_as_little(job: JobFeatures, shape: ClusterShape, runs: Sequence[RunProfile]) -> bool:
-    """Whether this job already succeeded with at most ``shape``'s memory per worker while
-    holding at least as much data per worker (same input when its size is unknown)."""
-    for run in runs:
-        if run.status != "success" or run.use_case != job.name or run.gpu != shape.gpu:
-            continue
-        if run.memory_per_worker_bytes > shape.memory_per_worker_bytes:
-            continue
-        if run.threads_per_worker < shape.threads_per_worker:
-            continue
-        if job.bytes_in_memory and run.bytes_in_memory:
-            if run.bytes_in_memory / run.workers >= job.bytes_in_memory / shape.workers:
-                return True
-        elif run.dataset_version == job.context and run.workers <= shape.workers:
-            return True
-    return False
-
-
-def failure_margin(runs: Sequence[RunProfile]) -> float:
-    """Extra memory margin after failures: how far the memory model underestimated them."""
-    worst = 1.0
-    for run in runs:
-        if run.status != "out-of-memory" or not run.predicted_peak_memory_bytes:
-            continue
-        # The run reached the pause mark at least, so its peak was at least this.
-        floor = PAUSE_FRACTION * run.memory_per_worker_bytes
-        worst = max(worst, floor / run.predicted_peak_memory_bytes)
-    return min(worst, 3.0)
 
 
 # ---------------------------------------------------------------- picking
@@ -494,9 +286,9 @@ def recommend_allocation(
     gap = 0.0 if own else _nearest_gap(job, plan, neighbours)
     value = confidence(chosen.support, gap, len(history), regret)
     unit = "core-s" if chosen.machine_type is None else "currency units"
-    rationale = _rationale(job, chosen, best, candidates, plan, history, objective, unit)
+    rationale = rationale_lines(job, chosen, best, candidates, plan, history, objective, unit)
     rationale += [*notes, *constraint_notes]
-    rationale.append(_gpu_reason(chosen, candidates, speedup, gpu_jobs, objective, gpu_note))
+    rationale.append(gpu_reason(chosen, candidates, speedup, gpu_jobs, objective, gpu_note))
     ranked = _best_per_shape(
         [c for c in candidates if c.excluded is None and not same_shape(c.shape, chosen.shape)],
         objective,
@@ -511,10 +303,10 @@ def recommend_allocation(
         predictor_regret=regret,
         confidence=value,
         confidence_label=confidence_label(value),
-        objective=_objective_text(objective),
+        objective=objective_text(objective),
         rationale=rationale,
         alternatives=ranked[:3] + [c for c in candidates if c.excluded][:2],
-        nearest_runs=_past_runs(neighbours),
+        nearest_runs=past_runs(neighbours),
         history_runs=len(history),
         explored=chosen is not best,
     )
@@ -533,120 +325,3 @@ def _best_per_shape(candidates: Sequence[Candidate], objective: Objective) -> li
     for c in sorted(candidates, key=lambda c: _key(c, objective)):
         best.setdefault((c.workers, c.threads_per_worker, c.gpu, c.machine_type), c)
     return list(best.values())
-
-
-def _objective_text(objective: Objective) -> str:
-    if objective.kind == "time":
-        budget = f" within {objective.budget:.0f} core-s" if objective.budget else ""
-        return f"least time{budget}"
-    deadline = f" finishing within {objective.deadline_s:.0f}s" if objective.deadline_s else ""
-    return f"least cost{deadline}"
-
-
-def _job_text(job: JobFeatures) -> str:
-    if job.is_lightgbm:
-        return f"{job.n_rows:,} rows x {job.n_features} features, up to {job.n_estimators} rounds"
-    size = (
-        f"{job.size / 1e9:.3g} GB of input"
-        if job.bytes_in_memory
-        else (f"{job.n_rows:,} rows" if job.n_rows else "input of unknown size")
-    )
-    return f"job '{job.name or '?'}' ({job.family or 'no family'}), {size}"
-
-
-def _rationale(
-    job: JobFeatures,
-    chosen: Candidate,
-    best: Candidate,
-    candidates: Sequence[Candidate],
-    plan: TimePlan,
-    history: Sequence[RunProfile],
-    objective: Objective,
-    unit: str,
-) -> list[str]:
-    lines = [
-        f"{_objective_text(objective)}: {chosen.shape.label()} is predicted to take "
-        f"{chosen.predicted_time_s:.1f}s and cost {chosen.predicted_cost:.4g} {unit} "
-        f"for {_job_text(job)}."
-    ]
-    if not history:
-        lines.append(
-            "No run history yet: this is the prior alone (low confidence). "
-            "Every training run is recorded, so the next recommendations learn from it."
-        )
-    else:
-        own = sum(1 for r in history if r.use_case == job.name)
-        lines.append(
-            f"Learned from {len(history)} past run(s), {own} of this job; timed by "
-            f"'{chosen.predictor}' with {chosen.support:.1f} weighted run(s) behind it."
-        )
-    if plan.scores:
-        ranked = ", ".join(f"{s.name} {s.mean_regret:.0%} mean regret" for s in plan.scores[:4])
-        lines.append(
-            f"Predictors by leave-one-out on the history ({plan.scores[0].problems} held-out "
-            f"problem(s)): {ranked}."
-        )
-    if chosen is not best:
-        lines.append(
-            f"Exploring: {best.shape.label()} is predicted marginally better but nothing similar "
-            f"ran {chosen.shape.label()}; the expected saving on later runs pays for the probe."
-        )
-    excluded = [c for c in candidates if c.excluded]
-    if excluded:
-        lines.append(
-            f"{len(excluded)} shape(s) ruled out for memory, e.g. {excluded[0].shape.label()}: "
-            f"{excluded[0].excluded}."
-        )
-    if not memory_is_modelled(job):
-        lines.append(
-            "Memory: not predicted (the memory model is LightGBM's); only runs that ran out of "
-            "memory, or this job's failures, rule shapes out."
-        )
-    return lines
-
-
-def _gpu_reason(
-    chosen: Candidate,
-    candidates: Sequence[Candidate],
-    speedup: float,
-    gpu_jobs: int,
-    objective: Objective,
-    gpu_note: str | None,
-) -> str:
-    if any(c.gpu and c.machine_type for c in candidates):
-        verdict = "chosen" if chosen.gpu else "not chosen"
-        return (
-            f"GPU: {verdict}; GPU machine types are timed by their own measured curves and "
-            "priced from the machine catalogue."
-        )
-    basis = f"from {gpu_jobs} GPU run(s)" if gpu_jobs else "assumed, no GPU run measured yet"
-    if not any(c.gpu for c in candidates):
-        return f"GPU: not considered, {gpu_note or 'no GPU is available'}."
-    if chosen.gpu:
-        return (
-            f"GPU: chosen; predicted speed-up x{speedup:.1f} ({basis}) pays for its price of "
-            f"{objective.pricing.gpu_price_ratio:g} cores."
-        )
-    return (
-        f"GPU: available but not chosen; predicted speed-up x{speedup:.1f} ({basis}) does not "
-        f"pay for its price of {objective.pricing.gpu_price_ratio:g} cores for this job."
-    )
-
-
-def _past_runs(neighbours: Sequence[Neighbour], limit: int = 5) -> list[PastRun]:
-    runs = [
-        PastRun(
-            use_case=run.use_case,
-            dataset_version=run.dataset_version,
-            distance=round(n.distance, 3),
-            shape=run.shape.label(),
-            status=run.status,
-            time_s=round(run.total_time_s, 2),
-            peak_memory_mib=round(run.peak_memory_bytes / 2**20, 1)
-            if run.peak_memory_bytes
-            else None,
-        )
-        for n in neighbours
-        for run in sorted(n.runs, key=lambda r: r.total_time_s)[:2]
-    ]
-    return runs[:limit]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .allocation import Allocation
 from .history import RunProfile
-from .recommend import Allocation
 
 MIB = 2**20
 

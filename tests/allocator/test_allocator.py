@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from infra.allocator.allocation import Objective, Pricing
 from infra.allocator.history import (
     COLUMNS,
     ClusterShape,
@@ -14,14 +15,13 @@ from infra.allocator.history import (
     HistoryStore,
     JobFeatures,
     RunProfile,
-    export_history,
-    import_history,
 )
 from infra.allocator.model import fit_model
 from infra.allocator.planner import plan_allocation
 from infra.allocator.profiling import classify_failure
-from infra.allocator.recommend import Objective, Pricing, recommend_allocation
+from infra.allocator.recommend import recommend_allocation
 from infra.allocator.resources import Resources, candidate_shapes
+from infra.allocator.run_logs import export_history, import_history
 from mlops.config import AllocatorConfig, ClusterConfig, parse_config
 from mlops.errors import ConfigError
 

@@ -17,8 +17,6 @@ from infra.allocator.history import (
     HistoryStore,
     JobFeatures,
     RunProfile,
-    export_history,
-    import_history,
 )
 from infra.allocator.machines import (
     Catalogue,
@@ -31,6 +29,7 @@ from infra.allocator.machines import (
 from infra.allocator.planner import describe_job
 from infra.allocator.recommend import learned_gpu_speedup, recommend_allocation
 from infra.allocator.resources import machine_shapes, node_counts
+from infra.allocator.run_logs import export_history, import_history
 from mlops.errors import ConfigError
 
 MLOPS = str(Path(sys.executable).parent / "mlops")

@@ -9,8 +9,8 @@ from prefect.artifacts import Artifact
 from flows.preprocess import preprocess_flow
 from flows.retrain import retraining_pipeline_flow
 from flows.train import TrainingFailed, train_flow
+from infra.allocator.allocation import Allocation
 from infra.allocator.planner import open_history
-from infra.allocator.recommend import Allocation
 from mlops.settings import get_settings
 from model_registry.tracking import tracking_uri_for
 from tests.integration.conftest import bundled_config
