@@ -96,7 +96,6 @@ def prefect_server_command(state: StackState) -> list[str]:
 
 def mlflow_server_launch_for(state: StackState) -> MlflowServerLaunch:
     """The stack's MLflow server: backend store, artifacts and auth from settings."""
-
     settings = get_settings().model_copy(update={"home": Path(state.home)})
     return mlflow_server_launch(settings, state.host, state.mlflow_port)
 
