@@ -881,7 +881,7 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    from mlops.settings import QUIET_ENVIRONMENT
+    from infra.environment import QUIET_ENVIRONMENT
 
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)

@@ -505,7 +505,8 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     os.environ["PREFECT_HOME"] = str(base / "prefect")
     os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"  # stage tasks timed alone
-    from mlops.settings import Settings, configure_environment
+    from infra.environment import configure_environment
+    from mlops.settings import Settings
 
     configure_environment(Settings(home=base))
     from prefect import flow

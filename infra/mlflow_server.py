@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.stack import console_script
+from infra.stack.processes import console_script
 from mlops.errors import MlopsError
 from mlops.settings import Settings
 

@@ -27,7 +27,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from infra.stack import (
+from infra.stack.components import start_component, wait_ready
+from infra.stack.processes import is_alive, reap_orphans, recent_restarts
+from infra.stack.state import (
     RESTART_LIMIT,
     RESTART_WINDOW_SECONDS,
     SERVERS,
@@ -35,13 +37,8 @@ from infra.stack import (
     ProcessRecord,
     StackError,
     StackState,
-    is_alive,
     read_state,
-    reap_orphans,
-    recent_restarts,
     stack_lock,
-    start_component,
-    wait_ready,
 )
 
 logger = logging.getLogger("infra.supervisor")

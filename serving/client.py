@@ -1,7 +1,7 @@
-"""Talking to running serving instances: ask one to reload, score rows on it.
+"""Talking to running serving instances: ask one to reload or to write its log out, score rows.
 
-Used by the deploy stage. Every call names the instance in its error, so a failed deploy says
-which server did not answer or refused.
+Used by the deploy stage and by simulated traffic (``serving/traffic.py``). Every call names the
+instance in its error, so a failed deploy says which server did not answer or refused.
 """
 
 from __future__ import annotations
@@ -64,6 +64,29 @@ def request_reload(url: str, token: str | None, timeout_s: float) -> ReloadAnswe
         raise InstanceError(
             f"{url} answered the reload with {reply.status_code}: {reply.text[:300]}"
         ) from None
+
+
+@dataclass(frozen=True)
+class FlushAnswer:
+    """What ``POST /admin/flush-log`` said: the rows written in all (on 200), or its text."""
+
+    status_code: int
+    written_rows: int | None
+    text: str
+
+
+def request_log_flush(url: str, token: str, timeout_s: float = 60) -> FlushAnswer:
+    """Ask the instance at ``url`` to write its inference log out now (admin ``token``).
+
+    Raises:
+        httpx.HTTPError: the instance did not answer.
+    """
+    reply = httpx.post(
+        f"{url}/admin/flush-log", headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
+    )
+    if reply.status_code == 200:
+        return FlushAnswer(reply.status_code, reply.json()["written_rows"], reply.text)
+    return FlushAnswer(reply.status_code, None, reply.text)
 
 
 @dataclass(frozen=True)

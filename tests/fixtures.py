@@ -288,8 +288,9 @@ def started(
 @contextlib.contextmanager
 def mlflow_server(backend_store_uri: str, home: Path) -> Iterator[str]:
     """A real MLflow tracking server on a free loopback port; yields its URL."""
+    from infra.environment import QUIET_ENVIRONMENT
     from infra.mlflow_server import mlflow_server_launch
-    from mlops.settings import QUIET_ENVIRONMENT, Settings
+    from mlops.settings import Settings
     from tests.ports import free_port
 
     port = free_port()
@@ -337,7 +338,7 @@ class Servers:
 
 def clean_env(home: Path) -> dict[str, str]:
     """This process's environment without its Prefect/MLflow settings (the test harness's)."""
-    from mlops.settings import QUIET_ENVIRONMENT
+    from infra.environment import QUIET_ENVIRONMENT
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     return env | QUIET_ENVIRONMENT | {"MLOPS_HOME": str(home), "PREFECT_HOME": str(home / "p")}

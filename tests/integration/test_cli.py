@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from mlops.cli import app
+from cli.root import app
 from mlops.settings import get_settings
 from tests.fixtures import read_only_folder
 

@@ -22,10 +22,10 @@ from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.monitor import drift_monitor_flow
 from mlops.settings import get_settings
-from mlops.traffic import drift_rows, sample_rows
 from serving.app import score_body
 from serving.client import split_payload
 from serving.inference_log import InferenceLog, ParquetSink
+from serving.traffic import drift_rows, sample_rows
 from tasks.monitoring import DRIFT_EVENT, load_parquet_window
 from tasks.preprocessing import load_dataset_ref, read_split
 from tests.integration.conftest import bundled_config, markdown_artifacts, serving_process

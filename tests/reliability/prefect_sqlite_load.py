@@ -49,8 +49,8 @@ from pathlib import Path
 import httpx
 
 from infra.crash_detection import HEARTBEAT_SECONDS, ensure_crash_detection
+from infra.environment import QUIET_ENVIRONMENT
 from infra.prefect_sqlite import sqlite_server_env
-from mlops.settings import QUIET_ENVIRONMENT
 from tests.ports import free_port
 from tests.postgres import PostgresServer, postgres_server
 

@@ -33,7 +33,8 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
 from flows.retrain import PipelineResult
 from infra.crash_detection import AUTOMATION_NAME, SILENCE
-from infra.stack import StackState, http_ok, read_state
+from infra.stack.processes import http_ok
+from infra.stack.state import StackState, read_state
 from tests.ports import free_port
 from tests.stack.conftest import (
     MONITOR,

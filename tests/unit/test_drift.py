@@ -12,7 +12,7 @@ import pytest
 from mlops.config import MonitoringConfig
 from mlops.drift import MISSING, OTHER, categorical_drift, feature_drift, numeric_drift, psi
 from mlops.features import FeatureSpec
-from mlops.traffic import drift_rows
+from serving.traffic import drift_rows
 from tasks.monitoring import (
     DRIFT_EVENT,
     DriftReport,

@@ -9,9 +9,10 @@ import pytest
 
 from infra.allocator.resources import candidate_shapes, existing_cluster_resources
 from infra.dask_cluster import ClusterUnavailable, kube_cluster_spec
+from infra.environment import client_credentials
 from infra.mlflow_server import mlflow_server_launch
 from mlops.config import ClusterConfig
-from mlops.settings import Settings, client_credentials
+from mlops.settings import Settings
 
 GIB = 2**30
 PG = "postgresql://mlflow:pw@db.internal:5432/mlflow"

@@ -18,24 +18,18 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRu
 from infra.crash_detection import SILENCE, crash_silent_runs_automation
 from infra.mlflow_server import mlflow_server_launch
 from infra.schedules import describe_schedule, expects_runs
-from infra.stack import (
+from infra.stack.processes import is_alive, reap_orphans, start_process, stop_process
+from infra.stack.project import project_pools
+from infra.stack.state import (
     RESTART_LIMIT,
     ProcessRecord,
     StackError,
-    StackOptions,
     StackState,
-    StartedHere,
-    _state_to_reuse,
-    check_ports,
-    is_alive,
-    project_pools,
     read_state,
-    reap_orphans,
     stack_lock,
-    start_process,
-    stop_process,
     write_state,
 )
+from infra.stack.up import StackOptions, StartedHere, _state_to_reuse, check_ports
 from infra.storage import check_writable
 from infra.supervisor import due_for_restart, given_up, restart_delay
 from mlops.errors import StorageError
@@ -245,7 +239,7 @@ def test_the_stack_lock_is_held_by_one_holder_at_a_time(tmp_path):
     with stack_lock(tmp_path, timeout=0) as first:
         assert first
         script = (
-            "import sys; from pathlib import Path; from infra.stack import stack_lock\n"
+            "import sys; from pathlib import Path; from infra.stack.state import stack_lock\n"
             "with stack_lock(Path(sys.argv[1]), timeout=0) as held: print(held)"
         )
         other = subprocess.run(

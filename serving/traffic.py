@@ -1,5 +1,8 @@
 """Simulated serving traffic for the demo: held-out rows, optionally drifted, with their outcomes.
 
+``mlops simulate-traffic`` samples rows, sends them to a serving instance and writes their
+outcomes as delayed labels (the feedback files the drift monitor joins on request id).
+
 Rows are drawn (with replacement) from the champion's test split, so undrifted traffic looks
 like the data the model was trained on. ``drift_rows`` shifts every numeric input by one
 standard deviation of the reference and moves half the rows of every categorical input to its
@@ -13,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import fsspec
 import httpx
 import numpy as np
 import orjson
@@ -102,3 +106,18 @@ def feedback_frame(result: TrafficResult) -> pd.DataFrame:
         for row, label in enumerate(labels)
     ]
     return pd.DataFrame(records, columns=["request_id", "row", "label"])
+
+
+def write_feedback(feedback_root: str, model: str, result: TrafficResult) -> str:
+    """Write the sent rows' delayed labels as one new CSV under ``<feedback_root>/<model>/``.
+
+    Returns:
+        The file's URL.
+    """
+    folder = f"{feedback_root}/{model}"
+    fs, path = fsspec.core.url_to_fs(folder)
+    fs.makedirs(path, exist_ok=True)
+    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+    with fs.open(f"{path}/{name}", "w") as handle:
+        feedback_frame(result).to_csv(handle, index=False)
+    return f"{folder}/{name}"

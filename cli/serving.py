@@ -1,0 +1,97 @@
+"""Serving commands: ``serve`` a registered model, ``export`` it as a predictor bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli._utilities import fail
+from cli.root import app
+from mlops.errors import MlopsError
+from mlops.settings import get_settings
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Argument(help="NAME (its champion), NAME@alias, NAME/version or a models:/ URI."),
+    ],
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 5001).")] = None,
+    wait_for_model: Annotated[
+        bool,
+        typer.Option(
+            help="Start even if MODEL has no such version yet: answer 503 until a reload "
+            "(or the alias poll) finds it."
+        ),
+    ] = False,
+) -> None:
+    """Serve a registered model over MLflow's scoring protocol (POST /invocations).
+
+    Also answers /ping, /health, /version and /metrics (Prometheus). Clients written for
+    `mlflow models serve` work unchanged. A version is first loaded and checked in a child
+    process (a damaged model file cannot crash the server); when the alias moves, the new
+    version is checked that way, loaded beside the old one and swapped in without downtime: on
+    POST /admin/reload (Bearer MLOPS_SERVING_ADMIN_TOKEN) or every MLOPS_SERVING_POLL_S
+    seconds. Scored requests go to the inference log (MLOPS_INFERENCE_LOG: Parquet under the
+    artifact store by default, `sql`, or `off`), which the drift monitor reads. Ctrl-C stops it.
+    """
+    from serving.service import build_service, inference_log_target, run_service
+
+    settings = get_settings()
+    try:
+        service = build_service(settings, model)
+    except MlopsError as error:
+        fail(error)
+    try:
+        service.swapper.load_first()  # sets /health's last_reload_error when it fails
+    except MlopsError as error:
+        if not wait_for_model:
+            fail(error)
+        typer.echo(f"Waiting for {model}: {error}")
+    served = service.state.model
+    bind_host, bind_port = host or settings.serving_host, port or settings.serving_port
+    what = f"{served.name} version {served.version}" if served else f"{model} (once one loads)"
+    typer.echo(f"Serving {what} on http://{bind_host}:{bind_port}/invocations")
+    if service.log is not None:
+        typer.echo(
+            f"Inference log: {settings.inference_log_sample_rate:.0%} of requests to "
+            f"{inference_log_target(settings)}"
+        )
+    run_service(service, bind_host, bind_port)
+
+
+@app.command("export")
+def export_model(
+    model: Annotated[
+        str,
+        typer.Argument(help="NAME (its champion), NAME@alias, NAME/version or a models:/ URI."),
+    ],
+    out: Annotated[Path, typer.Option(help="New folder to write the bundle to.")],
+) -> None:
+    """Write a registered model as a self-contained predictor bundle (no MLflow or Prefect).
+
+    The bundle holds the native LightGBM model, its fitted feature transform, the feature code
+    the version was validated with, and pinned requirements: `pip install OUT`, then
+    `python -m <package> rows.csv`, or `from <package> import load` in Python.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from model_registry.export import export_bundle
+
+    settings = get_settings()
+    uri = settings.resolved_tracking_uri
+    try:
+        bundle = export_bundle(MlflowClient(uri, registry_uri=uri), model, out, uri)
+    except MlopsError as error:
+        fail(error)
+    typer.echo(f"Exported {bundle.model_name} version {bundle.version} to {bundle.path}")
+    typer.echo(f"  package      : {bundle.package}")
+    typer.echo(f"  requirements : {', '.join(bundle.requirements)}")
+    typer.echo(f"  install      : pip install {bundle.path}")
+    typer.echo(
+        f"  predict      : python -m {bundle.package} rows.csv   (or rows.json, or - for stdin)"
+    )

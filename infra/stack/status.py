@@ -1,0 +1,72 @@
+"""``mlops status``: each recorded component of the local stack, running or not, and healthy."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from infra.stack.components import pool_has_online_worker, prefect_api, server_specs
+from infra.stack.processes import http_ok, is_alive, recent_restarts
+from infra.stack.state import (
+    PREFECT_SERVER,
+    RESTART_LIMIT,
+    RESTART_WINDOW_SECONDS,
+    SUPERVISOR,
+    WORKER_PREFIX,
+    ProcessRecord,
+    StackState,
+)
+
+
+class ComponentStatus(BaseModel):
+    """One line of ``mlops status``."""
+
+    name: str
+    pid: int | None
+    healthy: bool
+    detail: str
+    url: str | None = None
+    restarts: int = 0
+
+
+def stack_status(state: StackState) -> list[ComponentStatus]:
+    """Each recorded component: running or not, healthy by its own measure, restarts."""
+    servers = server_specs(state)
+    answering = {name: http_ok(spec.health_url) for name, spec in servers.items()}
+    rows = []
+    for name, record in state.processes.items():
+        if not is_alive(record):
+            ok, detail = False, _not_running(record)
+        elif name in servers:
+            ok = answering[name]
+            detail = "healthy" if ok else "running, not responding"
+        elif name == SUPERVISOR:
+            ok, detail = True, "watching the others"
+        else:
+            ok = answering[PREFECT_SERVER] and _worker_online(
+                state, name.removeprefix(WORKER_PREFIX)
+            )
+            detail = "online" if ok else "running, not reported online"
+        rows.append(
+            ComponentStatus(
+                name=name,
+                pid=record.pid if is_alive(record) else None,
+                healthy=ok,
+                detail=detail,
+                url=record.url,
+                restarts=record.restarts,
+            )
+        )
+    return rows
+
+
+def _not_running(record: ProcessRecord) -> str:
+    recent = recent_restarts(record)
+    if len(recent) >= RESTART_LIMIT and record.name != SUPERVISOR:
+        minutes = RESTART_WINDOW_SECONDS // 60
+        return f"not running; supervisor gave up ({len(recent)} restarts in {minutes} min)"
+    return "not running"
+
+
+def _worker_online(state: StackState, pool: str) -> bool:
+    with prefect_api(state):
+        return pool_has_online_worker(pool)

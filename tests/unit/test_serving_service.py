@@ -1,0 +1,53 @@
+"""The serving service assembled from settings, and simulated traffic's delayed labels."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mlops.errors import ConfigError
+from mlops.settings import Settings
+from model_registry.registry import ModelReferenceError
+from serving.service import build_service, inference_log_target, serving_limits
+from serving.traffic import TrafficResult, write_feedback
+
+
+def test_a_file_is_refused_as_a_model_with_bad_input_exit_status(tmp_path):
+    with pytest.raises(ModelReferenceError, match="not a registered model") as refused:
+        build_service(Settings(home=tmp_path), "./model.pkl")
+    assert refused.value.exit_code == 2
+
+
+def test_a_sql_inference_log_without_its_url_is_a_config_error(tmp_path):
+    settings = Settings(home=tmp_path, inference_log="sql")
+    with pytest.raises(ConfigError, match="MLOPS_INFERENCE_LOG_URL"):
+        build_service(settings, "fraud-detector")
+
+
+def test_the_service_waits_for_its_first_version_with_the_settings_limits(tmp_path):
+    settings = Settings(
+        home=tmp_path, inference_log="off", serving_max_in_flight=7, serving_admin_token="t"
+    )
+    service = build_service(settings, "fraud-detector@champion")
+    assert service.state.model is None and service.log is None
+    assert service.state.limits == serving_limits(settings)
+    assert (service.state.limits.max_in_flight, service.state.limits.admin_token) == (7, "t")
+
+
+def test_the_inference_log_target_is_its_folder_or_its_database(tmp_path):
+    parquet = Settings(home=tmp_path)
+    assert inference_log_target(parquet) == str(parquet.inference_log_root)
+    sql = Settings(home=tmp_path, inference_log="sql", inference_log_url="sqlite:///x.db")
+    assert inference_log_target(sql) == "sqlite:///x.db"
+
+
+def test_delayed_labels_are_written_one_row_per_scored_row(tmp_path):
+    sent = TrafficResult(request_ids=["a", "b"], labels=[["1"], ["0", "1"]])
+    where = write_feedback(str(tmp_path / "feedback"), "fraud-detector", sent)
+    assert where.startswith(f"{tmp_path / 'feedback'}/fraud-detector/") and where.endswith(".csv")
+    written = pd.read_csv(where, dtype=str)
+    assert written.to_dict("records") == [
+        {"request_id": "a", "row": "0", "label": "1"},
+        {"request_id": "b", "row": "0", "label": "0"},
+        {"request_id": "b", "row": "1", "label": "1"},
+    ]
