@@ -222,7 +222,7 @@ def score_model_on_split(
 
 
 @task(name="score-model", retries=1, retry_delay_seconds=5, persist_result=False)
-def score_model_task(
+def score_model(
     config: PipelineConfig, model_uri: str, dataset: DatasetRef, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score a logged model on a split."""
@@ -239,7 +239,7 @@ class EvaluationResult(BaseModel):
     primary_metric: str
 
 
-def log_evaluation(
+def log_evaluation_run(
     client: MlflowClient,
     experiment_id: str,
     dataset: DatasetRef,
@@ -280,7 +280,7 @@ def log_evaluation(
 
 
 @task(name="log-evaluation")
-def log_evaluation_task(
+def log_evaluation(
     config: PipelineConfig,
     dataset: DatasetRef,
     model: TrainingResult,
@@ -290,6 +290,6 @@ def log_evaluation_task(
 ) -> EvaluationResult:
     """Compute the test metrics and log them to MLflow."""
     client, experiment_id = experiment_for(config)
-    return log_evaluation(
+    return log_evaluation_run(
         client, experiment_id, dataset, model, targets, scores, parent_run_id, lineage_tags(config)
     )
