@@ -5,7 +5,8 @@ then answer with the new version; the smoke test sends held-out test rows and re
 registry model's predictions (its files loaded natively, on the same rows) and a p95
 single-row latency within the use case's budget. With no instance configured, the same check
 runs on the serving code in this process. Any failure rolls ``champion`` back to the version
-before (compare-and-set) and tells the instances to reload again.
+before (compare-and-set) and tells the instances to reload again. Every promotion and rollback
+of a model takes the lock :func:`promotion_lock` names.
 """
 
 from __future__ import annotations
