@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import matplotlib
 
@@ -25,8 +25,12 @@ from model_registry.loading import ModelStore
 from tasks.preprocessing import read_split
 from tasks.tracking import experiment_for, lineage_tags, model_store
 
-if TYPE_CHECKING:
-    from tasks.training import TrainingResult
+
+class LoggedModel(Protocol):
+    """What evaluation needs of a trained model (a ``TrainingResult``): its run and its files."""
+
+    run_id: str
+    model_uri: str
 
 
 def classification_metrics(
@@ -243,7 +247,7 @@ def log_evaluation_run(
     client: MlflowClient,
     experiment_id: str,
     dataset: DatasetRef,
-    model: TrainingResult,
+    model: LoggedModel,
     targets: np.ndarray,
     scores: np.ndarray,
     parent_run_id: str | None,
@@ -283,7 +287,7 @@ def log_evaluation_run(
 def log_evaluation(
     config: PipelineConfig,
     dataset: DatasetRef,
-    model: TrainingResult,
+    model: LoggedModel,
     targets: np.ndarray,
     scores: np.ndarray,
     parent_run_id: str | None,
