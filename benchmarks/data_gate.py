@@ -87,7 +87,7 @@ KINDS = (
 
 
 def gate(config, reference, suite, uri, store: str) -> tuple[Any, float, int]:
-    from tasks.data_validation import run_data_gate
+    from tasks.data_gate import run_data_gate
     from tasks.preprocessing import fingerprint_source, preprocess_dataset
 
     candidate = preprocess_dataset(config, store, fingerprint_source(config.data))
@@ -100,7 +100,7 @@ def gate(config, reference, suite, uri, store: str) -> tuple[Any, float, int]:
 
 def run_generator(generator: str, rows: int, seeds: int, base: Path) -> dict[str, Any]:
     from mlops.synthetic import write_dataset
-    from tasks.data_validation import load_or_derive_suite
+    from tasks.data_gate import load_or_derive_suite
     from tasks.preprocessing import fingerprint_source, preprocess_dataset
 
     store = str(base / "store")

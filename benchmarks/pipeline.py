@@ -117,7 +117,7 @@ def run_plain(config, work: Path) -> dict[str, Any]:
     from infra.dask_cluster import dask_client
     from mlops.prediction import class_scores, predict_frame
     from mlops.settings import get_settings
-    from tasks.data_validation import load_or_derive_suite, run_data_gate
+    from tasks.data_gate import load_or_derive_suite, run_data_gate
     from tasks.evaluation import compute_metrics
     from tasks.preprocessing import fingerprint_source, preprocess_dataset, read_split
     from tasks.training import train_lightgbm_on_dask

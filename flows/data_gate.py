@@ -7,12 +7,12 @@ from prefect import flow
 from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from mlops.gates import DataGateResult
-from tasks.data_validation import (
-    derive_suite_task,
-    enforce_data_gate_task,
-    find_reference_task,
-    record_data_gate_task,
-    validate_dataset_task,
+from tasks.data_gate import (
+    derive_expectation_suite,
+    enforce_data_gate,
+    find_reference_dataset,
+    record_data_gate,
+    validate_dataset,
 )
 
 
@@ -33,11 +33,11 @@ def data_gate_flow(
     Raises:
         DataValidationError: naming each failed expectation, observed vs allowed.
     """
-    reference, origin = find_reference_task(config, dataset)
-    suite, suite_uri = derive_suite_task(config, reference)
-    result = validate_dataset_task(
+    reference, origin = find_reference_dataset(config, dataset)
+    suite, suite_uri = derive_expectation_suite(config, reference)
+    result = validate_dataset(
         dataset, reference, origin, suite, suite_uri, config.data_gate.max_rows_validated
     )
-    result = record_data_gate_task(config, result, parent_run_id)
-    enforce_data_gate_task(result, config.data.source)
+    result = record_data_gate(config, result, parent_run_id)
+    enforce_data_gate(result, config.data.source)
     return result

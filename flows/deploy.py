@@ -8,12 +8,12 @@ from prefect.states import Failed, State
 from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from model_registry.registry import RegisteredVersion
-from tasks.deployment import (
+from tasks.deploy import (
     DeployResult,
-    go_live_task,
-    promote_version_task,
-    record_deployment_task,
-    roll_back_task,
+    go_live,
+    promote_to_champion,
+    record_deploy,
+    roll_back,
 )
 
 
@@ -41,10 +41,10 @@ def deploy_flow(
             refused if another version took ``champion`` since.
         parent_run_id: MLflow run to nest this stage's run under (the pipeline's).
     """
-    promotion = promote_version_task(config, candidate, expected_champion)
-    outcome = go_live_task(config, dataset, candidate)
-    restored = None if outcome.passed else roll_back_task(config, promotion, outcome.reason)
-    result = record_deployment_task(config, candidate, promotion, outcome, restored, parent_run_id)
+    promotion = promote_to_champion(config, candidate, expected_champion)
+    outcome = go_live(config, dataset, candidate)
+    restored = None if outcome.passed else roll_back(config, promotion, outcome.reason)
+    result = record_deploy(config, candidate, promotion, outcome, restored, parent_run_id)
     if result.verdict == "rolled-back":
         return rolled_back_state(result)
     return result

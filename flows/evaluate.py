@@ -6,7 +6,7 @@ from prefect import flow
 
 from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
-from tasks.evaluation import EvaluationResult, log_evaluation_task, score_model_task
+from tasks.evaluation import EvaluationResult, log_evaluation, score_model
 from tasks.training import TrainingResult
 
 
@@ -18,5 +18,5 @@ def evaluate_flow(
     parent_run_id: str | None = None,
 ) -> EvaluationResult:
     """Compute test-split metrics of the trained model and log them with plots."""
-    targets, scores = score_model_task(config, training.model_uri, dataset, "test")
-    return log_evaluation_task(config, dataset, training, targets, scores, parent_run_id)
+    targets, scores = score_model(config, training.model_uri, dataset, "test")
+    return log_evaluation(config, dataset, training, targets, scores, parent_run_id)

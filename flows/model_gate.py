@@ -9,12 +9,12 @@ from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from mlops.gates import DataGateResult
 from model_registry.registry import RegisteredVersion
-from tasks.promotion import (
+from tasks.model_gate import (
     GateDecision,
-    compare_with_champion_task,
+    compare_with_champion,
     decide,
-    find_champion_task,
-    record_ledger_task,
+    find_champion,
+    record_gate_ledger,
     rejected_state,
 )
 
@@ -40,8 +40,8 @@ def model_gate_flow(
         data_gate: The data gate's result, for the ledger.
         parent_run_id: MLflow run to nest this stage's run under (the pipeline's).
     """
-    champion = find_champion_task(config)
-    comparison = compare_with_champion_task(config, dataset, candidate, champion)
-    ledger = record_ledger_task(config, candidate, champion, data_gate, comparison, parent_run_id)
+    champion = find_champion(config)
+    comparison = compare_with_champion(config, dataset, candidate, champion)
+    ledger = record_gate_ledger(config, candidate, champion, data_gate, comparison, parent_run_id)
     decision = decide(ledger, comparison)
     return decision if ledger.passed else rejected_state(decision)

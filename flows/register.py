@@ -8,7 +8,7 @@ from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from model_registry.registry import RegisteredVersion
 from tasks.evaluation import EvaluationResult
-from tasks.registration import register_model_task
+from tasks.registration import register_model
 from tasks.training import TrainingResult
 
 
@@ -21,4 +21,4 @@ def register_flow(
     parent_run_id: str | None = None,
 ) -> RegisteredVersion:
     """Register the evaluated model as ``challenger``; only the model gate makes a champion."""
-    return register_model_task(config, dataset, training, evaluation, parent_run_id)
+    return register_model(config, dataset, training, evaluation, parent_run_id)

@@ -18,11 +18,11 @@ from mlops.config import PipelineConfig, resolve_config
 from mlops.dataset import DatasetRef
 from model_registry.registry import RegisteredVersion
 from model_registry.tracking import tracking_uri_for
-from tasks.allocation import recommend_allocation_task
-from tasks.deployment import DeployResult
+from tasks.allocation import recommend_allocation
+from tasks.deploy import DeployResult
 from tasks.evaluation import EvaluationResult
-from tasks.promotion import GateDecision
-from tasks.tracking import close_pipeline_run_task, open_pipeline_run_task
+from tasks.model_gate import GateDecision
+from tasks.tracking import close_pipeline_run, open_pipeline_run
 from tasks.training import TrainingResult
 
 TRAIN_GPU_DEPLOYMENT = "train-gpu"
@@ -150,7 +150,7 @@ def retraining_pipeline_flow(
             or the whole config.
     """
     config = resolve_config(config)
-    parent = open_pipeline_run_task(config)
+    parent = open_pipeline_run(config)
     try:
         dataset = run_stage(preprocess_flow, config=config, parent_run_id=parent)
         checked = None
@@ -158,7 +158,7 @@ def retraining_pipeline_flow(
             checked = run_stage(
                 data_gate_flow, config=config, dataset=dataset, parent_run_id=parent
             )
-        allocation = recommend_allocation_task(config, dataset)
+        allocation = recommend_allocation(config, dataset)
         training = run_stage(
             train_flow,
             deployment=TRAIN_GPU_DEPLOYMENT if allocation.gpu else None,
@@ -199,7 +199,7 @@ def retraining_pipeline_flow(
             )
         deployed = deploy_outcome(deploy_state) if deploy_state else None
     except BaseException as error:
-        close_pipeline_run_task(config, parent, None, error=f"{type(error).__name__}: {error}")
+        close_pipeline_run(config, parent, None, error=f"{type(error).__name__}: {error}")
         raise
     result = summarise_pipeline(
         config, dataset, training, evaluation, registered, decision, deployed, parent
@@ -212,7 +212,7 @@ def retraining_pipeline_flow(
     }
     if deployed:
         summary["deploy.verdict"] = deployed.verdict
-    close_pipeline_run_task(config, parent, summary)
+    close_pipeline_run(config, parent, summary)
     if decision.verdict == "rejected":
         return Failed(name="Rejected", message=gate_state.message, data=result)
     if result.decision == "rolled-back":

@@ -11,7 +11,7 @@ from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from mlops.errors import MlopsError
 from mlops.settings import get_settings
-from tasks.allocation import publish_allocation_task, recommend_allocation_task, record_run_task
+from tasks.allocation import publish_allocation, recommend_allocation, record_training_run
 from tasks.training import TrainingResult, log_training_task, train_model_task
 
 
@@ -41,19 +41,19 @@ def train_flow(
     Raises:
         TrainingFailed: when no planned cluster could train the model.
     """
-    allocation = allocation or recommend_allocation_task(config, dataset)
+    allocation = allocation or recommend_allocation(config, dataset)
     work_uri = f"{get_settings().resolved_artifact_store}/training/{uuid.uuid4().hex}"
     attempts = []
     for _ in range(config.training.allocator.max_replans + 1):
         attempt = train_model_task(dataset, config.training, allocation, work_uri)
-        record_run_task(attempt.profile)
+        record_training_run(attempt.profile)
         attempts.append((allocation, attempt.profile))
         if attempt.trained is not None or attempt.profile.status != "out-of-memory":
             break
-        allocation = recommend_allocation_task(config, dataset)  # learns from the failure
+        allocation = recommend_allocation(config, dataset)  # learns from the failure
         if any(allocation.shape == tried.shape for tried, _ in attempts):
             break  # nothing else fits the use case's limits: retrying the same shape is futile
-    publish_allocation_task(config.name, allocation, attempts)
+    publish_allocation(config.name, allocation, attempts)
     if attempt.trained is None:
         raise TrainingFailed(failure_message(attempts, attempt.error))
     return log_training_task(config, dataset, attempt, allocation, parent_run_id)

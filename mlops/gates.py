@@ -2,7 +2,10 @@
 
 Both gates produce :class:`GateCheck` records; :class:`GateLedger` collects them for one
 candidate and renders them the same way everywhere (Prefect markdown artifact, MLflow tags,
-the CLI), so whoever looks at either UI reads why a model was or wasn't promoted.
+the CLI), so whoever looks at either UI reads why a model was or wasn't promoted. These are the
+records the gates share; the gates themselves are :mod:`tasks.data_gate` and
+:mod:`tasks.model_gate`, their checks :mod:`tasks.data_gate_checks` and
+:mod:`tasks.model_gate_checks`.
 """
 
 from __future__ import annotations

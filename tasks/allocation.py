@@ -36,7 +36,7 @@ def recommend_for_dataset(config: PipelineConfig, dataset: DatasetRef) -> Alloca
 
 
 @task(name="recommend-allocation", retries=2, retry_delay_seconds=[2, 10])
-def recommend_allocation_task(config: PipelineConfig, dataset: DatasetRef) -> Allocation:
+def recommend_allocation(config: PipelineConfig, dataset: DatasetRef) -> Allocation:
     """Ask the allocator for this run's cluster and log the answer."""
     allocation = recommend_for_dataset(config, dataset)
     logger = get_run_logger()
@@ -47,7 +47,7 @@ def recommend_allocation_task(config: PipelineConfig, dataset: DatasetRef) -> Al
 
 
 @task(name="record-training-run", retries=2, retry_delay_seconds=[2, 10])
-def record_run_task(profile: RunProfile) -> None:
+def record_training_run(profile: RunProfile) -> None:
     """Add a measured run (successful or not) to the allocator's history."""
     store = open_history(get_settings())
     try:
@@ -57,7 +57,7 @@ def record_run_task(profile: RunProfile) -> None:
 
 
 @task(name="publish-allocation")
-def publish_allocation_task(
+def publish_allocation(
     use_case: str, allocation: Allocation, attempts: list[tuple[Allocation, RunProfile]]
 ) -> None:
     """The allocation report as a Prefect markdown artifact on the train run."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import matplotlib
 
@@ -25,8 +25,12 @@ from model_registry.loading import ModelStore
 from tasks.preprocessing import read_split
 from tasks.tracking import experiment_for, lineage_tags, model_store
 
-if TYPE_CHECKING:
-    from tasks.training import TrainingResult
+
+class LoggedModel(Protocol):
+    """What evaluation needs of a trained model (a ``TrainingResult``): its run and its files."""
+
+    run_id: str
+    model_uri: str
 
 
 def classification_metrics(
@@ -222,7 +226,7 @@ def score_model_on_split(
 
 
 @task(name="score-model", retries=1, retry_delay_seconds=5, persist_result=False)
-def score_model_task(
+def score_model(
     config: PipelineConfig, model_uri: str, dataset: DatasetRef, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score a logged model on a split."""
@@ -239,11 +243,11 @@ class EvaluationResult(BaseModel):
     primary_metric: str
 
 
-def log_evaluation(
+def log_evaluation_run(
     client: MlflowClient,
     experiment_id: str,
     dataset: DatasetRef,
-    model: TrainingResult,
+    model: LoggedModel,
     targets: np.ndarray,
     scores: np.ndarray,
     parent_run_id: str | None,
@@ -280,16 +284,16 @@ def log_evaluation(
 
 
 @task(name="log-evaluation")
-def log_evaluation_task(
+def log_evaluation(
     config: PipelineConfig,
     dataset: DatasetRef,
-    model: TrainingResult,
+    model: LoggedModel,
     targets: np.ndarray,
     scores: np.ndarray,
     parent_run_id: str | None,
 ) -> EvaluationResult:
     """Compute the test metrics and log them to MLflow."""
     client, experiment_id = experiment_for(config)
-    return log_evaluation(
+    return log_evaluation_run(
         client, experiment_id, dataset, model, targets, scores, parent_run_id, lineage_tags(config)
     )

@@ -104,7 +104,7 @@ def _not_refused(task: Any, task_run: Any, state: Any) -> bool:
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_not_refused,
 )
-def register_model_task(
+def register_model(
     config: PipelineConfig,
     dataset: DatasetRef,
     training: TrainingResult,

@@ -81,7 +81,7 @@ def ended_flow_runs(flow_run_ids: list[str]) -> set[str]:
 
 
 @task(name="open-pipeline-run", retries=3, retry_delay_seconds=[2, 10, 30])
-def open_pipeline_run_task(config: PipelineConfig) -> str:
+def open_pipeline_run(config: PipelineConfig) -> str:
     """Create the pipeline's parent MLflow run; stages nest their runs under it.
 
     First ends the runs that killed flow runs left RUNNING in the experiment. A try that fails
@@ -100,7 +100,7 @@ def open_pipeline_run_task(config: PipelineConfig) -> str:
 
 
 @task(name="close-pipeline-run", retries=3, retry_delay_seconds=[2, 10, 30])
-def close_pipeline_run_task(
+def close_pipeline_run(
     config: PipelineConfig, run_id: str, summary: dict[str, Any] | None, error: str | None = None
 ) -> None:
     """Record the outcome on the parent run and end it FINISHED or FAILED."""

@@ -8,15 +8,15 @@ import pytest
 from mlops.config import DataConfig, DataGateConfig
 from mlops.errors import DataValidationError
 from mlops.gates import DataGateResult
-from tasks.data_validation import (
+from tasks.data_gate import (
     data_gate_error,
-    enforce_data_gate,
-    interpret_results,
     load_validation_frame,
+    raise_if_data_gate_failed,
     run_data_gate,
-    validate_frame,
+    to_validation_frame,
 )
-from tasks.expectations import derive_suite, profile_reference, to_validation_frame
+from tasks.data_gate_checks import derive_suite, profile_reference
+from tasks.gx_checkpoint import interpret_results, validate_frame
 from tests.data_checks.conftest import make_dataset, split_rows
 
 DATA = DataConfig(source="toy.csv", target="label", id_column="row_id")
@@ -130,7 +130,7 @@ def test_enforce_raises_with_every_failure_in_words(suite, tmp_path):
         checks=list(checks.values()),
     )
     with pytest.raises(DataValidationError) as error:
-        enforce_data_gate(result, "toy.csv")
+        raise_if_data_gate_failed(result, "toy.csv")
     message = str(error.value)
     assert message == data_gate_error(result, "toy.csv")
     assert "column set matches the reference" in message and "missing ['city']" in message

@@ -15,7 +15,7 @@ from flows.retrain import retraining_pipeline_flow
 from mlops.settings import get_settings
 from model_registry.registry import RegisteredVersion
 from serving.client import split_payload
-from tasks.deployment import DeployResult, held_out_rows
+from tasks.deploy import DeployResult, held_out_rows
 from tests.integration.conftest import (
     bundled_config,
     markdown_artifacts,

@@ -22,7 +22,7 @@ from mlops.errors import DataValidationError, PromotionConflict
 from mlops.settings import get_settings
 from mlops.synthetic import write_dataset
 from model_registry.promotion import promote_to_champion
-from tasks.promotion import promotion_lock
+from tasks.deploy import promotion_lock
 from tests.integration.conftest import bundled_config, markdown_artifacts
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 
 from mlops.settings import get_settings
-from tasks.tracking import open_pipeline_run_task
+from tasks.tracking import open_pipeline_run
 from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 @flow(name="open-run-probe")
 def open_run_probe(config):
-    return open_pipeline_run_task(config, return_state=True)
+    return open_pipeline_run(config, return_state=True)
 
 
 def test_a_tracking_server_that_comes_up_late_is_retried(fraud_config, tmp_path, monkeypatch):

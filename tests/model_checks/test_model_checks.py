@@ -9,7 +9,7 @@ from mlops.dataset import TARGET_COLUMN
 from mlops.errors import ConfigError
 from mlops.gates import GateCheck, GateLedger, ledger_markdown
 from model_registry.ledger import ledger_tags
-from tasks.model_validation import (
+from tasks.model_gate_checks import (
     allowed_bound,
     check_metric_names,
     floor_checks,

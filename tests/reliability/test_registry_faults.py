@@ -35,8 +35,8 @@ from model_registry.registry import (
     alias_version,
     register_model_version,
 )
-from tasks.model_validation import compare_with_champion
-from tasks.tracking import lineage_tags, open_pipeline_run_task
+from tasks.model_gate_checks import run_model_checks
+from tasks.tracking import lineage_tags, open_pipeline_run
 from tests.fixtures import MODEL_DAMAGE, damaged_copy, mlflow_server, register_files
 from tests.reliability.figures import Figures
 
@@ -211,7 +211,7 @@ def test_a_retried_pipeline_run_opening_leaves_no_run_running(tmp_path, prefect_
     experiment = client.create_experiment(
         config.experiment_name, artifact_location=(blocker / "artifacts").as_uri()
     )
-    opened = open_pipeline_run_task.with_options(retries=3, retry_delay_seconds=0)
+    opened = open_pipeline_run.with_options(retries=3, retry_delay_seconds=0)
 
     @flow(name="open-only")
     def open_only() -> str:
@@ -258,7 +258,7 @@ def test_runs_of_a_killed_flow_run_are_ended_by_the_next_pipeline(tmp_path, pref
 
     @flow(name="next-pipeline")
     def next_pipeline() -> str:
-        return open_pipeline_run_task(config)
+        return open_pipeline_run(config)
 
     with _tracking_uri(uri):
         started = time.monotonic()
@@ -316,7 +316,7 @@ def test_a_corrupt_champion_fails_the_gate_without_crashing_it(registry, tmp_pat
     champion = ChampionRef(version=version, model_uri=f"models:/{MODEL}/{version}")
     candidate = f"models:/{MODEL}/{registry['version']}"
     started = time.monotonic()
-    comparison = compare_with_champion(
+    comparison = run_model_checks(
         registry["dataset"], candidate, champion, registry["config"].model_gate, store
     )
     seconds = time.monotonic() - started

@@ -10,7 +10,7 @@ from infra.stage_runner import StageFailed, as_declared, declared_output, stage_
 from mlops.errors import DataValidationError
 from mlops.gates import DataGateResult
 from model_registry.registry import RegisteredVersion
-from tasks.promotion import GateDecision
+from tasks.model_gate import GateDecision
 from tasks.training import TrainingResult
 
 VERSION = {"name": "m", "version": "3", "alias": "challenger", "run_id": "r", "model_uri": "u"}

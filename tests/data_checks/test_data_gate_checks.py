@@ -4,12 +4,8 @@ import pandas as pd
 import pytest
 
 from mlops.config import DataConfig, DataGateConfig, ValueRange
-from tasks.expectations import (
-    class_share_bounds,
-    derive_suite,
-    profile_reference,
-    to_validation_frame,
-)
+from tasks.data_gate import to_validation_frame
+from tasks.data_gate_checks import class_share_bounds, derive_suite, profile_reference
 from tests.data_checks.conftest import make_dataset, split_rows
 
 DATA = DataConfig(source="toy.csv", target="label", id_column="row_id")

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from mlops.config import DeployConfig
-from tasks.deployment import compare_predictions, judge_smoke_test
+from tasks.deploy import compare_predictions, judge_smoke_test
 
 EXPECTED = pd.DataFrame({"prediction": ["0", "1", "0"], "probability": [0.1, 0.9, 0.2]})
 FAST = [0.001] * 20

@@ -1,18 +1,17 @@
-"""The data gate: run the derived suite on a candidate dataset with Great Expectations.
+"""The data gate: a candidate dataset version checked against its reference before training.
 
-:func:`validate_frame` runs the suite from :mod:`tasks.expectations` in a GX checkpoint that
-also renders Data Docs; :func:`interpret_results` turns GX's results into
-:class:`~mlops.gates.GateCheck` records whose text names the column, the observed value, what was
-allowed and a few offending rows. :func:`run_data_gate` does both for a dataset version and stores
-the report beside it; the flow raises when the gate fails (GX itself never does).
+:func:`find_reference` picks the reference (the champion's training data, or the candidate
+itself); :func:`load_or_derive_suite` reads or derives the suite of checks
+(:mod:`tasks.data_gate_checks`, where a new check goes); :func:`run_data_gate` runs it in a GX
+checkpoint (:mod:`tasks.gx_checkpoint`) on the candidate's rows and stores the report beside
+them; :func:`log_data_gate` records it in MLflow; :func:`raise_if_data_gate_failed` is the
+decision (GX itself never raises). The Prefect tasks of the ``data-gate`` flow are at the end.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,32 +22,53 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel
 
 from infra.caching import CACHE_EXPIRATION, inputs_and_code
 from mlops.config import DataConfig, DataGateConfig, PipelineConfig
-from mlops.dataset import SPLITS, DatasetRef
+from mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef
 from mlops.errors import DataValidationError
 from mlops.gates import DataGateResult, GateCheck, artifact_key, checks_table
 from model_registry import tracking
 from model_registry.registry import CHAMPION, version_by_alias
-from tasks.expectations import (
+from tasks.data_gate_checks import (
+    ROW_COUNT,
     column_kinds,
     derive_suite,
     profile_reference,
     suite_name_for,
-    to_validation_frame,
 )
+from tasks.gx_checkpoint import interpret_results, validate_frame
 from tasks.preprocessing import load_dataset_ref
 from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_ROWS = 5  # offending rows shown per failed check
 SAMPLE_SEED = 20_240_601  # rows drawn when a dataset is larger than max_rows_validated
 
 
 # ---------------------------------------------------------------- the frame that is validated
+
+
+def decode_target(codes: np.ndarray, task: str, classes: list[str] | None) -> pd.Series:
+    """The target as users know it: class labels (text) or the regression value."""
+    if task == "regression" or not classes:
+        return pd.Series(codes, dtype="float64")
+    labels = np.asarray(classes, dtype=object)[codes.astype(int)]
+    return pd.Series(labels, dtype="string")
+
+
+def to_validation_frame(frame: pd.DataFrame, dataset: DatasetRef) -> pd.DataFrame:
+    """Replace the raw target by its decoded form; timestamps as naive UTC. Returns a new frame."""
+    codes = frame[TARGET_COLUMN].to_numpy(dtype="float64")
+    out = frame.drop(columns=[TARGET_COLUMN]).assign(
+        **{dataset.target: decode_target(codes, dataset.task, dataset.classes).to_numpy()}
+    )
+    for column in out.columns:
+        if isinstance(out[column].dtype, pd.DatetimeTZDtype):
+            out[column] = out[column].dt.tz_convert("UTC").dt.tz_localize(None)
+    if dataset.task != "regression":
+        out[dataset.target] = out[dataset.target].astype("string")
+    return out
 
 
 def load_validation_frame(dataset: DatasetRef, max_rows: int | None = None) -> pd.DataFrame:
@@ -79,212 +99,6 @@ def _part_files(dataset: DatasetRef) -> list[str]:
             fs.unstrip_protocol(f) if "://" in dataset.split_uris[split] else f for f in found
         ]
     return files
-
-
-# ---------------------------------------------------------------- running the suite with GX
-
-
-class Validation(BaseModel):
-    """GX's validation result (as JSON) and where its Data Docs were rendered."""
-
-    success: bool
-    result: dict[str, Any]
-    data_docs_dir: str
-
-
-def validate_frame(frame: pd.DataFrame, suite: dict[str, Any], out_dir: Path) -> Validation:
-    """Run the suite on the frame in a GX checkpoint that renders Data Docs.
-
-    GX does not raise when expectations fail; the caller decides what a failure means.
-
-    Args:
-        frame: The rows to validate.
-        suite: Suite JSON from :func:`derive_suite` (with its ``name`` set).
-        out_dir: Local folder; the Data Docs site is copied to ``out_dir/data_docs``.
-
-    Returns:
-        The validation result and the Data Docs folder.
-    """
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    with tempfile.TemporaryDirectory(prefix="gx-") as project:
-        context = gx.get_context(mode="file", project_root_dir=project)
-        context.enable_analytics(False)
-        context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        batch = (
-            context.data_sources.add_pandas("candidate")
-            .add_dataframe_asset("dataset")
-            .add_batch_definition_whole_dataframe("all-rows")
-        )
-        expectation_suite = context.suites.add(gx.ExpectationSuite(**suite))
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name="data-gate", data=batch, suite=expectation_suite)
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name="data-gate",
-                validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs")],
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS},
-            )
-        )
-        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-        (result,) = outcome.run_results.values()
-        site = Path(project) / "gx" / "uncommitted" / "data_docs" / "local_site"
-        docs = out_dir / "data_docs"
-        # GX's static folder holds 3 MB of tutorial animations the reports never show.
-        shutil.copytree(site, docs, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.gif"))
-    return Validation(
-        success=bool(outcome.success),
-        result=json.loads(json.dumps(result.to_json_dict(), default=_jsonable)),
-        data_docs_dir=str(docs),
-    )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
-
-
-# ---------------------------------------------------------------- reading GX's results
-
-
-def interpret_results(
-    validation: dict[str, Any], frame: pd.DataFrame, suite: dict[str, Any], context: list[str]
-) -> list[GateCheck]:
-    """One :class:`GateCheck` per expectation, in suite order, with readable details.
-
-    A column-level expectation that could not run because its column is missing or has the
-    wrong type is reported as skipped with that reason (the column or type check fails instead).
-
-    Args:
-        validation: GX's validation result as JSON.
-        frame: The validated rows (for samples of offending rows).
-        suite: The suite that was run (gives the order).
-        context: Columns shown beside an offending value (row key, target).
-    """
-    results = validation["results"]
-    broken = _broken_columns(results)
-    by_check = {r["expectation_config"]["meta"]["check"]: r for r in results}
-    order = [e["meta"]["check"] for e in suite["expectations"]]
-    return [_check_from_result(by_check[name], frame, broken, context) for name in order]
-
-
-def _broken_columns(results: list[dict[str, Any]]) -> dict[str, str]:
-    """Columns that are missing or of the wrong type, and why."""
-    broken: dict[str, str] = {}
-    for item in results:
-        config, outcome = item["expectation_config"], item["result"]
-        if config["type"] == "expect_table_columns_to_match_set" and not item["success"]:
-            for column in (outcome.get("details") or {}).get("mismatched", {}).get("missing", []):
-                broken[column] = "the column is missing"
-        if config["type"] == "expect_column_values_to_be_in_type_list" and not item["success"]:
-            broken.setdefault(config["kwargs"]["column"], "the column has the wrong type")
-    return broken
-
-
-def _check_from_result(
-    item: dict[str, Any], frame: pd.DataFrame, broken: dict[str, str], context: list[str]
-) -> GateCheck:
-    config, outcome = item["expectation_config"], item["result"]
-    meta, kwargs = config["meta"], config["kwargs"]
-    raised = (item.get("exception_info") or {}).get("raised_exception")
-    column = kwargs.get("column")
-    measure = meta["measure"]
-    verdict = "pass" if item["success"] else "fail"
-    detail = ""
-    missing = broken.get(column) == "the column is missing"
-    if column in broken and (missing or measure != "type"):
-        verdict, detail = "skip", f"not evaluated: {broken[column]}"
-    elif raised:
-        message = item["exception_info"].get("exception_message") or "unknown error"
-        detail = f"could not be evaluated: {message}"
-    elif not item["success"]:
-        detail = _failure_detail(measure, outcome, frame, column, context, kwargs)
-    return GateCheck(
-        gate="data",
-        name=meta["check"],
-        description=meta["description"],
-        value=None if raised or verdict == "skip" else _measured_value(measure, outcome),
-        unit="share" if measure in _SHARES else "",
-        threshold=meta["allowed"],
-        verdict=verdict,
-        detail=detail,
-    )
-
-
-_SHARES = ("unexpected_share", "class_share_in", "class_share_out", "null_share")
-
-
-def _measured_value(measure: str, outcome: dict[str, Any]) -> float | str | None:
-    if measure == "unexpected_share":
-        return float(outcome.get("unexpected_percent") or 0.0) / 100
-    if measure == "class_share_in":
-        return 1.0 - float(outcome.get("unexpected_percent") or 0.0) / 100
-    if measure == "class_share_out":
-        return float(outcome.get("unexpected_percent") or 0.0) / 100
-    if measure == "null_share":
-        observed = outcome.get("observed_value")
-        return None if observed is None else 1.0 - float(observed)
-    if measure == "columns":
-        return f"{len(outcome.get('observed_value') or [])} columns"
-    observed = outcome.get("observed_value")
-    return observed if isinstance(observed, str) or observed is None else float(observed)
-
-
-def _failure_detail(
-    measure: str,
-    outcome: dict[str, Any],
-    frame: pd.DataFrame,
-    column: str | None,
-    context: list[str],
-    kwargs: dict[str, Any],
-) -> str:
-    if measure == "columns":
-        mismatch = (outcome.get("details") or {}).get("mismatched", {})
-        parts = []
-        if mismatch.get("missing"):
-            parts.append(f"missing {sorted(mismatch['missing'])}")
-        if mismatch.get("unexpected"):
-            parts.append(f"unexpected {sorted(mismatch['unexpected'])}")
-        return "; ".join(parts)
-    if measure == "type":
-        return f"found {outcome.get('observed_value')}"
-    count, total = int(outcome.get("unexpected_count") or 0), int(outcome.get("element_count") or 0)
-    if measure in ("class_share_in", "class_share_out"):
-        label = kwargs["value_set"][0]
-        rows = total - count if measure == "class_share_in" else count
-        return f"{rows:,} of {total:,} rows are '{label}'"
-    if measure == "unexpected_share":
-        sample = sample_rows(frame, outcome, column, context)
-        return f"{count:,} of {total:,} rows offend; e.g. {sample}"
-    return ""
-
-
-def sample_rows(
-    frame: pd.DataFrame, outcome: dict[str, Any], column: str | None, context: list[str]
-) -> str:
-    """A few offending rows, as ``row N (key=..., target=...): column=value`` text."""
-    indices = [i for i in outcome.get("partial_unexpected_index_list") or [] if isinstance(i, int)]
-    if not indices:
-        values = outcome.get("partial_unexpected_list") or []
-        return ", ".join(repr(v) for v in values[:SAMPLE_ROWS]) or "n/a"
-    rows = frame.loc[indices[:SAMPLE_ROWS]]
-    keys = [c for c in context if c in frame.columns and c != column]
-    described = []
-    for index, row in rows.iterrows():
-        shown = ", ".join(f"{k}={_plain(row[k])!r}" for k in keys)
-        described.append(f"row {index} ({shown}): {column}={_plain(row[column])!r}")
-    return "; ".join(described)
-
-
-def _plain(value: Any) -> Any:
-    """numpy/pandas scalars as Python ones, so they print without their type names."""
-    if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
 
 
 # ---------------------------------------------------------------- storage
@@ -372,7 +186,7 @@ def run_data_gate(
     sampled = len(frame) < rows_total
     by_gx = suite
     if sampled:
-        kept = [e for e in suite["expectations"] if e["type"] != _ROW_COUNT]
+        kept = [e for e in suite["expectations"] if e["type"] != ROW_COUNT]
         by_gx = {**suite, "expectations": kept}
     folder = f"{candidate.uri}/data-gate/{suite['name']}"
     with tempfile.TemporaryDirectory(prefix="data-gate-") as tmp:
@@ -404,14 +218,11 @@ def run_data_gate(
     return result
 
 
-_ROW_COUNT = "expect_table_row_count_to_be_between"
-
-
 def _with_exact_row_count(
     suite: dict[str, Any], checks: list[GateCheck], rows_total: int
 ) -> list[GateCheck]:
     """The checks with the row-count expectation evaluated on the exact count, in suite order."""
-    found = [e for e in suite["expectations"] if e["type"] == _ROW_COUNT]
+    found = [e for e in suite["expectations"] if e["type"] == ROW_COUNT]
     if not found:
         return checks
     expectation = found[0]
@@ -476,7 +287,7 @@ def data_gate_error(result: DataGateResult, source: str) -> str:
     )
 
 
-def enforce_data_gate(result: DataGateResult, source: str) -> None:
+def raise_if_data_gate_failed(result: DataGateResult, source: str) -> None:
     """Stop the pipeline when the data gate failed.
 
     Raises:
@@ -566,25 +377,29 @@ def log_data_gate(
 
 
 @task(name="find-reference-dataset", retries=2, retry_delay_seconds=[2, 10])
-def find_reference_task(config: PipelineConfig, candidate: DatasetRef) -> tuple[DatasetRef, str]:
+def find_reference_dataset(config: PipelineConfig, candidate: DatasetRef) -> tuple[DatasetRef, str]:
     """Find the champion's training data (or use the candidate as the first reference)."""
     client, _ = experiment_for(config)
     return find_reference(client, config.model.name, candidate)
 
 
 @task(name="derive-expectation-suite", retries=1, retry_delay_seconds=5)
-def derive_suite_task(config: PipelineConfig, reference: DatasetRef) -> tuple[dict[str, Any], str]:
+def derive_expectation_suite(
+    config: PipelineConfig, reference: DatasetRef
+) -> tuple[dict[str, Any], str]:
     """Read the stored suite for the reference, or derive and store it."""
     return load_or_derive_suite(reference, config.data_gate, config.data)
 
 
 @task(
     name="validate-dataset",
-    cache_policy=inputs_and_code("tasks.data_validation", "tasks.expectations", "mlops.gates"),
+    cache_policy=inputs_and_code(
+        "tasks.data_gate", "tasks.data_gate_checks", "tasks.gx_checkpoint", "mlops.gates"
+    ),
     cache_expiration=CACHE_EXPIRATION,
     result_serializer="json",
 )
-def validate_dataset_task(
+def validate_dataset(
     candidate: DatasetRef,
     reference: DatasetRef,
     reference_origin: str,
@@ -599,7 +414,7 @@ def validate_dataset_task(
 
 
 @task(name="record-data-gate")
-def record_data_gate_task(
+def record_data_gate(
     config: PipelineConfig, result: DataGateResult, parent_run_id: str | None
 ) -> DataGateResult:
     """Log the data gate to MLflow and summarise it in a Prefect markdown artifact."""
@@ -615,6 +430,6 @@ def record_data_gate_task(
 
 
 @task(name="enforce-data-gate")
-def enforce_data_gate_task(result: DataGateResult, source: str) -> None:
+def enforce_data_gate(result: DataGateResult, source: str) -> None:
     """Raise when the data gate failed (GX reports failures; it never raises)."""
-    enforce_data_gate(result, source)
+    raise_if_data_gate_failed(result, source)

@@ -1,12 +1,16 @@
-"""The model gate: a candidate version against the current champion on the same held-out rows.
+"""The model gate's checks: a candidate version against the current champion on the same rows.
+
+A new model-gate check goes here: a function that returns :class:`~mlops.gates.GateCheck`
+records, called from :func:`run_model_checks` when its ``model_gate`` setting is on (the
+settings are ``ModelGateConfig`` in :mod:`mlops.config`).
 
 Both models are loaded from their files in the tracking store, natively (never unpickled, and
 checked in a separate process first, see :mod:`model_registry.loading`), and score the
 candidate dataset's test split. The checks, each configurable in ``model_gate`` (``null`` turns
 one off): absolute floors on test metrics, no regression of the primary metric against the
 champion beyond a tolerance, the same per value of configured categorical columns (slices), a
-p95 single-row latency budget and a model-size budget. Each check is a
-:class:`~mlops.gates.GateCheck`; the gate's decision is that none failed.
+p95 single-row latency budget and a model-size budget. The gate's decision, that none failed,
+is :mod:`tasks.model_gate`'s.
 """
 
 from __future__ import annotations
@@ -329,7 +333,7 @@ def score_champion(
         return Scored(loaded=None, scores=None, problem=problem)
 
 
-def compare_with_champion(
+def run_model_checks(
     dataset: DatasetRef,
     candidate_uri: str,
     champion: ChampionRef | None,

@@ -5,7 +5,8 @@ then answer with the new version; the smoke test sends held-out test rows and re
 registry model's predictions (its files loaded natively, on the same rows) and a p95
 single-row latency within the use case's budget. With no instance configured, the same check
 runs on the serving code in this process. Any failure rolls ``champion`` back to the version
-before (compare-and-set) and tells the instances to reload again.
+before (compare-and-set) and tells the instances to reload again. Every promotion and rollback
+of a model takes the lock :func:`promotion_lock` names.
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
+from infra.locks import exclusive, lock_name
 from mlops.config import DeployConfig, PipelineConfig
 from mlops.dataset import DatasetRef
 from mlops.gates import artifact_key
 from mlops.settings import get_settings
+from model_registry import promotion as registry_promotion
 from model_registry import tracking
-from model_registry.promotion import Promotion, promote_to_champion, roll_back_promotion
+from model_registry.promotion import Promotion, roll_back_promotion
 from model_registry.registry import RegisteredVersion
 from serving.client import InstanceError, replica_urls, request_reload, score, served_model
 from serving.loader import ServedModel, load_served_model
 from serving.payload import Rows
 from tasks.preprocessing import read_split
-from tasks.promotion import promotion_lock
 from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
@@ -253,7 +255,7 @@ def reload_instances(urls: list[str], version: str, timeout_s: float) -> dict[st
     return outcomes
 
 
-def go_live(config: PipelineConfig, dataset: DatasetRef, version: str) -> GoLive:
+def reload_and_smoke_test(config: PipelineConfig, dataset: DatasetRef, version: str) -> GoLive:
     """Reload every instance onto ``version`` and smoke-test it; never raises for a failed check."""
     urls = instances_of(config.model.name)
     try:  # each instance loads and checks the version itself before it swaps
@@ -273,7 +275,7 @@ def go_live(config: PipelineConfig, dataset: DatasetRef, version: str) -> GoLive
     return GoLive(passed=not failed, reason=reason, reloads=reloads, checks=checks, instances=urls)
 
 
-def deployment_markdown(result: DeployResult) -> str:
+def deploy_markdown(result: DeployResult) -> str:
     """The Prefect artifact: what went live where, and each smoke check."""
     lines = [
         f"# Deploy: {result.model_name} version {result.version} — **{result.verdict}**",
@@ -299,28 +301,31 @@ def _number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def promotion_lock(model_name: str):
+    """The lock every promotion of ``model_name`` takes (a Prefect global concurrency limit)."""
+    return lambda: exclusive(lock_name("mlops-promote", model_name))
+
+
 # ---------------------------------------------------------------- the Prefect tasks
 
 
 @task(name="promote-to-champion")
-def promote_version_task(
+def promote_to_champion(
     config: PipelineConfig, candidate: RegisteredVersion, expected_champion: str | None
 ) -> Promotion:
     """Make the candidate champion (former champion -> previous), unless the champion moved."""
     client, _ = experiment_for(config)
-    return promote_to_champion(
+    return registry_promotion.promote_to_champion(
         client, candidate.name, candidate.version, expected_champion, promotion_lock(candidate.name)
     )
 
 
 @task(name="go-live")
-def go_live_task(
-    config: PipelineConfig, dataset: DatasetRef, candidate: RegisteredVersion
-) -> GoLive:
+def go_live(config: PipelineConfig, dataset: DatasetRef, candidate: RegisteredVersion) -> GoLive:
     """Reload the serving instances onto the candidate and smoke-test them."""
     experiment_for(config)  # points MLflow at the config's tracking store before loading models
     try:
-        outcome = go_live(config, dataset, candidate.version)
+        outcome = reload_and_smoke_test(config, dataset, candidate.version)
     except Exception as error:  # a check that cannot run is a failed check: roll back
         reason = f"The smoke test could not run: {type(error).__name__}: {error}"
         outcome = GoLive(passed=False, reason=reason, reloads={}, checks=[])
@@ -331,7 +336,7 @@ def go_live_task(
 
 
 @task(name="roll-back", retries=2, retry_delay_seconds=[2, 10])
-def roll_back_task(config: PipelineConfig, promotion: Promotion, reason: str) -> str | None:
+def roll_back(config: PipelineConfig, promotion: Promotion, reason: str) -> str | None:
     """Put the former champion back and tell the instances to reload onto it."""
     client, _ = experiment_for(config)
     restored = roll_back_promotion(client, promotion, reason, promotion_lock(promotion.model_name))
@@ -348,8 +353,8 @@ def roll_back_task(config: PipelineConfig, promotion: Promotion, reason: str) ->
     return restored
 
 
-@task(name="record-deployment", retries=2, retry_delay_seconds=[2, 10])
-def record_deployment_task(
+@task(name="record-deploy", retries=2, retry_delay_seconds=[2, 10])
+def record_deploy(
     config: PipelineConfig,
     candidate: RegisteredVersion,
     promotion: Promotion,
@@ -397,7 +402,7 @@ def record_deployment_task(
                     metrics[f"smoke_{number}_{name}"] = value
         tracking.log_metrics(client, run_id, metrics)
         tracking.set_tags(client, run_id, tags)
-        markdown = deployment_markdown(result)
+        markdown = deploy_markdown(result)
         client.log_text(run_id, markdown, "deployment.md")
         run.status = "FINISHED" if deployed else "FAILED"
     create_markdown_artifact(

@@ -1,12 +1,18 @@
-"""Deriving the data gate's expectation suite from a reference dataset (pure functions, no GX).
+"""The data gate's checks: an expectation suite derived from a reference dataset (no GX run).
+
+A new data-gate check goes here: a builder that returns one expectation in GX's suite JSON form
+(:func:`_expectation`), called from :func:`derive_suite` when its name is in ``data_gate.checks``
+(the names are ``DataCheck`` in :mod:`mlops.config`), and, when it needs a statistic of the
+reference, a field of :class:`ColumnProfile` filled by :func:`profile_reference`.
 
 The reference is the dataset the current champion was trained on (or, before there is a
 champion, the candidate itself: the first accepted dataset). :func:`profile_reference` summarises
 its rows; :func:`derive_suite` turns that profile, the columns the config declares and the gate's
-tolerances into a Great Expectations suite in GX's own JSON form: the exact column set and types,
-nulls, numeric ranges, categorical value sets, row-count bounds, target class balance, and mean /
-standard deviation / median within a tolerance. Every expectation carries, in its ``meta``, the
-check id, a description and what was allowed, so the report can say it in words.
+tolerances into a Great Expectations suite: the exact column set and types, nulls, numeric ranges,
+categorical value sets, row-count bounds, target class balance, and mean / standard deviation /
+median within a tolerance. Every expectation carries, in its ``meta``, the check id, a
+description, what was allowed and how its result is measured (read by
+:mod:`tasks.gx_checkpoint`), so the report can say it in words.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ import json
 import math
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
 from mlops.config import DataConfig, DataGateConfig
-from mlops.dataset import TARGET_COLUMN, DatasetRef
+from mlops.dataset import DatasetRef
 
 SUITE_FORMAT = "1"  # bump when derive_suite changes what it produces
+COLUMN_SET = "expect_table_columns_to_match_set"
+COLUMN_TYPE = "expect_column_values_to_be_in_type_list"
+ROW_COUNT = "expect_table_row_count_to_be_between"
 ColumnKind = Literal["numeric", "categorical", "datetime", "key", "target"]
 _TYPE_NAMES: dict[str, list[str]] = {
     "numeric": ["float64", "Float64", "float32", "int64", "Int64"],
@@ -60,7 +68,7 @@ class ReferenceProfile(BaseModel):
     class_shares: dict[str, float] | None = None
 
 
-# ---------------------------------------------------------------- the frame that is validated
+# ---------------------------------------------------------------- the reference profile
 
 
 def column_kinds(dataset: DatasetRef, columns: list[str]) -> dict[str, ColumnKind]:
@@ -79,31 +87,6 @@ def column_kinds(dataset: DatasetRef, columns: list[str]) -> dict[str, ColumnKin
         else:
             kinds[column] = "key"
     return kinds
-
-
-def decode_target(codes: np.ndarray, task: str, classes: list[str] | None) -> pd.Series:
-    """The target as users know it: class labels (text) or the regression value."""
-    if task == "regression" or not classes:
-        return pd.Series(codes, dtype="float64")
-    labels = np.asarray(classes, dtype=object)[codes.astype(int)]
-    return pd.Series(labels, dtype="string")
-
-
-def to_validation_frame(frame: pd.DataFrame, dataset: DatasetRef) -> pd.DataFrame:
-    """Replace the raw target by its decoded form; timestamps as naive UTC. Returns a new frame."""
-    codes = frame[TARGET_COLUMN].to_numpy(dtype="float64")
-    out = frame.drop(columns=[TARGET_COLUMN]).assign(
-        **{dataset.target: decode_target(codes, dataset.task, dataset.classes).to_numpy()}
-    )
-    for column in out.columns:
-        if isinstance(out[column].dtype, pd.DatetimeTZDtype):
-            out[column] = out[column].dt.tz_convert("UTC").dt.tz_localize(None)
-    if dataset.task != "regression":
-        out[dataset.target] = out[dataset.target].astype("string")
-    return out
-
-
-# ---------------------------------------------------------------- the reference profile
 
 
 def _numeric_stats(values: pd.Series) -> dict[str, float | None]:
@@ -257,7 +240,7 @@ def derive_suite(
 
 def _columns_expectation(columns: list[str]) -> dict[str, Any]:
     return _expectation(
-        "expect_table_columns_to_match_set",
+        COLUMN_SET,
         "table.columns",
         "column set matches the reference",
         f"exactly {len(columns)} columns: {', '.join(columns)}",
@@ -280,7 +263,7 @@ def _row_count_expectation(reference_rows: int, gate: DataGateConfig) -> list[di
     bounds = f"{low or 0:,} to {f'{high:,}' if high is not None else 'any'} rows"
     return [
         _expectation(
-            "expect_table_row_count_to_be_between",
+            ROW_COUNT,
             "table.row_count",
             "row count within bounds",
             f"{bounds} (reference {reference_rows:,})",
@@ -293,7 +276,7 @@ def _row_count_expectation(reference_rows: int, gate: DataGateConfig) -> list[di
 
 def _type_expectation(column: str, kind: ColumnKind) -> dict[str, Any]:
     return _expectation(
-        "expect_column_values_to_be_in_type_list",
+        COLUMN_TYPE,
         f"column.{column}.type",
         f"'{column}' is {kind}",
         f"{kind} ({' / '.join(_TYPE_NAMES[kind][:2])})",

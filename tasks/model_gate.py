@@ -1,7 +1,10 @@
-"""The model gate's decision: the ledger of both gates, recorded, then pass or rejection.
+"""The model gate: a registered candidate judged against the champion; pass or rejection.
 
-A candidate that passes is promoted by the deploy stage (:mod:`tasks.deployment`), under the
-lock :func:`promotion_lock` names, against the champion the gate compared it with.
+:func:`compare_with_champion` runs the checks (:mod:`tasks.model_gate_checks`, where a new check
+goes); :func:`record_gate_ledger` writes the ledger of both gates to the candidate's run and
+version (:mod:`model_registry.ledger`), a ``model-gate`` MLflow run and a Prefect artifact;
+:func:`decide` is the decision. A candidate that passes is promoted by the deploy stage
+(:mod:`tasks.deploy`), against the champion the gate compared it with.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 from pydantic import BaseModel
 
-from infra.locks import exclusive, lock_name
 from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from mlops.gates import DataGateResult, GateCheck, GateLedger, artifact_key, ledger_markdown
@@ -21,7 +23,7 @@ from model_registry import tracking
 from model_registry.ledger import record_ledger
 from model_registry.promotion import ChampionRef, current_champion
 from model_registry.registry import RegisteredVersion
-from tasks.model_validation import Comparison, compare_with_champion
+from tasks.model_gate_checks import Comparison, run_model_checks
 from tasks.tracking import experiment_for, lineage_tags, model_store
 
 
@@ -77,11 +79,6 @@ def build_ledger(
     )
 
 
-def promotion_lock(model_name: str):
-    """The lock every promotion of ``model_name`` takes (a Prefect global concurrency limit)."""
-    return lambda: exclusive(lock_name("mlops-promote", model_name))
-
-
 def rejected_state(decision: GateDecision) -> State:
     """The state a gate (and the pipeline) ends in when the candidate is rejected."""
     return Failed(
@@ -92,28 +89,46 @@ def rejected_state(decision: GateDecision) -> State:
     )
 
 
+def decide(ledger: GateLedger, comparison: Comparison) -> GateDecision:
+    """The gate's decision from its ledger."""
+    return GateDecision(
+        model_name=ledger.model_name,
+        candidate_version=ledger.candidate_version,
+        verdict="passed" if ledger.passed else "rejected",
+        champion_before=ledger.champion_version,
+        reason=ledger.reason(),
+        primary_metric=comparison.primary_metric,
+        candidate_metrics=comparison.candidate_metrics,
+        champion_metrics=comparison.champion_metrics,
+        ledger=ledger,
+    )
+
+
+# ---------------------------------------------------------------- Prefect tasks
+
+
 @task(name="find-champion", retries=2, retry_delay_seconds=[2, 10])
-def find_champion_task(config: PipelineConfig) -> ChampionRef | None:
+def find_champion(config: PipelineConfig) -> ChampionRef | None:
     """The current champion of the config's model, or None."""
     client, _ = experiment_for(config)
     return current_champion(client, config.model.name)
 
 
 @task(name="compare-with-champion")
-def compare_with_champion_task(
+def compare_with_champion(
     config: PipelineConfig,
     dataset: DatasetRef,
     candidate: RegisteredVersion,
     champion: ChampionRef | None,
 ) -> Comparison:
     """Score candidate and champion on the test split and run the model checks."""
-    return compare_with_champion(
+    return run_model_checks(
         dataset, candidate.model_uri, champion, config.model_gate, model_store(config)
     )
 
 
 @task(name="record-gate-ledger")
-def record_ledger_task(
+def record_gate_ledger(
     config: PipelineConfig,
     candidate: RegisteredVersion,
     champion: ChampionRef | None,
@@ -150,18 +165,3 @@ def record_ledger_task(
         description=f"Gate ledger of {candidate.name} version {candidate.version}: {ledger.verdict}",
     )
     return ledger
-
-
-def decide(ledger: GateLedger, comparison: Comparison) -> GateDecision:
-    """The gate's decision from its ledger."""
-    return GateDecision(
-        model_name=ledger.model_name,
-        candidate_version=ledger.candidate_version,
-        verdict="passed" if ledger.passed else "rejected",
-        champion_before=ledger.champion_version,
-        reason=ledger.reason(),
-        primary_metric=comparison.primary_metric,
-        candidate_metrics=comparison.candidate_metrics,
-        champion_metrics=comparison.champion_metrics,
-        ledger=ledger,
-    )
