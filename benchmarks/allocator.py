@@ -170,7 +170,8 @@ def sweep(work: Path, count: int, repeats: int) -> None:
     from infra.allocator.profiling import (
         job_features,
     )
-    from tasks.preprocessing import fingerprint_source, preprocess_dataset
+    from mlops.source import fingerprint_source
+    from tasks.preprocessing import preprocess_dataset
 
     store = HistoryStore(f"sqlite:///{work / 'history.db'}")
     done = {(r.use_case, r.shape, int(r.source.rsplit("-", 1)[-1])) for r in store.runs()}
