@@ -53,6 +53,7 @@ class DriftReport(BaseModel):
 
     @property
     def drifted_features(self) -> list[str]:
+        """The names of the features that drifted."""
         return [f.column for f in self.features if f.drifted]
 
 
@@ -60,6 +61,8 @@ class DriftReport(BaseModel):
 
 
 def judge_performance(check: PerformanceCheck, max_drop: float) -> PerformanceCheck:
+    """The check with its verdict: degraded when the metric is more than ``max_drop`` (relative)
+    worse than on the champion's test split."""
     if check.value is None or check.champion_test_value is None:
         check.detail = f"{check.metric} could not be computed on the labelled rows"
         return check

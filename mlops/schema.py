@@ -30,10 +30,12 @@ class ColumnSchema:
 
     @property
     def feature_columns(self) -> list[str]:
+        """The columns the model sees: numeric, datetime, categorical."""
         return [*self.numeric, *self.datetime, *self.categorical]
 
     @property
     def kept_columns(self) -> list[str]:
+        """The columns written: keys, features and the target, each once."""
         return list(dict.fromkeys([*self.key_columns, *self.feature_columns, self.target]))
 
 

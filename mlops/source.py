@@ -24,8 +24,8 @@ def detect_format(source: str, declared: str) -> str:
 def open_source(cfg: DataConfig) -> dd.DataFrame:
     """Open the source lazily as a partitioned Dask DataFrame.
 
-    CSV columns are read as text and typed by :func:`coerce_frame`, so a column whose first
-    block looks like integers and a later block has blanks reads fine.
+    CSV columns are read as text and typed by :func:`mlops.schema.coerce_frame`, so a column
+    whose first block looks like integers and a later block has blanks reads fine.
 
     Raises:
         DataError: if the source does not exist or cannot be read as the detected format.

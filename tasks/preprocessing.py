@@ -2,7 +2,9 @@
 
 Plain functions do the work (tested without Prefect); the ``*_task`` objects at the bottom are
 the thin Prefect wrappers the preprocess flow calls. The source is read lazily and in
-partitions, twice at most: one pass for the profile and one for writing the splits.
+partitions, twice at most: one pass for the profile and one for writing the splits. The source
+is opened by :mod:`mlops.source`, its columns typed by :mod:`mlops.schema`, and the version's
+files written beside :class:`~mlops.dataset.DatasetRef` by :mod:`mlops.dataset`.
 """
 
 from __future__ import annotations
@@ -305,6 +307,7 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
 
 
 def read_head(source: dd.DataFrame, name: str, rows: int = 5000) -> pd.DataFrame:
+    """The first ``rows`` rows of the source (from its first partitions), read errors as the data's."""
     return _compute(lambda: source.head(rows, npartitions=min(source.npartitions, 4)), name)
 
 
