@@ -171,7 +171,8 @@ def sweep(work: Path, count: int, repeats: int) -> None:
         job_features,
     )
     from infra.allocator.run_logs import export_history
-    from tasks.preprocessing import fingerprint_source, preprocess_dataset
+    from mlops.source import fingerprint_source
+    from tasks.preprocessing import preprocess_dataset
 
     store = HistoryStore(f"sqlite:///{work / 'history.db'}")
     done = {(r.use_case, r.shape, int(r.source.rsplit("-", 1)[-1])) for r in store.runs()}

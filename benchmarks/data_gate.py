@@ -87,8 +87,9 @@ KINDS = (
 
 
 def gate(config, reference, suite, uri, store: str) -> tuple[Any, float, int]:
+    from mlops.source import fingerprint_source
     from tasks.data_gate import run_data_gate
-    from tasks.preprocessing import fingerprint_source, preprocess_dataset
+    from tasks.preprocessing import preprocess_dataset
 
     candidate = preprocess_dataset(config, store, fingerprint_source(config.data))
     started = time.perf_counter()
@@ -99,9 +100,10 @@ def gate(config, reference, suite, uri, store: str) -> tuple[Any, float, int]:
 
 
 def run_generator(generator: str, rows: int, seeds: int, base: Path) -> dict[str, Any]:
+    from mlops.source import fingerprint_source
     from mlops.synthetic import write_dataset
     from tasks.data_gate import load_or_derive_suite
-    from tasks.preprocessing import fingerprint_source, preprocess_dataset
+    from tasks.preprocessing import preprocess_dataset
 
     store = str(base / "store")
     source = write_dataset(generator, rows, base / f"{generator}-ref.parquet", seed=1)

@@ -115,11 +115,13 @@ def make_config(source: Path, memory_limit: str, rounds: int):
 def run_plain(config, work: Path) -> dict[str, Any]:
     """The stage functions without Prefect or MLflow (the model gate needs MLflow: not here)."""
     from infra.dask_cluster import dask_client
+    from mlops.dataset import read_split
     from mlops.prediction import class_scores, predict_frame
     from mlops.settings import get_settings
+    from mlops.source import fingerprint_source
     from tasks.data_gate import load_or_derive_suite, run_data_gate
     from tasks.evaluation import compute_metrics
-    from tasks.preprocessing import fingerprint_source, preprocess_dataset, read_split
+    from tasks.preprocessing import preprocess_dataset
     from tasks.training import train_lightgbm_on_dask
 
     timings: dict[str, Any] = {}
@@ -218,9 +220,9 @@ def run_single_process(dataset, config) -> dict[str, Any]:
     import lightgbm as lgb
     import numpy as np
 
+    from mlops.dataset import read_split
     from mlops.features import build_features
     from tasks.evaluation import compute_metrics
-    from tasks.preprocessing import read_split
     from tasks.training import lightgbm_params
 
     timings: dict[str, Any] = {}

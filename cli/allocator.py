@@ -57,8 +57,8 @@ def allocator_export(
     file: Annotated[Path, typer.Argument(help="Destination .csv or .parquet file.")],
 ) -> None:
     """Write the whole run history to CSV or Parquet (columns: docs/allocator.md)."""
-    from infra.allocator.run_logs import export_history
     from infra.allocator.planner import open_history
+    from infra.allocator.run_logs import export_history
 
     try:
         store = open_history(get_settings())
@@ -82,8 +82,8 @@ def allocator_import(
     (MLOPS_ALLOCATOR_MACHINES extends it); columns that are not history columns are kept as
     the job's params. docs/allocator.md maps a foreign log, with a worked example.
     """
-    from infra.allocator.run_logs import import_history
     from infra.allocator.planner import open_catalogue, open_history
+    from infra.allocator.run_logs import import_history
 
     settings = get_settings()
     try:

@@ -110,7 +110,9 @@ def simulate_traffic(
     hot-swapped into the serving instance. All of it shows in the Prefect and MLflow UIs.
     """
     from infra.stack.state import read_state
-    from serving.traffic import write_feedback
+    from mlops.feedback import write_feedback
+    from mlops.storage import artifact_store
+    from serving.traffic import feedback_frame
 
     settings = get_settings()
     state = read_state(settings.home_dir)
@@ -124,7 +126,8 @@ def simulate_traffic(
     except (MlopsError, OSError) as error:
         fail(error if isinstance(error, MlopsError) else MlopsError(f"{target_url}: {error}"))
     if labels and sent.request_ids:
-        where = write_feedback(settings.feedback_root, model_name, sent)
+        folder = artifact_store(settings).feedback_folder(model_name)
+        where = write_feedback(folder, feedback_frame(sent))
         typer.echo(f"Delayed labels of {len(sent.request_ids)} requests: {where}")
     _flush_inference_log(target_url, token, settings.inference_log_flush_s)
     if not run_monitor:
@@ -140,9 +143,9 @@ def _send_simulated_traffic(
 ) -> Any:
     from mlflow.tracking import MlflowClient
 
+    from mlops.dataset import read_split
     from serving.traffic import drift_rows, sample_rows, send_traffic
     from tasks.monitoring import champion_dataset
-    from tasks.preprocessing import read_split
 
     uri = get_settings().resolved_tracking_uri
     found = champion_dataset(MlflowClient(uri, registry_uri=uri), model)  # MlopsError if gone
@@ -194,7 +197,7 @@ def _monitor_and_follow(config: Path | None, timeout: float) -> None:
 
     from infra.deployments import follow, wait_for_triggered_run
     from infra.deployments import trigger as trigger_deployment
-    from tasks.monitoring import DriftReport
+    from mlops.drift_report import DriftReport
 
     parameters = {}
     if config is not None:

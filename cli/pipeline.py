@@ -46,8 +46,10 @@ def preflight(config: PipelineConfig) -> None:
         StorageError: the artifact store cannot be written (exit 1: not bad input).
         MlopsError: the data or config is unusable (exit 2).
     """
-    from infra.storage import check_artifact_store
-    from tasks.preprocessing import ensure_synthetic_source, infer_schema, open_source, read_head
+    from mlops.schema import infer_schema
+    from mlops.source import open_source
+    from mlops.storage import check_artifact_store
+    from tasks.preprocessing import ensure_synthetic_source, read_head
 
     check_artifact_store(get_settings())
     if ensure_synthetic_source(config.data):
@@ -359,8 +361,9 @@ def recommend(
 def _recommend_use_case(config: Path | None, data: str | None, target: str | None) -> Any:
     pipeline_config = _config_from_options(config, data, target)
     preflight(pipeline_config)
+    from mlops.source import fingerprint_source
     from tasks.allocation import recommend_for_dataset
-    from tasks.preprocessing import fingerprint_source, preprocess_dataset
+    from tasks.preprocessing import preprocess_dataset
 
     dataset = preprocess_dataset(
         pipeline_config,

@@ -7,12 +7,8 @@ from typing import Any
 from prefect import flow
 
 from mlops.config import PipelineConfig, resolve_config
-from tasks.monitoring import (
-    DriftReport,
-    emit_drift_event_task,
-    measure_drift_task,
-    record_drift_task,
-)
+from mlops.drift_report import DriftReport
+from tasks.monitoring import emit_drift_event_task, measure_drift_task, record_drift_task
 
 DEFAULT_CONFIG = "configs/fraud_detection.yaml"
 

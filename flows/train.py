@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 from prefect import flow
 
-from infra.allocator.recommend import Allocation
+from infra.allocator.allocation import Allocation
 from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from mlops.storage import artifact_store
 from tasks.allocation import publish_allocation, recommend_allocation, record_training_run
 from tasks.training import TrainingResult, log_training_task, train_model_task
 
@@ -42,7 +40,7 @@ def train_flow(
         TrainingFailed: when no planned cluster could train the model.
     """
     allocation = allocation or recommend_allocation(config, dataset)
-    work_uri = f"{get_settings().resolved_artifact_store}/training/{uuid.uuid4().hex}"
+    work_uri = artifact_store().training_scratch()
     attempts = []
     for _ in range(config.training.allocator.max_replans + 1):
         attempt = train_model_task(dataset, config.training, allocation, work_uri)

@@ -1,16 +1,27 @@
-"""The small typed references stages pass to each other: URIs and facts, never data."""
+"""A dataset version: the typed reference stages pass to each other, and its files.
+
+:class:`DatasetRef` holds URIs and facts, never data. The functions below read and write a
+version's files in the artifact store (opened by :mod:`mlops.storage`): ``<split>/part-*.parquet``
+per split, ``sample.parquet`` (the model's input example) and ``dataset.json``, written last,
+which marks the version complete.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import dask.dataframe as dd
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlops.config import TaskType
 from mlops.features import FeatureSpec
+from mlops.storage import open_url
 
 TARGET_COLUMN = "__target__"
 """Encoded target in the split files: class index for classification, the value for regression."""
+SPLIT_COLUMN = "__split__"
+"""Split label of a row while it is written; not stored in the split files."""
 
 SPLITS = ("train", "validation", "test")
 
@@ -62,3 +73,82 @@ class DatasetRef(BaseModel):
     def sample_uri(self) -> str:
         """A few raw rows (the model's input example)."""
         return f"{self.uri}/sample.parquet"
+
+
+# ---------------------------------------------------------------- reading a version
+
+
+def read_split(dataset: DatasetRef, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Load one split into memory (evaluation-sized data)."""
+    fs, path = open_url(dataset.split_uris[split])
+    return pd.read_parquet(path, columns=columns, filesystem=fs)
+
+
+def read_sample(dataset: DatasetRef) -> pd.DataFrame:
+    """The raw input example stored with the dataset."""
+    fs, path = open_url(dataset.sample_uri)
+    with fs.open(path, "rb") as handle:
+        return pd.read_parquet(handle)
+
+
+def load_dataset_ref(uri: str) -> DatasetRef | None:
+    """The committed reference at ``uri``, or None if that version was never completed."""
+    fs, path = open_url(f"{uri}/dataset.json")
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as handle:
+        return DatasetRef.model_validate_json(handle.read())
+
+
+# ---------------------------------------------------------------- writing a version
+
+
+def write_split_partition(
+    frame: pd.DataFrame,
+    root: str,
+    options: dict[str, Any],
+    partition_info: dict | None = None,
+) -> pd.DataFrame:
+    """Write one partition's rows as ``root/<split>/part-<n>.parquet``; one row of counts per split.
+
+    Args:
+        frame: Rows with their split label in :data:`SPLIT_COLUMN` (dropped when written).
+        root: The dataset version's folder.
+        options: Storage options of the artifact store (resolved by the caller, so a worker
+            process need not read the settings).
+        partition_info: Given by Dask: the partition's number names its files.
+    """
+    index = partition_info["number"] if partition_info else 0
+    fs, base = open_url(root, options)
+    counts = {}
+    for name, part in frame.groupby(SPLIT_COLUMN, observed=True, sort=False):
+        rows = part.drop(columns=[SPLIT_COLUMN])
+        fs.makedirs(f"{base}/{name}", exist_ok=True)
+        with fs.open(f"{base}/{name}/part-{index:05d}.parquet", "wb") as handle:
+            rows.to_parquet(handle, index=False)
+        counts[str(name)] = len(rows)
+    return pd.DataFrame([{s: counts.get(s, 0) for s in SPLITS}])
+
+
+def write_splits(frame: dd.DataFrame, root: str, options: dict[str, Any]) -> dict[str, int]:
+    """Write each split as Parquet parts under ``root/<split>/``; returns rows per split."""
+    meta = pd.DataFrame({s: pd.Series(dtype="int64") for s in SPLITS})
+    counts = frame.map_partitions(write_split_partition, root, options, meta=meta)
+    totals = counts.compute().sum()
+    return {s: int(totals[s]) for s in SPLITS}
+
+
+def save_dataset_ref(dataset: DatasetRef, sample: pd.DataFrame) -> None:
+    """Write the input example, then the reference; the reference marks the version complete."""
+    fs, path = open_url(dataset.uri)
+    with fs.open(f"{path}/sample.parquet", "wb") as handle:
+        sample.to_parquet(handle, index=False)
+    with fs.open(f"{path}/dataset.json", "w") as handle:
+        handle.write(dataset.model_dump_json(indent=2))
+
+
+def clear_incomplete(uri: str) -> None:
+    """Remove a half-written dataset folder left by an interrupted run."""
+    fs, path = open_url(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

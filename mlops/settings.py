@@ -7,14 +7,37 @@ point the same code at real servers.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mlops.model_check import ModelCheckLimits
+
+
+def _store_options(value: Any) -> Any:
+    """``MLOPS_ARTIFACT_STORE_OPTIONS`` as a dict; a message naming the variable otherwise."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value or "{}")
+    except ValueError as error:
+        raise ValueError(
+            f"MLOPS_ARTIFACT_STORE_OPTIONS is not valid JSON ({error}): give the artifact "
+            'store\'s fsspec options as a JSON object, e.g. {"anon": false}.'
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ValueError(
+            f"MLOPS_ARTIFACT_STORE_OPTIONS must be a JSON object of fsspec options, not "
+            f"{type(parsed).__name__} ({value!r})."
+        )
+    return parsed
+
+
+StoreOptions = Annotated[dict[str, Any], NoDecode, BeforeValidator(_store_options)]
 
 
 class Settings(BaseSettings):
@@ -31,6 +54,11 @@ class Settings(BaseSettings):
     artifact_store: str | None = Field(
         default=None,
         description="fsspec URL where datasets and reports are written; default: home/artifacts.",
+    )
+    artifact_store_options: StoreOptions = Field(
+        default_factory=dict,
+        description="fsspec storage options of the artifact store as a JSON object "
+        "(credentials, endpoint), as data.storage_options are for a source.",
     )
     dask_scheduler_address: str | None = Field(
         default=None,
@@ -248,19 +276,9 @@ class Settings(BaseSettings):
         return self.allocator_history_url or f"sqlite:///{self.home_dir / 'allocator.db'}"
 
     @property
-    def inference_log_root(self) -> str:
-        """Where the Parquet inference log is written: ``<artifact store>/inference-log``."""
-        return f"{self.resolved_artifact_store.rstrip('/')}/inference-log"
-
-    @property
     def inference_log_journal_root(self) -> Path:
         """Where the inference log journals rows until they are written."""
         return self.inference_log_journal_dir or self.home_dir / "inference-log-journal"
-
-    @property
-    def feedback_root(self) -> str:
-        """Where delayed labels are dropped: ``<artifact store>/feedback``."""
-        return f"{self.resolved_artifact_store.rstrip('/')}/feedback"
 
     @property
     def home_dir(self) -> Path:

@@ -8,17 +8,10 @@ wait, a worker thread writes them out (Arrow and Parquet work outside the interp
 Converting on the loop rather than in the thread matters: a thread doing Python work contends
 with the event loop for the interpreter, and measured, that contention cost far more
 throughput than the work itself. Turning bodies
-into feature columns is left to the reader (:func:`expand_requests`, the drift monitor), which
-parses them with the service's own parser, so logging costs the service almost no work per
-row. Two sinks:
-
-- **Parquet** (default): one file per write and model version under
-  ``<artifact store>/inference-log/<model>/date=YYYY-MM-DD/``, written under a hidden temporary
-  name and renamed when complete, so a reader never sees half a file. One row per request:
-  ``request_id``, ``logged_at`` (UTC), ``model``, ``version``, ``content_type``, ``rows``,
-  ``body`` (the request body) and ``output.<column>`` (a list per request) per prediction column.
-- **SQL** (``MLOPS_INFERENCE_LOG=sql``): the table ``inference_log`` through SQLAlchemy, one row
-  per request, ``logged_at`` in UTC, the body as text and the outputs as JSON.
+into feature columns is left to the reader (:mod:`serving.log_reader`, the drift monitor),
+which parses them with the service's own parser, so logging costs the service almost no work
+per row. The sinks (Parquet files under ``<artifact store>/inference-log/``, the default, or a
+SQL table) and the columns they hold are in :mod:`serving.log_sinks`.
 
 Requests with the header ``X-Inference-Log: skip`` (the deploy stage's smoke tests) are not
 recorded: they are not traffic.
@@ -34,7 +27,6 @@ memory without bound.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -44,26 +36,18 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-import fsspec
 import numpy as np
-import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from mlops.storage import artifact_store
+
+from .log_sinks import MAX_REQUEST_ID, OUTPUT_PREFIX, ParquetSink, SqlSink
 from .log_spool import LogKey, LogSpool, Segment
 
 logger = logging.getLogger(__name__)
 
-INPUT_PREFIX = "input."
-OUTPUT_PREFIX = "output."
-REQUEST_COLUMNS = ("request_id", "logged_at", "model", "version", "content_type", "rows", "body")
-META_COLUMNS = ("request_id", "row", "logged_at", "model", "version")
-"""The columns of an expanded log, one row per scored row, before ``input.*`` and ``output.*``."""
-TABLE_NAME = "inference_log"
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-MAX_REQUEST_ID = 128
 
 
 class LoggedRequest(NamedTuple):
@@ -136,136 +120,6 @@ def by_version_and_day(batch: list[LoggedRequest]) -> dict[LogKey, list[LoggedRe
         (model, version, dt.date.fromordinal(EPOCH_ORDINAL + day).isoformat()): group
         for (model, version, day), group in groups.items()
     }
-
-
-# ---------------------------------------------------------------- reading
-
-
-def expand_requests(requests: pd.DataFrame) -> pd.DataFrame:
-    """Logged requests (one row each) as scored rows: ``META_COLUMNS``, ``input.*``, ``output.*``.
-
-    Bodies are parsed by the service's own parser, so every format it accepts reads back.
-
-    Raises:
-        ValueError: a body that does not parse, or outputs that do not match its rows.
-    """
-    from .payload import PayloadError, parse_body
-
-    inputs: dict[str, list] = {}
-    counts = requests["rows"].astype("int64").to_numpy()
-    offset = 0
-    for body, content_type, count in zip(
-        requests["body"], requests["content_type"], counts, strict=True
-    ):
-        try:
-            parsed = parse_body(bytes(body), content_type)
-        except PayloadError as error:
-            raise ValueError(f"a logged body does not parse: {error}") from None
-        if parsed.count != count:
-            raise ValueError(f"a logged body has {parsed.count} rows, the log says {count}")
-        for name in inputs.keys() - parsed.columns.keys():
-            inputs[name].extend([None] * count)
-        for name, values in parsed.columns.items():
-            column = inputs.setdefault(name, [None] * offset)
-            column.extend(values.tolist() if isinstance(values, pd.Series) else values)
-        offset += count
-    frame = pd.DataFrame(
-        {
-            "request_id": np.repeat(requests["request_id"].to_numpy(), counts),
-            "row": np.concatenate([np.arange(c) for c in counts]) if len(counts) else [],
-            "logged_at": np.repeat(requests["logged_at"].to_numpy(), counts),
-            "model": np.repeat(requests["model"].to_numpy(), counts),
-            "version": np.repeat(requests["version"].astype(str).to_numpy(), counts),
-        }
-    )
-    for name, values in inputs.items():
-        frame[INPUT_PREFIX + name] = values
-    for name in [c for c in requests.columns if c.startswith(OUTPUT_PREFIX)]:
-        values = list(itertools.chain.from_iterable(requests[name]))
-        if len(values) != offset:
-            raise ValueError(f"{name} has {len(values)} values for {offset} rows")
-        frame[name] = values
-    return frame
-
-
-# ---------------------------------------------------------------- sinks
-
-
-class ParquetSink:
-    """Parquet files partitioned by model and date under ``root`` (any fsspec URL)."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root.rstrip("/")
-
-    def write(self, key: LogKey, table: pa.Table) -> str:
-        model, version, day = key
-        folder = f"{self.root}/{model}/date={day}"
-        stamp = dt.datetime.now(dt.UTC).strftime("%H%M%S")
-        name = f"{stamp}-v{version}-{uuid.uuid4().hex[:8]}.parquet"
-        fs, path = fsspec.core.url_to_fs(folder)
-        fs.makedirs(path, exist_ok=True)
-        temporary = f"{path}/.{name}.tmp"
-        try:
-            with fs.open(temporary, "wb") as handle:
-                pq.write_table(table, handle)
-            fs.mv(temporary, f"{path}/{name}")
-        except BaseException:  # a full disk, a lost connection: leave no half file behind
-            with contextlib.suppress(Exception):
-                if fs.exists(temporary):
-                    fs.rm(temporary)
-            raise
-        return f"{folder}/{name}"
-
-
-class SqlSink:
-    """The ``inference_log`` table through SQLAlchemy (created when missing)."""
-
-    def __init__(self, url: str) -> None:
-        import sqlalchemy as sa
-
-        from mlops.sql import create_tables, open_engine
-
-        self.engine = open_engine(url)
-        self.table = inference_log_table(sa.MetaData())
-        create_tables(self.table.metadata, self.engine)
-
-    def write(self, key: LogKey, table: pa.Table) -> str:
-        outputs = [c for c in table.column_names if c.startswith(OUTPUT_PREFIX)]
-        stamps = table.column("logged_at").to_pandas().dt.tz_convert(None)  # naive UTC in SQL
-        values = {c: table.column(c).to_pylist() for c in (*REQUEST_COLUMNS, *outputs)}
-        rows = [
-            {
-                **{c: values[c][i] for c in REQUEST_COLUMNS if c != "body"},
-                "logged_at": stamps.iloc[i].to_pydatetime(),
-                "body": values["body"][i].decode("utf-8", errors="replace"),
-                "outputs": orjson.dumps(
-                    {c.removeprefix(OUTPUT_PREFIX): values[c][i] for c in outputs}
-                ).decode(),
-            }
-            for i in range(table.num_rows)
-        ]
-        with self.engine.begin() as connection:
-            connection.execute(self.table.insert(), rows)
-        return f"{self.engine.url.render_as_string(hide_password=True)}#{TABLE_NAME}"
-
-
-def inference_log_table(metadata: Any) -> Any:
-    """The SQL table's definition (shared by the writer and the monitor's reader)."""
-    import sqlalchemy as sa
-
-    return sa.Table(
-        TABLE_NAME,
-        metadata,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("request_id", sa.String(MAX_REQUEST_ID), nullable=False, index=True),
-        sa.Column("logged_at", sa.DateTime(), nullable=False, index=True),  # UTC
-        sa.Column("model", sa.String(200), nullable=False, index=True),
-        sa.Column("version", sa.String(20), nullable=False),
-        sa.Column("content_type", sa.String(200), nullable=False),
-        sa.Column("rows", sa.Integer, nullable=False),
-        sa.Column("body", sa.Text, nullable=False),
-        sa.Column("outputs", sa.Text, nullable=False),
-    )
 
 
 # ---------------------------------------------------------------- the log
@@ -576,7 +430,8 @@ def build_inference_log(settings: Any) -> InferenceLog | None:
             )
         sink: LogSink = SqlSink(settings.inference_log_url)
     else:
-        sink = ParquetSink(settings.inference_log_root)
+        store = artifact_store(settings)
+        sink = ParquetSink(store.inference_log_root, store.options)
     return InferenceLog(
         sink,
         sample_rate=settings.inference_log_sample_rate,

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from mlops.errors import ConfigError
 from mlops.settings import Settings
+from mlops.storage import artifact_store
 from model_registry.registry import parse_reference
 from serving.app import ServingLimits, ServingState, build_app
 from serving.inference_log import InferenceLog, build_inference_log
@@ -81,7 +82,7 @@ def build_service(settings: Settings, model: str) -> ServingService:
 def inference_log_target(settings: Settings) -> str:
     """Where the inference log goes: its database URL for ``sql``, else its folder."""
     target = settings.inference_log_url if settings.inference_log == "sql" else None
-    return str(target or settings.inference_log_root)
+    return str(target or artifact_store(settings).inference_log_root)
 
 
 def run_service(service: ServingService, host: str, port: int) -> None:

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import fsspec
 import httpx
 import numpy as np
 import orjson
@@ -106,18 +105,3 @@ def feedback_frame(result: TrafficResult) -> pd.DataFrame:
         for row, label in enumerate(labels)
     ]
     return pd.DataFrame(records, columns=["request_id", "row", "label"])
-
-
-def write_feedback(feedback_root: str, model: str, result: TrafficResult) -> str:
-    """Write the sent rows' delayed labels as one new CSV under ``<feedback_root>/<model>/``.
-
-    Returns:
-        The file's URL.
-    """
-    folder = f"{feedback_root}/{model}"
-    fs, path = fsspec.core.url_to_fs(folder)
-    fs.makedirs(path, exist_ok=True)
-    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
-    with fs.open(f"{path}/{name}", "w") as handle:
-        feedback_frame(result).to_csv(handle, index=False)
-    return f"{folder}/{name}"

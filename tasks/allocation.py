@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from infra.allocator.allocation import Allocation
 from infra.allocator.history import RunProfile
 from infra.allocator.planner import (
     open_catalogue,
@@ -14,7 +15,6 @@ from infra.allocator.planner import (
     resources_for,
 )
 from infra.allocator.profiling import job_features
-from infra.allocator.recommend import Allocation
 from infra.allocator.report import allocation_markdown
 from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef

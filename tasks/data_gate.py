@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
@@ -25,9 +24,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from infra.caching import CACHE_EXPIRATION, inputs_and_code
 from mlops.config import DataConfig, DataGateConfig, PipelineConfig
-from mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef
+from mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef, load_dataset_ref
 from mlops.errors import DataValidationError
 from mlops.gates import DataGateResult, GateCheck, artifact_key, checks_table
+from mlops.storage import open_url
 from model_registry import tracking
 from model_registry.registry import CHAMPION, version_by_alias
 from tasks.data_gate_checks import (
@@ -38,7 +38,6 @@ from tasks.data_gate_checks import (
     suite_name_for,
 )
 from tasks.gx_checkpoint import interpret_results, validate_frame
-from tasks.preprocessing import load_dataset_ref
 from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
@@ -81,7 +80,8 @@ def load_validation_frame(dataset: DatasetRef, max_rows: int | None = None) -> p
     fraction = 1.0 if max_rows is None or total <= max_rows else max_rows / total
     parts = []
     for number, path in enumerate(_part_files(dataset)):
-        with fsspec.open(path, "rb") as handle:
+        fs, local = open_url(path)
+        with fs.open(local, "rb") as handle:
             part = pd.read_parquet(handle)
         if fraction < 1.0:
             part = part.sample(frac=fraction, random_state=SAMPLE_SEED + number)
@@ -93,7 +93,7 @@ def load_validation_frame(dataset: DatasetRef, max_rows: int | None = None) -> p
 def _part_files(dataset: DatasetRef) -> list[str]:
     files = []
     for split in SPLITS:
-        fs, base = fsspec.core.url_to_fs(dataset.split_uris[split])
+        fs, base = open_url(dataset.split_uris[split])
         found = sorted(fs.glob(f"{base}/*.parquet")) if fs.isdir(base) else [base]
         files += [
             fs.unstrip_protocol(f) if "://" in dataset.split_uris[split] else f for f in found
@@ -105,12 +105,13 @@ def _part_files(dataset: DatasetRef) -> list[str]:
 
 
 def _write_json(uri: str, payload: Any) -> None:
-    with fsspec.open(uri, "w") as handle:
+    fs, path = open_url(uri)
+    with fs.open(path, "w") as handle:
         handle.write(json.dumps(payload, indent=2, default=str))
 
 
 def _read_json(uri: str) -> Any | None:
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = open_url(uri)
     if not fs.exists(path):
         return None
     with fs.open(path, "r") as handle:
@@ -194,7 +195,7 @@ def run_data_gate(
         checks = interpret_results(
             validation.result, frame, by_gx, context_columns(candidate, frame)
         )
-        fs, base = fsspec.core.url_to_fs(folder)
+        fs, base = open_url(folder)
         fs.makedirs(base, exist_ok=True)
         fs.put(validation.data_docs_dir, f"{base}/data_docs", recursive=True)
     if sampled:
@@ -213,7 +214,8 @@ def run_data_gate(
         rows_total=rows_total,
         checks=checks,
     )
-    with fsspec.open(result.report_uri, "w") as handle:
+    fs, report = open_url(result.report_uri)
+    with fs.open(report, "w") as handle:
         handle.write(data_gate_markdown(result))
     return result
 
@@ -362,7 +364,7 @@ def log_data_gate(
             client, run_id, {"gate.data.verdict": "passed" if result.passed else "failed"}
         )
         with tempfile.TemporaryDirectory(prefix="data-docs-") as tmp:
-            fs, base = fsspec.core.url_to_fs(result.data_docs_uri.removesuffix("/index.html"))
+            fs, base = open_url(result.data_docs_uri.removesuffix("/index.html"))
             fs.get(base, f"{tmp}/data_docs", recursive=True)
             client.log_artifacts(run_id, f"{tmp}/data_docs", "data_docs")
         tracking.log_json(client, run_id, _read_json(result.suite_uri), "expectation_suite.json")

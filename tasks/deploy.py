@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from infra.locks import exclusive, lock_name
 from mlops.config import DeployConfig, PipelineConfig
-from mlops.dataset import DatasetRef
+from mlops.dataset import DatasetRef, read_split
 from mlops.gates import artifact_key
 from mlops.settings import get_settings
 from model_registry import promotion as registry_promotion
@@ -34,7 +34,6 @@ from model_registry.registry import RegisteredVersion
 from serving.client import InstanceError, replica_urls, request_reload, score, served_model
 from serving.loader import ServedModel, load_served_model
 from serving.payload import Rows
-from tasks.preprocessing import read_split
 from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)

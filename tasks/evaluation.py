@@ -18,11 +18,10 @@ from pydantic import BaseModel
 from sklearn import metrics as skm
 
 from mlops.config import PipelineConfig, TaskType
-from mlops.dataset import TARGET_COLUMN, DatasetRef
+from mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
 from mlops.prediction import class_scores
 from model_registry import tracking
 from model_registry.loading import ModelStore
-from tasks.preprocessing import read_split
 from tasks.tracking import experiment_for, lineage_tags, model_store
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mlops.config import ModelGateConfig, TaskType
-from mlops.dataset import TARGET_COLUMN, DatasetRef
+from mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
 from mlops.errors import ConfigError
 from mlops.gates import LOWER_IS_BETTER, GateCheck
 from mlops.model_files import PipelineModel
@@ -31,7 +31,6 @@ from mlops.prediction import class_scores
 from model_registry.loading import ModelStore
 from model_registry.promotion import ChampionRef
 from tasks.evaluation import compute_metrics, primary_metric
-from tasks.preprocessing import read_split
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,9 @@
 
 Plain functions do the work (tested without Prefect); the ``*_task`` objects at the bottom are
 the thin Prefect wrappers the preprocess flow calls. The source is read lazily and in
-partitions, twice at most: one pass for the profile and one for writing the splits.
+partitions, twice at most: one pass for the profile and one for writing the splits. The source
+is opened by :mod:`mlops.source`, its columns typed by :mod:`mlops.schema`, and the version's
+files written beside :class:`~mlops.dataset.DatasetRef` by :mod:`mlops.dataset`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,11 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dask
 import dask.dataframe as dd
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -26,111 +26,37 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from infra.caching import CACHE_EXPIRATION, inputs_and_code
-from mlops.config import DataConfig, FeatureConfig, PipelineConfig, SplitConfig, TaskType
-from mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef, MetaFeatures
+from mlops.config import DataConfig, PipelineConfig, SplitConfig, TaskType
+from mlops.dataset import (
+    SPLIT_COLUMN,
+    SPLITS,
+    TARGET_COLUMN,
+    DatasetRef,
+    MetaFeatures,
+    clear_incomplete,
+    load_dataset_ref,
+    save_dataset_ref,
+    write_splits,
+)
 from mlops.errors import DataError, StorageError
 from mlops.features import build_features, fit_feature_spec
+from mlops.schema import (
+    MAX_CLASSES,
+    ColumnSchema,
+    coerce_frame,
+    encode_target,
+    infer_schema,
+    infer_task,
+    is_numeric_text,
+)
+from mlops.source import fingerprint_source, open_source
+from mlops.storage import ArtifactStore, open_url, store_options
 from model_registry import tracking
 from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
 
-SPLIT_COLUMN = "__split__"
 PREPROCESSING_VERSION = "1"  # bump when the stored layout or cleaning rules change
-MAX_CLASSES = 100
-
-
-@dataclass(frozen=True)
-class ColumnSchema:
-    """How each raw column is typed and used."""
-
-    target: str
-    numeric: list[str]
-    categorical: list[str]
-    datetime: list[str]
-    key_columns: list[str] = field(default_factory=list)
-    dropped: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def feature_columns(self) -> list[str]:
-        return [*self.numeric, *self.datetime, *self.categorical]
-
-    @property
-    def kept_columns(self) -> list[str]:
-        return list(dict.fromkeys([*self.key_columns, *self.feature_columns, self.target]))
-
-
-# ---------------------------------------------------------------- reading the source
-
-
-def detect_format(source: str, declared: str) -> str:
-    """CSV or Parquet, from the declared format or the file name."""
-    if declared != "auto":
-        return declared
-    name = source.lower().rstrip("/")
-    if name.endswith((".csv", ".csv.gz", ".tsv")):
-        return "csv"
-    return "parquet"
-
-
-def open_source(cfg: DataConfig) -> dd.DataFrame:
-    """Open the source lazily as a partitioned Dask DataFrame.
-
-    CSV columns are read as text and typed by :func:`coerce_frame`, so a column whose first
-    block looks like integers and a later block has blanks reads fine.
-
-    Raises:
-        DataError: if the source does not exist or cannot be read as the detected format.
-    """
-    fs, path = fsspec.core.url_to_fs(cfg.source, **cfg.storage_options)
-    if not fs.exists(path):
-        raise DataError(
-            f"Data source not found: '{cfg.source}'. Check data.source in the config (or --data); "
-            "relative paths are resolved from the current directory."
-        )
-    fmt = detect_format(cfg.source, cfg.format)
-    try:
-        if fmt == "csv":
-            frame = dd.read_csv(
-                cfg.source,
-                dtype="string",
-                blocksize=cfg.blocksize,
-                storage_options=cfg.storage_options or None,
-            )
-        else:
-            # One partition per row group: by default Dask reads a single file smaller than
-            # 256 MiB on disk as one partition, which for compressed data means all rows at once.
-            frame = dd.read_parquet(
-                cfg.source, split_row_groups=True, storage_options=cfg.storage_options or None
-            )
-    except Exception as error:  # the readers raise many types for a corrupt file
-        raise DataError(
-            f"Could not read '{cfg.source}' as {fmt.upper()}: {type(error).__name__}: {error}. "
-            "Check that the file is a complete, valid CSV or Parquet file (data.format can force one)."
-        ) from None
-    if len(frame.columns) < 2:
-        raise DataError(
-            f"'{cfg.source}' has {len(frame.columns)} column(s) {list(frame.columns)}; a target and at "
-            "least one feature are needed. If this is a CSV with another delimiter, convert it first."
-        )
-    return frame
-
-
-def fingerprint_source(cfg: DataConfig) -> str:
-    """A hash of the source's bytes (local) or of the storage system's unique keys (remote)."""
-    fs, path = fsspec.core.url_to_fs(cfg.source, **cfg.storage_options)
-    files = sorted(fs.find(path)) if fs.isdir(path) else [path]
-    digest = hashlib.sha256()
-    local = "file" in fs.protocol if isinstance(fs.protocol, tuple) else fs.protocol == "file"
-    for name in files:
-        digest.update(name.rsplit("/", 1)[-1].encode())
-        if local:
-            with fs.open(name, "rb") as handle:
-                for block in iter(lambda h=handle: h.read(8 << 20), b""):
-                    digest.update(block)
-        else:
-            digest.update(str(fs.ukey(name)).encode())
-    return digest.hexdigest()
 
 
 def dataset_version(source_fingerprint: str, config: PipelineConfig) -> str:
@@ -145,95 +71,7 @@ def dataset_version(source_fingerprint: str, config: PipelineConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- schema and typing
-
-
-def _looks_numeric(values: pd.Series) -> bool:
-    present = values.dropna()
-    if present.empty:
-        return False
-    return pd.to_numeric(present, errors="coerce").notna().mean() >= 0.99
-
-
-def _looks_datetime(values: pd.Series) -> bool:
-    present = values.dropna().astype("string")
-    if (
-        present.empty
-        or not present.str.contains(r"\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{4}").mean() > 0.95
-    ):
-        return False
-    return pd.to_datetime(present, errors="coerce", format="mixed").notna().mean() >= 0.95
-
-
-def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig) -> ColumnSchema:
-    """Decide how each column is typed and used, from a sample of rows.
-
-    Declared lists (``data.categorical`` / ``data.datetime``) win; the rest is inferred:
-    numbers are numeric, ISO-like dates are datetimes, other text is categorical unless it
-    has so many distinct values that it must be an identifier (then it is dropped).
-
-    Raises:
-        DataError: if the target or a declared column is not in the data.
-    """
-    columns = list(sample.columns)
-    named = {
-        "data.target": [data.target],
-        "data.id_column": [data.id_column] if data.id_column else [],
-        "data.categorical": data.categorical or [],
-        "data.datetime": data.datetime or [],
-        "features.log_transform": features.log_transform,
-    }
-    for key, wanted in named.items():
-        absent = [c for c in wanted if c not in columns]
-        if absent:
-            raise DataError(
-                f"Column(s) {absent} named in {key} are not in the data. "
-                f"Available columns: {columns}."
-            )
-    dropped = {c: "listed in data.drop_columns" for c in data.drop_columns if c in columns}
-    if data.id_column:
-        dropped[data.id_column] = "row identifier (data.id_column)"
-    candidates = [c for c in columns if c != data.target and c not in dropped]
-    numeric, categorical, datetime = [], [], []
-    for column in candidates:
-        values = sample[column]
-        if data.categorical is not None and column in data.categorical:
-            categorical.append(column)
-        elif (
-            data.datetime is not None and column in data.datetime
-        ) or pd.api.types.is_datetime64_any_dtype(values):
-            datetime.append(column)
-        elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-            numeric.append(column)
-        elif data.datetime is None and _looks_datetime(values):
-            datetime.append(column)
-        elif _looks_numeric(values):
-            numeric.append(column)
-        elif (
-            values.nunique() > features.max_cardinality_ratio * max(len(values.dropna()), 1)
-            and len(values) >= 20
-        ):
-            dropped[column] = "text with a distinct value on most rows (an identifier?)"
-        else:
-            categorical.append(column)
-    key_columns = [data.id_column] if data.id_column else []
-    return ColumnSchema(data.target, numeric, categorical, datetime, key_columns, dropped)
-
-
-def coerce_frame(frame: pd.DataFrame, schema: ColumnSchema) -> pd.DataFrame:
-    """Type the kept columns and drop rows without a target. Returns a new frame."""
-    out = frame[schema.kept_columns].copy()
-    for column in schema.numeric:
-        values = out[column]
-        if pd.api.types.is_bool_dtype(values):
-            values = values.astype("float64")
-        out[column] = pd.to_numeric(values, errors="coerce").astype("float64")
-    for column in schema.datetime:
-        if not pd.api.types.is_datetime64_any_dtype(out[column]):
-            out[column] = pd.to_datetime(out[column], errors="coerce", format="mixed")
-    for column in [*schema.categorical, *schema.key_columns]:
-        out[column] = out[column].astype("string")
-    return out[out[schema.target].notna()]
+# ---------------------------------------------------------------- splitting
 
 
 def assign_split(frame: pd.DataFrame, key_columns: list[str], split: SplitConfig) -> pd.Series:
@@ -264,79 +102,18 @@ def typed_with_splits(
     return source.map_partitions(_split_partition, schema, split)
 
 
-def infer_task(
-    target_counts: pd.Series, target_is_numeric: bool, declared: TaskType | None, target: str
-) -> tuple[TaskType, list[str] | None]:
-    """The learning task and, for classification, the class labels in code order.
-
-    Args:
-        target_counts: Value counts of the (non-null) target over the whole dataset.
-        target_is_numeric: Whether the target parses as numbers.
-        declared: The task from config or CLI, if any.
-        target: The target's name, for messages.
-
-    Raises:
-        DataError: for a target with fewer than two distinct values, or a task that does
-            not fit the target.
-    """
-    distinct = len(target_counts)
-    if distinct < 2:
-        only = list(target_counts.index[:1])
-        raise DataError(
-            f"Target column '{target}' has {distinct} distinct value(s) {only}: there is nothing to "
-            "learn. Check that data.target names the right column and that the data holds both classes."
-        )
-    task: TaskType
-    if declared:
-        task = declared
-    elif not target_is_numeric:
-        task = "binary" if distinct == 2 else "multiclass"
-    elif distinct == 2:
-        task = "binary"
-    elif distinct <= 20 and _integral(target_counts.index):
-        task = "multiclass"
-    else:
-        task = "regression"
-    if task == "regression":
-        if not target_is_numeric:
-            raise DataError(f"Task 'regression' needs a numeric target, but '{target}' holds text.")
-        return task, None
-    if task == "binary" and distinct != 2:
-        raise DataError(f"Task 'binary' needs 2 classes, but '{target}' has {distinct}.")
-    if distinct > MAX_CLASSES:
-        raise DataError(
-            f"Target '{target}' has {distinct} distinct values, too many for classification "
-            f"(at most {MAX_CLASSES}). Use --task regression if it is a quantity."
-        )
-    labels = target_counts.index
-    if target_is_numeric:
-        ordered = sorted(labels, key=float)
-        return task, [_label(v) for v in ordered]
-    return task, sorted(str(v) for v in labels)
+def _encode_partition(
+    frame: pd.DataFrame, target: str, task: TaskType, classes: list[str] | None
+) -> pd.DataFrame:
+    return frame.assign(**{TARGET_COLUMN: encode_target(frame[target], task, classes)})
 
 
-def _integral(values: pd.Index) -> bool:
-    numbers = pd.to_numeric(pd.Series(values), errors="coerce")
-    return bool(numbers.notna().all() and (numbers == numbers.round()).all())
-
-
-def _label(value: Any) -> str:
-    number = float(value)
-    return str(int(number)) if number.is_integer() else str(number)
-
-
-def encode_target(values: pd.Series, task: TaskType, classes: list[str] | None) -> np.ndarray:
-    """Target as model labels: class index for classification, float for regression."""
-    if task == "regression" or classes is None:
-        return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
-    if pd.api.types.is_numeric_dtype(values) or _is_numeric_text(values):
-        values = pd.to_numeric(values, errors="coerce").map(_label, na_action="ignore")
-    codes = pd.Categorical(values.astype("string"), categories=classes).codes
-    return codes.astype("float64")
-
-
-def _is_numeric_text(values: pd.Series) -> bool:
-    return bool(len(values)) and pd.to_numeric(values.dropna(), errors="coerce").notna().all()
+def with_encoded_target(
+    typed: dd.DataFrame, target: str, task: TaskType, classes: list[str] | None
+) -> dd.DataFrame:
+    """The typed rows with the model's labels in :data:`~mlops.dataset.TARGET_COLUMN`."""
+    meta = typed._meta.assign(**{TARGET_COLUMN: pd.Series(dtype="float64")})
+    return typed.map_partitions(_encode_partition, target, task, classes, meta=meta)
 
 
 # ---------------------------------------------------------------- profile (one pass)
@@ -441,73 +218,6 @@ def compute_meta_features(
 # ---------------------------------------------------------------- writing the splits
 
 
-def _write_partition(
-    frame: pd.DataFrame,
-    root: str,
-    target: str,
-    task: TaskType,
-    classes: list[str] | None,
-    partition_info: dict | None = None,
-) -> pd.DataFrame:
-    index = partition_info["number"] if partition_info else 0
-    fs, base = fsspec.core.url_to_fs(root)
-    counts = {}
-    encoded = frame.assign(**{TARGET_COLUMN: encode_target(frame[target], task, classes)})
-    for name, part in encoded.groupby(SPLIT_COLUMN, observed=True, sort=False):
-        rows = part.drop(columns=[SPLIT_COLUMN])
-        fs.makedirs(f"{base}/{name}", exist_ok=True)
-        with fs.open(f"{base}/{name}/part-{index:05d}.parquet", "wb") as handle:
-            rows.to_parquet(handle, index=False)
-        counts[str(name)] = len(rows)
-    return pd.DataFrame([{s: counts.get(s, 0) for s in SPLITS}])
-
-
-def write_splits(
-    typed: dd.DataFrame, root: str, target: str, task: TaskType, classes: list[str] | None
-) -> dict[str, int]:
-    """Write each split as Parquet parts under ``root/<split>/``; returns rows per split."""
-    meta = pd.DataFrame({s: pd.Series(dtype="int64") for s in SPLITS})
-    counts = typed.map_partitions(_write_partition, root, target, task, classes, meta=meta)
-    totals = counts.compute().sum()
-    return {s: int(totals[s]) for s in SPLITS}
-
-
-def read_split(dataset: DatasetRef, split: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Load one split into memory (evaluation-sized data)."""
-    return pd.read_parquet(dataset.split_uris[split], columns=columns)
-
-
-def read_sample(dataset: DatasetRef) -> pd.DataFrame:
-    """The raw input example stored with the dataset."""
-    with fsspec.open(dataset.sample_uri, "rb") as handle:
-        return pd.read_parquet(handle)
-
-
-def load_dataset_ref(uri: str) -> DatasetRef | None:
-    """The committed reference at ``uri``, or None if that version was never completed."""
-    fs, path = fsspec.core.url_to_fs(f"{uri}/dataset.json")
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as handle:
-        return DatasetRef.model_validate_json(handle.read())
-
-
-def save_dataset_ref(dataset: DatasetRef, sample: pd.DataFrame) -> None:
-    """Write the input example, then the reference; the reference marks the version complete."""
-    fs, path = fsspec.core.url_to_fs(dataset.uri)
-    with fs.open(f"{path}/sample.parquet", "wb") as handle:
-        sample.to_parquet(handle, index=False)
-    with fs.open(f"{path}/dataset.json", "w") as handle:
-        handle.write(dataset.model_dump_json(indent=2))
-
-
-def clear_incomplete(uri: str) -> None:
-    """Remove a half-written dataset folder left by an interrupted run."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
 # ---------------------------------------------------------------- the whole stage
 
 
@@ -526,7 +236,7 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
         DataError: for any problem with the data, naming the file and the column.
     """
     version = dataset_version(source_fingerprint, config)
-    uri = f"{store.rstrip('/')}/datasets/{config.name}/{version}"
+    uri = ArtifactStore(store).dataset_uri(config.name, version)
     existing = load_dataset_ref(uri)
     if existing is not None:
         logger.info("Dataset version %s already exists at %s: reusing it", version, uri)
@@ -550,7 +260,7 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
     n_rows = int(stats["split_counts"].sum())
     logger.info("Profiled %d rows in %.1fs", n_rows, time.perf_counter() - started)
     check_columns_usable(stats["null_counts"], n_rows, config.data.source)
-    target_numeric = pd.api.types.is_numeric_dtype(sample[schema.target]) or _is_numeric_text(
+    target_numeric = pd.api.types.is_numeric_dtype(sample[schema.target]) or is_numeric_text(
         sample[schema.target]
     )
     task, classes = infer_task(
@@ -571,7 +281,9 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
     example = coerce_frame(sample, schema).head(5)
     build_features(example, spec)  # fail here, not at training time, if the transform breaks
     counts = _compute(
-        lambda: write_splits(typed, uri, schema.target, task, classes),
+        lambda: write_splits(
+            with_encoded_target(typed, schema.target, task, classes), uri, store_options(uri)
+        ),
         config.data.source,
         destination=uri,
     )
@@ -595,6 +307,7 @@ def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: s
 
 
 def read_head(source: dd.DataFrame, name: str, rows: int = 5000) -> pd.DataFrame:
+    """The first ``rows`` rows of the source (from its first partitions), read errors as the data's."""
     return _compute(lambda: source.head(rows, npartitions=min(source.npartitions, 4)), name)
 
 
@@ -627,7 +340,7 @@ def _written_under(error: OSError, destination: str) -> bool:
     could only come from a write: a full disk, a read-only file system)."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return True
-    root = fsspec.core.url_to_fs(destination)[1].rstrip("/")  # as fsspec names its files
+    root = open_url(destination)[1].rstrip("/")  # as fsspec names its files
     for name in (error.filename, error.filename2):
         path = str(name or "").rstrip("/")
         if path and (path == root or root.startswith(f"{path}/") or path.startswith(f"{root}/")):
@@ -692,7 +405,9 @@ def fingerprint_source_task(data: DataConfig) -> str:
 
 @task(
     name="preprocess-dataset",
-    cache_policy=inputs_and_code("tasks.preprocessing", "mlops.features", "mlops.dataset"),
+    cache_policy=inputs_and_code(
+        "tasks.preprocessing", "mlops.features", "mlops.dataset", "mlops.schema", "mlops.source"
+    ),
     cache_expiration=CACHE_EXPIRATION,
     result_serializer="json",
 )

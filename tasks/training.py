@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict
 
+from infra.allocator.allocation import Allocation
 from infra.allocator.history import RunProfile
 from infra.allocator.profiling import (
     TrainingOutcomeError,
@@ -37,7 +38,6 @@ from infra.allocator.profiling import (
     measure_training,
     profile_row,
 )
-from infra.allocator.recommend import Allocation
 from infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
 from infra.dask_cluster import worker_peak_memory
 from mlops.config import ClusterConfig, PipelineConfig, TaskType, TrainingConfig

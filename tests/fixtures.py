@@ -123,9 +123,9 @@ def served_registry(tmp_path_factory, fraud_file, prefect_api):
 
     from flows.preprocess import preprocess_flow
     from flows.retrain import retraining_pipeline_flow
+    from mlops.dataset import read_split
     from mlops.settings import get_settings
     from serving.loader import load_served_model
-    from tasks.preprocessing import read_split
 
     home = tmp_path_factory.mktemp("serving-home")
     env = state_env(home)

@@ -21,13 +21,16 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from flows.monitor import drift_monitor_flow
+from mlops.dataset import load_dataset_ref, read_split
 from mlops.settings import get_settings
+from mlops.storage import artifact_store
 from serving.app import score_body
 from serving.client import split_payload
-from serving.inference_log import InferenceLog, ParquetSink
+from serving.inference_log import InferenceLog
+from serving.log_reader import load_parquet_window
+from serving.log_sinks import ParquetSink
 from serving.traffic import drift_rows, sample_rows
-from tasks.monitoring import DRIFT_EVENT, load_parquet_window
-from tasks.preprocessing import load_dataset_ref, read_split
+from tasks.monitoring import DRIFT_EVENT
 from tests.integration.conftest import bundled_config, markdown_artifacts, serving_process
 from tests.ports import free_port
 
@@ -57,7 +60,7 @@ def champion_test_rows(served_registry) -> tuple[pd.DataFrame, pd.Series, object
 
 def log_traffic(served, rows: pd.DataFrame, batch: int = 10) -> list[str]:
     """Score ``rows`` as the service does and log the requests; returns their ids."""
-    log = InferenceLog(ParquetSink(get_settings().inference_log_root))
+    log = InferenceLog(ParquetSink(artifact_store().inference_log_root))
     ids = []
     for start in range(0, len(rows), batch):
         body = orjson.dumps({"dataframe_split": split_payload(rows.iloc[start : start + batch])})
@@ -124,7 +127,7 @@ def test_mlops_serve_logs_scored_requests_to_parquet_and_keeps_checks_out(served
         server.terminate()  # what is queued at shutdown is written too
         server.wait(timeout=20)
 
-    logged, skipped = load_parquet_window(get_settings().inference_log_root, MODEL, EPOCH)
+    logged, skipped = load_parquet_window(artifact_store().inference_log_root, MODEL, EPOCH)
     assert skipped == []
     assert len(logged) == 34 and set(logged["version"]) == {served_registry["version"]}
     assert "smoke" not in set(logged["request_id"])  # the check was not traffic

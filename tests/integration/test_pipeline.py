@@ -12,8 +12,8 @@ from flows.preprocess import preprocess_flow
 from flows.register import register_flow
 from flows.retrain import retraining_pipeline_flow
 from flows.train import train_flow
+from mlops.dataset import read_split
 from model_registry.tracking import tracking_uri_for
-from tasks.preprocessing import read_split
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,10 @@ import os
 
 import pandas as pd
 
+from mlops.dataset import read_split
+from mlops.feedback import write_feedback
 from serving.client import request_log_flush
-from serving.traffic import drift_rows, sample_rows, send_traffic, write_feedback
-from tasks.preprocessing import read_split
+from serving.traffic import drift_rows, feedback_frame, sample_rows, send_traffic
 from tests.integration.conftest import serving_process
 from tests.ports import free_port
 
@@ -32,7 +33,7 @@ def test_simulated_traffic_is_scored_written_out_and_labelled(served_registry, t
         flushed = request_log_flush(url, TOKEN)
         assert (flushed.status_code, flushed.written_rows) == (200, 30)
 
-    labels = pd.read_csv(write_feedback(str(tmp_path / "feedback"), "fraud-detector", sent))
+    labels = pd.read_csv(write_feedback(str(tmp_path / "feedback"), feedback_frame(sent)))
     assert len(labels) == 30 and set(labels["request_id"]) == set(sent.request_ids)
     assert labels["row"].tolist() == [0, 1, 2] * 10  # each request's rows, in order
     assert labels["label"].astype(str).tolist() == outcomes.tolist()

@@ -108,17 +108,13 @@ def train_and_register(home: Path, uri: str) -> tuple[str, dict]:
     import lightgbm as lgb
 
     from mlops.config import parse_config
-    from mlops.dataset import TARGET_COLUMN
+    from mlops.dataset import TARGET_COLUMN, read_sample, read_split
     from mlops.features import build_features
+    from mlops.source import fingerprint_source
     from mlops.synthetic import write_dataset
     from model_registry.registry import log_pipeline_model
     from serving.client import split_payload
-    from tasks.preprocessing import (
-        fingerprint_source,
-        preprocess_dataset,
-        read_sample,
-        read_split,
-    )
+    from tasks.preprocessing import preprocess_dataset
 
     source = write_dataset("fraud", 20_000, home / "fraud.parquet", seed=5, chunk_rows=10_000)
     raw = yaml.safe_load((CONFIGS / "fraud_detection.yaml").read_text())
@@ -445,7 +441,7 @@ def test_a_pickled_or_file_model_reference_is_refused(registry, tmp_path, figure
 def logged_request_ids(home: Path) -> list[str]:
     import datetime as dt
 
-    from tasks.monitoring import load_parquet_window
+    from serving.log_reader import load_parquet_window
 
     root = home / "artifacts" / "inference-log"
     since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)

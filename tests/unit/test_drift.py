@@ -11,16 +11,10 @@ import pytest
 
 from mlops.config import MonitoringConfig
 from mlops.drift import MISSING, OTHER, categorical_drift, feature_drift, numeric_drift, psi
+from mlops.drift_report import DriftReport, PerformanceCheck, drift_verdict, judge_performance
 from mlops.features import FeatureSpec
 from serving.traffic import drift_rows
-from tasks.monitoring import (
-    DRIFT_EVENT,
-    DriftReport,
-    PerformanceCheck,
-    _judge_performance,
-    drift_verdict,
-    event_to_emit,
-)
+from tasks.monitoring import DRIFT_EVENT, event_to_emit
 
 RNG = np.random.default_rng(11)
 
@@ -106,11 +100,11 @@ def test_the_verdict_needs_enough_drifted_features_or_degraded_performance():
 
 def test_performance_is_degraded_beyond_the_allowed_relative_drop_either_way_up():
     auc = PerformanceCheck(labelled_rows=500, metric="roc_auc", value=0.80, champion_test_value=0.9)
-    assert _judge_performance(auc, 0.05).degraded  # 0.80 < 0.855
+    assert judge_performance(auc, 0.05).degraded  # 0.80 < 0.855
     auc.value = 0.86
-    assert not _judge_performance(auc, 0.05).degraded
+    assert not judge_performance(auc, 0.05).degraded
     rmse = PerformanceCheck(labelled_rows=500, metric="rmse", value=11.0, champion_test_value=10.0)
-    assert _judge_performance(rmse, 0.05).degraded  # lower is better: 11 > 10.5
+    assert judge_performance(rmse, 0.05).degraded  # lower is better: 11 > 10.5
 
 
 def test_an_event_is_not_emitted_again_within_the_cooldown():

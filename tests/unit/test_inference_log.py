@@ -13,8 +13,10 @@ import orjson
 import pandas as pd
 import pytest
 
-from serving.inference_log import InferenceLog, ParquetSink, SqlSink, request_id
-from tasks.monitoring import load_feedback, load_parquet_window, load_sql_window
+from mlops.feedback import load_feedback
+from serving.inference_log import InferenceLog, request_id
+from serving.log_reader import load_parquet_window, load_sql_window
+from serving.log_sinks import ParquetSink, SqlSink
 
 MODEL = SimpleNamespace(name="fraud", version="4")
 START = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -154,7 +156,7 @@ def test_feedback_files_give_labels_by_request_and_row(tmp_path, caplog):
     (folder / "b.csv").write_text("request_id,label\nreq-2,1\n")  # row defaults to 0
     (folder / "c.csv").write_text("id,outcome\nreq-3,1\n")
     with caplog.at_level(logging.WARNING):
-        labels, skipped = load_feedback(str(tmp_path / "feedback"), "fraud")
+        labels, skipped = load_feedback(str(folder))
     assert labels.to_dict("records") == [
         {"request_id": "req-1", "row": 0, "label": "0"},
         {"request_id": "req-1", "row": 1, "label": "1"},

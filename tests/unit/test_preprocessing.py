@@ -3,17 +3,11 @@ import pandas as pd
 import pytest
 
 from mlops.config import DataConfig, FeatureConfig, SplitConfig
+from mlops.dataset import SPLIT_COLUMN
 from mlops.errors import DataError
-from tasks.preprocessing import (
-    SPLIT_COLUMN,
-    assign_split,
-    check_columns_usable,
-    coerce_frame,
-    detect_format,
-    encode_target,
-    infer_schema,
-    infer_task,
-)
+from mlops.schema import coerce_frame, encode_target, infer_schema, infer_task
+from mlops.source import detect_format
+from tasks.preprocessing import assign_split, check_columns_usable
 
 
 @pytest.fixture

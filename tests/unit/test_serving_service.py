@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 
 from mlops.errors import ConfigError
+from mlops.feedback import write_feedback
 from mlops.settings import Settings
+from mlops.storage import artifact_store
 from model_registry.registry import ModelReferenceError
 from serving.service import build_service, inference_log_target, serving_limits
-from serving.traffic import TrafficResult, write_feedback
+from serving.traffic import TrafficResult, feedback_frame
 
 
 def test_a_file_is_refused_as_a_model_with_bad_input_exit_status(tmp_path):
@@ -36,15 +38,16 @@ def test_the_service_waits_for_its_first_version_with_the_settings_limits(tmp_pa
 
 def test_the_inference_log_target_is_its_folder_or_its_database(tmp_path):
     parquet = Settings(home=tmp_path)
-    assert inference_log_target(parquet) == str(parquet.inference_log_root)
+    assert inference_log_target(parquet) == artifact_store(parquet).inference_log_root
     sql = Settings(home=tmp_path, inference_log="sql", inference_log_url="sqlite:///x.db")
     assert inference_log_target(sql) == "sqlite:///x.db"
 
 
 def test_delayed_labels_are_written_one_row_per_scored_row(tmp_path):
     sent = TrafficResult(request_ids=["a", "b"], labels=[["1"], ["0", "1"]])
-    where = write_feedback(str(tmp_path / "feedback"), "fraud-detector", sent)
-    assert where.startswith(f"{tmp_path / 'feedback'}/fraud-detector/") and where.endswith(".csv")
+    folder = artifact_store(Settings(home=tmp_path)).feedback_folder("fraud-detector")
+    where = write_feedback(folder, feedback_frame(sent))
+    assert where.startswith(f"{folder}/") and where.endswith(".csv")
     written = pd.read_csv(where, dtype=str)
     assert written.to_dict("records") == [
         {"request_id": "a", "row": "0", "label": "1"},

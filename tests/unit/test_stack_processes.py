@@ -30,10 +30,10 @@ from infra.stack.state import (
     write_state,
 )
 from infra.stack.up import StackOptions, StartedHere, _state_to_reuse, check_ports
-from infra.storage import check_writable
 from infra.supervisor import due_for_restart, given_up, restart_delay
 from mlops.errors import StorageError
 from mlops.settings import Settings
+from mlops.storage import check_writable
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
