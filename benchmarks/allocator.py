@@ -172,7 +172,7 @@ def sweep(work: Path, count: int, repeats: int) -> None:
     )
     from infra.allocator.run_logs import export_history
     from mlops.source import fingerprint_source
-    from tasks.preprocessing import preprocess_dataset
+    from tasks.preprocessing import build_dataset_version
 
     store = HistoryStore(f"sqlite:///{work / 'history.db'}")
     done = {(r.use_case, r.shape, int(r.source.rsplit("-", 1)[-1])) for r in store.runs()}
@@ -190,7 +190,9 @@ def sweep(work: Path, count: int, repeats: int) -> None:
             source.parent.mkdir(parents=True, exist_ok=True)
             generate_frame(spec).to_parquet(source, index=False)
         config = pipeline_config(spec, source)
-        dataset = preprocess_dataset(config, str(work / "store"), fingerprint_source(config.data))
+        dataset = build_dataset_version(
+            config, str(work / "store"), fingerprint_source(config.data)
+        )
         job = job_features(dataset, config.training)
         reference = [r.total_time_s for r in store.runs(spec.name) if r.status == "success"]
         for repeat, shape in itertools.product(range(repeats), shapes):

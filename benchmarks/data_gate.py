@@ -89,9 +89,9 @@ KINDS = (
 def gate(config, reference, suite, uri, store: str) -> tuple[Any, float, int]:
     from mlops.source import fingerprint_source
     from tasks.data_gate import run_data_gate
-    from tasks.preprocessing import preprocess_dataset
+    from tasks.preprocessing import build_dataset_version
 
-    candidate = preprocess_dataset(config, store, fingerprint_source(config.data))
+    candidate = build_dataset_version(config, store, fingerprint_source(config.data))
     started = time.perf_counter()
     result = run_data_gate(
         candidate, reference, "reference", suite, uri, config.data_gate.max_rows_validated
@@ -103,12 +103,12 @@ def run_generator(generator: str, rows: int, seeds: int, base: Path) -> dict[str
     from mlops.source import fingerprint_source
     from mlops.synthetic import write_dataset
     from tasks.data_gate import load_or_derive_suite
-    from tasks.preprocessing import preprocess_dataset
+    from tasks.preprocessing import build_dataset_version
 
     store = str(base / "store")
     source = write_dataset(generator, rows, base / f"{generator}-ref.parquet", seed=1)
     config = config_for(generator, source)
-    reference = preprocess_dataset(config, store, fingerprint_source(config.data))
+    reference = build_dataset_version(config, store, fingerprint_source(config.data))
     suite, uri = load_or_derive_suite(reference, config.data_gate, config.data)
     out: dict[str, Any] = {
         "generator": generator,

@@ -121,7 +121,7 @@ def run_plain(config, work: Path) -> dict[str, Any]:
     from mlops.source import fingerprint_source
     from tasks.data_gate import load_or_derive_suite, run_data_gate
     from tasks.evaluation import compute_metrics
-    from tasks.preprocessing import preprocess_dataset
+    from tasks.preprocessing import build_dataset_version
     from tasks.training import train_lightgbm_on_dask
 
     timings: dict[str, Any] = {}
@@ -131,7 +131,7 @@ def run_plain(config, work: Path) -> dict[str, Any]:
         dataset = measure(
             timings,
             "preprocess",
-            lambda: preprocess_dataset(config, store, fingerprint_source(config.data)),
+            lambda: build_dataset_version(config, store, fingerprint_source(config.data)),
         )
 
         def data_gate():  # a first run: no champion, so the dataset is its own reference

@@ -49,10 +49,10 @@ def preflight(config: PipelineConfig) -> None:
     from mlops.schema import infer_schema
     from mlops.source import open_source
     from mlops.storage import check_artifact_store
-    from tasks.preprocessing import ensure_synthetic_source, read_head
+    from tasks.preprocessing import read_head, write_synthetic_source_if_missing
 
     check_artifact_store(get_settings())
-    if ensure_synthetic_source(config.data):
+    if write_synthetic_source_if_missing(config.data):
         typer.echo(f"Generated {config.data.synthetic.rows:,} rows -> {config.data.source}")
     source = open_source(config.data)
     infer_schema(read_head(source, config.data.source, rows=1000), config.data, config.features)
@@ -363,9 +363,9 @@ def _recommend_use_case(config: Path | None, data: str | None, target: str | Non
     preflight(pipeline_config)
     from mlops.source import fingerprint_source
     from tasks.allocation import recommend_for_dataset
-    from tasks.preprocessing import preprocess_dataset
+    from tasks.preprocessing import build_dataset_version
 
-    dataset = preprocess_dataset(
+    dataset = build_dataset_version(
         pipeline_config,
         get_settings().resolved_artifact_store,
         fingerprint_source(pipeline_config.data),

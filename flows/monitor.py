@@ -8,7 +8,7 @@ from prefect import flow
 
 from mlops.config import PipelineConfig, resolve_config
 from mlops.drift_report import DriftReport
-from tasks.monitoring import emit_drift_event_task, measure_drift_task, record_drift_task
+from tasks.monitoring import emit_drift_event, measure_drift, record_drift_report
 
 DEFAULT_CONFIG = "configs/fraud_detection.yaml"
 
@@ -33,8 +33,8 @@ def drift_monitor_flow(config: PipelineConfig | str = DEFAULT_CONFIG) -> DriftRe
     passed_on: str | dict[str, Any] = (
         config if isinstance(config, str) else resolved.model_dump(mode="json")
     )
-    report = measure_drift_task(resolved)
-    report = emit_drift_event_task(resolved, report, passed_on)
-    report = record_drift_task(resolved, report)
+    report = measure_drift(resolved)
+    report = emit_drift_event(resolved, report, passed_on)
+    report = record_drift_report(resolved, report)
     print(f"{report.status}: {report.reason}")
     return report

@@ -8,10 +8,10 @@ from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
 from mlops.settings import get_settings
 from tasks.preprocessing import (
-    ensure_synthetic_source_task,
-    fingerprint_source_task,
-    log_dataset_task,
-    preprocess_dataset_task,
+    ensure_synthetic_source,
+    fingerprint_source,
+    log_dataset,
+    preprocess_dataset,
 )
 
 
@@ -26,8 +26,8 @@ def preprocess_flow(config: PipelineConfig, parent_run_id: str | None = None) ->
     Returns:
         A reference to the written (or already present) dataset version.
     """
-    ensure_synthetic_source_task(config.data)
-    fingerprint = fingerprint_source_task(config.data)
-    dataset = preprocess_dataset_task(config, get_settings().resolved_artifact_store, fingerprint)
-    log_dataset_task(config, dataset, parent_run_id)
+    ensure_synthetic_source(config.data)
+    fingerprint = fingerprint_source(config.data)
+    dataset = preprocess_dataset(config, get_settings().resolved_artifact_store, fingerprint)
+    log_dataset(config, dataset, parent_run_id)
     return dataset

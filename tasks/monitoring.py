@@ -197,7 +197,7 @@ def _targets_and_scores(joined: pd.DataFrame, served: ServedModel):
     return targets.to_numpy("int64"), joined[columns].to_numpy("float64")
 
 
-def measure_drift(
+def compute_drift_report(
     config: PipelineConfig,
     settings: Settings,
     client: MlflowClient,
@@ -291,10 +291,10 @@ def event_to_emit(
 
 
 @task(name="measure-drift", cache_policy=NO_CACHE)
-def measure_drift_task(config: PipelineConfig) -> DriftReport:
+def measure_drift(config: PipelineConfig) -> DriftReport:
     """Compare the inference log's window with the champion's training data."""
     client, _ = experiment_for(config)
-    report = measure_drift(config, get_settings(), client, tracking.tracking_uri_for(config))
+    report = compute_drift_report(config, get_settings(), client, tracking.tracking_uri_for(config))
     for line in report.skipped_files:
         logger.warning("Skipped %s", line)
     logger.info("%s: %s", report.status, report.reason)
@@ -302,7 +302,7 @@ def measure_drift_task(config: PipelineConfig) -> DriftReport:
 
 
 @task(name="emit-drift-event", cache_policy=NO_CACHE)
-def emit_drift_event_task(
+def emit_drift_event(
     config: PipelineConfig, report: DriftReport, trigger_config: str | dict[str, Any]
 ) -> DriftReport:
     """Emit ``mlops.model.drift-detected`` (or ``performance-degraded``) unless in the cooldown.
@@ -343,7 +343,7 @@ def emit_drift_event_task(
 
 
 @task(name="record-drift-report", cache_policy=NO_CACHE)
-def record_drift_task(config: PipelineConfig, report: DriftReport) -> DriftReport:
+def record_drift_report(config: PipelineConfig, report: DriftReport) -> DriftReport:
     """A ``drift-monitor`` MLflow run (metrics, report, plots) and the Prefect markdown artifact."""
     client, experiment_id = experiment_for(config)
     tags = lineage_tags(config) | {

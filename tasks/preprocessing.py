@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from infra.caching import CACHE_EXPIRATION, inputs_and_code
+from mlops import source as data_source
 from mlops.config import DataConfig, PipelineConfig, SplitConfig, TaskType
 from mlops.dataset import (
     SPLIT_COLUMN,
@@ -49,7 +50,7 @@ from mlops.schema import (
     infer_task,
     is_numeric_text,
 )
-from mlops.source import fingerprint_source, open_source
+from mlops.source import open_source
 from mlops.storage import ArtifactStore, open_url, store_options
 from model_registry import tracking
 from tasks.tracking import experiment_for, lineage_tags
@@ -221,13 +222,15 @@ def compute_meta_features(
 # ---------------------------------------------------------------- the whole stage
 
 
-def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: str) -> DatasetRef:
+def build_dataset_version(
+    config: PipelineConfig, store: str, source_fingerprint: str
+) -> DatasetRef:
     """Read, type, split, profile and write one dataset version (idempotent per content hash).
 
     Args:
         config: The use case.
         store: Root URL of the artifact store.
-        source_fingerprint: From :func:`fingerprint_source`.
+        source_fingerprint: From :func:`mlops.source.fingerprint_source`.
 
     Returns:
         The reference of the written (or already present) version.
@@ -367,7 +370,7 @@ def _check_split_sizes(split_counts: pd.Series, source: str) -> None:
 # ---------------------------------------------------------------- synthetic sources
 
 
-def ensure_synthetic_source(data: DataConfig) -> bool:
+def write_synthetic_source_if_missing(data: DataConfig) -> bool:
     """Generate a declared synthetic source if its file is not there yet.
 
     Returns:
@@ -392,15 +395,15 @@ def ensure_synthetic_source(data: DataConfig) -> bool:
 
 
 @task(name="ensure-synthetic-source")
-def ensure_synthetic_source_task(data: DataConfig) -> bool:
+def ensure_synthetic_source(data: DataConfig) -> bool:
     """Generate the config's synthetic source on first use (the demo's data)."""
-    return ensure_synthetic_source(data)
+    return write_synthetic_source_if_missing(data)
 
 
 @task(name="fingerprint-source", retries=2, retry_delay_seconds=[2, 10])
-def fingerprint_source_task(data: DataConfig) -> str:
+def fingerprint_source(data: DataConfig) -> str:
     """Hash the source so unchanged data maps to the same dataset version."""
-    return fingerprint_source(data)
+    return data_source.fingerprint_source(data)
 
 
 @task(
@@ -411,14 +414,12 @@ def fingerprint_source_task(data: DataConfig) -> str:
     cache_expiration=CACHE_EXPIRATION,
     result_serializer="json",
 )
-def preprocess_dataset_task(
-    config: PipelineConfig, store: str, source_fingerprint: str
-) -> DatasetRef:
+def preprocess_dataset(config: PipelineConfig, store: str, source_fingerprint: str) -> DatasetRef:
     """Type, split, profile and write the dataset version."""
-    return preprocess_dataset(config, store, source_fingerprint)
+    return build_dataset_version(config, store, source_fingerprint)
 
 
-def log_dataset(
+def log_dataset_run(
     client: MlflowClient,
     experiment_id: str,
     dataset: DatasetRef,
@@ -455,7 +456,7 @@ def log_dataset(
 
 
 @task(name="log-dataset")
-def log_dataset_task(config: PipelineConfig, dataset: DatasetRef, parent_run_id: str | None) -> str:
+def log_dataset(config: PipelineConfig, dataset: DatasetRef, parent_run_id: str | None) -> str:
     """Record the dataset version in MLflow."""
     client, experiment_id = experiment_for(config)
-    return log_dataset(client, experiment_id, dataset, parent_run_id, lineage_tags(config))
+    return log_dataset_run(client, experiment_id, dataset, parent_run_id, lineage_tags(config))

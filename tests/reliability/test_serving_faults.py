@@ -114,14 +114,16 @@ def train_and_register(home: Path, uri: str) -> tuple[str, dict]:
     from mlops.synthetic import write_dataset
     from model_registry.registry import log_pipeline_model
     from serving.client import split_payload
-    from tasks.preprocessing import preprocess_dataset
+    from tasks.preprocessing import build_dataset_version
 
     source = write_dataset("fraud", 20_000, home / "fraud.parquet", seed=5, chunk_rows=10_000)
     raw = yaml.safe_load((CONFIGS / "fraud_detection.yaml").read_text())
     raw["data"]["source"] = str(source)
     raw["data"].pop("synthetic")
     config = parse_config(raw, origin="fraud_detection")
-    dataset = preprocess_dataset(config, str(home / "artifacts"), fingerprint_source(config.data))
+    dataset = build_dataset_version(
+        config, str(home / "artifacts"), fingerprint_source(config.data)
+    )
     train = read_split(dataset, "train")
     features = build_features(train, dataset.feature_spec)
     params = {"objective": "binary", "num_leaves": 15, "verbose": -1, "num_threads": 1}

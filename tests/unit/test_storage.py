@@ -34,7 +34,7 @@ from mlops.storage import (
 )
 from serving.inference_log import build_inference_log
 from tasks.monitoring import last_event, remember_event
-from tasks.preprocessing import preprocess_dataset
+from tasks.preprocessing import build_dataset_version
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = "MLOPS_ARTIFACT_STORE_OPTIONS"
@@ -185,7 +185,7 @@ def fraud_config(source: Path) -> object:
 def test_a_dataset_version_is_written_where_the_layout_says(store_env, tmp_path):
     settings = store_env(str(tmp_path / "store"))
     config = fraud_config(tmp_path / "tiny.csv")
-    dataset = preprocess_dataset(
+    dataset = build_dataset_version(
         config, settings.resolved_artifact_store, fingerprint_source(config.data)
     )
     assert dataset.uri == artifact_store(settings).dataset_uri("tiny", dataset.version)
