@@ -1,4 +1,4 @@
-"""Train stage: LightGBM on a Dask cluster sized by the allocator, logged to MLflow with its model."""
+"""Train stage: the model family's trainer on a Dask cluster sized by the allocator, logged to MLflow."""
 
 from __future__ import annotations
 

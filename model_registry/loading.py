@@ -5,8 +5,8 @@ the pipeline and serving instead read a pipeline model's files (:mod:`mlops.mode
 version registered by someone else (a pickle, files outside the tracking store) is refused
 without running anything of it. Every model is first loaded in a child process
 (:mod:`mlops.model_check`), the one this pipeline run trained too (its files came back from the
-artifact store): LightGBM's parser aborts the process on some damaged model files rather than
-raising.
+artifact store): a family's parser may abort the process on a damaged model file rather than
+raise.
 """
 
 from __future__ import annotations
