@@ -97,7 +97,7 @@ def _child_env() -> dict[str, str]:
 
 
 def _why(returncode: int, stderr: str, limits: ModelCheckLimits, library: tuple[str, str]) -> str:
-    name, fatal = library
+    library_name, fatal = library
     said = _last_words(stderr, fatal)
     if returncode < 0:
         try:
@@ -105,7 +105,7 @@ def _why(returncode: int, stderr: str, limits: ModelCheckLimits, library: tuple[
         except ValueError:
             name = f"signal {-returncode}"
         crash = f"the child process loading it crashed ({name})"
-        return f"{crash}; {name} said: {said}" if said else crash
+        return f"{crash}; {library_name} said: {said}" if said else crash
     if "MemoryError" in said or "bad_alloc" in said:
         return (
             f"loading it needed more than {limits.memory_mb} MiB "
