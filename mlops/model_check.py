@@ -25,9 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .families import model_family, predictor_module
-from .prediction import INFO_FILE
-
 UNNEEDED_IN_CHILD = ("sklearn", "dask", "distributed", "matplotlib", "graphviz", "datatable")
 """Packages a family's library imports when present, which the check does not need (a second
 of start-up)."""
@@ -80,6 +77,11 @@ def check_in_child(folder: Path, uri: str, limits: ModelCheckLimits) -> float:
 
 def _library(folder: Path) -> tuple[str, str]:
     """The name of the library the model's family reads it with, and its fatal-error prefix."""
+    # Imported here: this module is imported for its limits (settings) and by the child
+    # before it keeps unneeded packages out, so it imports nothing but the standard library.
+    from .families import model_family, predictor_module
+    from .prediction import INFO_FILE
+
     info = next(folder.rglob(INFO_FILE), None)
     family = model_family(info.parent) if info is not None else model_family(folder)
     try:
