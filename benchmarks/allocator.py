@@ -167,10 +167,9 @@ def pipeline_config(spec: DatasetSpec, source: Path):
 def sweep(work: Path, count: int, repeats: int) -> None:
     """Train every dataset on every shape; record each run in the history store."""
     from infra.allocator.history import ClusterShape, HistoryStore
-    from infra.allocator.profiling import (
-        job_features,
-    )
+    from infra.allocator.profiling import job_features
     from infra.allocator.run_logs import export_history
+    from mlops.families import family
     from mlops.source import fingerprint_source
     from tasks.preprocessing import build_dataset_version
 
@@ -193,7 +192,7 @@ def sweep(work: Path, count: int, repeats: int) -> None:
         dataset = build_dataset_version(
             config, str(work / "store"), fingerprint_source(config.data)
         )
-        job = job_features(dataset, config.training)
+        job = job_features(dataset, config.training, family())
         reference = [r.total_time_s for r in store.runs(spec.name) if r.status == "success"]
         for repeat, shape in itertools.product(range(repeats), shapes):
             if (spec.name, shape, repeat) in done:
@@ -218,12 +217,14 @@ def sweep(work: Path, count: int, repeats: int) -> None:
 
 def _measured_row(dataset, config, job, shape, work: Path, repeat: int, timeout: float | None):
     from infra.allocator.profiling import TrainingOutcomeError, measure_training, profile_row
+    from mlops.families import family
+    from tasks.training import dask_trainer
 
     work_uri = str(work / "training" / uuid.uuid4().hex)
     common = {"use_case": dataset.name, "dataset_version": dataset.version}
     try:
         trained, startup, wall = measure_training(
-            dataset, config.training, shape, work_uri, timeout_s=timeout
+            dask_trainer(family(), dataset, work_uri), config.training, shape, timeout_s=timeout
         )
     except TrainingOutcomeError as failure:
         return profile_row(

@@ -116,13 +116,13 @@ def run_plain(config, work: Path) -> dict[str, Any]:
     """The stage functions without Prefect or MLflow (the model gate needs MLflow: not here)."""
     from infra.dask_cluster import dask_client
     from mlops.dataset import read_split
-    from mlops.prediction import class_scores, predict_frame
+    from mlops.families.lightgbm.training import train_lightgbm_on_dask
+    from mlops.prediction import class_scores
     from mlops.settings import get_settings
     from mlops.source import fingerprint_source
     from tasks.data_gate import load_or_derive_suite, run_data_gate
     from tasks.evaluation import compute_metrics
     from tasks.preprocessing import build_dataset_version
-    from tasks.training import train_lightgbm_on_dask
 
     timings: dict[str, Any] = {}
     started = time.perf_counter()
@@ -155,9 +155,7 @@ def run_plain(config, work: Path) -> dict[str, Any]:
 
         def evaluate():
             frame = read_split(dataset, "test")
-            out = predict_frame(
-                trained.booster, dataset.feature_spec, dataset.task, dataset.classes, frame
-            )
+            out = trained.predictor.predict(frame)
             scores = class_scores(out, dataset.task, dataset.classes)
             return compute_metrics(dataset.task, frame["__target__"].to_numpy(), scores)
 
@@ -221,9 +219,9 @@ def run_single_process(dataset, config) -> dict[str, Any]:
     import numpy as np
 
     from mlops.dataset import read_split
+    from mlops.families.lightgbm.training import lightgbm_params
     from mlops.features import build_features
     from tasks.evaluation import compute_metrics
-    from tasks.training import lightgbm_params
 
     timings: dict[str, Any] = {}
 

@@ -1,4 +1,4 @@
-"""Train stage: LightGBM on a Dask cluster sized by the allocator, logged to MLflow with its model."""
+"""Train stage: the model family's trainer on a Dask cluster sized by the allocator, logged to MLflow."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mlops.dataset import DatasetRef
 from mlops.errors import MlopsError
 from mlops.storage import artifact_store
 from tasks.allocation import publish_allocation, recommend_allocation, record_training_run
-from tasks.training import TrainingResult, log_training_task, train_model_task
+from tasks.training import TrainingResult, log_training, train_model
 
 
 class TrainingFailed(MlopsError):
@@ -43,7 +43,7 @@ def train_flow(
     work_uri = artifact_store().training_scratch()
     attempts = []
     for _ in range(config.training.allocator.max_replans + 1):
-        attempt = train_model_task(dataset, config.training, allocation, work_uri)
+        attempt = train_model(dataset, config.training, allocation, work_uri)
         record_training_run(attempt.profile)
         attempts.append((allocation, attempt.profile))
         if attempt.trained is not None or attempt.profile.status != "out-of-memory":
@@ -54,7 +54,7 @@ def train_flow(
     publish_allocation(config.name, allocation, attempts)
     if attempt.trained is None:
         raise TrainingFailed(failure_message(attempts, attempt.error))
-    return log_training_task(config, dataset, attempt, allocation, parent_run_id)
+    return log_training(config, dataset, attempt, allocation, parent_run_id)
 
 
 def failure_message(attempts: list, error: str | None) -> str:

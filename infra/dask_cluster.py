@@ -63,7 +63,8 @@ def select_workers(client: Client, count: int) -> list[str]:
 def restart_survivors(client: Client, workers: list[str]) -> None:
     """Restart the run's workers that are still there after one of them died.
 
-    Their LightGBM parts stay blocked on the dead peer (connect retries, then ``time_out``),
+    Their training parts stay blocked on the dead peer (connect retries, then the network
+    time-out: ``ClusterConfig.network_timeout_minutes``),
     holding the worker's threads for minutes; a restart (through each worker's nanny) frees
     them for the next run. Workers without a nanny cannot be restarted: that is logged.
     """
@@ -114,8 +115,9 @@ def dask_client(
         cluster.threads_per_worker,
         cluster.memory_limit,
     )
-    # A LightGBM part cannot be retried on another worker (the machine list is fixed), so a
-    # lost worker fails the run at once instead of hanging the others until their time_out.
+    # A distributed training part cannot be retried on another worker (the machine list is
+    # fixed), so a lost worker fails the run at once instead of hanging the others until their
+    # network time-out.
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),
         LocalCluster(

@@ -81,7 +81,7 @@ class FeatureSpec(BaseModel):
 
     @property
     def categorical_features(self) -> list[str]:
-        """Feature names LightGBM treats as categorical (integer codes, NaN when unseen)."""
+        """Feature names a model treats as categorical (integer codes, NaN when unseen)."""
         return list(self.categorical)
 
     @cached_property
@@ -161,7 +161,7 @@ def build_features(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Turn raw rows into the model's feature matrix.
 
     Unparseable numbers and dates become NaN; category values outside the vocabulary
-    (including missing ones) become NaN, which LightGBM treats as missing.
+    (including missing ones) become NaN, which the model families treat as missing.
 
     Args:
         raw: Raw rows with at least ``spec.input_columns``; other columns are ignored.
@@ -197,7 +197,7 @@ def build_feature_matrix(
         A ``(n_rows, len(spec.feature_names))`` float32 array.
     """
     matrix = np.empty((n_rows, len(spec.feature_names)), dtype="float32")
-    with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as LightGBM would see it
+    with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as a model would see it
         _fill_matrix(matrix, columns, spec)
     return matrix
 

@@ -1,18 +1,17 @@
 """A model's files are loaded and checked in a child process before the caller loads them.
 
-LightGBM's C++ parser does not always raise on a damaged model file: a truncated ``model.txt``
-crashes it (SIGSEGV) and a malformed leaf line aborts it (SIGABRT), taking the whole process
-down. So neither the serving process nor a pipeline stage parses a model from the registry
-first. Its files are downloaded once; a fresh interpreter (``python -m mlops.model_check
+A model family's native parser need not raise on a damaged model file: a truncated file can
+crash it (SIGSEGV) and a malformed line abort it (SIGABRT), taking the whole process down.
+So neither the serving process nor a pipeline stage parses a model from the registry first. Its files are downloaded once; a fresh interpreter (``python -m mlops.model_check
 FOLDER URI MEMORY_MB``) reads them, predicts the input example and checks the answer (finite
 values, one row per input row), under a time limit and a cap on the memory it may add; only
 when it exits cleanly does the caller read the same files. A child that crashes, is killed,
 runs out of time or memory, or fails the check makes the model refused with the reason
-(LightGBM's own last words where it printed any); the caller never touched it.
+(the library's own last words where it printed any); the caller never touched it.
 
-The child imports only LightGBM, numpy, pandas and the feature code (LightGBM's optional
-scikit-learn and Dask integrations are kept out), and runs LightGBM on one thread, so a check
-costs about a second of one core.
+The child imports only the family's predictor (its library, numpy, pandas and the feature
+code; optional scikit-learn and Dask integrations are kept out) and runs on one thread, so a
+check costs about a second of one core.
 """
 
 from __future__ import annotations
@@ -27,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 UNNEEDED_IN_CHILD = ("sklearn", "dask", "distributed", "matplotlib", "graphviz", "datatable")
-"""Packages LightGBM imports when present, which the check does not need (a second of start-up)."""
+"""Packages a family's library imports when present, which the check does not need (a second
+of start-up)."""
 MESSAGE_CHARS = 160
-FATAL = "[LightGBM] [Fatal]"
 
 
 @dataclass(frozen=True)
@@ -72,26 +71,43 @@ def check_in_child(folder: Path, uri: str, limits: ModelCheckLimits) -> float:
             "stopped (MLOPS_MODEL_CHECK_TIMEOUT_S)"
         ) from None
     if done.returncode != 0:
-        raise ModelCheckFailed(_why(done.returncode, done.stderr, limits))
+        raise ModelCheckFailed(_why(done.returncode, done.stderr, limits, _library(folder)))
     return time.perf_counter() - started
 
 
+def _library(folder: Path) -> tuple[str, str]:
+    """The name of the library the model's family reads it with, and its fatal-error prefix."""
+    # Imported here: this module is imported for its limits (settings) and by the child
+    # before it keeps unneeded packages out, so it imports nothing but the standard library.
+    from .families import model_family, predictor_module
+    from .prediction import INFO_FILE
+
+    info = next(folder.rglob(INFO_FILE), None)
+    family = model_family(info.parent) if info is not None else model_family(folder)
+    try:
+        module = predictor_module(family)
+    except KeyError:
+        return family, ""
+    return module.LIBRARY, module.FATAL_PREFIX
+
+
 def _child_env() -> dict[str, str]:
-    """The serving process's environment, with this project importable and LightGBM on one thread."""
+    """The serving process's environment, with this project importable and OpenMP on one thread."""
     root = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return os.environ | {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def _why(returncode: int, stderr: str, limits: ModelCheckLimits) -> str:
-    said = _last_words(stderr)
+def _why(returncode: int, stderr: str, limits: ModelCheckLimits, library: tuple[str, str]) -> str:
+    library_name, fatal = library
+    said = _last_words(stderr, fatal)
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
         crash = f"the child process loading it crashed ({name})"
-        return f"{crash}; LightGBM said: {said}" if said else crash
+        return f"{crash}; {library_name} said: {said}" if said else crash
     if "MemoryError" in said or "bad_alloc" in said:
         return (
             f"loading it needed more than {limits.memory_mb} MiB "
@@ -100,10 +116,14 @@ def _why(returncode: int, stderr: str, limits: ModelCheckLimits) -> str:
     return said or f"the check exited with status {returncode}"
 
 
-def _last_words(stderr: str) -> str:
-    """LightGBM's fatal message if it printed one, else the last line the child wrote."""
+def _last_words(stderr: str, fatal_prefix: str) -> str:
+    """The library's fatal message if it printed one, else the last line the child wrote."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    fatal = [line.removeprefix(FATAL).strip() for line in lines if line.startswith(FATAL)]
+    fatal = [
+        line.removeprefix(fatal_prefix).strip()
+        for line in lines
+        if fatal_prefix and line.startswith(fatal_prefix)
+    ]
     chosen = fatal[-1] if fatal else (lines[-1] if lines else "")
     return chosen if len(chosen) <= MESSAGE_CHARS else chosen[:MESSAGE_CHARS] + "..."
 
@@ -131,7 +151,7 @@ def main(argv: list[str]) -> int:
     """
     folder, uri, memory_mb = Path(argv[0]), argv[1], int(argv[2])
     for name in UNNEEDED_IN_CHILD:
-        sys.modules.setdefault(name, None)  # an import of it fails; LightGBM does without
+        sys.modules.setdefault(name, None)  # an import of it fails; the library does without
     from .model_files import check_predictions, read_pipeline_model
 
     _cap_memory(memory_mb)

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from mlops.pyfunc import LightGBMPipelineModel
+from mlops.pyfunc import PipelinePyfunc
 
-set_model(LightGBMPipelineModel())
+set_model(PipelinePyfunc())

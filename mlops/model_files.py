@@ -1,10 +1,11 @@
 """A pipeline model's files: read natively, never unpickled.
 
-A pipeline model is three files (``mlops.pyfunc`` logs them): LightGBM's text model, the fitted
-feature transform (JSON) and the task facts (JSON), beside MLflow's input example. Reading them
-runs no code that came with the model. LightGBM aborts the process that parses some damaged
-model files, so files from the registry are read here only after :mod:`.model_check` read them
-in a child process. Like :mod:`.prediction`, this needs no MLflow, which keeps that child quick.
+A pipeline model is its family's own file(s), the fitted feature transform (JSON) and the task
+facts (JSON), beside MLflow's input example (``model_registry.registry.log_pipeline_model``
+logs them). Reading them runs no code that came with the model. A family's library may abort
+the process that parses a damaged model file, so files from the registry are read here only
+after :mod:`.model_check` read them in a child process. Like the predictors, this needs no
+MLflow, which keeps that child quick.
 """
 
 from __future__ import annotations
@@ -13,24 +14,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from .errors import MlopsError
+from .families import Predictor, model_family, predictor_module
 from .features import FeatureSpec
-from .prediction import predict_frame
+from .prediction import INFO_FILE, SPEC_FILE
 
 
 class ModelFilesError(MlopsError):
     """A model's files are missing, unreadable or do not predict."""
 
 
-MODEL_FILE = "model.txt"
-SPEC_FILE = "feature_spec.json"
-INFO_FILE = "model_info.json"
 EXAMPLE_FILE = "input_example.json"
-REQUIRED_FILES = (MODEL_FILE, SPEC_FILE, INFO_FILE)
+SHARED_FILES = (SPEC_FILE, INFO_FILE)
+"""The files every family's model has beside its own."""
 
 
 @dataclass(frozen=True)
@@ -38,19 +37,31 @@ class PipelineModel:
     """A pipeline model read from its files: raw rows in, predictions out."""
 
     uri: str
-    booster: lgb.Booster
-    spec: FeatureSpec
-    task: str
-    classes: list[str] | None
+    predictor: Predictor
     input_example: pd.DataFrame | None
     size_bytes: int
     """All files of the model as stored (model file, transform, code, environment)."""
     check_s: float | None = None
     """How long its check in a child process took (None: read without one)."""
 
+    @property
+    def spec(self) -> FeatureSpec:
+        """The fitted feature transform."""
+        return self.predictor.spec
+
+    @property
+    def task(self) -> str:
+        """``binary``, ``multiclass`` or ``regression``."""
+        return self.predictor.task
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class labels; None for regression."""
+        return self.predictor.classes
+
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Predictions for raw rows, exactly as the registered pyfunc makes them."""
-        return predict_frame(self.booster, self.spec, self.task, self.classes, rows)
+        return self.predictor.predict(rows)
 
 
 def model_files(folder: Path, uri: str) -> dict[str, Path]:
@@ -60,37 +71,40 @@ def model_files(folder: Path, uri: str) -> dict[str, Path]:
         ModelFilesError: when one the pipeline writes is missing (not a pipeline model).
     """
     files = {path.name: path for path in folder.rglob("*") if path.is_file()}
-    missing = [name for name in REQUIRED_FILES if name not in files]
+    required = list(SHARED_FILES)
+    if INFO_FILE in files:
+        family = model_family(files[INFO_FILE].parent)
+        try:
+            required = [*predictor_module(family).MODEL_FILES, *required]
+        except KeyError:
+            raise ModelFilesError(f"{uri} is of an unknown model family '{family}'.") from None
+    missing = [name for name in required if name not in files]
     if missing:
         raise ModelFilesError(
             f"{uri} is not a pipeline model: it lacks {missing}. Only models logged by the "
-            "pipeline (LightGBM's text format) are loaded; pickled models are refused."
+            "pipeline (in their family's native format) are loaded; pickled models are refused."
         )
     return files
 
 
 def read_pipeline_model(folder: Path, uri: str, check_s: float | None = None) -> PipelineModel:
     """Load a model's files in this process: only files :mod:`.model_check` passed, or that
-    this process's own pipeline run wrote (LightGBM may abort the process on damaged ones).
+    this process's own pipeline run wrote (a library may abort the process on damaged ones).
 
     Raises:
         ModelFilesError: when a file is missing or unreadable.
     """
     files = model_files(folder, uri)
+    module = predictor_module(model_family(files[INFO_FILE].parent))
     try:
-        info = json.loads(files[INFO_FILE].read_text())
-        spec = FeatureSpec.model_validate_json(files[SPEC_FILE].read_text())
-        task, classes = info["task"], info["classes"]
+        predictor = module.load(files[INFO_FILE].parent)
     except (ValueError, KeyError) as error:
         raise ModelFilesError(
             f"{uri} has an unreadable {INFO_FILE} or {SPEC_FILE}: {error}"
         ) from None
     return PipelineModel(
         uri=uri,
-        booster=lgb.Booster(model_str=files[MODEL_FILE].read_text()),
-        spec=spec,
-        task=task,
-        classes=classes,
+        predictor=predictor,
         input_example=_input_example(files.get(EXAMPLE_FILE)),
         size_bytes=sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()),
         check_s=check_s,

@@ -1,24 +1,95 @@
-"""Predictions of a pipeline model from raw rows: the shared feature code, then the booster.
+"""What every model family's predictor shares: its facts files and its prediction columns.
 
-Used by the MLflow pyfunc (:mod:`mlops.pyfunc`), the serving service and exported model
-bundles, so every way of loading a model predicts the same numbers. Like :mod:`.features`, it
-needs nothing of the project beyond that module, and no MLflow.
+A pipeline model is its family's native model file(s) beside two JSON files written here: the
+fitted feature transform (:class:`~mlops.features.FeatureSpec`) and the task facts (task,
+classes, target, family). A family's predictor (``mlops/families/<name>/predictor.py``) turns
+feature matrices into scores; :func:`prediction_columns` turns scores into the columns every
+way of loading a model returns (the MLflow pyfunc, the serving service, exported bundles).
+Like :mod:`.features`, it needs nothing of the project beyond that module, and no MLflow:
+exported bundles carry a copy of it.
 """
 
 from __future__ import annotations
 
-import lightgbm as lgb
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from .features import FeatureSpec, build_features
+from .features import FeatureSpec
+
+SPEC_FILE = "feature_spec.json"
+INFO_FILE = "model_info.json"
+SPEC_ARTIFACT = "feature_spec"
+"""MLflow artifact names of the two files in a logged model."""
+INFO_ARTIFACT = "model_info"
 
 
-def predict_matrix(
-    booster: lgb.Booster, task: str, classes: list[str] | None, features: np.ndarray
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model predicts, independent of its family: the transform and the task."""
+
+    spec: FeatureSpec
+    task: str
+    classes: list[str] | None
+    family: str
+    target: str | None = None
+
+    def write(self, folder: Path) -> dict[str, Path]:
+        """Write the two JSON files; returns them by MLflow artifact name."""
+        spec, info = folder / SPEC_FILE, folder / INFO_FILE
+        spec.write_text(self.spec.model_dump_json(indent=2))
+        facts = {
+            "task": self.task,
+            "classes": self.classes,
+            "target": self.target,
+            "family": self.family,
+        }
+        info.write_text(json.dumps(facts, indent=2))
+        return {SPEC_ARTIFACT: spec, INFO_ARTIFACT: info}
+
+    @classmethod
+    def read(cls, folder: Path, family: str) -> ModelFacts:
+        """Read the two JSON files from ``folder``.
+
+        Args:
+            folder: Where the files are.
+            family: The family a file without one was written by (before families existed).
+
+        Raises:
+            ValueError, KeyError: a file is not valid JSON, or lacks a field.
+            OSError: a file cannot be read.
+        """
+        info = json.loads((folder / INFO_FILE).read_text())
+        return cls(
+            spec=FeatureSpec.model_validate_json((folder / SPEC_FILE).read_text()),
+            task=info["task"],
+            classes=info["classes"],
+            family=info.get("family", family),
+            target=info.get("target"),
+        )
+
+
+def family_of(folder: Path, default: str) -> str:
+    """The family named by ``folder``'s task facts (``default`` when the file names none)."""
+    try:
+        return json.loads((folder / INFO_FILE).read_text()).get("family", default)
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
+def prediction_columns(
+    scores: np.ndarray, task: str, classes: list[str] | None
 ) -> dict[str, np.ndarray]:
-    """Prediction columns for a feature matrix (see :func:`predict_frame` for their names)."""
-    scores = booster.predict(features)
+    """Prediction columns from a model's scores: the value (regression), the probability of
+    the second class (binary) or one probability per class (multiclass).
+
+    Returns:
+        Regression: a ``prediction`` column. Binary: ``prediction`` (label) and ``probability``
+        (of the second class). Multiclass: ``prediction`` and ``probability_<label>`` per class.
+    """
     if task == "regression":
         return {"prediction": scores}
     labels = np.asarray(classes, dtype=object)
@@ -28,17 +99,9 @@ def predict_matrix(
     return columns | {f"probability_{label}": scores[:, i] for i, label in enumerate(classes)}
 
 
-def predict_frame(
-    booster: lgb.Booster, spec: FeatureSpec, task: str, classes: list[str] | None, raw: pd.DataFrame
-) -> pd.DataFrame:
-    """Predictions for raw rows.
-
-    Returns:
-        Regression: a ``prediction`` column. Binary: ``prediction`` (label) and ``probability``
-        (of the second class). Multiclass: ``prediction`` and ``probability_<label>`` per class.
-    """
-    features = build_features(raw, spec).to_numpy()
-    return pd.DataFrame(predict_matrix(booster, task, classes, features), index=raw.index)
+def prediction_frame(columns: dict[str, np.ndarray], rows: pd.DataFrame) -> pd.DataFrame:
+    """The prediction columns as a frame on the rows' index."""
+    return pd.DataFrame(columns, index=rows.index)
 
 
 def class_scores(predictions: pd.DataFrame, task: str, classes: list[str] | None) -> np.ndarray:

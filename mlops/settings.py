@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from mlops.model_check import ModelCheckLimits
-
 
 def _store_options(value: Any) -> Any:
     """``MLOPS_ARTIFACT_STORE_OPTIONS`` as a dict; a message naming the variable otherwise."""
@@ -258,11 +256,6 @@ class Settings(BaseSettings):
                 "the service accepts could never be held. Raise the first or lower the second."
             )
         return self
-
-    @property
-    def model_check(self) -> ModelCheckLimits:
-        """Limits of the child process that checks a model before it is loaded."""
-        return ModelCheckLimits(self.model_check_timeout_s, self.model_check_memory_mb)
 
     @property
     def serving_instances(self) -> list[str]:

@@ -1,9 +1,9 @@
 """A registered model version as a self-contained predictor bundle (``mlops export``).
 
-The bundle is a small pip-installable project: the native LightGBM model file, the fitted
-feature transform, the model's own copy of the project's feature and prediction code (the
-code it was validated with, stored beside it in the registry) and a minimal, pinned list of
-requirements. It predicts without MLflow or Prefect, for serverless functions or edge boxes.
+The bundle is a small pip-installable project: the model's files (its family's native model
+file, the fitted feature transform, the task facts), the model's own copy of the project's
+feature code and of its family's predictor (the code it was validated with, stored beside it
+in the registry) and a minimal, pinned list of requirements. It predicts without MLflow or Prefect, for serverless functions or edge boxes.
 It is written to a temporary folder next to the destination and renamed into place, so a
 failed export leaves nothing behind.
 """
@@ -20,14 +20,18 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from mlops.errors import MlopsError
+from mlops.families import model_family, predictor_module
+from mlops.prediction import INFO_FILE, SPEC_FILE
 from model_registry.registry import download_version, resolve_version
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template"
 CODE_FILES = ("errors.py", "features.py", "prediction.py")
-"""The model's own modules a bundle carries: they import nothing else of the project."""
-MODEL_FILES = ("model.txt", "feature_spec.json", "model_info.json")
-RUNTIME_PACKAGES = ("lightgbm", "numpy", "pandas", "pydantic")
-"""What the bundle needs at run time, pinned to the versions the model was logged with."""
+"""The model's own modules a bundle carries besides its family's predictor: they import
+nothing else of the project."""
+SHARED_MODEL_FILES = (SPEC_FILE, INFO_FILE)
+RUNTIME_PACKAGES = ("numpy", "pandas", "pydantic")
+"""What the bundle needs at run time besides its family's packages, pinned to the versions the
+model was logged with."""
 
 
 class ExportError(MlopsError):
@@ -77,14 +81,48 @@ def export_bundle(client: MlflowClient, reference: str, out: Path, tracking_uri:
     return Bundle(out, bundle.package, name, version, bundle.requirements)
 
 
-def _write_bundle(source: Path, stage: Path, name: str, version: str, run_id: str) -> Bundle:
-    uri = f"models:/{name}/{version}"
-    code = source / "code" / "mlops"
-    missing = [f for f in MODEL_FILES if not (source / "artifacts" / f).is_file()]
+@dataclass(frozen=True)
+class _BundleCode:
+    """What a model version's bundle is made of, by its family."""
+
+    family: str
+    library: str
+    model_files: tuple[str, ...]
+    code_files: tuple[str, ...]
+    packages: tuple[str, ...]
+
+
+def _bundle_code(source: Path, uri: str) -> _BundleCode:
+    """The family of the downloaded version ``source`` and the files its bundle needs.
+
+    Raises:
+        ExportError: the version is not a pipeline model, or of an unknown family.
+    """
+    artifacts = source / "artifacts"
+    missing = [f for f in SHARED_MODEL_FILES if not (artifacts / f).is_file()]
+    family = model_family(artifacts)
+    try:
+        module = predictor_module(family)
+    except KeyError:
+        raise ExportError(f"{uri} is of an unknown model family '{family}'.") from None
+    missing += [f for f in module.MODEL_FILES if not (artifacts / f).is_file()]
     if missing:
         raise ExportError(f"{uri} is not a pipeline model: it lacks {missing}.")
+    return _BundleCode(
+        family=family,
+        library=module.LIBRARY,
+        model_files=(*module.MODEL_FILES, *SHARED_MODEL_FILES),
+        code_files=(*CODE_FILES, f"families/{family}/predictor.py"),
+        packages=(*module.REQUIREMENTS, *RUNTIME_PACKAGES),
+    )
+
+
+def _write_bundle(source: Path, stage: Path, name: str, version: str, run_id: str) -> Bundle:
+    uri = f"models:/{name}/{version}"
+    parts = _bundle_code(source, uri)
+    code = source / "code" / "mlops"
     if (
-        not all((code / f).is_file() for f in CODE_FILES)
+        not all((code / f).is_file() for f in parts.code_files)
         or "from .errors import" not in (code / "features.py").read_text()
     ):
         raise ExportError(
@@ -93,38 +131,48 @@ def _write_bundle(source: Path, stage: Path, name: str, version: str, run_id: st
         )
     package = package_name(name)
     root = stage / package
-    (root / "_mlops").mkdir(parents=True)
+    _copy_code(code, root / "_mlops", parts)
     (root / "model").mkdir()
-    for file in CODE_FILES:
-        shutil.copy2(code / file, root / "_mlops" / file)
-    (root / "_mlops" / "__init__.py").write_text(
-        '"""The feature and prediction code the model version was validated with."""\n'
-    )
     shutil.copy2(TEMPLATE / "predictor.py", root / "__init__.py")
     shutil.copy2(TEMPLATE / "__main__.py", root / "__main__.py")
-    for file in MODEL_FILES:
+    for file in parts.model_files:
         shutil.copy2(source / "artifacts" / file, root / "model" / file)
-    spec = json.loads((source / "artifacts" / "feature_spec.json").read_text())
+    spec = json.loads((source / "artifacts" / SPEC_FILE).read_text())
     about = {"model": name, "version": version, "run_id": run_id, "source": uri}
     (root / "model" / "bundle.json").write_text(json.dumps(about, indent=2) + "\n")
-    requirements = _runtime_requirements(source / "requirements.txt")
+    requirements = _runtime_requirements(source / "requirements.txt", parts.packages)
     (stage / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    (stage / "pyproject.toml").write_text(_pyproject(name, version, package, requirements))
-    (stage / "README.md").write_text(_readme(name, version, package, spec))
+    (stage / "pyproject.toml").write_text(
+        _pyproject(name, version, package, requirements, parts.family)
+    )
+    (stage / "README.md").write_text(_readme(name, version, package, spec, parts.library))
     return Bundle(stage, package, name, version, requirements)
 
 
-def _runtime_requirements(logged: Path) -> list[str]:
+def _copy_code(code: Path, target: Path, parts: _BundleCode) -> None:
+    """The model's copy of the shared code and of its family's predictor, as ``_mlops``."""
+    family = target / "families" / parts.family
+    family.mkdir(parents=True)
+    for file in parts.code_files:
+        shutil.copy2(code / file, target / file)
+    (target / "__init__.py").write_text(
+        '"""The feature and prediction code the model version was validated with."""\n'
+    )
+    (target / "families" / "__init__.py").write_text('"""The model\'s family."""\n')
+    (family / "__init__.py").write_text(f'"""The {parts.library} predictor."""\n')
+
+
+def _runtime_requirements(logged: Path, packages: tuple[str, ...]) -> list[str]:
     """The model's logged pins of the packages the bundle imports."""
     pins = {}
     for line in logged.read_text().splitlines() if logged.is_file() else []:
         package = re.split(r"[=<>~!\[ ;]", line.strip(), maxsplit=1)[0].lower()
-        if package in RUNTIME_PACKAGES:
+        if package in packages:
             pins[package] = line.strip()
-    return [pins.get(package, package) for package in RUNTIME_PACKAGES]
+    return [pins.get(package, package) for package in packages]
 
 
-def _pyproject(name: str, version: str, package: str, requirements: list[str]) -> str:
+def _pyproject(name: str, version: str, package: str, requirements: list[str], family: str) -> str:
     dependencies = ",\n".join(f'    "{r}"' for r in requirements)
     return f'''[build-system]
 requires = ["setuptools>=61"]
@@ -143,18 +191,23 @@ dependencies = [
 {package.replace("_", "-")} = "{package}.__main__:main"
 
 [tool.setuptools]
-packages = ["{package}", "{package}._mlops"]
+packages = [
+    "{package}",
+    "{package}._mlops",
+    "{package}._mlops.families",
+    "{package}._mlops.families.{family}",
+]
 
 [tool.setuptools.package-data]
 {package} = ["model/*"]
 '''
 
 
-def _readme(name: str, version: str, package: str, spec: dict) -> str:
+def _readme(name: str, version: str, package: str, spec: dict, library: str) -> str:
     columns = [*spec["numeric"], *spec["datetime"], *spec["categorical"]]
     return f"""# {name} version {version}, as a predictor
 
-Written by `mlops export`. No MLflow or Prefect needed: the LightGBM model, its fitted feature
+Written by `mlops export`. No MLflow or Prefect needed: the {library} model, its fitted feature
 transform and the feature code it was validated with are in `{package}/`.
 
 ```bash

@@ -5,8 +5,8 @@ the pipeline and serving instead read a pipeline model's files (:mod:`mlops.mode
 version registered by someone else (a pickle, files outside the tracking store) is refused
 without running anything of it. Every model is first loaded in a child process
 (:mod:`mlops.model_check`), the one this pipeline run trained too (its files came back from the
-artifact store): LightGBM's parser aborts the process on some damaged model files rather than
-raising.
+artifact store): a family's parser may abort the process on a damaged model file rather than
+raise.
 """
 
 from __future__ import annotations
@@ -21,11 +21,17 @@ from mlflow.tracking import MlflowClient
 
 from mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
 from mlops.model_files import ModelFilesError, PipelineModel, model_files, read_pipeline_model
+from mlops.settings import Settings
 from model_registry.registry import ModelLoadError, download_model
 
 logger = logging.getLogger(__name__)
 
 _VERSION_URI = re.compile(r"models:/(?P<name>.+)/(?P<version>\d+)")
+
+
+def model_check_limits(settings: Settings) -> ModelCheckLimits:
+    """Limits of the child process that checks a model before it is loaded, from settings."""
+    return ModelCheckLimits(settings.model_check_timeout_s, settings.model_check_memory_mb)
 
 
 def load_pipeline_model(

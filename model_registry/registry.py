@@ -5,7 +5,6 @@ Aliases only (``champion``, ``challenger``, ``previous``), never the deprecated 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -15,7 +14,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-import lightgbm as lgb
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -25,10 +23,8 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 import mlops
-from mlops.dataset import DatasetRef
 from mlops.errors import EnvironmentFailure, MlopsError
-from mlops.prediction import predict_frame
-from mlops.pyfunc import BOOSTER_ARTIFACT, INFO_ARTIFACT, SPEC_ARTIFACT
+from mlops.families import Predictor, predictor_module
 from mlops.uris import location_within
 
 logger = logging.getLogger(__name__)
@@ -68,48 +64,39 @@ class RegisteredVersion(BaseModel):
     model_uri: str
 
 
-def _requirements() -> list[str]:
+PIPELINE_REQUIREMENTS = ("pandas", "numpy", "pyarrow", "pydantic", "scikit-learn")
+"""What every logged model pins besides its family's own packages."""
+
+
+def _requirements(family: str) -> list[str]:
     import importlib.metadata as md
 
-    names = ["lightgbm", "pandas", "numpy", "pyarrow", "pydantic", "scikit-learn"]
+    names = [*predictor_module(family).REQUIREMENTS, *PIPELINE_REQUIREMENTS]
     return [f"{n}=={md.version(n)}" for n in names]
 
 
-def log_pipeline_model(
-    run_id: str, booster: lgb.Booster, dataset: DatasetRef, input_example: pd.DataFrame
-) -> str:
-    """Log the booster + feature transform as an MLflow pyfunc with signature and input example.
+def log_pipeline_model(run_id: str, predictor: Predictor, input_example: pd.DataFrame) -> str:
+    """Log a predictor's files as an MLflow pyfunc with signature and input example.
 
-    The model is defined by code (MLflow's models-from-code, no pickle), and the feature code
-    (the ``mlops`` package) travels with it, so a version keeps predicting the way it was
-    validated even after the code changes.
+    The model is defined by code (MLflow's models-from-code, no pickle), and the feature and
+    family code (the ``mlops`` package) travels with it, so a version keeps predicting the way
+    it was validated even after the code changes.
 
     Returns:
         The logged model's URI (``models:/m-...``).
     """
-    output = predict_frame(
-        booster, dataset.feature_spec, dataset.task, dataset.classes, input_example
-    )
-    signature = infer_signature(input_example, output)
+    signature = infer_signature(input_example, predictor.predict(input_example))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        booster.save_model(folder / "model.txt")
-        (folder / "feature_spec.json").write_text(dataset.feature_spec.model_dump_json(indent=2))
-        info = {"task": dataset.task, "classes": dataset.classes, "target": dataset.target}
-        (folder / "model_info.json").write_text(json.dumps(info, indent=2))
+        artifacts = predictor.save(Path(tmp))
         with mlflow.start_run(run_id=run_id):
             logged = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(mlops.__file__).parent / "model_code.py"),
-                artifacts={
-                    BOOSTER_ARTIFACT: str(folder / "model.txt"),
-                    SPEC_ARTIFACT: str(folder / "feature_spec.json"),
-                    INFO_ARTIFACT: str(folder / "model_info.json"),
-                },
+                artifacts={name: str(path) for name, path in artifacts.items()},
                 code_paths=[str(Path(mlops.__file__).parent)],
                 signature=signature,
                 input_example=input_example,
-                pip_requirements=_requirements(),
+                pip_requirements=_requirements(predictor.facts.family),
             )
     return logged.model_uri
 
@@ -272,7 +259,7 @@ def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
 
     A bare name means its ``champion``. Anything else (a file path, a pickle, a ``runs:/``,
     ``file:`` or ``s3:`` URI) is refused before anything is read: models are loaded only from
-    the registry, and only in LightGBM's native format.
+    the registry, and only in their family's native format.
 
     Raises:
         ModelReferenceError: for a path or a URI outside the registry.
@@ -292,7 +279,7 @@ def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
     if not valid:
         raise ModelReferenceError(
             f"'{reference}' is not a registered model. Models are loaded only from the MLflow "
-            "registry, in LightGBM's native format: give NAME, NAME@alias, NAME/version or "
+            "registry, in their model family's native format: give NAME, NAME@alias, NAME/version or "
             "models:/NAME@alias. Files, pickles and other URIs (runs:/, file:, s3:) are refused."
         )
     return name, alias, version

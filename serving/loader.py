@@ -1,9 +1,9 @@
 """Loading a registered model for serving: download once, check in a child process, then load.
 
 A version's files are downloaded from the registry into a temporary folder; a child process
-reads and checks them (:mod:`mlops.model_check`), because LightGBM can crash the process that
-parses a damaged model file; only then does this process read the same files natively
-(:mod:`model_registry.loading`).
+reads and checks them (:mod:`mlops.model_check`), because a model family's library can crash
+the process that parses a damaged model file; only then does this process read the same files
+natively with the family's predictor (:mod:`model_registry.loading`).
 """
 
 from __future__ import annotations

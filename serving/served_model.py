@@ -1,22 +1,21 @@
 """A registry version as the service holds it: the native model and which version it is.
 
 The model itself is read from its files by :mod:`mlops.model_files` (after
-:mod:`mlops.model_check` checked them in a child process) and predicts with the shared
-feature and prediction code, so the service's predictions are the registry model's, without
-MLflow's per-request pyfunc machinery.
+:mod:`mlops.model_check` checked them in a child process) with its family's predictor, the
+same predictor class the registered pyfunc and exported bundles use, so the service's
+predictions are the registry model's, without MLflow's per-request pyfunc machinery.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from mlops.families import Predictor
 from mlops.features import FeatureSpec, build_feature_matrix
 from mlops.model_files import PipelineModel
-from mlops.prediction import predict_matrix
 
 from .payload import Rows, check_values
 
@@ -35,8 +34,9 @@ class ServedModel:
         return self.model.uri
 
     @property
-    def booster(self) -> lgb.Booster:
-        return self.model.booster
+    def predictor(self) -> Predictor:
+        """The model family's predictor."""
+        return self.model.predictor
 
     @property
     def spec(self) -> FeatureSpec:
@@ -71,7 +71,7 @@ class ServedModel:
         """
         features = build_feature_matrix(rows.columns, rows.count, self.spec)
         check_values(rows, features, self.spec)
-        return predict_matrix(self.booster, self.task, self.classes, features)
+        return self.predictor.predict_matrix(features)
 
     def describe(self) -> dict[str, str]:
         """What ``/version`` answers."""

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlops.errors import ConfigError
 from mlops.settings import Settings
 from mlops.storage import artifact_store
+from model_registry.loading import model_check_limits
 from model_registry.registry import parse_reference
 from serving.app import ServingLimits, ServingState, build_app
 from serving.inference_log import InferenceLog, build_inference_log
@@ -62,7 +63,7 @@ def build_service(settings: Settings, model: str) -> ServingService:
         MlopsError: the inference log cannot be opened.
     """
     uri = settings.resolved_tracking_uri
-    check = settings.model_check
+    check = model_check_limits(settings)
 
     def client() -> MlflowClient:
         return MlflowClient(uri, registry_uri=uri)

@@ -18,6 +18,7 @@ from infra.allocator.profiling import job_features
 from infra.allocator.report import allocation_markdown
 from mlops.config import PipelineConfig
 from mlops.dataset import DatasetRef
+from mlops.families import family
 from mlops.settings import get_settings
 
 
@@ -25,7 +26,7 @@ def recommend_for_dataset(config: PipelineConfig, dataset: DatasetRef) -> Alloca
     """Plan the training cluster for a preprocessed dataset from the recorded history."""
     settings = get_settings()
     return plan_allocation(
-        job_features(dataset, config.training),
+        job_features(dataset, config.training, family()),
         config.training.allocator,
         config.training.cluster,
         recorded_runs(settings),

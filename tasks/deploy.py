@@ -29,6 +29,7 @@ from mlops.gates import artifact_key
 from mlops.settings import get_settings
 from model_registry import promotion as registry_promotion
 from model_registry import tracking
+from model_registry.loading import model_check_limits
 from model_registry.promotion import Promotion, roll_back_promotion
 from model_registry.registry import RegisteredVersion
 from serving.client import InstanceError, replica_urls, request_reload, score, served_model
@@ -263,7 +264,7 @@ def reload_and_smoke_test(config: PipelineConfig, dataset: DatasetRef, version: 
         return GoLive(passed=False, reason=str(error), reloads={}, checks=[], instances=urls)
     rows = held_out_rows(dataset, config.deploy.smoke_rows)
     client, _ = experiment_for(config)
-    uri, check = tracking.tracking_uri_for(config), get_settings().model_check
+    uri, check = tracking.tracking_uri_for(config), model_check_limits(get_settings())
     served = load_served_model(client, f"{config.model.name}/{version}", uri, check)
     expected = served.predict(rows)  # the registry model's predictions, by its own files
     checks = [check_instance(url, rows, expected, version, config.deploy) for url in urls] or [

@@ -42,6 +42,7 @@ from mlops.gates import artifact_key
 from mlops.settings import Settings, get_settings
 from mlops.storage import artifact_store
 from model_registry import tracking
+from model_registry.loading import model_check_limits
 from model_registry.registry import CHAMPION, version_by_alias
 from serving.loader import ServedModel, load_served_model
 from serving.log_reader import INPUT_PREFIX, InferenceWindow, load_inference_window
@@ -107,7 +108,7 @@ def champion_reference(
     champion, dataset = found
     version = str(champion.version)
     served = load_served_model(
-        client, f"{model}/{version}", tracking_uri, get_settings().model_check
+        client, f"{model}/{version}", tracking_uri, model_check_limits(get_settings())
     )
     columns = served.spec.input_columns
     train = _sample(read_split(dataset, "train", columns=columns), config.max_reference_rows)

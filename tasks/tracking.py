@@ -15,13 +15,13 @@ from prefect.runtime import flow_run
 from mlops.config import PipelineConfig
 from mlops.settings import get_settings
 from model_registry import tracking
-from model_registry.loading import ModelStore
+from model_registry.loading import ModelStore, model_check_limits
 
 
 def model_store(config: PipelineConfig) -> ModelStore:
     """Models of the config's tracking store, loaded natively."""
     client, _ = experiment_for(config)
-    return ModelStore(client, tracking.tracking_uri_for(config), get_settings().model_check)
+    return ModelStore(client, tracking.tracking_uri_for(config), model_check_limits(get_settings()))
 
 
 def experiment_for(config: PipelineConfig) -> tuple[MlflowClient, str]:

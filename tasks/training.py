@@ -1,28 +1,19 @@
-"""Training: LightGBM through ``lightgbm.dask`` with early stopping on the whole validation split.
+"""Training stage: the model family's trainer on an allocated Dask cluster, measured and logged.
 
-``lightgbm.dask`` has no early stopping of its own: each worker only sees its shard of an
-``eval_set``, computes a different score and stops at a different round, and the others then
-hang on the network (LightGBM issues #3712, #6351). Here every worker scores the *whole*
-validation split itself with :class:`GlobalValidationScorer`; data-parallel LightGBM builds
-identical trees on every worker, so all workers compute the same curve and stop together.
+The training itself is the family's (:mod:`mlops.families`); this module builds the cluster the
+allocator chose, measures the run for the allocator's history, and logs the run and its model
+to MLflow.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import dask.dataframe as dd
-import fsspec
-import lightgbm as lgb
 import mlflow
-import numpy as np
-import pandas as pd
-from distributed import Client, wait
+from distributed import Client
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
@@ -33,6 +24,7 @@ from infra.allocator.allocation import Allocation
 from infra.allocator.history import RunProfile
 from infra.allocator.profiling import (
     TrainingOutcomeError,
+    TrainOnCluster,
     cluster_config,
     job_features,
     measure_training,
@@ -40,290 +32,16 @@ from infra.allocator.profiling import (
 )
 from infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
 from infra.dask_cluster import worker_peak_memory
-from mlops.config import ClusterConfig, PipelineConfig, TaskType, TrainingConfig
-from mlops.dataset import TARGET_COLUMN, DatasetRef
-from mlops.errors import DataError
-from mlops.features import FeatureSpec, build_features
-from mlops.prediction import class_scores, predict_frame
+from mlops.config import ClusterConfig, PipelineConfig, TrainingConfig
+from mlops.dataset import DatasetRef, read_sample
+from mlops.families import ModelFamily, TrainedModel, family
 from mlops.settings import get_settings
 from model_registry import tracking
 from model_registry.registry import log_pipeline_model
-from tasks.evaluation import evaluation_figures, feature_importance_figure, learning_curve_figure
-from tasks.preprocessing import read_sample, read_split
+from tasks.figures import evaluation_figures, feature_importance_figure, learning_curve_figure
 from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
-
-_METRIC = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "rmse"}
-
-
-class TrainedModel(BaseModel):
-    """What a training run produced, before it is logged."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    booster: lgb.Booster
-    params: dict[str, Any]
-    best_iteration: int
-    iterations_run: int
-    validation_metric: str
-    validation_curve: list[float]
-    validation_targets: np.ndarray
-    validation_scores: np.ndarray
-    wall_time_s: float
-    peak_worker_memory_bytes: dict[str, int]
-    cluster: ClusterConfig
-
-
-# ---------------------------------------------------------------- validation scoring
-
-
-def validation_loss(task: TaskType, raw_scores: np.ndarray, labels: np.ndarray) -> float:
-    """Log-loss (classification) or RMSE (regression) of raw model scores."""
-    if task == "regression":
-        return float(np.sqrt(np.mean((raw_scores - labels) ** 2)))
-    eps = 1e-15
-    if task == "binary":
-        p = np.clip(1.0 / (1.0 + np.exp(-raw_scores)), eps, 1 - eps)
-        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-    shifted = raw_scores - raw_scores.max(axis=1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-np.mean(log_p[np.arange(len(labels)), labels.astype(int)]))
-
-
-class GlobalValidationScorer:
-    """LightGBM callback: score every boosting round on the full validation split.
-
-    Keeps running raw scores (one tree's prediction per round), so each round costs one tree
-    over the validation rows. Stops training after ``patience`` rounds without improvement
-    (0 = never). When training ends on this worker it writes the curve, and the validation
-    scores of the round the model keeps, under ``curve_path``, so the driver can plot them
-    without scoring the validation split again.
-    """
-
-    order = 30
-    before_iteration = False
-
-    def __init__(
-        self,
-        validation_uri: str,
-        spec: FeatureSpec,
-        task: TaskType,
-        n_classes: int,
-        patience: int,
-        curve_path: str,
-    ) -> None:
-        self.validation_uri = validation_uri
-        self.spec = spec
-        self.task = task
-        self.n_classes = n_classes
-        self.patience = patience
-        self.curve_path = curve_path
-        self._features: np.ndarray | None = None
-        self._labels: np.ndarray | None = None
-        self._scores: np.ndarray | None = None
-        self._kept: np.ndarray | None = None
-        self.curve: list[float] = []
-
-    def _load(self) -> None:
-        frame = pd.read_parquet(self.validation_uri)
-        self._features = build_features(frame, self.spec).to_numpy()
-        self._labels = frame[TARGET_COLUMN].to_numpy(dtype="float64")
-        shape = (len(frame), self.n_classes) if self.task == "multiclass" else (len(frame),)
-        self._scores = np.zeros(shape)
-
-    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
-        if self._features is None:
-            self._load()
-        self._scores += env.model.predict(
-            self._features, start_iteration=env.iteration, num_iteration=1, raw_score=True
-        )
-        self.curve.append(validation_loss(self.task, self._scores, self._labels))
-        best = int(np.argmin(self.curve))
-        if self.patience > 0 and best == len(self.curve) - 1:
-            self._kept = self._scores.copy()  # the model will be cut back to this round
-        last_round = env.iteration == env.end_iteration - 1
-        stop = self.patience > 0 and len(self.curve) - 1 - best >= self.patience
-        if stop or last_round:
-            self._write_curve(env.params.get("local_listen_port", 0))
-        if stop:
-            score = [("validation", _METRIC[self.task], self.curve[best], False)]
-            raise lgb.callback.EarlyStopException(best, score)
-
-    def _write_curve(self, port: int) -> None:
-        fs, base = fsspec.core.url_to_fs(self.curve_path)
-        fs.makedirs(base, exist_ok=True)
-        kept = self._kept if self.patience > 0 else self._scores
-        with fs.open(f"{base}/scores-{port}.npz", "wb") as handle:
-            np.savez(handle, raw_scores=kept, labels=self._labels)
-        with fs.open(f"{base}/curve-{port}.json", "w") as handle:  # written last: marks completion
-            json.dump(self.curve, handle)
-
-
-def read_validation_output(
-    curve_path: str,
-) -> tuple[list[float], np.ndarray | None, np.ndarray | None]:
-    """The validation curve, labels and kept raw scores written by one worker.
-
-    All workers write the same values; any one complete set will do.
-    """
-    fs, base = fsspec.core.url_to_fs(curve_path)
-    files = sorted(fs.glob(f"{base}/curve-*.json"))
-    if not files:
-        return [], None, None
-    with fs.open(files[0], "r") as handle:
-        curve = json.load(handle)
-    with fs.open(files[0].replace("/curve-", "/scores-").replace(".json", ".npz"), "rb") as handle:
-        arrays = np.load(handle)
-        return curve, arrays["labels"], arrays["raw_scores"]
-
-
-def scores_from_raw(task: TaskType, raw_scores: np.ndarray) -> np.ndarray:
-    """Class scores as :func:`mlops.pyfunc.class_scores` gives them, from raw model output."""
-    if task == "binary":
-        return 1.0 / (1.0 + np.exp(-raw_scores))
-    if task == "multiclass":
-        shifted = np.exp(raw_scores - raw_scores.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
-    return raw_scores
-
-
-# ---------------------------------------------------------------- training
-
-
-def lightgbm_params(training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
-    """LightGBM parameters for a dataset, from the config."""
-    cluster = training.cluster
-    params: dict[str, Any] = {
-        "n_estimators": training.n_estimators,
-        "learning_rate": training.learning_rate,
-        "num_leaves": training.num_leaves,
-        "max_bin": training.max_bin,
-        "min_child_samples": training.min_child_samples,
-        "colsample_bytree": training.feature_fraction,
-        "random_state": training.seed,
-        "time_out": cluster.network_timeout_minutes,
-        "verbose": -1,
-    }
-    if dataset.task == "multiclass":
-        params |= {"objective": "multiclass", "num_class": dataset.n_classes}
-    elif dataset.task == "binary":
-        params["objective"] = "binary"
-    else:
-        params["objective"] = "regression"
-    if training.class_weight and dataset.task != "regression":
-        params["class_weight"] = training.class_weight
-    return params | training.extra_params
-
-
-def _features_and_label(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    return build_features(frame, spec).assign(**{TARGET_COLUMN: frame[TARGET_COLUMN].to_numpy()})
-
-
-def _feature_partitions(
-    dataset: DatasetRef, split: str, min_partitions: int
-) -> tuple[dd.DataFrame, dd.Series]:
-    """Features and labels of a split as Dask collections with identical partitions.
-
-    Both come out of one ``map_partitions`` call, so Dask cannot plan the label column's read
-    differently (it merges small files when it reads fewer columns) and misalign the two.
-    """
-    frame = dd.read_parquet(dataset.split_uris[split])
-    if frame.npartitions < min_partitions:  # every worker needs a share, or it sits idle
-        frame = frame.repartition(npartitions=min_partitions)
-    spec = dataset.feature_spec
-    meta = pd.DataFrame({name: pd.Series(dtype="float32") for name in spec.feature_names})
-    meta[TARGET_COLUMN] = pd.Series(dtype="float64")
-    combined = frame.map_partitions(_features_and_label, spec, meta=meta)
-    return combined[spec.feature_names], combined[TARGET_COLUMN]
-
-
-def train_lightgbm_on_dask(
-    client: Client,
-    dataset: DatasetRef,
-    training: TrainingConfig,
-    work_uri: str,
-    workers: list[str] | None = None,
-) -> TrainedModel:
-    """Train a LightGBM model on the dataset's training split across the client's workers.
-
-    Args:
-        client: A connected Dask client (see ``infra.dask_cluster.dask_client``).
-        dataset: The preprocessed dataset.
-        training: Parameters, early stopping and the cluster shape.
-        work_uri: Scratch folder for the validation curve.
-        workers: The workers of an existing cluster to train on; default: all of them.
-
-    Returns:
-        The booster (cut to its best validation round when early stopping is on), with the
-        validation curve, timings and worker memory.
-
-    Raises:
-        DataError: if the training split is empty.
-    """
-    if dataset.row_counts.get("train", 0) == 0:
-        raise DataError(f"Dataset {dataset.version} has an empty training split.")
-    params = lightgbm_params(training, dataset)
-    estimator_class = (
-        lgb.DaskLGBMRegressor if dataset.task == "regression" else lgb.DaskLGBMClassifier
-    )
-    model = estimator_class(client=client, **params)
-    n_workers = len(workers or client.scheduler_info(n_workers=-1)["workers"])
-    features, labels = _feature_partitions(dataset, "train", n_workers)
-    scorer = GlobalValidationScorer(
-        dataset.split_uris["validation"],
-        dataset.feature_spec,
-        dataset.task,
-        dataset.n_classes,
-        training.early_stopping_rounds,
-        work_uri,
-    )
-    started = time.perf_counter()
-    warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
-    if workers:  # LightGBM trains where the data's parts are: placing them selects the workers
-        features, labels = client.persist([features, labels], workers=workers)
-        wait([features, labels])
-    model.fit(
-        features,
-        labels,
-        categorical_feature=dataset.feature_spec.categorical_features or "auto",
-        callbacks=[scorer],
-    )
-    wall_time = time.perf_counter() - started
-    curve, labels, raw_scores = read_validation_output(work_uri)
-    booster = model.booster_
-    stopping = training.early_stopping_rounds > 0 and curve
-    best = int(np.argmin(curve)) + 1 if stopping else booster.current_iteration()
-    final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-    if raw_scores is None:  # no worker finished its callback: score the validation split here
-        labels, scores = _validation_scores(final, dataset)
-    else:
-        scores = scores_from_raw(dataset.task, raw_scores)
-    return TrainedModel(
-        booster=final,
-        params=params,
-        best_iteration=best,
-        iterations_run=len(curve) or booster.current_iteration(),
-        validation_metric=_METRIC[dataset.task],
-        validation_curve=curve,
-        validation_targets=labels,
-        validation_scores=scores,
-        wall_time_s=wall_time,
-        peak_worker_memory_bytes=worker_peak_memory(client, workers),
-        cluster=training.cluster,
-    )
-
-
-def feature_importance(booster: lgb.Booster) -> pd.DataFrame:
-    """Gain and split importance per feature, most important first."""
-    return pd.DataFrame(
-        {
-            "feature": booster.feature_name(),
-            "gain": booster.feature_importance("gain"),
-            "split": booster.feature_importance("split"),
-        }
-    ).sort_values("gain", ascending=False, ignore_index=True)
-
 
 # ---------------------------------------------------------------- logging and Prefect tasks
 
@@ -344,7 +62,7 @@ class TrainingResult(BaseModel):
     allocation: Allocation | None = None
 
 
-def log_training(
+def log_training_run(
     client: MlflowClient,
     experiment_id: str,
     dataset: DatasetRef,
@@ -394,7 +112,7 @@ def log_training(
                 **(extra_metrics or {}),
             },
         )
-        importance = feature_importance(trained.booster)
+        importance = trained.predictor.feature_importance()
         tracking.log_figures(
             client,
             run_id,
@@ -418,7 +136,7 @@ def log_training(
             ),
         )
         log_dataset_inputs(run_id, dataset)
-        model_uri = log_pipeline_model(run_id, trained.booster, dataset, read_sample(dataset))
+        model_uri = log_pipeline_model(run_id, trained.predictor, read_sample(dataset))
     return TrainingResult(
         run_id=run_id,
         model_uri=model_uri,
@@ -430,14 +148,6 @@ def log_training(
         time_per_iteration_s=per_iteration,
         peak_worker_memory_bytes=peak,
         cluster=cluster,
-    )
-
-
-def _validation_scores(booster: lgb.Booster, dataset: DatasetRef) -> tuple[np.ndarray, np.ndarray]:
-    frame = read_split(dataset, "validation")
-    predictions = predict_frame(booster, dataset.feature_spec, dataset.task, dataset.classes, frame)
-    return frame[TARGET_COLUMN].to_numpy(dtype="float64"), class_scores(
-        predictions, dataset.task, dataset.classes
     )
 
 
@@ -470,40 +180,36 @@ class TrainingAttempt(BaseModel):
     error: str | None = None
 
 
-def lightgbm_has_cuda() -> bool:
-    """Whether this LightGBM build can train on a CUDA GPU (the PyPI wheel cannot)."""
-    try:
-        data = lgb.Dataset(np.arange(20.0).reshape(10, 2), label=np.arange(10.0) % 2)
-        lgb.train({"device_type": "cuda", "verbose": -1}, data, num_boost_round=1)
-    except lgb.basic.LightGBMError:
-        return False
-    return True
-
-
-def training_for_allocation(training: TrainingConfig, allocation: Allocation) -> TrainingConfig:
-    """The training config with the allocated cluster (and LightGBM's CUDA device for a GPU)."""
-    extra = dict(training.extra_params)
-    if allocation.gpu:
-        if lightgbm_has_cuda():
-            extra["device_type"] = "cuda"
-        else:
-            logger.warning(
-                "The allocation asks for a GPU but this LightGBM build has no CUDA support: "
-                "training on CPU. Run the train-gpu deployment's image for GPU training."
-            )
-    return training.model_copy(
-        update={
-            "cluster": cluster_config(allocation.shape, training.cluster),
-            "extra_params": extra,
-        }
+def training_for_allocation(
+    training: TrainingConfig, allocation: Allocation, model_family: ModelFamily
+) -> TrainingConfig:
+    """The training config with the allocated cluster (and the family's GPU settings for one)."""
+    configured = model_family.for_gpu(training) if allocation.gpu else training
+    return configured.model_copy(
+        update={"cluster": cluster_config(allocation.shape, training.cluster)}
     )
+
+
+def dask_trainer(
+    model_family: ModelFamily, dataset: DatasetRef, work_uri: str
+) -> TrainOnCluster[TrainedModel]:
+    """The family's training on a dataset, as :func:`measure_training` runs it, with the
+    workers' peak memory measured after it."""
+
+    def train(client: Client, training: TrainingConfig, workers: list[str] | None) -> TrainedModel:
+        trained = model_family.train(client, dataset, training, work_uri, workers)
+        peak = worker_peak_memory(client, workers)
+        return trained.model_copy(update={"peak_worker_memory_bytes": peak})
+
+    return train
 
 
 def train_on_allocation(
     dataset: DatasetRef, training: TrainingConfig, allocation: Allocation, work_uri: str
 ) -> TrainingAttempt:
     """Train on the allocated cluster and measure the run, whether it succeeds or fails."""
-    job = job_features(dataset, training)
+    model_family = family()
+    job = job_features(dataset, training, model_family)
     settings = get_settings()
     scheduler = training.cluster.scheduler_address or settings.dask_scheduler_address
     kind = "scheduler" if scheduler else settings.resolved_dask_cluster
@@ -513,13 +219,12 @@ def train_on_allocation(
         "backend": kind,
         "predicted": (allocation.predicted_wall_time_s, allocation.predicted_peak_memory_bytes),
     }
-    configured = training_for_allocation(training, allocation)
+    configured = training_for_allocation(training, allocation, model_family)
     try:
         trained, startup, wall = measure_training(
-            dataset,
+            dask_trainer(model_family, dataset, work_uri),
             configured,
             allocation.shape,
-            work_uri,
             scheduler_address=scheduler,
             cluster_kind=kind,
         )
@@ -549,8 +254,8 @@ def train_on_allocation(
     return TrainingAttempt(trained=trained, profile=profile)
 
 
-@task(name="train-lightgbm-on-dask", timeout_seconds=6 * 3600, persist_result=False)
-def train_model_task(
+@task(name="train-model", timeout_seconds=6 * 3600, persist_result=False)
+def train_model(
     dataset: DatasetRef, training: TrainingConfig, allocation: Allocation, work_uri: str
 ) -> TrainingAttempt:
     """Build the allocated Dask cluster, train, measure, and tear the cluster down."""
@@ -586,7 +291,7 @@ def train_model_task(
 
 
 @task(name="log-training")
-def log_training_task(
+def log_training(
     config: PipelineConfig,
     dataset: DatasetRef,
     attempt: TrainingAttempt,
@@ -596,7 +301,7 @@ def log_training_task(
     """Log the training run, its allocation (predicted vs actual) and the model to MLflow."""
     client, experiment_id = experiment_for(config)
     tags = lineage_tags(config) | allocation_tags(allocation)
-    result = log_training(
+    result = log_training_run(
         client,
         experiment_id,
         dataset,

@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from mlops.config import ClusterConfig
+from mlops.config import ClusterConfig, TrainingConfig
 from mlops.dataset import DatasetRef
+from mlops.families import ModelFamily
 
 from .history import ClusterShape, JobFeatures, RunProfile, RunStatus
 
@@ -35,13 +36,13 @@ class TrainingOutcomeError(RuntimeError):
         self.elapsed_s = elapsed_s
 
 
-def job_features(dataset: DatasetRef, training: Any) -> JobFeatures:
-    """The allocator's view of a job: dataset meta-features plus cost-driving parameters."""
+def job_features(dataset: DatasetRef, training: TrainingConfig, family: ModelFamily) -> JobFeatures:
+    """The allocator's view of a job: dataset meta-features plus the family's cost drivers."""
     meta = dataset.meta_features
     return JobFeatures(
         name=dataset.name,
         context=dataset.version,
-        family="lightgbm",
+        family=family.name,
         n_rows=max(meta.n_rows, 1),
         n_features=max(meta.n_features, 1),
         n_numeric=meta.n_numeric,
@@ -52,11 +53,7 @@ def job_features(dataset: DatasetRef, training: Any) -> JobFeatures:
         sparsity=min(max(meta.sparsity, 0.0), 1.0),
         task=meta.task,
         n_classes=meta.n_classes,
-        n_estimators=training.n_estimators,
-        num_leaves=training.num_leaves,
-        max_bin=training.max_bin,
-        learning_rate=training.learning_rate,
-        early_stopping_rounds=training.early_stopping_rounds,
+        **family.cost_drivers(training, dataset),
     )
 
 
@@ -260,29 +257,48 @@ def profile_row(
     )
 
 
+class Trained(Protocol):
+    """What a training callable returns: anything that knows how long its training took."""
+
+    wall_time_s: float
+
+
+T = TypeVar("T", bound=Trained)
+TrainOnCluster = Callable[[Any, TrainingConfig, "list[str] | None"], T]
+"""Training work handed to :func:`measure_training`: (client, config, workers) -> result."""
+
+
 def measure_training(
-    dataset: DatasetRef,
-    training: Any,
+    train: TrainOnCluster[T],
+    training: TrainingConfig,
     shape: ClusterShape,
-    work_uri: str,
     *,
     timeout_s: float | None = None,
     scheduler_address: str | None = None,
     cluster_kind: str = "local",
-) -> tuple[Any, float, float]:
-    """Train on a cluster of ``shape`` and time it.
+) -> tuple[T, float, float]:
+    """Run ``train`` on a cluster of ``shape`` and time it.
 
     On an existing scheduler the run gets ``shape.workers`` of its workers; on a LocalCluster
     or KubeCluster, a cluster of that shape is built for it.
 
+    Args:
+        train: The training work (the train stage passes its family's trainer), given the
+            client, the config with the shape's cluster and the workers to train on (None:
+            all of the client's).
+        training: The training config; its cluster is replaced by the shape's.
+        shape: The cluster to build (or take workers from).
+        timeout_s: Fail the run as ``timeout`` past this many seconds.
+        scheduler_address: An existing scheduler to take workers from.
+        cluster_kind: ``local`` or ``kubernetes`` when a cluster is built.
+
     Returns:
-        The trained model, the cluster start-up seconds and the training seconds.
+        What ``train`` returned, the cluster start-up seconds and the training seconds.
 
     Raises:
         TrainingOutcomeError: when training fails, with the failure's status and elapsed time.
     """
     from infra.dask_cluster import dask_client, restart_survivors, select_workers
-    from tasks.training import train_lightgbm_on_dask
 
     cluster = cluster_config(shape, training.cluster)
     config = training.model_copy(update={"cluster": cluster})
@@ -295,7 +311,7 @@ def measure_training(
                 startup = time.perf_counter() - started
                 try:
                     trained = run_watched(
-                        lambda: train_lightgbm_on_dask(client, dataset, config, work_uri, workers),
+                        lambda: train(client, config, workers),
                         client,
                         kills.messages,
                         timeout_s,

@@ -167,8 +167,8 @@ def test_early_stopping_stops_all_workers_together_and_can_be_turned_off(fraud_f
 def test_workers_report_the_kept_models_validation_scores(fraud_file, tmp_path):
     """The plots use the scores the workers computed; they must be the kept model's predictions."""
     from infra.dask_cluster import dask_client
-    from mlops.prediction import class_scores, predict_frame
-    from tasks.training import train_lightgbm_on_dask
+    from mlops.families.lightgbm.training import train_lightgbm_on_dask
+    from mlops.prediction import class_scores
     from tests.integration.conftest import bundled_config
 
     config = bundled_config(
@@ -179,9 +179,7 @@ def test_workers_report_the_kept_models_validation_scores(fraud_file, tmp_path):
         trained = train_lightgbm_on_dask(client, dataset, config.training, str(tmp_path / "work"))
     assert trained.iterations_run == trained.best_iteration + 5  # cut back to the best round
     frame = read_split(dataset, "validation")
-    expected = predict_frame(
-        trained.booster, dataset.feature_spec, "binary", dataset.classes, frame
-    )
+    expected = trained.predictor.predict(frame)
     np.testing.assert_allclose(
         trained.validation_scores,
         class_scores(expected, "binary", dataset.classes),

@@ -109,7 +109,9 @@ def train_and_register(home: Path, uri: str) -> tuple[str, dict]:
 
     from mlops.config import parse_config
     from mlops.dataset import TARGET_COLUMN, read_sample, read_split
+    from mlops.families.lightgbm.predictor import FAMILY, LightGBMPredictor
     from mlops.features import build_features
+    from mlops.prediction import ModelFacts
     from mlops.source import fingerprint_source
     from mlops.synthetic import write_dataset
     from model_registry.registry import log_pipeline_model
@@ -134,7 +136,9 @@ def train_and_register(home: Path, uri: str) -> tuple[str, dict]:
     experiment = client.create_experiment("fraud-detection", artifact_location=location)
     run = client.create_run(experiment)
     sample = read_sample(dataset)
-    model_uri = log_pipeline_model(run.info.run_id, booster, dataset, sample)
+    facts = ModelFacts(dataset.feature_spec, dataset.task, dataset.classes, FAMILY, dataset.target)
+    predictor = LightGBMPredictor(booster=booster, facts=facts)
+    model_uri = log_pipeline_model(run.info.run_id, predictor, sample)
     client.set_terminated(run.info.run_id)
     client.create_registered_model(MODEL)
     created = client.create_model_version(

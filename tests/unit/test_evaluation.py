@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.evaluation import compute_metrics, evaluation_figures, primary_metric
+from tasks.evaluation import compute_metrics, primary_metric
+from tasks.figures import evaluation_figures
 
 
 def test_binary_metrics_on_known_scores():

@@ -1,0 +1,61 @@
+"""The LightGBM family as the pipeline and the allocator see it (:class:`~mlops.families.ModelFamily`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from distributed import Client
+
+from ...config import TrainingConfig
+from ...dataset import DatasetRef
+from .. import TrainedModel
+from .predictor import FAMILY as NAME
+from .training import lightgbm_has_cuda, lightgbm_params, train_lightgbm_on_dask
+
+logger = logging.getLogger(__name__)
+
+
+class LightGBMFamily:
+    """LightGBM through ``lightgbm.dask``, early stopping on the whole validation split."""
+
+    name = NAME
+
+    def train(
+        self,
+        client: Client,
+        dataset: DatasetRef,
+        training: TrainingConfig,
+        work_uri: str,
+        workers: list[str] | None = None,
+    ) -> TrainedModel:
+        """Train on the client's workers (see :func:`.training.train_lightgbm_on_dask`)."""
+        return train_lightgbm_on_dask(client, dataset, training, work_uri, workers)
+
+    def parameters(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
+        """LightGBM's parameters for the dataset."""
+        return lightgbm_params(training, dataset)
+
+    def cost_drivers(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
+        """The parameters the allocator's LightGBM cost model reads (rounds, tree size, bins)."""
+        return {
+            "n_estimators": training.n_estimators,
+            "num_leaves": training.num_leaves,
+            "max_bin": training.max_bin,
+            "learning_rate": training.learning_rate,
+            "early_stopping_rounds": training.early_stopping_rounds,
+        }
+
+    def for_gpu(self, training: TrainingConfig) -> TrainingConfig:
+        """LightGBM's CUDA device when this build has it; otherwise a warning, and the CPU."""
+        if not lightgbm_has_cuda():
+            logger.warning(
+                "The allocation asks for a GPU but this LightGBM build has no CUDA support: "
+                "training on CPU. Run the train-gpu deployment's image for GPU training."
+            )
+            return training
+        extra = training.extra_params | {"device_type": "cuda"}
+        return training.model_copy(update={"extra_params": extra})
+
+
+FAMILY = LightGBMFamily()

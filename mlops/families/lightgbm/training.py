@@ -1,0 +1,304 @@
+"""LightGBM training through ``lightgbm.dask`` with early stopping on the whole validation split.
+
+``lightgbm.dask`` has no early stopping of its own: each worker only sees its shard of an
+``eval_set``, computes a different score and stops at a different round, and the others then
+hang on the network (LightGBM issues #3712, #6351). Here every worker scores the *whole*
+validation split itself with :class:`GlobalValidationScorer`; data-parallel LightGBM builds
+identical trees on every worker, so all workers compute the same curve and stop together.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from typing import Any
+
+import dask.dataframe as dd
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from distributed import Client, wait
+
+from ...config import TaskType, TrainingConfig
+from ...dataset import TARGET_COLUMN, DatasetRef, read_split
+from ...errors import DataError
+from ...features import FeatureSpec, build_features
+from ...prediction import ModelFacts, class_scores
+from ...storage import open_url, store_options
+from .. import TrainedModel
+from .predictor import FAMILY, LightGBMPredictor
+
+_METRIC = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "rmse"}
+
+
+# ---------------------------------------------------------------- validation scoring
+
+
+def validation_loss(task: TaskType, raw_scores: np.ndarray, labels: np.ndarray) -> float:
+    """Log-loss (classification) or RMSE (regression) of raw model scores."""
+    if task == "regression":
+        return float(np.sqrt(np.mean((raw_scores - labels) ** 2)))
+    eps = 1e-15
+    if task == "binary":
+        p = np.clip(1.0 / (1.0 + np.exp(-raw_scores)), eps, 1 - eps)
+        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    shifted = raw_scores - raw_scores.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(labels)), labels.astype(int)]))
+
+
+class GlobalValidationScorer:
+    """LightGBM callback: score every boosting round on the full validation split.
+
+    Keeps running raw scores (one tree's prediction per round), so each round costs one tree
+    over the validation rows. Stops training after ``patience`` rounds without improvement
+    (0 = never). When training ends on this worker it writes the curve, and the validation
+    scores of the round the model keeps, under ``curve_path``, so the driver can plot them
+    without scoring the validation split again.
+    """
+
+    order = 30
+    before_iteration = False
+
+    def __init__(
+        self,
+        validation_uri: str,
+        spec: FeatureSpec,
+        task: TaskType,
+        n_classes: int,
+        patience: int,
+        curve_path: str,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.validation_uri = validation_uri
+        self.spec = spec
+        self.task = task
+        self.n_classes = n_classes
+        self.patience = patience
+        self.curve_path = curve_path
+        self.storage_options = storage_options or {}  # resolved by the client, not the worker
+        self._features: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self._scores: np.ndarray | None = None
+        self._kept: np.ndarray | None = None
+        self.curve: list[float] = []
+
+    def _load(self) -> None:
+        fs, path = open_url(self.validation_uri, self.storage_options)
+        frame = pd.read_parquet(path, filesystem=fs)
+        self._features = build_features(frame, self.spec).to_numpy()
+        self._labels = frame[TARGET_COLUMN].to_numpy(dtype="float64")
+        shape = (len(frame), self.n_classes) if self.task == "multiclass" else (len(frame),)
+        self._scores = np.zeros(shape)
+
+    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
+        if self._features is None:
+            self._load()
+        self._scores += env.model.predict(
+            self._features, start_iteration=env.iteration, num_iteration=1, raw_score=True
+        )
+        self.curve.append(validation_loss(self.task, self._scores, self._labels))
+        best = int(np.argmin(self.curve))
+        if self.patience > 0 and best == len(self.curve) - 1:
+            self._kept = self._scores.copy()  # the model will be cut back to this round
+        last_round = env.iteration == env.end_iteration - 1
+        stop = self.patience > 0 and len(self.curve) - 1 - best >= self.patience
+        if stop or last_round:
+            self._write_curve(env.params.get("local_listen_port", 0))
+        if stop:
+            score = [("validation", _METRIC[self.task], self.curve[best], False)]
+            raise lgb.callback.EarlyStopException(best, score)
+
+    def _write_curve(self, port: int) -> None:
+        fs, base = open_url(self.curve_path, self.storage_options)
+        fs.makedirs(base, exist_ok=True)
+        kept = self._kept if self.patience > 0 else self._scores
+        with fs.open(f"{base}/scores-{port}.npz", "wb") as handle:
+            np.savez(handle, raw_scores=kept, labels=self._labels)
+        with fs.open(f"{base}/curve-{port}.json", "w") as handle:  # written last: marks completion
+            json.dump(self.curve, handle)
+
+
+def read_validation_output(
+    curve_path: str,
+) -> tuple[list[float], np.ndarray | None, np.ndarray | None]:
+    """The validation curve, labels and kept raw scores written by one worker.
+
+    All workers write the same values; any one complete set will do.
+    """
+    fs, base = open_url(curve_path)
+    files = sorted(fs.glob(f"{base}/curve-*.json"))
+    if not files:
+        return [], None, None
+    with fs.open(files[0], "r") as handle:
+        curve = json.load(handle)
+    with fs.open(files[0].replace("/curve-", "/scores-").replace(".json", ".npz"), "rb") as handle:
+        arrays = np.load(handle)
+        return curve, arrays["labels"], arrays["raw_scores"]
+
+
+def scores_from_raw(task: TaskType, raw_scores: np.ndarray) -> np.ndarray:
+    """Class scores as :func:`mlops.prediction.class_scores` gives them, from raw model output."""
+    if task == "binary":
+        return 1.0 / (1.0 + np.exp(-raw_scores))
+    if task == "multiclass":
+        shifted = np.exp(raw_scores - raw_scores.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    return raw_scores
+
+
+# ---------------------------------------------------------------- training
+
+
+def lightgbm_params(training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
+    """LightGBM parameters for a dataset, from the config."""
+    cluster = training.cluster
+    params: dict[str, Any] = {
+        "n_estimators": training.n_estimators,
+        "learning_rate": training.learning_rate,
+        "num_leaves": training.num_leaves,
+        "max_bin": training.max_bin,
+        "min_child_samples": training.min_child_samples,
+        "colsample_bytree": training.feature_fraction,
+        "random_state": training.seed,
+        "time_out": cluster.network_timeout_minutes,
+        "verbose": -1,
+    }
+    if dataset.task == "multiclass":
+        params |= {"objective": "multiclass", "num_class": dataset.n_classes}
+    elif dataset.task == "binary":
+        params["objective"] = "binary"
+    else:
+        params["objective"] = "regression"
+    if training.class_weight and dataset.task != "regression":
+        params["class_weight"] = training.class_weight
+    return params | training.extra_params
+
+
+def _features_and_label(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    return build_features(frame, spec).assign(**{TARGET_COLUMN: frame[TARGET_COLUMN].to_numpy()})
+
+
+def _feature_partitions(
+    dataset: DatasetRef, split: str, min_partitions: int
+) -> tuple[dd.DataFrame, dd.Series]:
+    """Features and labels of a split as Dask collections with identical partitions.
+
+    Both come out of one ``map_partitions`` call, so Dask cannot plan the label column's read
+    differently (it merges small files when it reads fewer columns) and misalign the two.
+    """
+    uri = dataset.split_uris[split]
+    frame = dd.read_parquet(uri, storage_options=store_options(uri) or None)
+    if frame.npartitions < min_partitions:  # every worker needs a share, or it sits idle
+        frame = frame.repartition(npartitions=min_partitions)
+    spec = dataset.feature_spec
+    meta = pd.DataFrame({name: pd.Series(dtype="float32") for name in spec.feature_names})
+    meta[TARGET_COLUMN] = pd.Series(dtype="float64")
+    combined = frame.map_partitions(_features_and_label, spec, meta=meta)
+    return combined[spec.feature_names], combined[TARGET_COLUMN]
+
+
+def train_lightgbm_on_dask(
+    client: Client,
+    dataset: DatasetRef,
+    training: TrainingConfig,
+    work_uri: str,
+    workers: list[str] | None = None,
+) -> TrainedModel:
+    """Train a LightGBM model on the dataset's training split across the client's workers.
+
+    Args:
+        client: A connected Dask client.
+        dataset: The preprocessed dataset.
+        training: Parameters, early stopping and the cluster shape.
+        work_uri: Scratch folder for the validation curve.
+        workers: The workers of an existing cluster to train on; default: all of them.
+
+    Returns:
+        The predictor (its booster cut to its best validation round when early stopping is
+        on), with the validation curve and timings; the caller measures worker memory.
+
+    Raises:
+        DataError: if the training split is empty.
+    """
+    if dataset.row_counts.get("train", 0) == 0:
+        raise DataError(f"Dataset {dataset.version} has an empty training split.")
+    params = lightgbm_params(training, dataset)
+    estimator_class = (
+        lgb.DaskLGBMRegressor if dataset.task == "regression" else lgb.DaskLGBMClassifier
+    )
+    model = estimator_class(client=client, **params)
+    n_workers = len(workers or client.scheduler_info(n_workers=-1)["workers"])
+    features, labels = _feature_partitions(dataset, "train", n_workers)
+    scorer = GlobalValidationScorer(
+        dataset.split_uris["validation"],
+        dataset.feature_spec,
+        dataset.task,
+        dataset.n_classes,
+        training.early_stopping_rounds,
+        work_uri,
+        store_options(work_uri),
+    )
+    started = time.perf_counter()
+    warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+    if workers:  # LightGBM trains where the data's parts are: placing them selects the workers
+        features, labels = client.persist([features, labels], workers=workers)
+        wait([features, labels])
+    model.fit(
+        features,
+        labels,
+        categorical_feature=dataset.feature_spec.categorical_features or "auto",
+        callbacks=[scorer],
+    )
+    wall_time = time.perf_counter() - started
+    curve, labels, raw_scores = read_validation_output(work_uri)
+    booster = model.booster_
+    stopping = training.early_stopping_rounds > 0 and curve
+    best = int(np.argmin(curve)) + 1 if stopping else booster.current_iteration()
+    final = LightGBMPredictor(
+        booster=lgb.Booster(model_str=booster.model_to_string(num_iteration=best)),
+        facts=ModelFacts(
+            spec=dataset.feature_spec,
+            task=dataset.task,
+            classes=dataset.classes,
+            family=FAMILY,
+            target=dataset.target,
+        ),
+    )
+    if raw_scores is None:  # no worker finished its callback: score the validation split here
+        labels, scores = _validation_scores(final, dataset)
+    else:
+        scores = scores_from_raw(dataset.task, raw_scores)
+    return TrainedModel(
+        predictor=final,
+        params=params,
+        best_iteration=best,
+        iterations_run=len(curve) or booster.current_iteration(),
+        validation_metric=_METRIC[dataset.task],
+        validation_curve=curve,
+        validation_targets=labels,
+        validation_scores=scores,
+        wall_time_s=wall_time,
+        cluster=training.cluster,
+    )
+
+
+def _validation_scores(
+    predictor: LightGBMPredictor, dataset: DatasetRef
+) -> tuple[np.ndarray, np.ndarray]:
+    frame = read_split(dataset, "validation")
+    predictions = predictor.predict(frame)
+    return frame[TARGET_COLUMN].to_numpy(dtype="float64"), class_scores(
+        predictions, dataset.task, dataset.classes
+    )
+
+
+def lightgbm_has_cuda() -> bool:
+    """Whether this LightGBM build can train on a CUDA GPU (the PyPI wheel cannot)."""
+    try:
+        data = lgb.Dataset(np.arange(20.0).reshape(10, 2), label=np.arange(10.0) % 2)
+        lgb.train({"device_type": "cuda", "verbose": -1}, data, num_boost_round=1)
+    except lgb.basic.LightGBMError:
+        return False
+    return True

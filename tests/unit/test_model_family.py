@@ -1,0 +1,175 @@
+"""The model-family contract, for LightGBM, end to end on a small dataset: train on a real Dask
+cluster, write the model's files, load a predictor from those files alone, score the same; and
+the MLflow pyfunc, the serving service and an exported bundle all predict through the family's
+predictor class."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from distributed import Client, LocalCluster
+
+import mlops
+from mlops.config import parse_config
+from mlops.dataset import read_split
+from mlops.families import (
+    FAMILIES,
+    Predictor,
+    TrainedModel,
+    family,
+    load_predictor,
+    model_family,
+    predictor_module,
+)
+from mlops.families.lightgbm.predictor import LightGBMPredictor
+from mlops.model_files import ModelFilesError, read_pipeline_model
+from mlops.prediction import INFO_ARTIFACT, class_scores
+from mlops.pyfunc import PipelinePyfunc
+from mlops.source import fingerprint_source
+from mlops.synthetic import write_dataset
+from model_registry.export import _write_bundle
+from serving.served_model import ServedModel
+from tasks.preprocessing import build_dataset_version
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[TrainedModel, object]:
+    """A small fraud model trained by the LightGBM family on a one-worker LocalCluster."""
+    home = tmp_path_factory.mktemp("family")
+    source = write_dataset("fraud", 3_000, home / "fraud.parquet", seed=3)
+    raw = yaml.safe_load((CONFIGS / "fraud_detection.yaml").read_text())
+    raw["data"]["source"] = str(source)
+    raw["data"].pop("synthetic")
+    raw["training"].update({"n_estimators": 25, "early_stopping_rounds": 5})
+    config = parse_config(raw, origin="fraud_detection (test)")
+    dataset = build_dataset_version(config, str(home / "store"), fingerprint_source(config.data))
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        model = family().train(client, dataset, config.training, str(home / "work"))
+    return model, dataset
+
+
+def test_the_trainer_returns_a_predictor_cut_to_its_best_round(trained):
+    model, dataset = trained
+    assert isinstance(model.predictor, Predictor)
+    assert model.predictor.facts.family == "lightgbm"
+    assert model.predictor.booster.current_iteration() == model.best_iteration
+    assert model.validation_metric == "binary_logloss"
+    assert len(model.validation_scores) == dataset.row_counts["validation"]
+    assert model.params["objective"] == "binary"
+
+
+def test_a_predictor_loaded_from_the_files_alone_scores_the_same(trained, tmp_path):
+    model, dataset = trained
+    artifacts = model.predictor.save(tmp_path)
+    assert {name: path.name for name, path in artifacts.items()} == {
+        "booster": "model.txt",
+        "feature_spec": "feature_spec.json",
+        "model_info": "model_info.json",
+    }
+    assert model_family(tmp_path) == "lightgbm"
+    loaded = load_predictor(tmp_path)
+    assert type(loaded) is LightGBMPredictor
+    rows = read_split(dataset, "test")
+    expected = model.predictor.predict(rows)
+    pd.testing.assert_frame_equal(loaded.predict(rows), expected)
+    assert list(expected.columns) == ["prediction", "probability"]
+    validation = read_split(dataset, "validation")
+    np.testing.assert_allclose(  # the scores the trainer handed on are the kept model's
+        class_scores(loaded.predict(validation), dataset.task, dataset.classes),
+        model.validation_scores,
+        rtol=1e-6,
+        atol=1e-9,
+    )
+
+
+def test_the_cost_drivers_are_job_fields_the_allocator_knows(trained):
+    from infra.allocator.history import JobFields
+    from infra.allocator.profiling import job_features
+
+    _, dataset = trained
+    training = parse_config(
+        yaml.safe_load((CONFIGS / "fraud_detection.yaml").read_text()), origin="x"
+    ).training
+    drivers = family().cost_drivers(training, dataset)
+    assert set(drivers) <= set(JobFields.model_fields)
+    job = job_features(dataset, training, family())
+    assert job.family == "lightgbm" and job.is_lightgbm
+    assert job.n_estimators == training.n_estimators
+
+
+def test_the_pyfunc_the_service_and_a_bundle_predict_with_the_family_predictor(trained, tmp_path):
+    model, dataset = trained
+    rows = read_split(dataset, "test").head(50)
+    expected = model.predictor.predict(rows)
+    artifacts = tmp_path / "version" / "artifacts"
+    artifacts.mkdir(parents=True)
+    files = model.predictor.save(artifacts)
+
+    pyfunc = PipelinePyfunc()
+    pyfunc.load_context(SimpleNamespace(artifacts={k: str(v) for k, v in files.items()}))
+    assert type(pyfunc.predictor) is LightGBMPredictor
+    pd.testing.assert_frame_equal(pyfunc.predict(None, rows), expected)
+
+    served = ServedModel("m", "1", "run", read_pipeline_model(artifacts, "models:/m/1"))
+    assert type(served.predictor) is LightGBMPredictor
+    pd.testing.assert_frame_equal(served.predict(rows), expected)
+
+    shutil.copytree(Path(mlops.__file__).parent, tmp_path / "version" / "code" / "mlops")
+    bundle = _write_bundle(tmp_path / "version", tmp_path / "bundle", "m", "1", "run")
+    copied = tmp_path / "bundle" / bundle.package / "_mlops" / "families" / "lightgbm"
+    own = Path(predictor_module("lightgbm").__file__)
+    assert (copied / "predictor.py").read_text() == own.read_text()
+    sys.path.insert(0, str(tmp_path / "bundle"))
+    try:
+        exported = importlib.import_module(bundle.package).load()
+    finally:
+        sys.path.remove(str(tmp_path / "bundle"))
+    assert type(exported.model).__qualname__ == "LightGBMPredictor"
+    assert type(exported.model).__module__ == f"{bundle.package}._mlops.families.lightgbm.predictor"
+    pd.testing.assert_frame_equal(exported.predict(rows), expected)
+
+
+def test_files_without_the_family_model_file_are_not_a_pipeline_model(trained, tmp_path):
+    model, _ = trained
+    model.predictor.save(tmp_path)
+    (tmp_path / "model.txt").unlink()
+    with pytest.raises(ModelFilesError, match=r"not a pipeline model: it lacks \['model.txt'\]"):
+        read_pipeline_model(tmp_path, "models:/m/1")
+
+
+def test_an_unknown_family_is_named():
+    with pytest.raises(KeyError, match="No model family 'xgboost'; there are lightgbm"):
+        family("xgboost")
+    assert set(FAMILIES) == {"lightgbm"}
+    assert INFO_ARTIFACT == "model_info"
+
+
+def test_a_damaged_model_file_is_refused_in_a_child_naming_the_library(trained, tmp_path):
+    from mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
+
+    model, dataset = trained
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    model.predictor.save(artifacts)
+    example = read_split(dataset, "test").head(3)[dataset.feature_spec.input_columns]
+    (tmp_path / "input_example.json").write_text(example.to_json(orient="split", index=False))
+    assert check_in_child(tmp_path, "models:/m/1", ModelCheckLimits()) > 0
+    booster = artifacts / "model.txt"
+    booster.write_text(booster.read_text().replace("leaf_value=", "leaf_value=oops ", 1))
+    with pytest.raises(ModelCheckFailed, match=r"crashed \(SIGABRT\); LightGBM said: Model format"):
+        check_in_child(tmp_path, "models:/m/1", ModelCheckLimits())
