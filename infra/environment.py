@@ -19,7 +19,7 @@ QUIET_ENVIRONMENT = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "INFO",
     # Our modules log progress with the standard logging module; show it with Prefect's logs.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,model_registry,infra,mlops",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,model_registry,infra,serving,mlops",
     # Dask's per-worker INFO chatter drowns the stage logs; workers inherit this.
     "DASK_LOGGING__DISTRIBUTED": "warning",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",

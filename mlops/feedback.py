@@ -1,8 +1,8 @@
 """Delayed labels: files of ``request_id``, ``row`` (0 when absent) and ``label`` per model.
 
 They are dropped as CSV or Parquet files under ``<artifact store>/feedback/<model>/``
-(:meth:`mlops.storage.ArtifactStore.feedback_folder`); the drift monitor joins them to the inference log. A file that cannot
-be read is skipped and named, never fatal.
+(:meth:`mlops.storage.ArtifactStore.feedback_folder`); the drift monitor joins them to the
+inference log. A file that cannot be read is skipped and named, never fatal.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A model family's native parser need not raise on a damaged model file: a truncated file can
 crash it (SIGSEGV) and a malformed line abort it (SIGABRT), taking the whole process down.
-So neither the serving process nor a pipeline stage parses a model from the registry first. Its files are downloaded once; a fresh interpreter (``python -m mlops.model_check
+So neither the serving process nor a pipeline stage parses a model from the registry first.
+Its files are downloaded once; a fresh interpreter (``python -m mlops.model_check
 FOLDER URI MEMORY_MB``) reads them, predicts the input example and checks the answer (finite
 values, one row per input row), under a time limit and a cap on the memory it may add; only
 when it exits cleanly does the caller read the same files. A child that crashes, is killed,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import MlopsError
-from .families import Predictor, model_family, predictor_module
+from .families import FAMILIES, Predictor, model_family, predictor_module
 from .features import FeatureSpec
 from .prediction import INFO_FILE, SPEC_FILE
 
@@ -77,7 +77,11 @@ def model_files(folder: Path, uri: str) -> dict[str, Path]:
         try:
             required = [*predictor_module(family).MODEL_FILES, *required]
         except KeyError:
-            raise ModelFilesError(f"{uri} is of an unknown model family '{family}'.") from None
+            raise ModelFilesError(
+                f"{uri} is of an unknown model family '{family}'. Known families: "
+                f"{', '.join(FAMILIES)}; a new family is registered in mlops/families/__init__.py "
+                "(docs/model-families.md)."
+            ) from None
     missing = [name for name in required if name not in files]
     if missing:
         raise ModelFilesError(

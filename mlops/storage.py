@@ -5,7 +5,9 @@ Everything the pipeline writes outside MLflow goes under one root URL
 storage options in ``MLOPS_ARTIFACT_STORE_OPTIONS`` (a JSON object: credentials, endpoint, as
 ``data.storage_options`` are for a source). The layout, each folder named once here:
 
-- ``datasets/<use case>/<version>/``: a preprocessed dataset version (:mod:`mlops.dataset`).
+- ``datasets/<use case>/<version>/``: a preprocessed dataset version (:mod:`mlops.dataset`),
+  with the data gate's files beside it: ``expectations/`` (suites derived from it as a
+  reference) and ``data-gate/<suite>/`` (its validation result, report and Data Docs).
 - ``inference-log/``: the serving instances' Parquet inference log (:mod:`serving.log_sinks`).
 - ``feedback/<model>/``: delayed labels, CSV or Parquet files of ``request_id``, ``row``, ``label``.
 - ``monitoring/<model>/last-event.json``: the drift monitor's last event (its cooldown).
@@ -38,6 +40,8 @@ FEEDBACK = "feedback"
 MONITORING = "monitoring"
 TRAINING = "training"
 LAST_EVENT = "last-event.json"
+EXPECTATIONS = "expectations"
+DATA_GATE = "data-gate"
 
 
 def open_url(url: str, options: Mapping[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
@@ -53,6 +57,20 @@ def open_url(url: str, options: Mapping[str, Any] | None = None) -> tuple[Abstra
     """
     chosen = store_options(url) if options is None else options
     return fsspec.core.url_to_fs(url, **chosen)
+
+
+def write_text(url: str, text: str, options: Mapping[str, Any] | None = None) -> None:
+    """Write ``text`` to the file ``url``, creating its folder first.
+
+    Args:
+        url: A local path or any fsspec URL.
+        text: The file's content.
+        options: fsspec storage options (None: as :func:`open_url` chooses).
+    """
+    fs, path = open_url(url, options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as handle:
+        handle.write(text)
 
 
 def store_options(url: str, settings: Settings | None = None) -> dict[str, Any]:

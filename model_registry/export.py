@@ -3,7 +3,8 @@
 The bundle is a small pip-installable project: the model's files (its family's native model
 file, the fitted feature transform, the task facts), the model's own copy of the project's
 feature code and of its family's predictor (the code it was validated with, stored beside it
-in the registry) and a minimal, pinned list of requirements. It predicts without MLflow or Prefect, for serverless functions or edge boxes.
+in the registry) and a minimal, pinned list of requirements. It predicts without MLflow or
+Prefect, for serverless functions or edge boxes.
 It is written to a temporary folder next to the destination and renamed into place, so a
 failed export leaves nothing behind.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from mlops.errors import MlopsError
-from mlops.families import model_family, predictor_module
+from mlops.families import FAMILIES, model_family, predictor_module
 from mlops.prediction import INFO_FILE, SPEC_FILE
 from model_registry.registry import download_version, resolve_version
 
@@ -104,7 +105,11 @@ def _bundle_code(source: Path, uri: str) -> _BundleCode:
     try:
         module = predictor_module(family)
     except KeyError:
-        raise ExportError(f"{uri} is of an unknown model family '{family}'.") from None
+        raise ExportError(
+            f"{uri} is of an unknown model family '{family}'. Known families: "
+            f"{', '.join(FAMILIES)}; a new family is registered in mlops/families/__init__.py "
+            "(docs/model-families.md)."
+        ) from None
     missing += [f for f in module.MODEL_FILES if not (artifacts / f).is_file()]
     if missing:
         raise ExportError(f"{uri} is not a pipeline model: it lacks {missing}.")
@@ -126,8 +131,9 @@ def _write_bundle(source: Path, stage: Path, name: str, version: str, run_id: st
         or "from .errors import" not in (code / "features.py").read_text()
     ):
         raise ExportError(
-            f"{uri} was logged before models could be exported: its copy of the feature code "
-            "cannot run on its own. Retrain it (mlops run) and export the new version."
+            f"{uri} was logged before model families (or before models could be exported): "
+            "its copy of the prediction code cannot run on its own. Retrain it (mlops run) and "
+            "export the new version; serving and loading it still work."
         )
     package = package_name(name)
     root = stage / package

@@ -27,7 +27,7 @@ from mlops.config import DataConfig, DataGateConfig, PipelineConfig
 from mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef, load_dataset_ref
 from mlops.errors import DataValidationError
 from mlops.gates import DataGateResult, GateCheck, artifact_key, checks_table
-from mlops.storage import open_url
+from mlops.storage import DATA_GATE, EXPECTATIONS, open_url, write_text
 from model_registry import tracking
 from model_registry.registry import CHAMPION, version_by_alias
 from tasks.data_gate_checks import (
@@ -105,9 +105,7 @@ def _part_files(dataset: DatasetRef) -> list[str]:
 
 
 def _write_json(uri: str, payload: Any) -> None:
-    fs, path = open_url(uri)
-    with fs.open(path, "w") as handle:
-        handle.write(json.dumps(payload, indent=2, default=str))
+    write_text(uri, json.dumps(payload, indent=2, default=str))
 
 
 def _read_json(uri: str) -> Any | None:
@@ -120,7 +118,7 @@ def _read_json(uri: str) -> Any | None:
 
 def suite_uri_for(reference: DatasetRef, suite_name: str) -> str:
     """Where a suite derived from ``reference`` is kept: beside that dataset version."""
-    return f"{reference.uri}/expectations/{suite_name}.json"
+    return f"{reference.uri}/{EXPECTATIONS}/{suite_name}.json"
 
 
 def load_or_derive_suite(
@@ -189,7 +187,7 @@ def run_data_gate(
     if sampled:
         kept = [e for e in suite["expectations"] if e["type"] != ROW_COUNT]
         by_gx = {**suite, "expectations": kept}
-    folder = f"{candidate.uri}/data-gate/{suite['name']}"
+    folder = f"{candidate.uri}/{DATA_GATE}/{suite['name']}"
     with tempfile.TemporaryDirectory(prefix="data-gate-") as tmp:
         validation = validate_frame(frame, by_gx, Path(tmp))
         checks = interpret_results(
@@ -214,9 +212,7 @@ def run_data_gate(
         rows_total=rows_total,
         checks=checks,
     )
-    fs, report = open_url(result.report_uri)
-    with fs.open(report, "w") as handle:
-        handle.write(data_gate_markdown(result))
+    write_text(result.report_uri, data_gate_markdown(result))
     return result
 
 
@@ -396,7 +392,12 @@ def derive_expectation_suite(
 @task(
     name="validate-dataset",
     cache_policy=inputs_and_code(
-        "tasks.data_gate", "tasks.data_gate_checks", "tasks.gx_checkpoint", "mlops.gates"
+        "tasks.data_gate",
+        "tasks.data_gate_checks",
+        "tasks.gx_checkpoint",
+        "mlops.gates",
+        "mlops.dataset",
+        "mlops.storage",
     ),
     cache_expiration=CACHE_EXPIRATION,
     result_serializer="json",

@@ -93,7 +93,7 @@ def score_model_on_split(
     back from the artifact store, where a damaged file would otherwise crash this stage.
 
     Returns:
-        Encoded targets and class scores (see :func:`mlops.pyfunc.class_scores`).
+        Encoded targets and class scores (see :func:`mlops.prediction.class_scores`).
     """
     model = store.load(model_uri)
     frame = read_split(dataset, split)

@@ -242,9 +242,6 @@ def compute_drift_report(
     return drift_verdict(report, monitoring)
 
 
-# ---------------------------------------------------------------- the report
-
-
 # ---------------------------------------------------------------- the event and its cooldown
 
 

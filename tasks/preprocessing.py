@@ -1,7 +1,7 @@
 """Preprocessing: read the source with Dask, type and clean it, split it, profile it, write it.
 
-Plain functions do the work (tested without Prefect); the ``*_task`` objects at the bottom are
-the thin Prefect wrappers the preprocess flow calls. The source is read lazily and in
+Plain functions do the work (tested without Prefect); the Prefect tasks at the bottom, each
+named like its function, are the thin wrappers the preprocess flow calls. The source is read lazily and in
 partitions, twice at most: one pass for the profile and one for writing the splits. The source
 is opened by :mod:`mlops.source`, its columns typed by :mod:`mlops.schema`, and the version's
 files written beside :class:`~mlops.dataset.DatasetRef` by :mod:`mlops.dataset`.
@@ -216,9 +216,6 @@ def compute_meta_features(
     )
 
 
-# ---------------------------------------------------------------- writing the splits
-
-
 # ---------------------------------------------------------------- the whole stage
 
 
@@ -409,7 +406,12 @@ def fingerprint_source(data: DataConfig) -> str:
 @task(
     name="preprocess-dataset",
     cache_policy=inputs_and_code(
-        "tasks.preprocessing", "mlops.features", "mlops.dataset", "mlops.schema", "mlops.source"
+        "tasks.preprocessing",
+        "mlops.features",
+        "mlops.dataset",
+        "mlops.schema",
+        "mlops.source",
+        "mlops.storage",
     ),
     cache_expiration=CACHE_EXPIRATION,
     result_serializer="json",

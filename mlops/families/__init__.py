@@ -117,10 +117,6 @@ class ModelFamily(Protocol):
         stopping early on the validation split; ``work_uri`` is scratch space."""
         ...
 
-    def parameters(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
-        """The library's parameters for a dataset, from the config (logged with the run)."""
-        ...
-
     def cost_drivers(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
         """What drives training cost beyond the dataset's meta-features, as the allocator's
         job fields (``infra.allocator.history.JobFields``) name them."""

@@ -436,6 +436,7 @@ def test_credentials_reach_pods_from_the_secret_and_only_where_needed():
         assert {r["key"] for r in refs.values()} <= keys, pool
         assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(refs), pool
         assert ("MLOPS_SERVING_ADMIN_TOKEN" in refs) == (pool == "deploy-pool"), pool
+        assert refs["MLOPS_ARTIFACT_STORE_OPTIONS"]["optional"] is True, pool
         plain = [e["name"] for e in env if "value" in e]
         assert not [n for n in plain if SECRET_NAME.search(n) or n.endswith("_URL")], pool
     monitor = pod_spec(TEMPLATES["monitor-pool"]["job_configuration"])["containers"][0]["env"]
@@ -495,3 +496,4 @@ def test_serving_rolls_out_without_losing_capacity_and_reads_the_secret():
     assert {r["name"] for r in refs.values()} == {SECRET["metadata"]["name"]}
     assert {r["key"] for r in refs.values()} <= set(SECRET["stringData"])
     assert {"MLOPS_SERVING_ADMIN_TOKEN", "MLFLOW_TRACKING_PASSWORD"} <= set(refs)
+    assert refs["MLOPS_ARTIFACT_STORE_OPTIONS"]["optional"] is True

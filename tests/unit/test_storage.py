@@ -31,8 +31,10 @@ from mlops.storage import (
     check_artifact_store,
     open_url,
     store_options,
+    write_text,
 )
 from serving.inference_log import build_inference_log
+from tasks.data_gate import load_or_derive_suite
 from tasks.monitoring import last_event, remember_event
 from tasks.preprocessing import build_dataset_version
 
@@ -153,7 +155,8 @@ def test_the_layout_puts_each_kind_under_its_own_folder():
 
 
 def test_no_module_spells_a_folder_of_the_store_but_the_storage_module():
-    joined = re.compile(r"\}/(datasets|inference-log|feedback|monitoring|training)\b")
+    folders = "datasets|inference-log|feedback|monitoring|training|expectations|data-gate"
+    joined = re.compile(rf"\}}/({folders})\b")
     found = []
     for package in ("cli", "flows", "tasks", "serving", "model_registry", "infra", "mlops"):
         for path in (ROOT / package).rglob("*.py"):
@@ -205,3 +208,25 @@ def test_events_and_feedback_go_where_the_layout_says(store_env, tmp_path):
     assert written.startswith(f"{tmp_path}/store/feedback/m/")
     read, skipped = load_feedback(store.feedback_folder("m"))
     assert read.to_dict("records") == [{"request_id": "r1", "row": 0, "label": "1"}] and not skipped
+
+
+@pytest.mark.parametrize("root", ["local", "memory://stores/write-text"])
+def test_write_text_creates_the_folders_it_writes_into(tmp_path, root):
+    base = str(tmp_path) if root == "local" else f"{root}-{uuid.uuid4().hex}"
+    url = f"{base}/a/b/report.md"
+    write_text(url, "# report\n")
+    fs, path = open_url(url)
+    assert fs.cat_file(path).decode() == "# report\n"
+
+
+def test_the_data_gate_stores_a_derived_suite_beside_a_fresh_dataset_version(store_env, tmp_path):
+    """The first derivation writes into ``expectations/``, a folder that does not exist yet."""
+    settings = store_env(str(tmp_path / "store"))
+    config = fraud_config(tmp_path / "tiny.csv")
+    dataset = build_dataset_version(
+        config, settings.resolved_artifact_store, fingerprint_source(config.data)
+    )
+    suite, uri = load_or_derive_suite(dataset, config.data_gate, config.data)
+    assert uri.startswith(f"{dataset.uri}/expectations/")
+    assert Path(uri).is_file() and Path(uri.removesuffix(".json") + ".profile.json").is_file()
+    assert load_or_derive_suite(dataset, config.data_gate, config.data) == (suite, uri)

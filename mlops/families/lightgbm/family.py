@@ -11,7 +11,7 @@ from ...config import TrainingConfig
 from ...dataset import DatasetRef
 from .. import TrainedModel
 from .predictor import FAMILY as NAME
-from .training import lightgbm_has_cuda, lightgbm_params, train_lightgbm_on_dask
+from .training import lightgbm_has_cuda, train_lightgbm_on_dask
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +31,6 @@ class LightGBMFamily:
     ) -> TrainedModel:
         """Train on the client's workers (see :func:`.training.train_lightgbm_on_dask`)."""
         return train_lightgbm_on_dask(client, dataset, training, work_uri, workers)
-
-    def parameters(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
-        """LightGBM's parameters for the dataset."""
-        return lightgbm_params(training, dataset)
 
     def cost_drivers(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
         """The parameters the allocator's LightGBM cost model reads (rounds, tree size, bins)."""

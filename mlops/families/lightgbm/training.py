@@ -69,7 +69,8 @@ class GlobalValidationScorer:
         n_classes: int,
         patience: int,
         curve_path: str,
-        storage_options: dict[str, Any] | None = None,
+        validation_options: dict[str, Any] | None = None,
+        curve_options: dict[str, Any] | None = None,
     ) -> None:
         self.validation_uri = validation_uri
         self.spec = spec
@@ -77,7 +78,9 @@ class GlobalValidationScorer:
         self.n_classes = n_classes
         self.patience = patience
         self.curve_path = curve_path
-        self.storage_options = storage_options or {}  # resolved by the client, not the worker
+        # Storage options are resolved by the client: a worker need not read the settings.
+        self.validation_options = validation_options or {}
+        self.curve_options = curve_options or {}
         self._features: np.ndarray | None = None
         self._labels: np.ndarray | None = None
         self._scores: np.ndarray | None = None
@@ -85,7 +88,7 @@ class GlobalValidationScorer:
         self.curve: list[float] = []
 
     def _load(self) -> None:
-        fs, path = open_url(self.validation_uri, self.storage_options)
+        fs, path = open_url(self.validation_uri, self.validation_options)
         frame = pd.read_parquet(path, filesystem=fs)
         self._features = build_features(frame, self.spec).to_numpy()
         self._labels = frame[TARGET_COLUMN].to_numpy(dtype="float64")
@@ -111,7 +114,7 @@ class GlobalValidationScorer:
             raise lgb.callback.EarlyStopException(best, score)
 
     def _write_curve(self, port: int) -> None:
-        fs, base = open_url(self.curve_path, self.storage_options)
+        fs, base = open_url(self.curve_path, self.curve_options)
         fs.makedirs(base, exist_ok=True)
         kept = self._kept if self.patience > 0 else self._scores
         with fs.open(f"{base}/scores-{port}.npz", "wb") as handle:
@@ -238,6 +241,7 @@ def train_lightgbm_on_dask(
         dataset.n_classes,
         training.early_stopping_rounds,
         work_uri,
+        store_options(dataset.split_uris["validation"]),
         store_options(work_uri),
     )
     started = time.perf_counter()
