@@ -74,8 +74,8 @@ def export_model(
 ) -> None:
     """Write a registered model as a self-contained predictor bundle (no MLflow or Prefect).
 
-    The bundle holds the native LightGBM model, its fitted feature transform, the feature code
-    the version was validated with, and pinned requirements: `pip install OUT`, then
+    The bundle holds the model in its family's native format, its fitted feature transform, the
+    feature and predictor code the version was validated with, and pinned requirements: `pip install OUT`, then
     `python -m <package> rows.csv`, or `from <package> import load` in Python.
     """
     from mlflow.tracking import MlflowClient

@@ -7,10 +7,10 @@ and methods included. Bad requests get a 4xx and never take the service down. Wh
 turn has run, by its own work, past half the latency budget, requests get 503 with
 ``Retry-After`` at once; a body is read as it streams in, within a deadline (408), a size
 limit (413) and a budget of body bytes held at once (503); and more requests being scored
-than ``max_in_flight`` get 503 instead of queueing without bound. A small body (up to ``inline_bytes``, a few dozen rows) is scored on the event
-loop, where it takes well under a millisecond and a hop to a thread would cost more than the
-work; a larger one is parsed and scored in a worker thread, so the event loop keeps answering
-while LightGBM predicts.
+than ``max_in_flight`` get 503 instead of queueing without bound. A small body (up to
+``inline_bytes``, a few dozen rows) is scored on the event loop, where it takes well under a
+millisecond and a hop to a thread would cost more than the work; a larger one is parsed and
+scored in a worker thread, so the event loop keeps answering while the model predicts.
 
 Every scored request gets an ``X-Request-Id`` (the client's, or a new one) and, when the
 inference log is on, is queued for it (:mod:`serving.inference_log`); a background task
