@@ -11,22 +11,38 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mlops.errors import ConfigError
 from mlops.gates import KNOWN_METRICS
+from mlops.training_config import (
+    AllocatorConfig,
+    ClusterConfig,
+    StrictModel,
+    TaskType,
+    ThresholdConfig,
+    TrainingConfig,
+    TuningConfig,
+    check_threshold_fits,
+)
 
-TaskType = Literal["binary", "multiclass", "regression"]
+__all__ = [  # the training section's models live in mlops.training_config; importable here too
+    "AllocatorConfig",
+    "ClusterConfig",
+    "PipelineConfig",
+    "TaskType",
+    "ThresholdConfig",
+    "TrainingConfig",
+    "TuningConfig",
+    "load_config",
+    "parse_config",
+    "resolve_config",
+]
+
 DatetimePart = Literal[
     "year", "month", "day", "dayofweek", "dayofyear", "hour", "minute", "is_weekend"
 ]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class SyntheticSource(StrictModel):
@@ -78,90 +94,6 @@ class SplitConfig(StrictModel):
     validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     seed: int = 42
-
-
-class ClusterConfig(StrictModel):
-    """The Dask cluster used for training."""
-
-    n_workers: int = Field(default=2, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
-    memory_limit: str = Field(default="4GiB", description="Per worker, e.g. '4GiB'.")
-    scheduler_address: str | None = Field(
-        default=None, description="Existing scheduler (tcp://host:8786); a LocalCluster if unset."
-    )
-    network_timeout_minutes: int = Field(
-        default=10, ge=1, description="LightGBM's socket time_out: a lost worker fails the run."
-    )
-
-
-class AllocatorConfig(StrictModel):
-    """How the allocator sizes the training cluster (``enabled: false`` uses ``cluster`` as is)."""
-
-    enabled: bool = True
-    objective: Literal["cost", "time"] = Field(
-        default="cost", description="Least cost (core-seconds) or least wall time."
-    )
-    deadline_s: float | None = Field(
-        default=None, gt=0, description="With objective cost: training must finish within this."
-    )
-    budget: float | None = Field(
-        default=None, gt=0, description="With objective time: at most this many core-seconds."
-    )
-    max_workers: int | None = Field(default=None, ge=1, description="Upper bound on workers.")
-    max_threads_per_worker: int | None = Field(default=None, ge=1)
-    max_memory_per_worker: str | None = Field(default=None, description="e.g. '8GiB'.")
-    use_gpu: Literal["auto", "never"] = Field(
-        default="auto", description="auto: a GPU when one exists and it pays for its price."
-    )
-    cpu_price: float = Field(default=1.0, gt=0, description="Cost of one core for one second.")
-    memory_price_per_gib: float = Field(
-        default=0.125, ge=0, description="Cost of one GiB of worker memory for one second."
-    )
-    gpu_price_ratio: float = Field(default=8.0, gt=0, description="A GPU costs this many cores.")
-    max_replans: int = Field(
-        default=2, ge=0, description="After out-of-memory, re-plan and retry this many times."
-    )
-    machine_types: list[str] = Field(
-        default_factory=list,
-        description="On a KubeCluster: size workers as these catalogue machine types (one "
-        "worker per node) and price them per node-hour.",
-    )
-    nodes: list[int] | None = Field(
-        default=None, description="With machine_types: the node counts the cluster offers."
-    )
-    min_nodes: int = Field(default=1, ge=1, description="With machine_types, without nodes.")
-    max_nodes: int | None = Field(
-        default=None, ge=1, description="With machine_types, without nodes (default 16)."
-    )
-
-    @field_validator("max_memory_per_worker")
-    @classmethod
-    def _valid_bytes(cls, value: str | None) -> str | None:
-        if value is not None:
-            from dask.utils import parse_bytes
-
-            try:
-                parse_bytes(value)
-            except (ValueError, TypeError):
-                raise ValueError(f"'{value}' is not a size such as '4GiB'") from None
-        return value
-
-
-class TrainingConfig(StrictModel):
-    """LightGBM parameters that matter; anything else goes in ``extra_params``."""
-
-    n_estimators: int = Field(default=500, ge=1)
-    learning_rate: float = Field(default=0.05, gt=0, le=1)
-    num_leaves: int = Field(default=31, ge=2)
-    max_bin: int = Field(default=255, ge=2)
-    min_child_samples: int = Field(default=20, ge=1)
-    feature_fraction: float = Field(default=1.0, gt=0, le=1)
-    early_stopping_rounds: int = Field(default=30, ge=0, description="0 disables early stopping.")
-    class_weight: Literal["balanced"] | None = None
-    seed: int = 42
-    extra_params: dict[str, Any] = Field(default_factory=dict)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    allocator: AllocatorConfig = Field(default_factory=AllocatorConfig)
 
 
 DataCheck = Literal[
@@ -421,6 +353,12 @@ class PipelineConfig(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _threshold_fits_the_task(self) -> PipelineConfig:
+        if self.data.task is not None:  # an inferred task is checked before training
+            check_threshold_fits(self.training, self.data.task, f"use case '{self.name}'")
+        return self
+
     @property
     def experiment_name(self) -> str:
         """The MLflow experiment the pipeline logs to."""
@@ -435,6 +373,8 @@ def _format_validation_error(error: ValidationError, origin: str) -> str:
             problems.append(f"unknown key '{key}'")
         elif item["type"] == "missing":
             problems.append(f"missing required key '{key}'")
+        elif not item["loc"]:  # a check across sections: its message names the keys
+            problems.append(item["msg"].removeprefix("Value error, "))
         else:
             shown = item.get("input")
             problems.append(f"key '{key}': {item['msg']} (got {shown!r})")

@@ -100,6 +100,15 @@ class TrainedModel(BaseModel):
     )
 
 
+class TrialResult(BaseModel):
+    """One tuning trial: a training run in one process, judged on the validation split."""
+
+    validation_loss: float
+    """The family's validation metric (log-loss or RMSE) at the best round: lower is better."""
+    best_iteration: int
+    wall_time_s: float
+
+
 class ModelFamily(Protocol):
     """What the pipeline and the allocator need of a family."""
 
@@ -115,6 +124,19 @@ class ModelFamily(Protocol):
     ) -> TrainedModel:
         """Train on the dataset's training split across the client's workers (or ``workers``),
         stopping early on the validation split; ``work_uri`` is scratch space."""
+        ...
+
+    def train_trial(
+        self,
+        train: pd.DataFrame,
+        validation: pd.DataFrame,
+        dataset: DatasetRef,
+        training: TrainingConfig,
+        threads: int,
+    ) -> TrialResult:
+        """Train in this process on ``threads`` threads (a tuning trial, run as a Dask task on
+        one worker): ``train`` and ``validation`` are the dataset's splits as read
+        (:func:`mlops.dataset.read_split`), early stopping on ``validation`` as in :meth:`train`."""
         ...
 
     def cost_drivers(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Many flow runs at once, each logging an MLflow run, registering a version and recording an
-allocator run: ``python -m tests.integration.concurrent_registrations N MODEL HISTORY_URL``.
+allocator run: ``python -m tests.integration.concurrent_registrations N MODEL HISTORY_URL OUT``.
 
 Run by ``test_production.py`` against Prefect and MLflow servers on PostgreSQL; the servers and
 credentials come from the environment (PREFECT_API_URL, PREFECT_API_AUTH_STRING,
-MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD). Prints one JSON line per outcome.
+MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD). Writes one JSON line per outcome to
+OUT, not to stdout: MLflow prints its "View run" links to stdout from other threads, and a line
+of theirs can land in the middle of one of ours.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def concurrent_registration_flow(index: int, model: str, history_url: str) -> st
     return log_and_register(index, model, history_url)
 
 
-def main(count: int, model: str, history_url: str) -> None:
+def main(count: int, model: str, history_url: str, out: str) -> None:
     MlflowClient().create_experiment("concurrency")
     start = threading.Barrier(count)
     lock = threading.Lock()
@@ -89,14 +91,15 @@ def main(count: int, model: str, history_url: str) -> None:
         except Exception as error:  # reported, not raised: the test counts them
             outcome = {"index": index, "error": f"{type(error).__name__}: {error}"}
         with lock:
-            print(json.dumps(outcome), flush=True)
+            outcomes.write(json.dumps(outcome) + "\n")
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with open(out, "w", encoding="utf-8") as outcomes:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])

@@ -66,16 +66,17 @@ def test_twenty_flow_runs_and_registrations_at_once_lose_nothing(servers, tmp_pa
     started = time.monotonic()
     env = clean_env(tmp_path) | servers.client_env()
     driver = [sys.executable, "-m", "tests.integration.concurrent_registrations"]
+    written = tmp_path / "outcomes.jsonl"
     finished = subprocess.run(
-        [*driver, str(CONCURRENT_RUNS), model, servers.history_url],
+        [*driver, str(CONCURRENT_RUNS), model, servers.history_url, str(written)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    outcomes = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{")]
     assert finished.returncode == 0, finished.stderr[-3000:]
+    outcomes = [json.loads(line) for line in written.read_text().splitlines()]
     assert [o for o in outcomes if "error" in o] == []
     assert len(outcomes) == CONCURRENT_RUNS
     versions = sorted(int(o["version"]) for o in outcomes)
