@@ -32,6 +32,14 @@ class ThresholdChoice(BaseModel):
     )
     note: str = Field(default="", description="Why the choice fell back, or what to know about it.")
 
+    def summary(self) -> str:
+        """One line: the threshold, its objective, the validation metrics at it, the note."""
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in self.metrics.items())
+        line = (
+            f"{self.threshold:.4f} (objective {self.objective} on the validation split): {metrics}"
+        )
+        return f"{line}; {self.note}" if self.note else line
+
 
 @dataclass(frozen=True)
 class ThresholdCurve:

@@ -370,13 +370,7 @@ def log_training(
     tags = lineage_tags(config) | allocation_tags(allocation)
     trained = decide_threshold(attempt.trained, dataset.task, config.training.threshold)
     if trained.threshold is not None:
-        get_run_logger().info(
-            "Decision threshold %.4f (objective %s on the validation split): %s%s",
-            trained.threshold.threshold,
-            trained.threshold.objective,
-            ", ".join(f"{k} {v:.4f}" for k, v in trained.threshold.metrics.items()),
-            f"; {trained.threshold.note}" if trained.threshold.note else "",
-        )
+        get_run_logger().info("Decision threshold %s", trained.threshold.summary())
     threshold_params, threshold_metrics = threshold_record(trained, config.training.threshold)
     result = log_training_run(
         client,
