@@ -159,15 +159,18 @@ def print_summary(result: Any, seconds: float) -> None:
     if result.deployment:
         typer.echo(f"  Deployment       : {result.deployment}")
     champion = result.champion_metrics or {}
-    header = f"{'candidate':>10}" + (f" {'champion':>10}" if champion else "")
+    header = f"{'':<12}{'candidate':>10}" + (f" {'champion':>10}" if champion else "")
     typer.echo(f"  Test metrics     : {header}")
     for key, value in sorted(result.metrics.items()):
-        line = f"      {key:<18} {value:>10.4f}"
+        line = f"      {key:<26} {value:>10.4f}"
         if key in champion:
             line += f" {champion[key]:>10.4f}"
         if key == result.primary_metric:
             line += "  <- primary"
         typer.echo(line)
+    threshold = threshold_summary(result.metrics)
+    if threshold:
+        typer.echo(f"  Threshold        : {threshold}")
     typer.echo(f"  MLflow store     : {uri}")
     typer.echo(f"  Pipeline run     : {result.pipeline_run_id}")
     typer.echo("\nWhere to look:")
@@ -183,6 +186,23 @@ def print_summary(result: Any, seconds: float) -> None:
         f"  -> Models > {name}: version {version} with alias '{result.alias}' and its "
         "gate.* tags (the gate ledger)"
     )
+
+
+def threshold_summary(metrics: dict[str, float]) -> str:
+    """A binary model's test F1 at its decision threshold, at 0.5, and against the best F1 any
+    threshold gives on the test split (empty for other tasks)."""
+    if "decision_threshold" not in metrics:
+        return ""
+    f1, threshold = metrics["f1"], metrics["decision_threshold"]
+    line = f"test F1 {f1:.3f} at the decision threshold {threshold:.3g} (chosen on validation)"
+    line += f", {metrics['f1_at_0.5']:.3f} at 0.5"
+    best = metrics.get("best_possible_f1")
+    if best:
+        line += (
+            f"; the best F1 any threshold gives on test is {best:.3f} "
+            f"(at {metrics['best_possible_f1_threshold']:.3g}); ratio {f1 / best:.2f}"
+        )
+    return line
 
 
 @app.command()

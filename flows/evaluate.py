@@ -18,5 +18,5 @@ def evaluate_flow(
     parent_run_id: str | None = None,
 ) -> EvaluationResult:
     """Compute test-split metrics of the trained model and log them with plots."""
-    targets, scores = score_model(config, training.model_uri, dataset, "test")
-    return log_evaluation(config, dataset, training, targets, scores, parent_run_id)
+    scored = score_model(config, training.model_uri, dataset, "test")
+    return log_evaluation(config, dataset, training, scored, parent_run_id)

@@ -10,7 +10,7 @@ from mlops.dataset import DatasetRef
 from mlops.errors import MlopsError
 from mlops.storage import artifact_store
 from tasks.allocation import publish_allocation, recommend_allocation, record_training_run
-from tasks.training import TrainingResult, log_training, train_model
+from tasks.training import TrainingResult, check_threshold_fits_task, log_training, train_model
 
 
 class TrainingFailed(MlopsError):
@@ -38,7 +38,9 @@ def train_flow(
 
     Raises:
         TrainingFailed: when no planned cluster could train the model.
+        ConfigError: a ``training.threshold`` section for a task inferred as not binary.
     """
+    check_threshold_fits_task(config, dataset.task)
     allocation = allocation or recommend_allocation(config, dataset)
     work_uri = artifact_store().training_scratch()
     attempts = []

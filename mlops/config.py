@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mlops.errors import ConfigError
 from mlops.gates import KNOWN_METRICS
@@ -344,6 +344,12 @@ class PipelineConfig(StrictModel):
     model_gate: ModelGateConfig = Field(default_factory=ModelGateConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    _origin: str | None = PrivateAttr(default=None)
+
+    @property
+    def origin(self) -> str:
+        """Where the config was read from (its file), for messages; else the use case's name."""
+        return self._origin or f"use case '{self.name}'"
 
     @model_validator(mode="after")
     def _target_is_not_dropped(self) -> PipelineConfig:
@@ -395,9 +401,11 @@ def parse_config(raw: dict[str, Any], origin: str = "<config>") -> PipelineConfi
         ConfigError: naming the file and every unknown, missing or mistyped key.
     """
     try:
-        return PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, origin)) from None
+    config._origin = origin
+    return config
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -93,6 +93,16 @@ class FeatureSpec(BaseModel):
         }
 
     @cached_property
+    def numbered_categories(self) -> list[str]:
+        """Categorical columns whose values are all numbers (``data.categorical`` naming a
+        column of codes): a reader such as pandas hands them over as numbers, read as text."""
+        return [
+            column
+            for column, vocabulary in self.categorical.items()
+            if vocabulary and pd.to_numeric(pd.Series(vocabulary), errors="coerce").notna().all()
+        ]
+
+    @cached_property
     def category_indexes(self) -> dict[str, pd.Index]:
         """Per categorical column, the vocabulary as a pandas index (for Series lookups)."""
         return {
@@ -227,14 +237,25 @@ _PLAIN_NUMBER = frozenset({int, float, type(None)})
 _TEXT_OR_NONE = frozenset({str, type(None)})
 
 
+BOOLEAN_WORDS = {"true": 1.0, "false": 0.0}
+"""Text read as a boolean, in any case (as pandas reads a CSV): a boolean column is numeric 0/1."""
+
+
 def numeric_values(values: ColumnValues) -> np.ndarray:
-    """Float64 numbers; missing values and text that is not a number become NaN."""
+    """Float64 numbers (booleans and the words true/false as 1/0); missing values and other
+    text become NaN."""
     if isinstance(values, list) and _PLAIN_NUMBER.issuperset(map(type, values)):
         return np.array(values, dtype="float64")  # None -> NaN
     series = values if isinstance(values, pd.Series) else pd.Series(values)
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
         return series.to_numpy(dtype="float64", na_value=np.nan)
-    return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    unread = np.isnan(numbers)
+    if unread.any():
+        words = series[unread].astype("string").str.strip().str.lower().map(BOOLEAN_WORDS)
+        numbers = numbers.copy()  # pandas may hand out a read-only view
+        numbers[unread] = words.to_numpy(dtype="float64", na_value=np.nan)
+    return numbers
 
 
 def datetime_values(values: ColumnValues) -> np.ndarray:

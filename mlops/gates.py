@@ -89,6 +89,14 @@ class GateLedger(BaseModel):
     champion_version: str | None
     primary_metric: str
     checks: list[GateCheck]
+    candidate_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="The candidate's test metrics: a binary model's label metrics at its "
+        "decision threshold (f1) and at 0.5 (f1_at_0.5).",
+    )
+    champion_metrics: dict[str, float] | None = Field(
+        default=None, description="The champion's, on the same rows, at its own threshold."
+    )
 
     @property
     def passed(self) -> bool:
@@ -179,7 +187,25 @@ def ledger_markdown(ledger: GateLedger) -> str:
         head += "\n\n"
     counts = {v: sum(c.verdict == v for c in ledger.checks) for v in ("pass", "fail", "skip")}
     head += f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped.\n\n"
-    return head + checks_table(ledger.checks) + "\n"
+    return head + checks_table(ledger.checks) + "\n" + metrics_table(ledger)
+
+
+def metrics_table(ledger: GateLedger) -> str:
+    """The test metrics behind the checks, candidate beside champion (empty without any)."""
+    if not ledger.candidate_metrics:
+        return ""
+    champion = ledger.champion_metrics or {}
+    lines = [
+        "",
+        "Test metrics (a binary model's labels at its own decision threshold, and at 0.5):",
+        "",
+        "| metric | candidate | champion |",
+        "|---|---:|---:|",
+    ]
+    for name, value in sorted(ledger.candidate_metrics.items()):
+        theirs = format_value(champion[name]) if name in champion else "n/a"
+        lines.append(f"| {name} | {format_value(value)} | {theirs} |")
+    return "\n".join(lines) + "\n"
 
 
 def artifact_key(prefix: str, name: str) -> str:

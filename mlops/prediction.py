@@ -2,7 +2,7 @@
 
 A pipeline model is its family's native model file(s) beside two JSON files written here: the
 fitted feature transform (:class:`~mlops.features.FeatureSpec`) and the task facts (task,
-classes, target, family). A family's predictor (``mlops/families/<name>/predictor.py``) turns
+classes, target, family, and a binary model's decision threshold). A family's predictor (``mlops/families/<name>/predictor.py``) turns
 feature matrices into scores; :func:`prediction_columns` turns scores into the columns every
 way of loading a model returns (the MLflow pyfunc, the serving service, exported bundles).
 Like :mod:`.features`, it needs nothing of the project beyond that module, and no MLflow:
@@ -27,15 +27,22 @@ SPEC_ARTIFACT = "feature_spec"
 INFO_ARTIFACT = "model_info"
 
 
+DEFAULT_THRESHOLD = 0.5
+"""The decision threshold of a binary model whose facts store none (logged before thresholds)."""
+
+
 @dataclass(frozen=True)
 class ModelFacts:
-    """What a model predicts, independent of its family: the transform and the task."""
+    """What a model predicts, independent of its family: the transform, the task, and for a
+    binary model the decision threshold (a row is the second class when its probability is at
+    least it; chosen on the validation split by the train stage)."""
 
     spec: FeatureSpec
     task: str
     classes: list[str] | None
     family: str
     target: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
 
     def write(self, folder: Path) -> dict[str, Path]:
         """Write the two JSON files; returns them by MLflow artifact name."""
@@ -47,6 +54,8 @@ class ModelFacts:
             "target": self.target,
             "family": self.family,
         }
+        if self.task == "binary":
+            facts["threshold"] = self.threshold
         info.write_text(json.dumps(facts, indent=2))
         return {SPEC_ARTIFACT: spec, INFO_ARTIFACT: info}
 
@@ -69,6 +78,7 @@ class ModelFacts:
             classes=info["classes"],
             family=info.get("family", family),
             target=info.get("target"),
+            threshold=float(info.get("threshold", DEFAULT_THRESHOLD)),
         )
 
 
@@ -80,23 +90,29 @@ def family_of(folder: Path, default: str) -> str:
         return default
 
 
-def prediction_columns(
-    scores: np.ndarray, task: str, classes: list[str] | None
-) -> dict[str, np.ndarray]:
+def prediction_columns(scores: np.ndarray, facts: ModelFacts) -> dict[str, np.ndarray]:
     """Prediction columns from a model's scores: the value (regression), the probability of
     the second class (binary) or one probability per class (multiclass).
 
+    Args:
+        scores: The family's output: values, the second class's probability, or one
+            probability per class.
+        facts: The model's task, classes and (binary) decision threshold.
+
     Returns:
-        Regression: a ``prediction`` column. Binary: ``prediction`` (label) and ``probability``
-        (of the second class). Multiclass: ``prediction`` and ``probability_<label>`` per class.
+        Regression: a ``prediction`` column. Binary: ``prediction`` (the second class where
+        the probability is at least the model's threshold) and ``probability`` (of the second
+        class). Multiclass: ``prediction`` (the most probable class) and
+        ``probability_<label>`` per class.
     """
-    if task == "regression":
+    if facts.task == "regression":
         return {"prediction": scores}
-    labels = np.asarray(classes, dtype=object)
-    if task == "binary":
-        return {"prediction": labels[(scores >= 0.5).astype(int)], "probability": scores}
+    labels = np.asarray(facts.classes, dtype=object)
+    if facts.task == "binary":
+        positive = (scores >= facts.threshold).astype(int)
+        return {"prediction": labels[positive], "probability": scores}
     columns = {"prediction": labels[scores.argmax(axis=1)]}
-    return columns | {f"probability_{label}": scores[:, i] for i, label in enumerate(classes)}
+    return columns | {f"probability_{label}": scores[:, i] for i, label in enumerate(labels)}
 
 
 def prediction_frame(columns: dict[str, np.ndarray], rows: pd.DataFrame) -> pd.DataFrame:

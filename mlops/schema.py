@@ -13,6 +13,7 @@ import pandas as pd
 
 from mlops.config import DataConfig, FeatureConfig, TaskType
 from mlops.errors import DataError
+from mlops.features import BOOLEAN_WORDS, numeric_values
 
 MAX_CLASSES = 100
 
@@ -46,6 +47,12 @@ def _looks_numeric(values: pd.Series) -> bool:
     return pd.to_numeric(present, errors="coerce").notna().mean() >= 0.99
 
 
+def _looks_boolean(values: pd.Series) -> bool:
+    """Text that is only true/false words: a 0/1 column, as pandas reads it from a CSV."""
+    present = values.dropna().astype("string").str.strip().str.lower()
+    return not present.empty and bool(present.isin(list(BOOLEAN_WORDS)).all())
+
+
 def _looks_datetime(values: pd.Series) -> bool:
     present = values.dropna().astype("string")
     if (
@@ -60,7 +67,8 @@ def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig
     """Decide how each column is typed and used, from a sample of rows.
 
     Declared lists (``data.categorical`` / ``data.datetime``) win; the rest is inferred:
-    numbers are numeric, ISO-like dates are datetimes, other text is categorical unless it
+    numbers and booleans (true/false text in any case) are numeric, ISO-like dates are
+    datetimes, other text is categorical unless it
     has so many distinct values that it must be an identifier (then it is dropped).
 
     Raises:
@@ -94,7 +102,11 @@ def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig
             data.datetime is not None and column in data.datetime
         ) or pd.api.types.is_datetime64_any_dtype(values):
             datetime.append(column)
-        elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        elif (
+            pd.api.types.is_bool_dtype(values)
+            or pd.api.types.is_numeric_dtype(values)
+            or _looks_boolean(values)
+        ):
             numeric.append(column)
         elif data.datetime is None and _looks_datetime(values):
             datetime.append(column)
@@ -115,10 +127,7 @@ def coerce_frame(frame: pd.DataFrame, schema: ColumnSchema) -> pd.DataFrame:
     """Type the kept columns and drop rows without a target. Returns a new frame."""
     out = frame[schema.kept_columns].copy()
     for column in schema.numeric:
-        values = out[column]
-        if pd.api.types.is_bool_dtype(values):
-            values = values.astype("float64")
-        out[column] = pd.to_numeric(values, errors="coerce").astype("float64")
+        out[column] = numeric_values(out[column])  # as the model reads it: true/false are 1/0
     for column in schema.datetime:
         if not pd.api.types.is_datetime64_any_dtype(out[column]):
             out[column] = pd.to_datetime(out[column], errors="coerce", format="mixed")

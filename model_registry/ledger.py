@@ -21,6 +21,9 @@ def ledger_tags(ledger: GateLedger) -> dict[str, str]:
         "gate.checks_failed": str(len(ledger.failures)),
         "gate.checks_total": str(len(ledger.checks)),
     }
+    threshold = ledger.candidate_metrics.get("decision_threshold")
+    if threshold is not None:
+        tags["gate.decision_threshold"] = f"{threshold:.6g}"
     tags |= {check.tag_key: check.summary() for check in ledger.checks}
     return {key: value[:_TAG_VALUE_LIMIT] for key, value in tags.items()}
 

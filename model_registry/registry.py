@@ -18,13 +18,16 @@ import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType
 from pydantic import BaseModel
 
 import mlops
 from mlops.errors import EnvironmentFailure, MlopsError
 from mlops.families import Predictor, predictor_module
+from mlops.features import FeatureSpec
 from mlops.uris import location_within
 
 logger = logging.getLogger(__name__)
@@ -75,17 +78,38 @@ def _requirements(family: str) -> list[str]:
     return [f"{n}=={md.version(n)}" for n in names]
 
 
+def input_schema(spec: FeatureSpec) -> Schema:
+    """The model's input columns as MLflow's signature checks them: what the feature code reads.
+
+    A column holds what a reader makes of the source file: pandas reads a column of whole
+    numbers as int64 (float64 once a value is missing), true/false as bool, dates as text
+    (datetime64 from Parquet). MLflow's ``double`` refuses int64 and bool, ``datetime`` refuses
+    pandas' string dtype, and ``string`` refuses numbers; so numeric and date columns, and
+    categorical columns of numeric codes, take any type (the feature code reads them, and
+    what it cannot read is missing), and the other categorical columns take text.
+    """
+    text = set(spec.categorical) - set(spec.numbered_categories)
+    return Schema(
+        [
+            ColSpec(DataType.string if column in text else AnyType(), column)
+            for column in spec.input_columns
+        ]
+    )
+
+
 def log_pipeline_model(run_id: str, predictor: Predictor, input_example: pd.DataFrame) -> str:
     """Log a predictor's files as an MLflow pyfunc with signature and input example.
 
     The model is defined by code (MLflow's models-from-code, no pickle), and the feature and
     family code (the ``mlops`` package) travels with it, so a version keeps predicting the way
-    it was validated even after the code changes.
+    it was validated even after the code changes. Its signature takes the rows of the file it
+    was trained from as pandas reads them (:func:`input_schema`).
 
     Returns:
         The logged model's URI (``models:/m-...``).
     """
-    signature = infer_signature(input_example, predictor.predict(input_example))
+    outputs = infer_signature(input_example, predictor.predict(input_example)).outputs
+    signature = ModelSignature(inputs=input_schema(predictor.spec), outputs=outputs)
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = predictor.save(Path(tmp))
         with mlflow.start_run(run_id=run_id):

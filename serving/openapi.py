@@ -1,8 +1,9 @@
 """The service's OpenAPI 3 document, built from the served model's input columns.
 
 ``GET /openapi.json`` answers it, so clients (and the fuzz test) know exactly what a request
-may hold: each input column with its JSON type (numbers for numeric columns, text for dates
-and categories, null for a missing value), in every body MLflow's scoring protocol accepts.
+may hold: each input column with its JSON type (numbers or booleans for numeric columns, text
+for dates and categories, text or numbers for categories of numeric codes, null for a missing
+value), in every body MLflow's scoring protocol accepts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ ERROR = {
 
 def _column_types(spec: FeatureSpec) -> dict[str, dict[str, Any]]:
     types: dict[str, dict[str, Any]] = {
-        c: {"type": "number", "nullable": True} for c in spec.numeric
+        c: {"oneOf": [{"type": "number"}, {"type": "boolean"}], "nullable": True}
+        for c in spec.numeric
     }
     types |= {
         c: {
@@ -34,6 +36,14 @@ def _column_types(spec: FeatureSpec) -> dict[str, dict[str, Any]]:
     types |= {
         c: {"type": "string", "nullable": True, "example": values[0] if values else "a"}
         for c, values in spec.categorical.items()
+    }
+    types |= {
+        c: {
+            "oneOf": [{"type": "string"}, {"type": "number"}],
+            "nullable": True,
+            "example": spec.categorical[c][0],
+        }
+        for c in spec.numbered_categories
     }
     return types
 

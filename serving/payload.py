@@ -21,9 +21,12 @@ import pandas as pd
 from mlops.features import ColumnValues, FeatureSpec, is_missing, missing_input_columns
 
 JSON_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-_NUMBER = frozenset({int, float, type(None)})
+_NUMBER = frozenset({int, float, bool, type(None)})
 _TEXT = frozenset({str, type(None)})
-"""The JSON types a column accepts (as MLflow's signature has them: double, string, datetime)."""
+_CODE = frozenset({str, int, float, type(None)})
+"""The JSON types a column accepts, as a client sends a file's rows read by pandas: numbers and
+booleans (1/0) in a numeric column, text in a date or categorical column, numbers or text in
+a categorical column of numeric codes; null is a missing value everywhere."""
 
 
 class PayloadError(Exception):
@@ -150,12 +153,13 @@ def _describe(value: Any) -> str:
 def check_rows(rows: Rows, spec: FeatureSpec) -> None:
     """The columns of a request against the model's inputs, before any feature is computed.
 
-    In JSON, a numeric column takes numbers and a date or categorical column takes text
-    (null is a missing value in both), as the signature MLflow logged with the model says.
+    In JSON, a numeric column takes numbers and booleans, a date or categorical column takes
+    text, a categorical column of numeric codes takes numbers too (null is a missing value in
+    all), so that the rows of the file the model was trained from, read by pandas, are scored.
 
     Raises:
         PayloadError: 400 for no rows, missing or unexpected columns, or a value of another
-            JSON type than its column takes (a boolean is not a number).
+            JSON type than its column takes (a number in a text column).
     """
     if rows.count == 0:
         raise PayloadError(400, "The request has no rows to score.")
@@ -169,13 +173,11 @@ def check_rows(rows: Rows, spec: FeatureSpec) -> None:
         if extra:
             parts.append(f"unexpected column(s) {extra}")
         raise PayloadError(400, f"{'; '.join(parts)}. The model takes {expected}.")
-    numeric = set(spec.numeric)
+    numeric, codes = set(spec.numeric), set(spec.numbered_categories)
     for column, values in rows.columns.items():
         if isinstance(values, pd.Series):  # CSV: pandas read the text; check_values judges it
-            if column in numeric and pd.api.types.is_bool_dtype(values):
-                _refuse(column, 0, values.iloc[0], "must be numeric")
             continue
-        allowed = _NUMBER if column in numeric else _TEXT
+        allowed = _NUMBER if column in numeric else _CODE if column in codes else _TEXT
         if set(map(type, values)) <= allowed:
             continue
         row, value = next((i, v) for i, v in enumerate(values) if type(v) not in allowed)

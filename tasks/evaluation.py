@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -12,7 +13,8 @@ from sklearn import metrics as skm
 
 from mlops.config import PipelineConfig, TaskType
 from mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
-from mlops.prediction import class_scores
+from mlops.prediction import DEFAULT_THRESHOLD, class_scores
+from mlops.thresholds import best_f1
 from model_registry import tracking
 from model_registry.loading import ModelStore
 from tasks.figures import evaluation_figures
@@ -26,8 +28,15 @@ class LoggedModel(Protocol):
     model_uri: str
 
 
+AT_HALF = "_at_0.5"
+"""Suffix of a binary model's label metrics at the fixed 0.5 threshold (``f1_at_0.5``); the
+plain names (``f1``) are at the model's own decision threshold."""
+LABEL_METRICS = ("accuracy", "precision", "recall", "f1")
+"""The metrics that depend on the decision threshold (the others are on the probabilities)."""
+
+
 def classification_metrics(
-    labels: np.ndarray, scores: np.ndarray, task: TaskType
+    labels: np.ndarray, scores: np.ndarray, task: TaskType, threshold: float = DEFAULT_THRESHOLD
 ) -> dict[str, float]:
     """Accuracy, precision, recall, F1, ROC-AUC and log-loss.
 
@@ -35,22 +44,23 @@ def classification_metrics(
         labels: Class indices.
         scores: Positive-class probability (binary) or class probabilities (multiclass).
         task: ``binary`` or ``multiclass``; multiclass averages are macro.
+        threshold: A binary model's decision threshold: the label metrics are at it, and again
+            at 0.5 as ``<metric>_at_0.5``, beside ``decision_threshold``.
     """
     labels = labels.astype(int)
     if task == "binary":
-        predicted = (scores >= 0.5).astype(int)
-        average, proba = "binary", np.column_stack([1 - scores, scores])
+        proba = np.column_stack([1 - scores, scores])
+        result = _label_metrics(labels, (scores >= threshold).astype(int), "binary")
+        at_half = _label_metrics(labels, (scores >= DEFAULT_THRESHOLD).astype(int), "binary")
+        result |= {f"{k}{AT_HALF}": v for k, v in at_half.items()}
+        result["decision_threshold"] = threshold
     else:
-        predicted = scores.argmax(axis=1)
-        average, proba = "macro", scores
+        proba = scores
+        result = _label_metrics(labels, scores.argmax(axis=1), "macro")
     n_classes = proba.shape[1]
-    result = {
-        "accuracy": skm.accuracy_score(labels, predicted),
-        "precision": skm.precision_score(labels, predicted, average=average, zero_division=0),
-        "recall": skm.recall_score(labels, predicted, average=average, zero_division=0),
-        "f1": skm.f1_score(labels, predicted, average=average, zero_division=0),
-        "log_loss": skm.log_loss(labels, np.clip(proba, 1e-15, 1), labels=list(range(n_classes))),
-    }
+    result["log_loss"] = skm.log_loss(
+        labels, np.clip(proba, 1e-15, 1), labels=list(range(n_classes))
+    )
     if len(np.unique(labels)) == n_classes:
         if task == "binary":
             result["roc_auc"] = skm.roc_auc_score(labels, scores)
@@ -58,6 +68,15 @@ def classification_metrics(
         else:
             result["roc_auc"] = skm.roc_auc_score(labels, proba, multi_class="ovr", average="macro")
     return {k: float(v) for k, v in result.items()}
+
+
+def _label_metrics(labels: np.ndarray, predicted: np.ndarray, average: str) -> dict[str, float]:
+    return {
+        "accuracy": skm.accuracy_score(labels, predicted),
+        "precision": skm.precision_score(labels, predicted, average=average, zero_division=0),
+        "recall": skm.recall_score(labels, predicted, average=average, zero_division=0),
+        "f1": skm.f1_score(labels, predicted, average=average, zero_division=0),
+    }
 
 
 def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -69,11 +88,28 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str
     }
 
 
-def compute_metrics(task: TaskType, targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """The task's metrics from encoded targets and class scores."""
+def compute_metrics(
+    task: TaskType, targets: np.ndarray, scores: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, float]:
+    """The task's metrics from encoded targets and class scores (a binary model's labels at
+    its decision ``threshold``, and at 0.5: see :func:`classification_metrics`)."""
     if task == "regression":
         return regression_metrics(targets, scores)
-    return classification_metrics(targets, scores, task)
+    return classification_metrics(targets, scores, task, threshold)
+
+
+def best_threshold_metrics(
+    task: TaskType, targets: np.ndarray, scores: np.ndarray
+) -> dict[str, float]:
+    """Binary: the best F1 any threshold gives on these rows, and that threshold.
+
+    Chosen by looking at these rows' labels, so no model can count on it: it measures how much
+    the model's own threshold, chosen on the validation split, leaves on the table.
+    """
+    if task != "binary" or len(np.unique(targets)) < 2:
+        return {}
+    f1, threshold = best_f1(targets, scores)
+    return {"best_possible_f1": f1, "best_possible_f1_threshold": min(threshold, 1.0)}
 
 
 def primary_metric(task: TaskType) -> str:
@@ -84,28 +120,40 @@ def primary_metric(task: TaskType) -> str:
 # ---------------------------------------------------------------- plots
 
 
+@dataclass(frozen=True)
+class SplitScores:
+    """A model's scores on one split, with the targets and the model's decision threshold."""
+
+    targets: np.ndarray
+    """Encoded targets (see :func:`mlops.schema.encode_target`)."""
+    scores: np.ndarray
+    """Class scores (see :func:`mlops.prediction.class_scores`)."""
+    threshold: float = DEFAULT_THRESHOLD
+    """A binary model's decision threshold (0.5 for other tasks, which ignore it)."""
+
+
 def score_model_on_split(
     store: ModelStore, model_uri: str, dataset: DatasetRef, split: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> SplitScores:
     """Load a logged model's files from the tracking store and score one split's raw rows.
 
     The files are checked in a child process first (:mod:`model_registry.loading`): they came
     back from the artifact store, where a damaged file would otherwise crash this stage.
-
-    Returns:
-        Encoded targets and class scores (see :func:`mlops.prediction.class_scores`).
     """
     model = store.load(model_uri)
     frame = read_split(dataset, split)
     predictions = model.predict(frame[dataset.feature_spec.input_columns])
-    scores = class_scores(predictions, dataset.task, dataset.classes)
-    return frame[TARGET_COLUMN].to_numpy(dtype="float64"), scores
+    return SplitScores(
+        targets=frame[TARGET_COLUMN].to_numpy(dtype="float64"),
+        scores=class_scores(predictions, dataset.task, dataset.classes),
+        threshold=model.predictor.facts.threshold,
+    )
 
 
 @task(name="score-model", retries=1, retry_delay_seconds=5, persist_result=False)
 def score_model(
     config: PipelineConfig, model_uri: str, dataset: DatasetRef, split: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> SplitScores:
     """Score a logged model on a split."""
     return score_model_on_split(model_store(config), model_uri, dataset, split)
 
@@ -125,13 +173,18 @@ def log_evaluation_run(
     experiment_id: str,
     dataset: DatasetRef,
     model: LoggedModel,
-    targets: np.ndarray,
-    scores: np.ndarray,
+    scored: SplitScores,
     parent_run_id: str | None,
     tags: dict[str, str],
 ) -> EvaluationResult:
-    """Compute and log test metrics and plots in an ``evaluate`` run (and on the training run)."""
-    metrics = compute_metrics(dataset.task, targets, scores)
+    """Compute and log test metrics and plots in an ``evaluate`` run (and on the training run).
+
+    A binary model's label metrics are at its decision threshold (``f1``) and at 0.5
+    (``f1_at_0.5``); ``best_possible_f1`` is the best F1 any threshold gives on the test split.
+    """
+    targets, scores = scored.targets, scored.scores
+    metrics = compute_metrics(dataset.task, targets, scores, scored.threshold)
+    metrics |= best_threshold_metrics(dataset.task, targets, scores)
     with tracking.stage_run(client, experiment_id, "evaluate", parent_run_id, tags) as run:
         run_id = run.run_id
         tracking.log_params(
@@ -148,7 +201,9 @@ def log_evaluation_run(
         tracking.log_figures(
             client,
             run_id,
-            evaluation_figures(dataset.task, targets, scores, dataset.classes, "test"),
+            evaluation_figures(
+                dataset.task, targets, scores, dataset.classes, "test", scored.threshold
+            ),
         )
         tracking.log_metrics(client, model.run_id, {f"test_{k}": v for k, v in metrics.items()})
     return EvaluationResult(
@@ -165,12 +220,11 @@ def log_evaluation(
     config: PipelineConfig,
     dataset: DatasetRef,
     model: LoggedModel,
-    targets: np.ndarray,
-    scores: np.ndarray,
+    scored: SplitScores,
     parent_run_id: str | None,
 ) -> EvaluationResult:
     """Compute the test metrics and log them to MLflow."""
     client, experiment_id = experiment_for(config)
     return log_evaluation_run(
-        client, experiment_id, dataset, model, targets, scores, parent_run_id, lineage_tags(config)
+        client, experiment_id, dataset, model, scored, parent_run_id, lineage_tags(config)
     )

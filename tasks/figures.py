@@ -16,16 +16,27 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from mlops.config import TaskType
+from mlops.thresholds import ThresholdChoice, threshold_curve
 
 
 def evaluation_figures(
-    task: TaskType, targets: np.ndarray, scores: np.ndarray, classes: list[str] | None, split: str
+    task: TaskType,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    classes: list[str] | None,
+    split: str,
+    threshold: float = 0.5,
 ) -> dict[str, Figure]:
-    """ROC, precision-recall and confusion matrix (classification) or residual plots (regression)."""
+    """ROC, precision-recall and confusion matrix (classification) or residual plots (regression).
+
+    A binary model's confusion matrix is at its decision ``threshold``.
+    """
     if task == "regression":
         return {f"{split}_residuals": _residuals(targets, scores, split)}
     labels = targets.astype(int)
-    figures = {f"{split}_confusion_matrix": _confusion(labels, scores, task, classes, split)}
+    figures = {
+        f"{split}_confusion_matrix": _confusion(labels, scores, task, classes, split, threshold)
+    }
     positives = (
         [(classes[1], labels == 1, scores)]
         if task == "binary"
@@ -69,16 +80,22 @@ def _curves(positives: list[tuple[str, np.ndarray, np.ndarray]], kind: str, spli
 
 
 def _confusion(
-    labels: np.ndarray, scores: np.ndarray, task: TaskType, classes: list[str], split: str
+    labels: np.ndarray,
+    scores: np.ndarray,
+    task: TaskType,
+    classes: list[str],
+    split: str,
+    threshold: float,
 ) -> Figure:
-    predicted = (scores >= 0.5).astype(int) if task == "binary" else scores.argmax(axis=1)
+    binary = task == "binary"
+    predicted = (scores >= threshold).astype(int) if binary else scores.argmax(axis=1)
     matrix = skm.confusion_matrix(labels, predicted, labels=list(range(len(classes))))
     figure, axis = plt.subplots(figsize=(1.2 * len(classes) + 3, 1.0 * len(classes) + 2.5))
     image = axis.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axis)
     axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     axis.set_yticks(range(len(classes)), classes)
-    threshold = matrix.max() / 2 if matrix.size else 0
+    dark = matrix.max() / 2 if matrix.size else 0
     for (row, col), value in np.ndenumerate(matrix):
         axis.text(
             col,
@@ -86,10 +103,11 @@ def _confusion(
             f"{value:,}",
             ha="center",
             va="center",
-            color="white" if value > threshold else "black",
+            color="white" if value > dark else "black",
             fontsize=8,
         )
-    axis.set(xlabel="Predicted", ylabel="Actual", title=f"Confusion matrix ({split})")
+    title = f"Confusion matrix ({split}" + (f", threshold {threshold:.3g})" if binary else ")")
+    axis.set(xlabel="Predicted", ylabel="Actual", title=title)
     figure.tight_layout()
     return figure
 
@@ -114,6 +132,37 @@ def feature_importance_figure(importance: pd.DataFrame, top: int = 25) -> Figure
     figure, axis = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5))
     axis.barh(shown["feature"], shown["gain"])
     axis.set(xlabel="Total gain", title=f"Feature importance (top {len(shown)} by gain)")
+    figure.tight_layout()
+    return figure
+
+
+def threshold_figure(targets: np.ndarray, scores: np.ndarray, choice: ThresholdChoice) -> Figure:
+    """Precision, recall and F1 on the validation split against the decision threshold, with
+    the chosen threshold and 0.5 marked."""
+    curve = threshold_curve(targets, scores)
+    cuts = np.clip(curve.cuts, 0, 1)
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, values in (
+        ("precision", curve.precision),
+        ("recall", curve.recall),
+        ("F1", curve.f1),
+    ):
+        axis.plot(*_thin(cuts[::-1], values[::-1]), label=name)
+    axis.axvline(
+        choice.threshold,
+        color="tab:red",
+        linestyle="--",
+        label=f"chosen {choice.threshold:.3g} ({choice.objective})",
+    )
+    axis.axvline(0.5, color="grey", linestyle=":", linewidth=1, label="0.5")
+    axis.set(
+        xlabel="Decision threshold (positive when probability ≥ it)",
+        ylabel="On the validation split",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="Choosing the decision threshold",
+    )
+    axis.legend(loc="best", fontsize=8)
     figure.tight_layout()
     return figure
 

@@ -76,6 +76,8 @@ def build_ledger(
         champion_version=champion.version if champion else None,
         primary_metric=comparison.primary_metric,
         checks=[*(data_gate.checks if data_gate else []), *comparison.checks, *skipped],
+        candidate_metrics=comparison.candidate_metrics,
+        champion_metrics=comparison.champion_metrics,
     )
 
 

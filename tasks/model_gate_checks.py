@@ -27,10 +27,10 @@ from mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
 from mlops.errors import ConfigError
 from mlops.gates import LOWER_IS_BETTER, GateCheck
 from mlops.model_files import PipelineModel
-from mlops.prediction import class_scores
+from mlops.prediction import DEFAULT_THRESHOLD, class_scores
 from model_registry.loading import ModelStore
 from model_registry.promotion import ChampionRef
-from tasks.evaluation import compute_metrics, primary_metric
+from tasks.evaluation import LABEL_METRICS, compute_metrics, primary_metric
 
 logger = logging.getLogger(__name__)
 
@@ -88,16 +88,26 @@ def check_metric_names(gate: ModelGateConfig, task: TaskType, available: set[str
 
 
 def floor_checks(metrics: dict[str, float], floors: dict[str, float]) -> list[GateCheck]:
-    """One check per configured floor (a ceiling for lower-is-better metrics)."""
+    """One check per configured floor (a ceiling for lower-is-better metrics).
+
+    A binary model's label metrics (``f1``, ``recall``...) are at its own decision threshold
+    (``metrics["decision_threshold"]``), and the check says so.
+    """
     checks = []
+    threshold = metrics.get("decision_threshold")
     for metric, bound in floors.items():
         value = metrics.get(metric)
         passed = value is not None and np.isfinite(value) and better_or_equal(metric, value, bound)
+        at = (
+            f" at its decision threshold {threshold:.4g}"
+            if threshold is not None and metric in LABEL_METRICS
+            else ""
+        )
         checks.append(
             GateCheck(
                 gate="model",
                 name=f"metric.{metric}.floor",
-                description=f"test {metric} {_relation(metric)} {bound:g}",
+                description=f"test {metric}{at} {_relation(metric)} {bound:g}",
                 value=value,
                 threshold=f"{_relation(metric)} {bound:g}",
                 verdict="pass" if passed else "fail",
@@ -143,8 +153,11 @@ def slice_checks(
     champion_scores: np.ndarray | None,
     gate: ModelGateConfig,
     metric: str,
+    thresholds: tuple[float, float] = (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD),
 ) -> list[GateCheck]:
-    """Per value of each slice column: the candidate's metric vs the champion's on those rows.
+    """Per value of each slice column: the candidate's metric vs the champion's on those rows,
+    a binary model's labels at its own decision threshold (``thresholds``: the candidate's,
+    the champion's).
 
     Slices smaller than ``slice_min_rows`` (or, for classification, with fewer than
     ``slice_min_class_rows`` rows of each class) are not judged: their metric is mostly noise.
@@ -165,7 +178,8 @@ def slice_checks(
             checks.append(
                 _slice_check(
                     column, str(value), metric, task, targets[mask],
-                    candidate_scores[mask], champion_scores[mask], gate.slice_max_regression,
+                    (candidate_scores[mask], thresholds[0]),
+                    (champion_scores[mask], thresholds[1]), gate.slice_max_regression,
                 )
             )  # fmt: skip
         if too_small:
@@ -194,12 +208,12 @@ def _slice_check(
     metric: str,
     task: TaskType,
     targets: np.ndarray,
-    candidate_scores: np.ndarray,
-    champion_scores: np.ndarray,
+    candidate_scores: tuple[np.ndarray, float],
+    champion_scores: tuple[np.ndarray, float],
     tolerance: float,
 ) -> GateCheck:
-    candidate = compute_metrics(task, targets, candidate_scores).get(metric, float("nan"))
-    champion = compute_metrics(task, targets, champion_scores).get(metric, float("nan"))
+    candidate = compute_metrics(task, targets, *candidate_scores).get(metric, float("nan"))
+    champion = compute_metrics(task, targets, *champion_scores).get(metric, float("nan"))
     bound = allowed_bound(metric, champion, tolerance)
     passed = bool(np.isfinite(candidate) and better_or_equal(metric, candidate, bound))
     return GateCheck(
@@ -312,6 +326,17 @@ class Scored(BaseModel):
     scores: np.ndarray | None
     problem: str | None = None
 
+    @property
+    def threshold(self) -> float:
+        """The model's decision threshold (what its binary labels are at)."""
+        return self.loaded.predictor.facts.threshold if self.loaded else DEFAULT_THRESHOLD
+
+    def metrics(self, task: TaskType, targets: np.ndarray) -> dict[str, float] | None:
+        """Its test metrics, labels at its own decision threshold (None if it did not score)."""
+        if self.scores is None:
+            return None
+        return compute_metrics(task, targets, self.scores, self.threshold)
+
 
 def score_champion(
     champion: ChampionRef | None, frame: pd.DataFrame, dataset: DatasetRef, store: ModelStore
@@ -351,24 +376,32 @@ def run_model_checks(
     _check_slice_columns(gate, frame)
     targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
     metric = resolve_primary_metric(gate, dataset.task)
-    candidate = store.load(candidate_uri)
-    candidate_scores = score_rows(candidate, frame, dataset)
-    metrics = compute_metrics(dataset.task, targets, candidate_scores)
+    loaded = store.load(candidate_uri)
+    candidate = Scored(loaded=loaded, scores=score_rows(loaded, frame, dataset))
+    metrics = candidate.metrics(dataset.task, targets)
     check_metric_names(gate, dataset.task, set(metrics))
     if not gate.enabled:
         return Comparison(checks=[], primary_metric=metric, candidate_metrics=metrics)
     rival = score_champion(champion, frame, dataset, store)
-    rival_metrics = compute_metrics(dataset.task, targets, rival.scores) if rival.loaded else None
+    rival_metrics = rival.metrics(dataset.task, targets)
     checks = floor_checks(metrics, gate.metric_floors or CHANCE_FLOORS[dataset.task])
     if gate.max_regression is not None:
         checks.append(
             _regression_or_problem(metric, metrics, champion, rival_metrics, gate, rival.problem)
         )
-    checks += slice_checks(frame, dataset.task, candidate_scores, rival.scores, gate, metric)
+    checks += slice_checks(
+        frame,
+        dataset.task,
+        candidate.scores,
+        rival.scores,
+        gate,
+        metric,
+        (candidate.threshold, rival.threshold),
+    )
     if gate.max_latency_p95_ms is not None:
-        checks.append(_latency(candidate, rival, frame[dataset.feature_spec.input_columns], gate))
+        checks.append(_latency(loaded, rival, frame[dataset.feature_spec.input_columns], gate))
     if gate.max_model_size_mb is not None:
-        checks.append(size_check(candidate.size_bytes, gate.max_model_size_mb))
+        checks.append(size_check(loaded.size_bytes, gate.max_model_size_mb))
     return Comparison(
         checks=checks,
         primary_metric=metric,

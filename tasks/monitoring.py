@@ -179,7 +179,7 @@ def performance_on_labels(
     if targets is None:
         check.detail = "labels do not match the model's classes"
         return check
-    check.metrics = compute_metrics(served.task, targets, scores)
+    check.metrics = compute_metrics(served.task, targets, scores, served.predictor.facts.threshold)
     check.value = check.metrics.get(metric)
     return judge_performance(check, config.max_metric_drop)
 

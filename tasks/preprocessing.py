@@ -57,7 +57,8 @@ from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = "1"  # bump when the stored layout or cleaning rules change
+PREPROCESSING_VERSION = "2"  # bump when the stored layout or cleaning rules change
+# 2: a column of true/false text is numeric 0/1, as pandas reads it (it was categorical)
 
 
 def dataset_version(source_fingerprint: str, config: PipelineConfig) -> str:

@@ -32,13 +32,22 @@ from infra.allocator.profiling import (
 )
 from infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
 from infra.dask_cluster import worker_peak_memory
-from mlops.config import ClusterConfig, PipelineConfig, TrainingConfig
+from mlops.config import ClusterConfig, PipelineConfig, TaskType, ThresholdConfig, TrainingConfig
 from mlops.dataset import DatasetRef, read_sample
-from mlops.families import ModelFamily, TrainedModel, family
+from mlops.errors import ConfigError
+from mlops.families import ModelFamily, TrainedModel, family, with_threshold
+from mlops.prediction import DEFAULT_THRESHOLD
 from mlops.settings import get_settings
+from mlops.thresholds import choose_threshold, metrics_at
+from mlops.training_config import check_threshold_fits
 from model_registry import tracking
 from model_registry.registry import log_pipeline_model
-from tasks.figures import evaluation_figures, feature_importance_figure, learning_curve_figure
+from tasks.figures import (
+    evaluation_figures,
+    feature_importance_figure,
+    learning_curve_figure,
+    threshold_figure,
+)
 from tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
@@ -60,6 +69,61 @@ class TrainingResult(BaseModel):
     peak_worker_memory_bytes: int
     cluster: ClusterConfig
     allocation: Allocation | None = None
+
+
+def check_threshold_fits_task(config: PipelineConfig, task: TaskType) -> None:
+    """Refuse a ``training.threshold`` section when the task (inferred from the data) is not
+    binary: checked before anything trains (a declared ``data.task`` is checked when the
+    config is read).
+
+    Raises:
+        ConfigError: naming the key, the task and the config's file.
+    """
+    try:
+        check_threshold_fits(config.training, task, config.origin)
+    except ValueError as error:
+        raise ConfigError(f"{error}. The task was inferred from the data's target.") from None
+
+
+def decide_threshold(
+    trained: TrainedModel, task: TaskType, config: ThresholdConfig | None
+) -> TrainedModel:
+    """A binary model with its decision threshold chosen on the validation split by the
+    configured objective (best F1 without one); other tasks as they are.
+
+    Whatever the family: the threshold goes into the predictor's facts, so it is written with
+    the model's files and every way of loading the model labels rows with it.
+    """
+    if task != "binary":
+        return trained
+    choice = choose_threshold(trained.validation_targets, trained.validation_scores, config)
+    predictor = with_threshold(trained.predictor, choice.threshold)
+    return trained.model_copy(update={"predictor": predictor, "threshold": choice})
+
+
+def threshold_record(
+    trained: TrainedModel, config: ThresholdConfig | None
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The decision threshold's params and validation metrics for the train run (none when the
+    model has no chosen threshold)."""
+    choice = trained.threshold
+    if choice is None:
+        return {}, {}
+    params: dict[str, Any] = {
+        "decision_threshold": choice.threshold,
+        "threshold.objective": choice.objective,
+    }
+    if choice.objective == "cost" and config is not None:
+        params["threshold.false_positive_cost"] = config.false_positive_cost
+        params["threshold.false_negative_cost"] = config.false_negative_cost
+    if choice.objective == "precision_at_recall" and config is not None:
+        params["threshold.min_recall"] = config.min_recall
+    if choice.note:
+        params["threshold.note"] = choice.note[:500]
+    at_half = metrics_at(trained.validation_targets, trained.validation_scores, DEFAULT_THRESHOLD)
+    metrics = {f"validation_{k}": v for k, v in choice.metrics.items()}
+    metrics |= {f"validation_{k}_at_0.5": v for k, v in at_half.items() if k != "positive_rate"}
+    return params, metrics
 
 
 def log_training_run(
@@ -124,17 +188,20 @@ def log_training_run(
             },
         )
         client.log_text(run_id, importance.to_csv(index=False), "feature_importance.csv")
-        tracking.log_figures(
-            client,
-            run_id,
-            evaluation_figures(
-                dataset.task,
-                trained.validation_targets,
-                trained.validation_scores,
-                dataset.classes,
-                "validation",
-            ),
+        threshold = trained.threshold.threshold if trained.threshold else DEFAULT_THRESHOLD
+        figures = evaluation_figures(
+            dataset.task,
+            trained.validation_targets,
+            trained.validation_scores,
+            dataset.classes,
+            "validation",
+            threshold,
         )
+        if trained.threshold is not None:
+            figures["validation_threshold_choice"] = threshold_figure(
+                trained.validation_targets, trained.validation_scores, trained.threshold
+            )
+        tracking.log_figures(client, run_id, figures)
         log_dataset_inputs(run_id, dataset)
         model_uri = log_pipeline_model(run_id, trained.predictor, read_sample(dataset))
     return TrainingResult(
@@ -301,14 +368,18 @@ def log_training(
     """Log the training run, its allocation (predicted vs actual) and the model to MLflow."""
     client, experiment_id = experiment_for(config)
     tags = lineage_tags(config) | allocation_tags(allocation)
+    trained = decide_threshold(attempt.trained, dataset.task, config.training.threshold)
+    if trained.threshold is not None:
+        get_run_logger().info("Decision threshold %s", trained.threshold.summary())
+    threshold_params, threshold_metrics = threshold_record(trained, config.training.threshold)
     result = log_training_run(
         client,
         experiment_id,
         dataset,
-        attempt.trained,
+        trained,
         parent_run_id,
         tags,
-        allocation_params(allocation),
-        outcome_metrics(allocation, attempt.profile),
+        allocation_params(allocation) | threshold_params,
+        outcome_metrics(allocation, attempt.profile) | threshold_metrics,
     )
     return result.model_copy(update={"allocation": allocation})

@@ -19,6 +19,7 @@ columns. A family lives in ``mlops/families/<name>/``:
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlops.config import ClusterConfig
 from mlops.features import FeatureSpec
 from mlops.prediction import ModelFacts, family_of
+from mlops.thresholds import ThresholdChoice
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -47,7 +49,12 @@ a model whose files predate families."""
 
 @runtime_checkable
 class Predictor(Protocol):
-    """A loaded model: raw rows (or a feature matrix) in, prediction columns out."""
+    """A loaded model: raw rows (or a feature matrix) in, prediction columns out.
+
+    A family's predictor is a frozen dataclass with a ``facts`` field, labels rows with
+    :func:`mlops.prediction.prediction_columns` (which applies the facts' decision threshold)
+    and so takes its threshold from :func:`with_threshold`.
+    """
 
     @property
     def facts(self) -> ModelFacts:
@@ -98,6 +105,11 @@ class TrainedModel(BaseModel):
     peak_worker_memory_bytes: dict[str, int] = Field(
         default_factory=dict, description="Per worker; measured by whoever holds the cluster."
     )
+    threshold: ThresholdChoice | None = Field(
+        default=None,
+        description="Binary: the decision threshold chosen on the validation split (set by the "
+        "train stage with with_threshold, whatever the family).",
+    )
 
 
 class TrialResult(BaseModel):
@@ -147,6 +159,24 @@ class ModelFamily(Protocol):
     def for_gpu(self, training: TrainingConfig) -> TrainingConfig:
         """The config for training on a GPU (unchanged when the library cannot use one)."""
         ...
+
+
+def with_threshold(predictor: Predictor, threshold: float) -> Predictor:
+    """The predictor with ``threshold`` as its decision threshold (in its facts, so it is
+    written with its files and used wherever it labels rows).
+
+    Raises:
+        TypeError: the predictor is not a dataclass with a ``facts`` field, as every family's is.
+    """
+    if not dataclasses.is_dataclass(predictor) or "facts" not in {
+        f.name for f in dataclasses.fields(predictor)
+    }:
+        raise TypeError(
+            f"{type(predictor).__name__} is not a dataclass with a 'facts' field: a family's "
+            "predictor keeps its ModelFacts in one (see mlops/families/lightgbm/predictor.py)"
+        )
+    facts = dataclasses.replace(predictor.facts, threshold=float(threshold))
+    return dataclasses.replace(predictor, facts=facts)
 
 
 def family(name: str = DEFAULT_FAMILY) -> ModelFamily:

@@ -33,6 +33,29 @@ def test_a_metric_that_could_not_be_computed_fails_its_floor():
     assert check.verdict == "fail" and "could not be computed" in check.detail
 
 
+def test_floors_on_label_metrics_apply_at_the_models_decision_threshold():
+    from tasks.evaluation import compute_metrics
+
+    labels = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.05, 0.1, 0.3, 0.2, 0.45])  # nothing reaches 0.5
+    metrics = compute_metrics("binary", labels, scores, threshold=0.15)
+    checks = {c.name: c for c in floor_checks(metrics, {"recall": 0.9, "roc_auc": 0.8})}
+    recall = checks["metric.recall.floor"]
+    assert recall.verdict == "pass" and recall.value == 1.0  # at 0.5 it would be 0
+    assert recall.description == "test recall at its decision threshold 0.15 ≥ 0.9"
+    assert checks["metric.roc_auc.floor"].description == "test roc_auc ≥ 0.8"
+
+
+def test_slices_judge_each_model_at_its_own_threshold():
+    frame, good = slices_frame()
+    gate = ModelGateConfig(slices=["city"], slice_min_rows=100, slice_max_regression=0.05)
+    shrunk = good * 0.4  # the same ranking, probabilities scaled down: at 0.5 it flags little
+    at_half = {c.name: c for c in slice_checks(frame, "binary", shrunk, good, gate, "f1")}
+    assert at_half["slice.city=lyon.f1"].verdict == "fail"
+    own = {c.name: c for c in slice_checks(frame, "binary", shrunk, good, gate, "f1", (0.2, 0.5))}
+    assert own["slice.city=lyon.f1"].verdict == "pass"  # 0.4 x 0.5: the same rows flagged
+
+
 @pytest.mark.parametrize(
     ("metric", "candidate", "champion", "verdict"),
     [
@@ -159,6 +182,19 @@ def test_ledger_markdown_and_tags_list_every_check():
         "gate.model.c1",
         "gate.model.c2",
     }
+
+
+def test_the_ledger_lists_metrics_at_both_thresholds_and_tags_the_threshold():
+    rejected = ledger("pass").model_copy(
+        update={
+            "candidate_metrics": {"f1": 0.31, "f1_at_0.5": 0.12, "decision_threshold": 0.15},
+            "champion_metrics": {"f1": 0.29, "f1_at_0.5": 0.1, "decision_threshold": 0.2},
+        }
+    )
+    text = ledger_markdown(rejected)
+    assert "| f1 | 0.31 | 0.29 |" in text and "| f1_at_0.5 | 0.12 | 0.1 |" in text
+    assert "| decision_threshold | 0.15 | 0.2 |" in text
+    assert ledger_tags(rejected)["gate.decision_threshold"] == "0.15"
 
 
 def test_check_tag_keys_are_safe_for_mlflow():

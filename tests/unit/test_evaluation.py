@@ -37,3 +37,36 @@ def test_figures_per_task():
     assert set(evaluation_figures("regression", np.ones(5), np.ones(5), None, "test")) == {
         "test_residuals"
     }
+
+
+def test_binary_label_metrics_are_at_the_models_threshold_and_at_one_half():
+    labels = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.05, 0.1, 0.3, 0.2, 0.45])  # rare positives: nothing reaches 0.5
+    metrics = compute_metrics("binary", labels, scores, threshold=0.15)
+    assert metrics["decision_threshold"] == 0.15
+    assert metrics["recall"] == 1.0 and metrics["precision"] == pytest.approx(2 / 3)
+    assert metrics["f1"] == pytest.approx(0.8)
+    assert metrics["recall_at_0.5"] == 0.0 and metrics["f1_at_0.5"] == 0.0
+    assert metrics["accuracy_at_0.5"] == pytest.approx(0.6)
+    # the probability metrics do not depend on it
+    assert metrics["roc_auc"] == compute_metrics("binary", labels, scores)["roc_auc"]
+
+
+def test_best_possible_f1_is_reported_beside_the_models_own():
+    from tasks.evaluation import best_threshold_metrics
+
+    labels = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.05, 0.1, 0.3, 0.2, 0.45])
+    best = best_threshold_metrics("binary", labels, scores)
+    assert best["best_possible_f1"] == pytest.approx(0.8)
+    assert 0.1 < best["best_possible_f1_threshold"] <= 0.2
+    assert best_threshold_metrics("multiclass", labels, np.eye(3)[labels]) == {}
+
+
+def test_the_binary_confusion_matrix_is_drawn_at_the_threshold():
+    labels = np.array([0, 0, 1, 1])
+    figures = evaluation_figures(
+        "binary", labels, np.array([0.1, 0.2, 0.3, 0.4]), ["a", "b"], "test", 0.25
+    )
+    title = figures["test_confusion_matrix"].axes[0].get_title()
+    assert title == "Confusion matrix (test, threshold 0.25)"

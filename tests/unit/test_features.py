@@ -198,3 +198,31 @@ def test_typed_and_zoned_datetime_columns_match_pandas():
     np.testing.assert_array_equal(
         build_features(frame, WIDE).to_numpy(), pandas_reference(frame, WIDE)
     )
+
+
+def test_booleans_are_read_as_ones_and_zeros_however_they_come():
+    spec = FeatureSpec(
+        numeric=["member"], log_transform=[], datetime=[], datetime_parts=[], categorical={}
+    )
+    expected = [1.0, 0.0, 1.0]
+    for column in (
+        [True, False, True],  # JSON
+        pd.Series([True, False, True]),  # pandas' bool column
+        pd.Series(["True", "false", " TRUE "], dtype="string"),  # a CSV read as text
+        pd.Series([True, 0, 1.0], dtype=object),
+    ):
+        assert build_feature_matrix({"member": column}, 3, spec)[:, 0].tolist() == expected
+    assert np.isnan(build_feature_matrix({"member": ["yes"]}, 1, spec)[0, 0])
+
+
+def test_categories_of_numeric_codes_are_named():
+    spec = FeatureSpec(
+        numeric=[],
+        log_transform=[],
+        datetime=[],
+        datetime_parts=[],
+        categorical={"store": ["3", "12"], "plan": ["basic", "7"]},
+    )
+    assert spec.numbered_categories == ["store"]
+    codes = build_feature_matrix({"store": [12, 3, 5], "plan": ["7", None, "x"]}, 3, spec)
+    assert codes[:2, 0].tolist() == [1.0, 0.0] and np.isnan(codes[2, 0])

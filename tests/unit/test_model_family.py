@@ -6,6 +6,7 @@ predictor class."""
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -173,3 +174,71 @@ def test_a_damaged_model_file_is_refused_in_a_child_naming_the_library(trained, 
     booster.write_text(booster.read_text().replace("leaf_value=", "leaf_value=oops ", 1))
     with pytest.raises(ModelCheckFailed, match=r"crashed \(SIGABRT\); LightGBM said: Model format"):
         check_in_child(tmp_path, "models:/m/1", ModelCheckLimits())
+
+
+def test_the_chosen_threshold_travels_with_the_files_and_labels_every_row(trained, tmp_path):
+    from tasks.training import decide_threshold
+
+    model, dataset = trained
+    decided = decide_threshold(model, dataset.task, None)  # no section: the best F1
+    threshold = decided.threshold.threshold
+    assert decided.threshold.objective == "f1" and threshold < 0.5  # rare fraud: well below
+    assert decided.predictor.facts.threshold == threshold
+    decided.predictor.save(tmp_path)
+    loaded = load_predictor(tmp_path)
+    assert loaded.facts.threshold == threshold
+    rows = read_split(dataset, "test")
+    predicted = loaded.predict(rows)
+    flagged = predicted["probability"] >= threshold
+    expected = np.where(flagged, dataset.classes[1], dataset.classes[0])
+    assert (predicted["prediction"].to_numpy() == expected).all()
+    assert (flagged != (predicted["probability"] >= 0.5)).any()  # the threshold made a difference
+    # the files of a model logged before thresholds existed label at 0.5
+    info = tmp_path / "model_info.json"
+    facts = json.loads(info.read_text())
+    del facts["threshold"]
+    info.write_text(json.dumps(facts))
+    assert load_predictor(tmp_path).facts.threshold == 0.5
+
+
+def test_other_tasks_keep_their_labels_and_a_predictor_without_facts_is_refused(trained):
+    from mlops.families import with_threshold
+    from tasks.training import decide_threshold
+
+    model, _ = trained
+    assert decide_threshold(model, "multiclass", None) is model
+    with pytest.raises(TypeError, match="not a dataclass with a 'facts' field"):
+        with_threshold(object(), 0.2)
+
+
+def test_balanced_class_weight_trains_weighted(trained, tmp_path):
+    """With 1.6% positives, weighting each class equally lifts the positives' probabilities:
+    the model's probabilities are no longer the fraud rate, and its threshold moves up."""
+    from tasks.training import decide_threshold
+
+    model, dataset = trained
+    raw = yaml.safe_load((CONFIGS / "fraud_detection.yaml").read_text())
+    raw["data"]["source"] = "unused"
+    raw["data"].pop("synthetic")
+    raw["training"].update(
+        {"n_estimators": 25, "early_stopping_rounds": 5, "class_weight": "balanced"}
+    )
+    training = parse_config(raw, origin="fraud_detection (test)").training
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        weighted = family().train(client, dataset, training, str(tmp_path / "work"))
+    assert weighted.params["class_weight"] == "balanced"
+    positives = weighted.validation_targets == 1
+    unweighted_mean = model.validation_scores[positives].mean()
+    assert weighted.validation_scores[positives].mean() > 2 * unweighted_mean
+    assert weighted.validation_scores.mean() > 5 * dataset_rate(model.validation_targets)
+    plain = decide_threshold(model, "binary", None).threshold.threshold
+    assert decide_threshold(weighted, "binary", None).threshold.threshold > plain
+
+
+def dataset_rate(targets: np.ndarray) -> float:
+    return float((targets == 1).mean())

@@ -63,6 +63,26 @@ def test_coerce_frame_types_and_drops_null_targets(sample):
     assert frame["count_text"].dtype != "float64"  # input untouched
 
 
+def test_true_false_text_is_a_numeric_column_as_pandas_reads_it():
+    # a CSV read as text (as the pipeline reads it) and the same file read by pandas (bool)
+    text = pd.DataFrame(
+        {"member": ["True", "false", "TRUE", None] * 5, "y": [0, 1] * 10}, dtype="string"
+    )
+    schema = infer_schema(text, DataConfig(source="x", target="y"), FeatureConfig())
+    assert schema.numeric == ["member"]
+    typed = coerce_frame(text, schema)
+    assert typed["member"].head(4).tolist()[:3] == [1.0, 0.0, 1.0]
+    assert np.isnan(typed["member"].iloc[3])
+    read_by_pandas = pd.DataFrame({"member": [True, False] * 10, "y": [0, 1] * 10})
+    assert infer_schema(
+        read_by_pandas, DataConfig(source="x", target="y"), FeatureConfig()
+    ).numeric == ["member"]
+    yes_no = text.assign(member=["yes", "no"] * 10)  # not how pandas reads booleans: categories
+    assert infer_schema(
+        yes_no, DataConfig(source="x", target="y"), FeatureConfig()
+    ).categorical == ["member"]
+
+
 def test_split_is_deterministic_and_order_independent():
     frame = pd.DataFrame({"k": [f"id{i}" for i in range(5000)], "v": range(5000)})
     split = SplitConfig(validation_fraction=0.2, test_fraction=0.1, seed=3)

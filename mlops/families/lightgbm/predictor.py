@@ -55,7 +55,7 @@ class LightGBMPredictor:
 
     def predict_matrix(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Prediction columns for a feature matrix (see :func:`mlops.prediction.prediction_columns`)."""
-        return prediction_columns(self.booster.predict(features), self.task, self.classes)
+        return prediction_columns(self.booster.predict(features), self.facts)
 
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Predictions for raw rows: ``prediction`` (and the class probabilities)."""
