@@ -108,7 +108,7 @@ def test_the_cost_drivers_are_job_fields_the_allocator_knows(trained):
     drivers = family().cost_drivers(training, dataset)
     assert set(drivers) <= set(JobFields.model_fields)
     job = job_features(dataset, training, family())
-    assert job.family == "lightgbm" and job.is_lightgbm
+    assert job.family == "lightgbm" and job.is_boosting
     assert job.n_estimators == training.n_estimators
 
 
