@@ -149,7 +149,7 @@ def test_each_task_predicts_the_pipeline_columns(trained):
     assert model.validation_scores.shape == (dataset.row_counts["validation"], 6)
     predicted = model.predictor.predict(read_split(dataset, "test"))
     assert list(predicted.columns) == ["prediction", *[f"probability_{c}" for c in dataset.classes]]
-    np.testing.assert_allclose(predicted.iloc[:, 1:].sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(predicted.iloc[:, 1:].sum(axis=1), 1.0, rtol=1e-12)
     assert set(predicted["prediction"]) <= set(dataset.classes)
 
     model, dataset, _ = trained["regression"]

@@ -44,6 +44,13 @@ FATAL_PREFIX = "XGBoostError:"
 """XGBoost raises (``XGBoostError``) rather than aborting; the model check quotes what follows."""
 
 
+def as_float64(scores: np.ndarray, task: str) -> np.ndarray:
+    """XGBoost's float32 scores as float64, each multiclass row summing to 1 in float64 (as
+    scikit-learn's metrics check)."""
+    scores = np.asarray(scores, dtype="float64")
+    return scores / scores.sum(axis=1, keepdims=True) if task == "multiclass" else scores
+
+
 @dataclass(frozen=True)
 class XGBoostPredictor:
     """An XGBoost booster with its feature transform: raw rows in, prediction columns out."""
@@ -68,8 +75,8 @@ class XGBoostPredictor:
 
     def predict_matrix(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Prediction columns for a feature matrix (see :func:`mlops.prediction.prediction_columns`)."""
-        scores = self.booster.inplace_predict(features)
-        return prediction_columns(np.asarray(scores, dtype="float64"), self.task, self.classes)
+        scores = as_float64(self.booster.inplace_predict(features), self.task)
+        return prediction_columns(scores, self.task, self.classes)
 
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Predictions for raw rows: ``prediction`` (and the class probabilities)."""

@@ -29,7 +29,7 @@ from ...features import FeatureSpec, build_features
 from ...prediction import ModelFacts
 from .. import TrainedModel, TrialResult
 from ..partitions import feature_frame, spread_partitions
-from .predictor import FAMILY, XGBoostPredictor
+from .predictor import FAMILY, XGBoostPredictor, as_float64
 
 METRIC = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "rmse"}
 """The validation metric as the pipeline names it (LightGBM's names: the families compare)."""
@@ -187,7 +187,7 @@ def train_xgboost_on_dask(
         validation_metric=METRIC[dataset.task],
         validation_curve=curve,
         validation_targets=np.asarray(labels, dtype="float64"),
-        validation_scores=np.asarray(scores, dtype="float64"),
+        validation_scores=as_float64(np.asarray(scores), dataset.task),
         wall_time_s=wall_time,
         cluster=training.cluster,
     )
