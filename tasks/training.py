@@ -230,11 +230,14 @@ def train_on_allocation(
     settings = get_settings()
     scheduler = training.cluster.scheduler_address or settings.dask_scheduler_address
     kind = "scheduler" if scheduler else settings.resolved_dask_cluster
+    planned = model_family.name == training.families[0]  # the allocation predicted its run
     common = {
         "use_case": dataset.name,
         "dataset_version": dataset.version,
         "backend": kind,
-        "predicted": (allocation.predicted_wall_time_s, allocation.predicted_peak_memory_bytes),
+        "predicted": (allocation.predicted_wall_time_s, allocation.predicted_peak_memory_bytes)
+        if planned
+        else None,
     }
     configured = training_for_allocation(training, allocation, model_family)
     try:

@@ -397,3 +397,31 @@ def test_a_history_without_families_reads_its_boosting_runs_as_lightgbm(tmp_path
         wall_time_s=5.0,
     )
     assert foreign.family is None  # no boosting fields: nothing to say which it was
+
+
+def test_a_history_table_without_the_family_column_gains_it_without_loss(database_url):
+    import sqlalchemy as sa
+
+    from infra.allocator.history import runs_table
+
+    url = database_url()
+    engine = sa.create_engine(url)
+    old = sa.MetaData()
+    columns = [c.copy() for c in runs_table.columns if c.name != "family"]
+    table = sa.Table(runs_table.name, old, *columns)
+    old.create_all(engine)
+    before = history_of({"old-use-case": job()})
+    rows = [r.model_dump(exclude={"family"}) for r in before]
+    with engine.begin() as connection:  # as a version before families wrote them
+        connection.execute(table.insert(), rows)
+    engine.dispose()
+
+    store = HistoryStore(url)
+    runs = store.runs()
+    assert len(runs) == len(before) and {r.family for r in runs} == {"lightgbm"}
+    assert [r.model_dump(exclude={"recorded_at", "family"}) for r in runs] == [
+        r.model_dump(exclude={"recorded_at", "family"}) for r in before
+    ]
+    store.add_all(other_family(runs, "xgboost", slower=2.0))
+    assert sorted({r.family for r in store.runs()}) == ["lightgbm", "xgboost"]
+    store.close()

@@ -145,21 +145,7 @@ def train_xgboost_on_dask(
     params = xgboost_params(training, dataset)
     workers = workers or list(client.scheduler_info(n_workers=-1)["workers"])
     started = time.perf_counter()
-    # XGBoost trains on the workers that hold the data's parts: dealing them out selects the
-    # workers and gives each a share.
-    train = spread_partitions(client, feature_frame(dataset, "train", len(workers)), workers)
-    valid = spread_partitions(client, feature_frame(dataset, "validation", len(workers)), workers)
-    names = dataset.feature_spec.feature_names
-    train_x, train_y = train[names], train[TARGET_COLUMN]
-    valid_x, valid_y = valid[names], valid[TARGET_COLUMN]
-    matrix = {
-        "feature_types": feature_types(dataset.feature_spec),
-        "enable_categorical": True,
-        "max_bin": training.max_bin,
-    }
-    weight = _class_weights(client, train_y, training, dataset)
-    dtrain = dxgb.DaskQuantileDMatrix(client, train_x, train_y, weight=weight, **matrix)
-    dvalid = dxgb.DaskQuantileDMatrix(client, valid_x, valid_y, ref=dtrain, **matrix)
+    dtrain, dvalid, (valid_x, valid_y) = _dask_matrices(client, dataset, training, workers)
     stopping = training.early_stopping_rounds or None
     output = dxgb.train(
         client,
@@ -191,6 +177,32 @@ def train_xgboost_on_dask(
         wall_time_s=wall_time,
         cluster=training.cluster,
     )
+
+
+def _dask_matrices(
+    client: Client, dataset: DatasetRef, training: TrainingConfig, workers: list[str]
+) -> tuple[dxgb.DaskQuantileDMatrix, dxgb.DaskQuantileDMatrix, tuple[dd.DataFrame, dd.Series]]:
+    """The training and validation splits as quantile matrices (the validation one with the
+    training one's bins), their partitions dealt to ``workers``; and the validation features
+    and labels, for scoring the kept model.
+
+    XGBoost trains on the workers that hold the data's parts: dealing them out selects the
+    workers and gives each a share.
+    """
+    train = spread_partitions(client, feature_frame(dataset, "train", len(workers)), workers)
+    valid = spread_partitions(client, feature_frame(dataset, "validation", len(workers)), workers)
+    names = dataset.feature_spec.feature_names
+    train_x, train_y = train[names], train[TARGET_COLUMN]
+    valid_x, valid_y = valid[names], valid[TARGET_COLUMN]
+    matrix = {
+        "feature_types": feature_types(dataset.feature_spec),
+        "enable_categorical": True,
+        "max_bin": training.max_bin,
+    }
+    weight = _class_weights(client, train_y, training, dataset)
+    dtrain = dxgb.DaskQuantileDMatrix(client, train_x, train_y, weight=weight, **matrix)
+    dvalid = dxgb.DaskQuantileDMatrix(client, valid_x, valid_y, ref=dtrain, **matrix)
+    return dtrain, dvalid, (valid_x, valid_y)
 
 
 def _class_weights(
