@@ -101,7 +101,8 @@ def train_once(name: str, dataset, config, work: Path) -> dict[str, Any]:
     from tasks.training import dask_trainer
 
     shape = ClusterShape(workers=2, threads_per_worker=1, memory_per_worker_bytes=4 * GIB)
-    trainer = dask_trainer(family(name), dataset, str(work / f"scratch-{name}"))
+    scratch = tempfile.mkdtemp(prefix=f"scratch-{name}-", dir=work)  # a fresh one each run
+    trainer = dask_trainer(family(name), dataset, scratch)
     trained, startup, wall = measure_training(trainer, config.training, shape)
     test = read_split(dataset, "test")
     scores = class_scores(trained.predictor.predict(test), dataset.task, dataset.classes)

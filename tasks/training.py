@@ -284,8 +284,8 @@ def train_families(
     of memory the allocator re-plans): the families after it are not trained.
     """
     attempts: list[TrainingAttempt] = []
-    for name in training.families:
-        attempt = train_on_allocation(dataset, training, allocation, work_uri, name)
+    for name in training.families:  # each in its own scratch folder
+        attempt = train_on_allocation(dataset, training, allocation, f"{work_uri}/{name}", name)
         attempts.append(attempt)
         if attempt.trained is None:
             break

@@ -254,7 +254,10 @@ def family_factors(
     for family in families[1:]:
         own = [r for r in runs if r.family == family and not r.gpu and r.status == "success"]
         times = [
-            math.log(r.total_time_s / unscaled.base_prediction(r.job, r.shape, r.iterations).time_s)
+            math.log(
+                r.total_time_s
+                / unscaled.base_prediction(r.job, r.shape, r.iterations or None).time_s
+            )
             for r in own
             if r.total_time_s > 0
         ]
