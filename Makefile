@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-integration test-stack reliability lint format ui benchmark benchmark-allocator benchmark-serving serve lock clean
+.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-integration test-stack reliability lint format ui benchmark benchmark-allocator benchmark-serving benchmark-families serve lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -79,8 +79,11 @@ ui: $(STAMP)  ## Open the MLflow UI on the project's store (127.0.0.1:5000)
 benchmark: $(STAMP)  ## Run benchmarks/pipeline.py (1M and 10M rows; long) and update docs/benchmarks.md
 	$(BIN)/python benchmarks/pipeline.py
 
-benchmark-serving: $(STAMP)  ## Our service vs `mlflow models serve` on the same model; updates docs/benchmarks.md
+benchmark-serving: $(STAMP)  ## Our service vs `mlflow models serve` on the same model, of each family; updates docs/benchmarks.md
 	$(BIN)/python benchmarks/serving.py
+
+benchmark-families: $(STAMP)  ## LightGBM vs XGBoost on the same data (time, peak memory, test metric); updates docs/benchmarks.md
+	$(BIN)/python benchmarks/families.py
 
 serve: $(STAMP)  ## Serve the demo model's champion on 127.0.0.1:5001 (MLflow scoring protocol)
 	$(BIN)/mlops serve fraud-detector

@@ -1,8 +1,9 @@
 """Serving benchmark: our service against ``mlflow models serve`` on the same registered model.
 
-In one run, on this machine:
+In one run, on this machine, for a model of each family (LightGBM, then XGBoost):
 
-1. trains and registers a fraud model with the pipeline (``mlops run``) in a temporary home;
+1. trains and registers a fraud model with the pipeline (``mlops run --family``) in a temporary
+   home;
 2. starts ``mlflow models serve --env-manager local`` and ``mlops serve`` on loopback, one
    worker process each, on the same ``models:/`` version;
 3. checks that both return the same predictions for the same 200 rows;
@@ -11,7 +12,8 @@ In one run, on this machine:
 5. 1,000-row batches: rows per second;
 6. repeats 4 and 5 for a few rounds, the servers taking turns to go first, and reports medians
    (this 2-core machine is noisy: one 10-second run of MLflow varies by a third);
-7. the cost of the inference log: ``mlops serve`` as configured by default (every request
+7. the cost of the inference log (on the first family's model): ``mlops serve`` as configured
+   by default (every request
    logged, ``MLOPS_INFERENCE_LOG=parquet``, sample rate 1.0) against a second ``mlops serve``
    with the log off, in many short paired runs that alternate which goes first (this machine's
    speed drifts over minutes, so long runs far apart compare the machine, not the servers),
@@ -19,8 +21,8 @@ In one run, on this machine:
 
 The load generator is a few keep-alive HTTP/1.1 connections on raw asyncio sockets (no HTTP
 library in the way); its own ceiling, measured against a trivial endpoint, is reported beside
-the results. Results go to ``docs/benchmarks.md`` (between markers).
-Run: ``python benchmarks/serving.py`` (about 5 minutes).
+the results. Results go to ``docs/benchmarks.md`` (between markers, written by
+``serving_report.py``). Run: ``python benchmarks/serving.py`` (about 8 minutes).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,10 +45,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.doc_sections import markers, write_section  # noqa: E402
+from benchmarks.doc_sections import write_section  # noqa: E402
+from benchmarks.serving_report import NO_LOG, report  # noqa: E402
 
 BIN = Path(sys.executable).parent
-BEGIN, END = markers("serving")
+FAMILIES = ("lightgbm", "xgboost")
 
 
 # ---------------------------------------------------------------- the load generator
@@ -174,8 +176,9 @@ def free_port() -> int:
     return pick()
 
 
-def train_model(work: Path, env: dict, rows: int) -> pd.DataFrame:
-    """Register a fraud model with the pipeline; returns raw rows to score."""
+def train_model(work: Path, env: dict, rows: int, family: str) -> pd.DataFrame:
+    """Register a fraud model of ``family`` (``bench-<family>``) with the pipeline; returns raw
+    rows to score."""
     data = work / "fraud.parquet"
     subprocess.run(
         [
@@ -203,7 +206,9 @@ def train_model(work: Path, env: dict, rows: int) -> pd.DataFrame:
             "--target",
             "is_fraud",
             "--name",
-            "bench-model",
+            f"bench-{family}",
+            "--family",
+            family,
         ],
         env=env,
         cwd=work,
@@ -223,8 +228,8 @@ def split_body(frame: pd.DataFrame) -> bytes:
 # ---------------------------------------------------------------- the run
 
 
-def run(seconds: float, concurrency: int, rounds: int) -> dict:
-    results: dict = {"seconds": seconds, "concurrency": concurrency}
+def run(seconds: float, concurrency: int, rounds: int, families: tuple[str, ...]) -> dict:
+    results: dict = {"seconds": seconds, "concurrency": concurrency, "families": {}}
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         work = Path(tmp)
         env = {
@@ -239,45 +244,42 @@ def run(seconds: float, concurrency: int, rounds: int) -> dict:
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # mlflow execs `uvicorn`
         }
-        print("Training and registering the model ...", flush=True)
-        rows = train_model(work, env, 50_000)
-        model = "models:/bench-model@champion"
-        ours_port, theirs_port = free_port(), free_port()
-        mlflow_cmd = [
-            str(BIN / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            model,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(theirs_port),
-            "-w",
-            "1",
-        ]
-        ours_cmd = [str(BIN / "mlops"), "serve", "bench-model", "--port", str(ours_port)]
-        quiet_port = free_port()
-        quiet_cmd = [str(BIN / "mlops"), "serve", "bench-model", "--port", str(quiet_port)]
-        with (
-            server(mlflow_cmd, theirs_port, env, work / "mlflow.log"),
-            server(ours_cmd, ours_port, env, work / "ours.log") as ours,
-            server(
-                quiet_cmd, quiet_port, env | {"MLOPS_INFERENCE_LOG": "off"}, work / "off.log"
-            ) as quiet,
-        ):
-            ports = {"mlflow": theirs_port, "ours": ours_port}
-            results |= measure(rows, ports, seconds, concurrency, rounds)
-            servers = {"ours": (ours_port, ours.pid), NO_LOG: (quiet_port, quiet.pid)}
-            results["log_cost"] = measure_log_cost(rows, servers, concurrency)
-            results["logged_rows"] = logged_rows(ours_port)
+        for number, family in enumerate(families):
+            print(f"Training and registering the {family} model ...", flush=True)
+            rows = train_model(work, env, 50_000, family)
+            measured = serve_and_measure(
+                work, env, rows, f"bench-{family}", (seconds, concurrency, rounds), number == 0
+            )
+            results["families"][family] = measured
+            results |= measured.pop("log", {})
     return results
 
 
-NO_LOG = "ours-no-log"
-"""Our server with the inference log off: the baseline of the log's cost."""
+def serve_and_measure(
+    work: Path, env: dict, rows: pd.DataFrame, name: str, load: tuple, log_cost: bool
+) -> dict:
+    """Both servers on the model ``name``, measured; with ``log_cost``, a third server (ours,
+    the log off) and the log's cost too (under ``log``)."""
+    seconds, concurrency, rounds = load
+    ours_port, theirs_port, quiet_port = free_port(), free_port(), free_port()
+    mlflow_cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion"]
+    mlflow_cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(theirs_port), "-w", "1"]
+    ours_cmd = [str(BIN / "mlops"), "serve", name, "--port", str(ours_port)]
+    quiet_cmd = [str(BIN / "mlops"), "serve", name, "--port", str(quiet_port)]
+    with (
+        server(mlflow_cmd, theirs_port, env, work / f"mlflow-{name}.log"),
+        server(ours_cmd, ours_port, env, work / f"ours-{name}.log") as ours,
+    ):
+        ports = {"mlflow": theirs_port, "ours": ours_port}
+        measured = measure(rows, ports, seconds, concurrency, rounds)
+        if not log_cost:
+            return measured
+        off = env | {"MLOPS_INFERENCE_LOG": "off"}
+        with server(quiet_cmd, quiet_port, off, work / f"off-{name}.log") as quiet:
+            servers = {"ours": (ours_port, ours.pid), NO_LOG: (quiet_port, quiet.pid)}
+            log = {"log_cost": measure_log_cost(rows, servers, concurrency)}
+        log["logged_rows"] = logged_rows(ours_port)
+    return measured | {"log": log}
 
 
 def logged_rows(port: int) -> int:
@@ -378,108 +380,6 @@ def measure_log_cost(
     return out
 
 
-def _median(runs: list[dict], key: str) -> float:
-    return float(np.median([run[key] for run in runs]))
-
-
-def _ratios(
-    r: dict, kind: str, key: str, invert: bool = False, base: str = "mlflow"
-) -> list[float]:
-    pairs = zip(r[kind]["ours"], r[kind][base], strict=True)
-    return [(m[key] / o[key]) if invert else (o[key] / m[key]) for o, m in pairs]
-
-
-def report(r: dict) -> str:
-    s, o, b = r["single"], r["open"], r["batch"]
-    single = _ratios(r, "single", "throughput")
-    p99 = _ratios(r, "open", "p99_ms")
-    batch = _ratios(r, "batch", "throughput")
-
-    def cell(ratios: list[float], digits: int = 1) -> str:
-        return f"{np.median(ratios):.{digits}f}x ({min(ratios):.{digits}f} to {max(ratios):.{digits}f})"
-
-    def met(ratios: list[float], ok) -> str:
-        return "yes" if ok(float(np.median(ratios))) else "**no**"
-
-    errors = {
-        name: sum(run["errors"] for kind in ("single", "batch", "open") for run in r[kind][name])
-        for name in ("mlflow", "ours")
-    }
-    lines = [
-        BEGIN,
-        f"Measured on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"by `python benchmarks/serving.py`: {r['rounds']} rounds of {r['seconds']:.0f} s per measurement, the two "
-        "servers taking turns to go first. Both run one worker process on loopback and serve the same "
-        "registered fraud model version; the load generator shares the 2 cores. Figures are medians over "
-        "the rounds; ratios are ours over MLflow's, median (lowest to highest round).",
-        "",
-        f"Predictions on the same 200 rows: labels identical: **{r['same_labels']}**, largest "
-        f"probability difference {r['max_probability_diff']:.1e}.",
-        "",
-        "| | `mlflow models serve` | `mlops serve` | ratio | target | met |",
-        "|---|---:|---:|---:|---|---|",
-        f"| single-row throughput, {r['concurrency']} connections (req/s) | {_median(s['mlflow'], 'throughput'):.0f} | "
-        f"{_median(s['ours'], 'throughput'):.0f} | {cell(single)} | >= 3x | {met(single, lambda x: x >= 3)} |",
-        f"| single-row p50 / p99 at that concurrency (ms) | {_median(s['mlflow'], 'p50_ms'):.1f} / "
-        f"{_median(s['mlflow'], 'p99_ms'):.1f} | {_median(s['ours'], 'p50_ms'):.1f} / {_median(s['ours'], 'p99_ms'):.1f} | | | |",
-        f"| p50 / p99 at the same offered load, {_median(o['mlflow'], 'rate'):.0f} req/s (ms) | "
-        f"{_median(o['mlflow'], 'p50_ms'):.1f} / {_median(o['mlflow'], 'p99_ms'):.1f} | "
-        f"{_median(o['ours'], 'p50_ms'):.1f} / {_median(o['ours'], 'p99_ms'):.1f} | "
-        f"p99 {cell(p99, 2)} | p99 <= 0.5x | {met(p99, lambda x: x <= 0.5)} |",
-        f"| 1,000-row batches, 2 connections (rows/s) | {_median(b['mlflow'], 'throughput') * 1000:,.0f} | "
-        f"{_median(b['ours'], 'throughput') * 1000:,.0f} | {cell(batch)} | >= 2x | {met(batch, lambda x: x >= 2)} |",
-        f"| errors (non-200 answers) | {errors['mlflow']} | {errors['ours']} | | | |",
-        "",
-        f"Load generator ceiling (GET /ping on our server, same connections): {r['generator_ceiling']:.0f} req/s.",
-        "",
-        *log_cost_lines(r),
-        END,
-    ]
-    return "\n".join(lines)
-
-
-def log_cost_lines(r: dict) -> list[str]:
-    """The inference log's cost: our server logging every request vs the same with the log off."""
-    cost = r["log_cost"]
-    single = _ratios(cost, "single", "throughput", base=NO_LOG)
-    batch = _ratios(cost, "batch", "throughput", base=NO_LOG)
-    single_cpu = _ratios(cost, "single", "cpu_us", base=NO_LOG)
-    batch_cpu = _ratios(cost, "batch", "cpu_us", base=NO_LOG)
-    s, b = cost["single"], cost["batch"]
-
-    def cell(ratios: list[float]) -> str:
-        low, high = np.percentile(ratios, [25, 75])
-        return f"{np.median(ratios):.3f} (middle half {low:.3f} to {high:.3f})"
-
-    def met(ratios: list[float], ok=lambda x: x >= 0.95) -> str:
-        return "yes" if ok(float(np.median(ratios))) else "**no**"
-
-    cheap = lambda x: x <= 1.05  # noqa: E731
-
-    return [
-        "**Inference log cost.** `mlops serve` as configured by default (every request logged to "
-        "Parquet, `MLOPS_INFERENCE_LOG_SAMPLE_RATE=1.0`) against a second `mlops serve` with "
-        f"`MLOPS_INFERENCE_LOG=off`, in {len(single)} pairs of back-to-back 3-second runs that "
-        "alternate which server goes first; the ratio is the median of the pairs' ratios. "
-        f"The logging server recorded {r['logged_rows']:,} rows during the whole benchmark.",
-        "",
-        "| | log off | log on (100%) | on / off | target | met |",
-        "|---|---:|---:|---:|---|---|",
-        f"| single-row throughput (req/s) | {_median(s[NO_LOG], 'throughput'):.0f} | "
-        f"{_median(s['ours'], 'throughput'):.0f} | {cell(single)} | >= 0.95 | {met(single)} |",
-        f"| 1,000-row batches (rows/s) | {_median(b[NO_LOG], 'throughput') * 1000:,.0f} | "
-        f"{_median(b['ours'], 'throughput') * 1000:,.0f} | {cell(batch)} | >= 0.95 | {met(batch)} |",
-        f"| server CPU per single-row request (µs) | {_median(s[NO_LOG], 'cpu_us'):.0f} | "
-        f"{_median(s['ours'], 'cpu_us'):.0f} | {cell(single_cpu)} | <= 1.05 | {met(single_cpu, cheap)} |",
-        f"| server CPU per 1,000-row request (µs) | {_median(b[NO_LOG], 'cpu_us'):,.0f} | "
-        f"{_median(b['ours'], 'cpu_us'):,.0f} | {cell(batch_cpu)} | <= 1.05 | {met(batch_cpu, cheap)} |",
-        "",
-        "Throughput here is shared with the load generator on the same 2 cores, and single 3-second "
-        "runs of one server vary by ±10%; the server's own CPU time per request is the steadier "
-        "measure of what the log adds.",
-    ]
-
-
 def write_doc(section: str) -> None:
     write_section("serving", "Serving", section)
 
@@ -489,8 +389,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="Length of each measurement.")
     parser.add_argument("--concurrency", type=int, default=8, help="Connections of the load.")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of every measurement.")
+    parser.add_argument(
+        "--family", action="append", choices=FAMILIES, help="Model families (default: both)."
+    )
     args = parser.parse_args()
-    section = report(run(args.seconds, args.concurrency, args.rounds))
+    families = tuple(args.family or FAMILIES)
+    section = report(run(args.seconds, args.concurrency, args.rounds, families))
     write_doc(section)
     print(section)
 

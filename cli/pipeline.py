@@ -23,8 +23,15 @@ class Task(StrEnum):
     regression = "regression"
 
 
-def config_for_file(data: str, target: str, task: str | None, name: str | None) -> PipelineConfig:
-    """A config for the bring-your-own-file path: everything inferred from the file."""
+def config_for_file(
+    data: str,
+    target: str,
+    task: str | None,
+    name: str | None,
+    families: list[str] | None = None,
+) -> PipelineConfig:
+    """A config for the bring-your-own-file path: everything inferred from the file, the model
+    families (``training.family``) given or LightGBM."""
     stem = Path(data.rstrip("/")).name.split(".")[0] or "dataset"
     use_case = (
         "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.") or "dataset"
@@ -34,6 +41,8 @@ def config_for_file(data: str, target: str, task: str | None, name: str | None) 
         "data": {"source": data, "target": target, "task": task},
         "model": {"name": name or f"{use_case}-model"},
     }
+    if families:
+        raw["training"] = {"family": families[0] if len(families) == 1 else families}
     return parse_config(raw, origin="the command line")
 
 
@@ -73,6 +82,13 @@ def run(
     name: Annotated[
         str | None, typer.Option(help="Registered model name (default: <file>-model).")
     ] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Model family with --data: lightgbm (default) or xgboost; twice to train both "
+            "and keep the better. A config file names it in training.family."
+        ),
+    ] = None,
 ) -> None:
     """Run the whole retraining pipeline in this process, no stack needed.
 
@@ -89,9 +105,15 @@ def run(
         if config is not None and data is not None:
             raise ConfigError("Pass either --config or --data/--target, not both.")
         if config is not None:
+            if family:
+                raise ConfigError(
+                    f"--family is for --data; {config} names its family in training.family."
+                )
             pipeline_config = load_config(config)
         elif data is not None and target is not None:
-            pipeline_config = config_for_file(data, target, task.value if task else None, name)
+            pipeline_config = config_for_file(
+                data, target, task.value if task else None, name, family
+            )
         else:
             raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
         preflight(pipeline_config)

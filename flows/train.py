@@ -28,6 +28,9 @@ def train_flow(
 ) -> TrainingResult:
     """Train on the dataset's training split with early stopping on its validation split.
 
+    With several families (``training.family`` a list), each trains on the same cluster and
+    the one with the lowest validation loss is logged as the candidate.
+
     The cluster comes from ``allocation`` (the pipeline asks the allocator before it starts
     this stage) or from the allocator here. Every attempt is recorded in the allocator's
     history; after running out of memory the allocator re-plans, up to
@@ -46,7 +49,8 @@ def train_flow(
     attempts = []
     for _ in range(config.training.allocator.max_replans + 1):
         attempt = train_model(dataset, config.training, allocation, work_uri)
-        record_training_run(attempt.profile)
+        for run in attempt.runs:  # one per family trained
+            record_training_run(run)
         attempts.append((allocation, attempt.profile))
         if attempt.trained is not None or attempt.profile.status != "out-of-memory":
             break

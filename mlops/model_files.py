@@ -103,9 +103,8 @@ def read_pipeline_model(folder: Path, uri: str, check_s: float | None = None) ->
     try:
         predictor = module.load(files[INFO_FILE].parent)
     except (ValueError, KeyError) as error:
-        raise ModelFilesError(
-            f"{uri} has an unreadable {INFO_FILE} or {SPEC_FILE}: {error}"
-        ) from None
+        files_read = ", ".join([*module.MODEL_FILES, INFO_FILE, SPEC_FILE])
+        raise ModelFilesError(f"{uri} has an unreadable file ({files_read}): {error}") from None
     return PipelineModel(
         uri=uri,
         predictor=predictor,

@@ -23,10 +23,11 @@ from mlops.settings import get_settings
 
 
 def recommend_for_dataset(config: PipelineConfig, dataset: DatasetRef) -> Allocation:
-    """Plan the training cluster for a preprocessed dataset from the recorded history."""
+    """Plan the training cluster for a preprocessed dataset from the recorded history (for
+    the config's first family, when it names several)."""
     settings = get_settings()
     return plan_allocation(
-        job_features(dataset, config.training, family()),
+        job_features(dataset, config.training, family(config.training.families[0])),
         config.training.allocator,
         config.training.cluster,
         recorded_runs(settings),

@@ -1,4 +1,4 @@
-"""Training stage: the model family's trainer on an allocated Dask cluster, measured and logged.
+"""Training stage: the model families' trainers on an allocated Dask cluster, measured and logged.
 
 The training itself is the family's (:mod:`mlops.families`); this module builds the cluster the
 allocator chose, measures the run for the allocator's history, and logs the run and its model
@@ -8,6 +8,7 @@ to MLflow.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from infra.allocator.allocation import Allocation
 from infra.allocator.history import RunProfile
@@ -238,13 +239,24 @@ def log_dataset_inputs(run_id: str, dataset: DatasetRef) -> None:
 
 
 class TrainingAttempt(BaseModel):
-    """One try at training on an allocated cluster: the model if it worked, and its history row."""
+    """One try at training on an allocated cluster: the model if it worked, and its history row.
+
+    With several families (``training.family`` a list), the model and ``profile`` are the
+    family kept (the lowest validation loss) or the one that failed; ``others`` are the
+    history rows of the families trained beside it.
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     trained: TrainedModel | None
     profile: RunProfile
     error: str | None = None
+    others: list[RunProfile] = Field(default_factory=list)
+
+    @property
+    def runs(self) -> list[RunProfile]:
+        """Every family's history row, the kept (or failed) one first."""
+        return [self.profile, *self.others]
 
 
 def training_for_allocation(
@@ -272,19 +284,27 @@ def dask_trainer(
 
 
 def train_on_allocation(
-    dataset: DatasetRef, training: TrainingConfig, allocation: Allocation, work_uri: str
+    dataset: DatasetRef,
+    training: TrainingConfig,
+    allocation: Allocation,
+    work_uri: str,
+    family_name: str | None = None,
 ) -> TrainingAttempt:
-    """Train on the allocated cluster and measure the run, whether it succeeds or fails."""
-    model_family = family()
+    """Train one family (default: the config's first) on the allocated cluster and measure
+    the run, whether it succeeds or fails."""
+    model_family = family(family_name or training.families[0])
     job = job_features(dataset, training, model_family)
     settings = get_settings()
     scheduler = training.cluster.scheduler_address or settings.dask_scheduler_address
     kind = "scheduler" if scheduler else settings.resolved_dask_cluster
+    planned = model_family.name == training.families[0]  # the allocation predicted its run
     common = {
         "use_case": dataset.name,
         "dataset_version": dataset.version,
         "backend": kind,
-        "predicted": (allocation.predicted_wall_time_s, allocation.predicted_peak_memory_bytes),
+        "predicted": (allocation.predicted_wall_time_s, allocation.predicted_peak_memory_bytes)
+        if planned
+        else None,
     }
     configured = training_for_allocation(training, allocation, model_family)
     try:
@@ -321,19 +341,73 @@ def train_on_allocation(
     return TrainingAttempt(trained=trained, profile=profile)
 
 
+def train_families(
+    dataset: DatasetRef, training: TrainingConfig, allocation: Allocation, work_uri: str
+) -> TrainingAttempt:
+    """Train each of the config's families in turn on the allocated cluster; keep the one with
+    the lowest validation loss (the same metric on the same validation rows).
+
+    A family that fails fails the attempt (the cluster must train them all; after running out
+    of memory the allocator re-plans): the families after it are not trained.
+    """
+    attempts: list[TrainingAttempt] = []
+    for name in training.families:  # each in its own scratch folder
+        attempt = train_on_allocation(dataset, training, allocation, f"{work_uri}/{name}", name)
+        attempts.append(attempt)
+        if attempt.trained is None:
+            break
+    kept = attempts[-1] if attempts[-1].trained is None else min(attempts, key=_validation_loss)
+    others = [a.profile for a in attempts if a is not kept]
+    return kept.model_copy(update={"others": others})
+
+
+def _validation_loss(attempt: TrainingAttempt) -> float:
+    loss = attempt.profile.final_metric
+    return loss if loss is not None and math.isfinite(loss) else math.inf
+
+
+def family_metrics(attempt: TrainingAttempt) -> dict[str, float]:
+    """Each family's best validation loss, for a run that trained several
+    (``family_<name>_best_validation_<metric>``); empty for one family."""
+    if not attempt.others:
+        return {}
+    return {
+        f"family_{run.family}_best_validation_{run.metric_name}": run.final_metric
+        for run in attempt.runs
+        if run.final_metric is not None
+    }
+
+
+def family_tags(attempt: TrainingAttempt) -> dict[str, str]:
+    """The family of the logged model, and the families it was chosen from."""
+    tags = {"mlops.family": attempt.profile.family or ""}
+    if attempt.others:
+        tags["mlops.families_compared"] = ",".join(run.family or "?" for run in attempt.runs)
+    return tags
+
+
 @task(name="train-model", timeout_seconds=6 * 3600, persist_result=False)
 def train_model(
     dataset: DatasetRef, training: TrainingConfig, allocation: Allocation, work_uri: str
 ) -> TrainingAttempt:
-    """Build the allocated Dask cluster, train, measure, and tear the cluster down."""
+    """Build the allocated Dask cluster, train each family, measure, and tear the cluster down."""
     logger = get_run_logger()
     logger.info(
-        "Training on %s (%s); %d training rows",
+        "Training %s on %s (%s); %d training rows",
+        " and ".join(training.families),
         allocation.shape.label(),
         training.cluster.scheduler_address or "LocalCluster",
         dataset.row_counts["train"],
     )
-    attempt = train_on_allocation(dataset, training, allocation, work_uri)
+    attempt = train_families(dataset, training, allocation, work_uri)
+    for other in attempt.others:
+        logger.info(
+            "%s: validation %s %.5f in %.1fs",
+            other.family,
+            other.metric_name,
+            other.final_metric if other.final_metric is not None else float("nan"),
+            other.total_time_s,
+        )
     run = attempt.profile
     if attempt.trained is None:
         logger.warning(
@@ -342,8 +416,10 @@ def train_model(
         return attempt
     trained = attempt.trained
     logger.info(
-        "Trained %d rounds in %.1fs (predicted %.1fs incl. %.1fs start-up); best round %d, "
+        "%s%s: trained %d rounds in %.1fs (predicted %.1fs incl. %.1fs start-up); best round %d, "
         "validation %s %.5f; peak %.0f MiB per worker (predicted %.0f)",
+        run.family,
+        " (kept: the lowest validation loss)" if attempt.others else "",
         trained.iterations_run,
         run.total_time_s,
         allocation.predicted_wall_time_s,
@@ -367,7 +443,7 @@ def log_training(
 ) -> TrainingResult:
     """Log the training run, its allocation (predicted vs actual) and the model to MLflow."""
     client, experiment_id = experiment_for(config)
-    tags = lineage_tags(config) | allocation_tags(allocation)
+    tags = lineage_tags(config) | allocation_tags(allocation) | family_tags(attempt)
     trained = decide_threshold(attempt.trained, dataset.task, config.training.threshold)
     if trained.threshold is not None:
         get_run_logger().info("Decision threshold %s", trained.threshold.summary())
@@ -380,6 +456,6 @@ def log_training(
         parent_run_id,
         tags,
         allocation_params(allocation) | threshold_params,
-        outcome_metrics(allocation, attempt.profile) | threshold_metrics,
+        outcome_metrics(allocation, attempt.profile) | threshold_metrics | family_metrics(attempt),
     )
     return result.model_copy(update={"allocation": allocation})

@@ -115,9 +115,9 @@ def serving_process(model: str, port: int, env: dict[str, str]) -> Iterator[subp
         server.wait(timeout=20)
 
 
-@pytest.fixture(scope="session")
-def served_registry(tmp_path_factory, fraud_file, prefect_api):
-    """A fraud model trained and promoted by the pipeline, in a registry of its own."""
+def pipeline_registry(home: Path, fraud_file: Path, family: str) -> dict:
+    """A fraud model of ``family`` trained and promoted by the pipeline, in a registry of its own
+    in ``home``; with its test rows and the registered pyfunc's predictions of them."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -127,14 +127,13 @@ def served_registry(tmp_path_factory, fraud_file, prefect_api):
     from mlops.settings import get_settings
     from serving.loader import load_served_model
 
-    home = tmp_path_factory.mktemp("serving-home")
     env = state_env(home)
     uri = env["MLFLOW_TRACKING_URI"]
     with pytest.MonkeyPatch.context() as patch:  # only while it is built: tests pass uri on
         for name, value in env.items():
             patch.setenv(name, value)
         get_settings.cache_clear()
-        config = bundled_config("fraud_detection", fraud_file, n_estimators=60)
+        config = bundled_config("fraud_detection", fraud_file, n_estimators=60, family=family)
         # The model every serving test shares: its latency is judged by those tests, not by a
         # gate whose 50 ms budget a machine busy with other tests can miss.
         gate = config.model_gate.model_copy(update={"max_latency_p95_ms": None})
@@ -158,7 +157,29 @@ def served_registry(tmp_path_factory, fraud_file, prefect_api):
         "env": env,
         "dataset": dataset,
         "config": config,
+        "family": family,
+        "training_run_id": result.training_run_id,
     }
+
+
+@pytest.fixture(scope="session")
+def served_registry(tmp_path_factory, fraud_file, prefect_api):
+    """A LightGBM fraud model trained and promoted by the pipeline, in a registry of its own."""
+    return pipeline_registry(tmp_path_factory.mktemp("serving-home"), fraud_file, "lightgbm")
+
+
+@pytest.fixture(scope="session")
+def served_registry_xgboost(tmp_path_factory, fraud_file, prefect_api):
+    """The same as ``served_registry``, an XGBoost model (``training.family: xgboost``)."""
+    return pipeline_registry(tmp_path_factory.mktemp("xgboost-home"), fraud_file, "xgboost")
+
+
+@pytest.fixture(scope="session", params=["lightgbm", "xgboost"])
+def scoring_registry(request):
+    """``served_registry`` and ``served_registry_xgboost`` in turn: tests of what every family
+    must answer alike (the scoring protocol, bundles)."""
+    names = {"lightgbm": "served_registry", "xgboost": "served_registry_xgboost"}
+    return request.getfixturevalue(names[request.param])
 
 
 def jsonable_rows(frame) -> list[dict]:

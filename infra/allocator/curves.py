@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .history import ClusterShape, JobFeatures, RunProfile
+from .history import ClusterShape, JobFeatures, RunProfile, program
 
 NodeKind = tuple[str | None, int, bool]
 """What a node is, all but how many: machine type, threads per worker, GPU."""
@@ -63,11 +63,16 @@ class Curve:
     kind: NodeKind
     times: dict[int, float] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
-    lightgbm: JobFeatures | None = None
+    boosting: JobFeatures | None = None
+
+    @property
+    def program(self) -> str:
+        """The job with its family (:func:`~infra.allocator.history.program`)."""
+        return program(self.job, self.family)
 
     @property
     def key(self) -> tuple[str, str]:
-        return self.job, self.context
+        return self.program, self.context
 
     def time_at(self, nodes: float) -> float | None:
         """Time at ``nodes``, interpolated in log-log between measured counts, or None."""
@@ -108,7 +113,7 @@ def build_curves(runs: Sequence[RunProfile]) -> list[Curve]:
                 size=job.size,
                 size_kind=job.size_kind,
                 kind=node_kind(run.shape),
-                lightgbm=job if job.is_lightgbm else None,
+                boosting=job if job.is_boosting else None,
             )
             samples[key], failures[key] = {}, {}
         curve = grouped[key]
@@ -151,7 +156,7 @@ def _closeness(job: JobFeatures, curve: Curve) -> float:
 
 
 def _own_curves(job: JobFeatures, curves: Sequence[Curve]) -> list[Curve]:
-    return [c for c in curves if job.name is not None and c.job == job.name]
+    return [c for c in curves if job.program is not None and c.program == job.program]
 
 
 def _same_job(per_node: bool) -> Predictor:
@@ -203,8 +208,8 @@ def job_gap(job: JobFeatures, curve: Curve) -> float:
     """How unlike a job another job's curve is: family, then input size (log10)."""
     from .model import job_distance
 
-    if job.is_lightgbm and curve.lightgbm is not None:
-        return job_distance(job, curve.lightgbm)
+    if job.is_boosting and curve.boosting is not None:
+        return job_distance(job, curve.boosting)
     family = 0.0 if job.family == curve.family else 1.0
     size = abs(math.log10(_size_ratio(job, curve))) if _comparable(job, curve) else 0.5
     return family + size
@@ -212,7 +217,7 @@ def job_gap(job: JobFeatures, curve: Curve) -> float:
 
 def _neighbours(per_node: bool) -> Predictor:
     def predict(job, shapes, curves):
-        others = [c for c in curves if c.job != job.name]
+        others = [c for c in curves if c.program != job.program]
         out = {}
         for kind in {node_kind(s) for s in shapes}:
             near = sorted((c for c in others if c.kind == kind), key=lambda c: job_gap(job, c))
@@ -300,28 +305,28 @@ def held_out_problems(
     known (``same_job``), or a whole job; of the same family when there are three or more."""
     by_job: dict[str, dict[str, list[Curve]]] = {}
     for curve in curves:
-        by_job.setdefault(curve.job, {}).setdefault(curve.context, []).append(curve)
+        by_job.setdefault(curve.program, {}).setdefault(curve.context, []).append(curve)
     problems = []
-    for name, contexts in by_job.items():
-        if name == job.name:
+    for key, contexts in by_job.items():
+        if key == job.program:
             continue
         if same_job and len(contexts) < 2:
             continue
         for context, group in contexts.items():
             first = group[0]
-            held = {(name, c) for c in contexts} if not same_job else {(name, context)}
-            fields = _lightgbm_fields(first.lightgbm) if first.lightgbm else {}
+            held = {(key, c) for c in contexts} if not same_job else {(key, context)}
+            fields = _boosting_fields(first.boosting) if first.boosting else {}
             if first.size:
                 fields["bytes_in_memory" if first.size_kind == "bytes" else "n_rows"] = int(
                     first.size
                 )
-            described = JobFeatures(name=name, context=context, family=first.family, **fields)
+            described = JobFeatures(name=first.job, context=context, family=first.family, **fields)
             problems.append((described, held, group))
     family = [p for p in problems if p[0].family == job.family]
     return family if len({p[0].name for p in family}) >= 3 else problems
 
 
-def _lightgbm_fields(job: JobFeatures) -> dict:
+def _boosting_fields(job: JobFeatures) -> dict:
     return job.model_dump(exclude={"name", "context", "family", "params"})
 
 

@@ -36,7 +36,10 @@ class JobFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     family: str | None = Field(
-        default=None, max_length=64, description="lightgbm, spark, hadoop, ...: jobs alike."
+        default=None,
+        max_length=64,
+        description="lightgbm, xgboost, spark, hadoop, ...: jobs alike. A job with the boosting "
+        "fields and none is lightgbm (recorded before families could differ).",
     )
     bytes_in_memory: int | None = Field(
         default=None, ge=1, description="The job's data: the training split as pandas holds it."
@@ -59,18 +62,27 @@ class JobFields(BaseModel):
         default_factory=dict, description="Anything else the log knew about the job."
     )
 
+    @model_validator(mode="after")
+    def _lightgbm_by_default(self) -> JobFields:
+        """Rows recorded before XGBoost (and imported exports of them) name no family; only
+        LightGBM jobs recorded the boosting fields then."""
+        if self.family is None and self.is_boosting:
+            self.family = "lightgbm"
+        return self
+
     @property
     def trees_per_round(self) -> int:
-        """LightGBM grows one tree per class per round for multiclass, else one."""
+        """One tree per class per round for multiclass (LightGBM and XGBoost), else one."""
         return max(self.n_classes or 0, 1) if self.task == "multiclass" else 1
 
     @property
-    def is_lightgbm(self) -> bool:
-        """Whether every field the LightGBM cost model needs is known."""
-        return all(getattr(self, name) is not None for name in LIGHTGBM_FIELDS)
+    def is_boosting(self) -> bool:
+        """Whether every field the boosting cost model needs is known (LightGBM's and
+        XGBoost's jobs have them)."""
+        return all(getattr(self, name) is not None for name in BOOSTING_FIELDS)
 
 
-LIGHTGBM_FIELDS = (
+BOOSTING_FIELDS = (
     "n_rows",
     "n_features",
     "bytes_in_memory",
@@ -79,7 +91,16 @@ LIGHTGBM_FIELDS = (
     "max_bin",
     "early_stopping_rounds",
 )
-"""What the LightGBM cost model reads; a job without one of them is predicted from its curves."""
+"""What the boosting cost model reads; a job without one of them is predicted from its curves."""
+
+
+def program(name: str | None, family: str | None) -> str | None:
+    """The allocator's identity of a job: its name with its family (``fraud-detection
+    [xgboost]``). One use case trained with two families is two programs, each learning its
+    own cost."""
+    if name is None:
+        return None
+    return f"{name} [{family}]" if family else name
 
 
 class JobFeatures(JobFields):
@@ -87,6 +108,11 @@ class JobFeatures(JobFields):
 
     name: str | None = Field(default=None, description="The job: same name, same program.")
     context: str | None = Field(default=None, description="Its input (a dataset version).")
+
+    @property
+    def program(self) -> str | None:
+        """Its name with its family (:func:`program`)."""
+        return program(self.name, self.family)
 
     @property
     def size(self) -> float | None:
@@ -206,9 +232,14 @@ class RunProfile(JobFields, WithShape):
         return (self.startup_s or 0.0) + self.wall_time_s
 
     @property
+    def program(self) -> str:
+        """Its use case with its family (:func:`program`)."""
+        return program(self.use_case, self.family)
+
+    @property
     def context_key(self) -> tuple[str, str]:
-        """The job and its context: the runs of one program on one input."""
-        return self.use_case, self.dataset_version or ""
+        """The program and its context: the runs of one program on one input."""
+        return self.program, self.dataset_version or ""
 
 
 COLUMNS: tuple[str, ...] = tuple(RunProfile.model_fields)

@@ -5,7 +5,7 @@ Three layers, each usable alone (the benchmark compares them):
 1. **Ernest prior** (Venkataraman et al., NSDI 2016): ``t = a + b*work/(workers*threads)
    + c*log(workers) + d*workers``, and ``mem = base + k*bytes/workers``. Fixed, generic
    coefficients when there is no history; refitted on the history when there is.
-2. **Cost model**: the same idea with the terms that matter for LightGBM on Dask: boosting
+2. **Cost model**: the same idea with the terms that matter for histogram boosting on Dask:
    rounds, histogram work per round spread over the threads that really run in parallel
    (``min(workers*threads, cores)``), per-round communication between workers, worker
    start-up, data loading, and a penalty for more threads than cores. Fitted on the whole
@@ -13,13 +13,18 @@ Three layers, each usable alone (the benchmark compares them):
 3. **Transfer**: the ratio of measured to modelled time (and memory) of the most similar past
    jobs on the same shape corrects the model for this shape, shrunk toward 1 with few
    neighbours. This is what learns, for example, that oversubscribed shapes are slow here.
+
+The cost model's terms are those of histogram boosting, which LightGBM and XGBoost share; each
+family other than the most measured one gets its own time and memory factor (its measured
+over modelled cost, fitted with the coefficients) and its own early-stopping ratio, and the
+nearest jobs are those of the same family first.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import nnls
@@ -91,7 +96,7 @@ def full_memory_terms(job: JobFeatures, shape: ClusterShape) -> np.ndarray:
 def cost_terms(
     job: JobFeatures, shape: ClusterShape, rounds: float, cores: int | None
 ) -> np.ndarray:
-    """Basis functions of total time for LightGBM on Dask (see the module docstring).
+    """Basis functions of total time for histogram boosting on Dask (see the module docstring).
 
     ``cores`` is what the workers share on one machine; None when every worker has its own
     cores for its threads (a multi-machine cluster), so nothing is oversubscribed.
@@ -142,6 +147,10 @@ class FittedModel:
     stop_ratio: float
     cores: int | None
     runs: list[RunProfile] = field(default_factory=list)
+    family_factors: dict[str | None, tuple[float, float]] = field(default_factory=dict)
+    """Per family: its time and memory over the model's (1 for the reference family)."""
+    stop_ratios: dict[str | None, float] = field(default_factory=dict)
+    """Per family: the share of the allowed rounds its early-stopped runs ran."""
 
     def _time_terms(self, job: JobFeatures, shape: ClusterShape, rounds: float) -> np.ndarray:
         if self.kind == "ernest":
@@ -152,15 +161,22 @@ class FittedModel:
         self, job: JobFeatures, shape: ClusterShape, rounds: float | None = None
     ) -> Prediction:
         """The fitted model's prediction, before any transfer correction."""
-        rounds = rounds if rounds is not None else expected_rounds(job, self.stop_ratio)
+        stop_ratio = self.stop_ratios.get(job.family, self.stop_ratio)
+        rounds = rounds if rounds is not None else expected_rounds(job, stop_ratio)
+        time_factor, memory_factor = self.family_factors.get(job.family, (1.0, 1.0))
         time_s = float(self._time_terms(job, shape, rounds) @ self.time_coefficients)
         terms = memory_terms if self.kind == "ernest" else full_memory_terms
         memory = float(terms(job, shape) @ self.memory_coefficients)
-        return Prediction(max(time_s, 0.05), int(max(memory, 1.0)))
+        return Prediction(max(time_s * time_factor, 0.05), int(max(memory * memory_factor, 1.0)))
 
 
 def fit_model(runs: Sequence[RunProfile], cores: int | None, kind: str = "cost") -> FittedModel:
     """Fit time and memory on every usable run (successes; timeouts as lower bounds).
+
+    The coefficients are fitted on the most measured family's runs first; each other family's
+    factor (its measured over modelled cost) is read against them, and then every family's
+    runs fit the coefficients together, each divided by its factor (twice, the factors read
+    again in between).
 
     Args:
         runs: The history.
@@ -168,40 +184,99 @@ def fit_model(runs: Sequence[RunProfile], cores: int | None, kind: str = "cost")
             its own).
         kind: ``"cost"`` (the full model) or ``"ernest"`` (the four-term prior's form).
     """
-    runs = [r for r in runs if r.job.is_lightgbm]  # the others are predicted from curves
+    runs = [r for r in runs if r.job.is_boosting]  # the others are predicted from curves
+    model = FittedModel(
+        kind=kind,
+        time_coefficients=PRIOR_TIME if kind == "ernest" else _cost_prior(),
+        memory_coefficients=PRIOR_MEMORY if kind == "ernest" else PRIOR_MEMORY_FULL,
+        stop_ratio=_stop_ratio(runs),
+        cores=cores,
+        runs=list(runs),
+        stop_ratios={f: _stop_ratio([r for r in runs if r.family == f]) for f in _families(runs)},
+    )
+    families = _families([r for r in runs if not r.gpu])
+    reference = [r for r in runs if r.family == families[0]] if families else runs
+    model.time_coefficients, model.memory_coefficients = _fit_coefficients(model, reference)
+    for _ in range(2 if len(families) > 1 else 0):  # the factors start right: they settle fast
+        model.family_factors = family_factors(model, runs)
+        model.time_coefficients, model.memory_coefficients = _fit_coefficients(model, runs)
+    model.family_factors = family_factors(model, runs)
+    return model
+
+
+def _fit_coefficients(model: FittedModel, runs: Sequence[RunProfile]) -> tuple[np.ndarray, ...]:
+    """Time and memory coefficients on the CPU runs, each target over its family's factor."""
     cpu_runs = [r for r in runs if not r.gpu]  # GPU runs teach the GPU speed-up instead
     timed = [r for r in cpu_runs if r.status in ("success", "timeout") and r.total_time_s > 0]
     measured = [r for r in cpu_runs if r.status == "success" and r.peak_memory_bytes]
-    stop_ratio = _stop_ratio(runs)
+    factors = model.family_factors
     time_rows, time_targets = [], []
     for run in timed:
+        stop_ratio = model.stop_ratios.get(run.family, model.stop_ratio)
         rounds = (run.status == "success" and run.iterations) or expected_rounds(
             run.job, stop_ratio
         )
-        terms = (
+        time_rows.append(
             ernest_terms(run.job, run.shape, rounds)
-            if kind == "ernest"
+            if model.kind == "ernest"
             else cost_terms(
                 run.job, run.shape, rounds, None if run.backend != "local" else run.host_cpus
             )
         )
-        time_rows.append(terms)
-        time_targets.append(run.total_time_s)
-    prior_time = PRIOR_TIME if kind == "ernest" else _cost_prior()
-    terms = memory_terms if kind == "ernest" else full_memory_terms
+        time_targets.append(run.total_time_s / factors.get(run.family, (1.0, 1.0))[0])
+    prior_time = PRIOR_TIME if model.kind == "ernest" else _cost_prior()
+    terms = memory_terms if model.kind == "ernest" else full_memory_terms
     memory = _fit(
         [terms(r.job, r.shape) for r in measured],
-        [float(r.peak_memory_bytes) for r in measured],
-        PRIOR_MEMORY if kind == "ernest" else PRIOR_MEMORY_FULL,
+        [float(r.peak_memory_bytes) / factors.get(r.family, (1.0, 1.0))[1] for r in measured],
+        PRIOR_MEMORY if model.kind == "ernest" else PRIOR_MEMORY_FULL,
     )
-    return FittedModel(
-        kind=kind,
-        time_coefficients=_fit(time_rows, time_targets, prior_time),
-        memory_coefficients=memory,
-        stop_ratio=stop_ratio,
-        cores=cores,
-        runs=list(runs),
-    )
+    return _fit(time_rows, time_targets, prior_time), memory
+
+
+def _families(runs: Sequence[RunProfile]) -> list[str | None]:
+    """The families of ``runs``, the most measured first."""
+    counts: dict[str | None, int] = {}
+    for run in runs:
+        counts[run.family] = counts.get(run.family, 0) + 1
+    return sorted(counts, key=lambda f: -counts[f])
+
+
+def family_factors(
+    model: FittedModel, runs: Sequence[RunProfile]
+) -> dict[str | None, tuple[float, float]]:
+    """Each family's measured time and peak memory over the model's (without factors), as
+    geometric means over its CPU runs, shrunk toward 1 with few runs (n / (n + 1)); 1 for the
+    most measured family, which the coefficients describe."""
+    families = _families([r for r in runs if not r.gpu])
+    unscaled = replace(model, family_factors={})
+    factors: dict[str | None, tuple[float, float]] = {}
+    for family in families[1:]:
+        own = [r for r in runs if r.family == family and not r.gpu and r.status == "success"]
+        times = [
+            math.log(
+                r.total_time_s
+                / unscaled.base_prediction(r.job, r.shape, r.iterations or None).time_s
+            )
+            for r in own
+            if r.total_time_s > 0
+        ]
+        memory = [
+            math.log(
+                r.peak_memory_bytes / unscaled.base_prediction(r.job, r.shape).peak_memory_bytes
+            )
+            for r in own
+            if r.peak_memory_bytes
+        ]
+        factors[family] = (_shrunk_mean(times), _shrunk_mean(memory))
+    return factors
+
+
+def _shrunk_mean(logs: list[float]) -> float:
+    """``exp`` of the mean log ratio, shrunk toward 1 (0) by n / (n + 1)."""
+    if not logs:
+        return 1.0
+    return math.exp(len(logs) / (len(logs) + 1) * float(np.mean(logs)))
 
 
 def _cost_prior() -> np.ndarray:
@@ -241,9 +316,16 @@ def job_vector(job: JobFeatures) -> np.ndarray:
     )
 
 
+FAMILY_GAP = 1.0
+"""The distance between jobs of two families, on the scale of :func:`job_vector` (ten times
+the rows is 1): the same data trained by the other family is as near as a dataset ten times
+bigger of the same family."""
+
+
 def job_distance(a: JobFeatures, b: JobFeatures) -> float:
-    """Euclidean distance between two jobs' meta-feature vectors."""
-    return float(np.linalg.norm(job_vector(a) - job_vector(b)))
+    """Euclidean distance between two jobs' meta-feature vectors, and their families."""
+    gap = 0.0 if a.family == b.family else FAMILY_GAP
+    return float(np.hypot(np.linalg.norm(job_vector(a) - job_vector(b)), gap))
 
 
 @dataclass(frozen=True)
@@ -258,14 +340,14 @@ class Neighbour:
 def nearest_jobs(job: JobFeatures, runs: Sequence[RunProfile], k: int = 3) -> list[Neighbour]:
     """The ``k`` most similar past jobs (a job = one dataset version with its parameters)."""
     groups: dict[tuple[str, str], list[RunProfile]] = {}
-    if not job.is_lightgbm:
+    if not job.is_boosting:
         return []
     for run in runs:
-        if not run.job.is_lightgbm:
+        if not run.job.is_boosting:
             continue
         key = (
             run.dataset_version or run.use_case,
-            f"{run.n_estimators}/{run.num_leaves}/{run.max_bin}",
+            f"{run.family}/{run.n_estimators}/{run.num_leaves}/{run.max_bin}",
         )
         groups.setdefault(key, []).append(run)
     ranked = sorted(

@@ -1,7 +1,7 @@
 """Predicting a job's time on every candidate shape with the predictor the history favours.
 
 The predictors: the scaling curves of ``curves.py`` (the job's own, and its nearest other
-jobs'), the LightGBM cost model with transfer from similar jobs (``model.py``, for jobs that
+jobs'), the boosting cost model with transfer from similar jobs (``model.py``, for jobs that
 have its fields) and a size-only Ernest prior. Each is scored by leave-one-out on the history
 (:func:`infra.allocator.curves.select_predictor`); a candidate gets the prediction of the best
 scored predictor that can predict it.
@@ -93,10 +93,10 @@ def cost_model_times(
     model: FittedModel,
     gpu_speedup: float,
 ) -> dict[ClusterShape, tuple[float, float]]:
-    """The LightGBM cost model with transfer from the nearest jobs (LightGBM jobs only)."""
-    if not job.is_lightgbm:
+    """The boosting cost model with transfer from the nearest jobs (LightGBM and XGBoost jobs)."""
+    if not job.is_boosting:
         return {}
-    neighbours = nearest_jobs(job, [r for r in runs if r.job.is_lightgbm])
+    neighbours = nearest_jobs(job, [r for r in runs if r.job.is_boosting])
     out = {}
     for shape in shapes:
         cpu = _cpu(shape)
@@ -179,15 +179,15 @@ def plan_times(
 
     The ranking depends only on the history, the job's name and family, and the prices, so it
     is kept for the next call with the same (``price_key`` names the prices; None: not kept).
-    ``model`` is the LightGBM cost model already fitted on ``history``, if there is one.
+    ``model`` is the boosting cost model already fitted on ``history``, if there is one.
     """
     predictors = _Predictors(history, cores, gpu_speedup, model)
     curves = build_curves(history)
-    own = any(c.job == job.name for c in curves)
+    own = any(c.program == job.program for c in curves)
     names = [
         n
         for n in PREFERENCE
-        if (own or not n.startswith("same-job")) and (n != "cost" or job.is_lightgbm)
+        if (own or not n.startswith("same-job")) and (n != "cost" or job.is_boosting)
     ]
     key = (
         hash(tuple(r.run_id for r in history)),
@@ -207,7 +207,7 @@ def plan_times(
             while len(_SCORES) > 256:
                 _SCORES.pop(next(iter(_SCORES)))
     scored = [s for s in scores if math.isfinite(s.mean_regret)]
-    own_kinds = {c.kind for c in curves if c.job == job.name}
+    own_kinds = {c.kind for c in curves if c.program == job.program}
     mine = [s for s in shapes if node_kind(s) in own_kinds]
     others = [s for s in shapes if node_kind(s) not in own_kinds]
     times = blend(job, mine, curves, predictors, own_first(scored)[:1])
@@ -274,7 +274,7 @@ def measured_times(
     interpolated between the node counts it ran on, overrides every prediction."""
     out = {}
     for curve in curves:
-        if job.name is None or curve.key != (job.name, job.context or ""):
+        if job.program is None or curve.key != (job.program, job.context or ""):
             continue
         low, high = min(curve.times), max(curve.times)
         for shape in shapes:

@@ -121,8 +121,8 @@ def worker_lost(worker: str, cause: BaseException | None = None) -> WorkerLost:
     """The error for a run whose worker left the cluster, with the error it caused, if any."""
     seen = f" ({type(cause).__name__}: {cause})" if cause else ""
     return WorkerLost(
-        f"worker {worker} left the Dask cluster mid-training; LightGBM cannot finish without "
-        f"it{seen}"
+        f"worker {worker} left the Dask cluster mid-training; training cannot finish "
+        f"without it{seen}"
     )
 
 
@@ -167,7 +167,7 @@ def run_watched(
 
     Args:
         workers: The workers the action trains on; one of them leaving the cluster fails the
-            run at once (LightGBM's fixed machine list cannot go on without it).
+            run at once (LightGBM's fixed machine list and XGBoost's collective cannot go on without it).
 
     Raises:
         MemoryExhausted: a worker paused for memory or was restarted by its nanny.

@@ -21,9 +21,12 @@ def objective_text(objective: Objective) -> str:
 
 
 def job_text(job: JobFeatures) -> str:
-    """The job in a few words: its size, and its family when it is not LightGBM."""
-    if job.is_lightgbm:
-        return f"{job.n_rows:,} rows x {job.n_features} features, up to {job.n_estimators} rounds"
+    """The job in a few words: its family and size."""
+    if job.is_boosting:
+        return (
+            f"{job.family} on {job.n_rows:,} rows x {job.n_features} features, up to "
+            f"{job.n_estimators} rounds"
+        )
     size = (
         f"{job.size / 1e9:.3g} GB of input"
         if job.bytes_in_memory
@@ -54,7 +57,7 @@ def rationale_lines(
             "Every training run is recorded, so the next recommendations learn from it."
         )
     else:
-        own = sum(1 for r in history if r.use_case == job.name)
+        own = sum(1 for r in history if r.program == job.program)
         lines.append(
             f"Learned from {len(history)} past run(s), {own} of this job; timed by "
             f"'{chosen.predictor}' with {chosen.support:.1f} weighted run(s) behind it."
@@ -78,7 +81,7 @@ def rationale_lines(
         )
     if not memory_is_modelled(job):
         lines.append(
-            "Memory: not predicted (the memory model is LightGBM's); only runs that ran out of "
+            "Memory: not predicted (the memory model is the boosting families'); only runs that ran out of "
             "memory, or this job's failures, rule shapes out."
         )
     return lines

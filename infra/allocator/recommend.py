@@ -2,7 +2,7 @@
 
 ``recommend_allocation`` predicts every candidate shape's time with the predictor that did
 best in leave-one-out on the history (``predict.py``: the job's own scaling curves, its nearest
-other jobs', the LightGBM cost model, an Ernest prior), removes shapes that would run out of
+other jobs', the boosting cost model, an Ernest prior), removes shapes that would run out of
 memory (``safety.py``), and picks by the objective (``allocation.py``): least cost under an
 optional deadline, or least time under an optional budget. Cost is node-hours x the machine
 type's price (``machines.py``) when candidates name one, core-seconds otherwise. The
@@ -194,7 +194,7 @@ def confidence_label(value: float) -> Literal["low", "medium", "high"]:
 def learned_gpu_speedup(
     job: JobFeatures, model: FittedModel, runs: Sequence[RunProfile], prior: float
 ) -> tuple[float, int]:
-    """The GPU speed-up for this job, learned from measured GPU runs of LightGBM jobs.
+    """The GPU speed-up for this job, learned from measured GPU runs of boosting jobs.
 
     Each GPU run gives a ratio: the CPU time the model predicts for its shape over its measured
     time. The speed-up grows with the work of a boosting round (a GPU is wasted on small
@@ -215,13 +215,13 @@ def learned_gpu_speedup(
             ),
         )
         for r in runs
-        if r.gpu and r.status == "success" and r.job.is_lightgbm and r.machine_type is None
+        if r.gpu and r.status == "success" and r.job.is_boosting and r.machine_type is None
     ]
     if not pairs:
         return prior, 0
     works = np.array([w for w, _ in pairs])
     logs = np.array([x for _, x in pairs])
-    if len(pairs) < 3 or np.ptp(works) < 0.1 or not job.is_lightgbm:
+    if len(pairs) < 3 or np.ptp(works) < 0.1 or not job.is_boosting:
         return float(math.exp(np.median(logs))), len(pairs)
     slope, intercept = np.polyfit(works, logs, 1)
     value = intercept + slope * math.log10(round_work(job))
@@ -244,7 +244,7 @@ def recommend_allocation(
     """Recommend a cluster for ``job`` from the run history.
 
     Args:
-        job: The job: its name and context, input size, family, and for LightGBM the
+        job: The job: its name and context, input size, family, and for a boosting family the
             meta-features and cost-driving parameters.
         history: Every past run usable for learning (other jobs and this one).
         shapes: The candidates that exist (see :func:`infra.allocator.resources.candidate_shapes`
@@ -313,10 +313,10 @@ def recommend_allocation(
 
 
 def _nearest_gap(job: JobFeatures, plan: TimePlan, neighbours: Sequence[Neighbour]) -> float:
-    """How unlike this job the nearest other job is (LightGBM meta-features, else curves)."""
+    """How unlike this job the nearest other job is (boosting meta-features, else curves)."""
     if neighbours:
         return neighbours[0].distance
-    return min((job_gap(job, c) for c in plan.curves if c.job != job.name), default=10.0)
+    return min((job_gap(job, c) for c in plan.curves if c.program != job.program), default=10.0)
 
 
 def _best_per_shape(candidates: Sequence[Candidate], objective: Objective) -> list[Candidate]:

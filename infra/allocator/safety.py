@@ -1,7 +1,7 @@
 """Memory safety: which shapes a job must not get because it would run out of memory or fail.
 
 A shape is ruled out when this very job already failed on it, when a job at least as heavy per
-worker ran out of memory with at most as much memory, or when the predicted peak (LightGBM jobs
+worker ran out of memory with at most as much memory, or when the predicted peak (boosting jobs
 only) times a learned margin is over the share of the limit past runs show is safe. A job that
 already succeeded on as little memory with as much data per worker is never ruled out.
 """
@@ -17,10 +17,10 @@ from .model import PAUSE_FRACTION, Prediction, safe_fraction, same_shape
 
 
 def memory_is_modelled(job: JobFeatures) -> bool:
-    """Whether the memory model may filter shapes for ``job``: its form is LightGBM's (a base
-    plus multiples of each worker's share of the data), fitted on LightGBM runs. For other jobs
+    """Whether the memory model may filter shapes for ``job``: its form is the boosting families' (a base
+    plus multiples of each worker's share of the data), fitted on their runs. For other jobs
     memory is not predicted, and only failures rule shapes out."""
-    return job.is_lightgbm
+    return job.is_boosting
 
 
 def memory_exclusion(
@@ -69,12 +69,12 @@ def memory_exclusion(
 def failed_before(job: JobFeatures, shape: ClusterShape, runs: Sequence[RunProfile]) -> str | None:
     """Why this very job and input would fail again on ``shape``: it failed there and never
     succeeded there."""
-    if job.name is None:
+    if job.program is None:
         return None
     outcomes = [
         r.status
         for r in runs
-        if r.use_case == job.name
+        if r.program == job.program
         and (r.dataset_version or "") == (job.context or "")
         and same_shape(r.shape, shape)
     ]
@@ -87,7 +87,7 @@ def ran_on_as_little(job: JobFeatures, shape: ClusterShape, runs: Sequence[RunPr
     """Whether this job already succeeded with at most ``shape``'s memory per worker while
     holding at least as much data per worker (same input when its size is unknown)."""
     for run in runs:
-        if run.status != "success" or run.use_case != job.name or run.gpu != shape.gpu:
+        if run.status != "success" or run.program != job.program or run.gpu != shape.gpu:
             continue
         if run.memory_per_worker_bytes > shape.memory_per_worker_bytes:
             continue

@@ -40,11 +40,11 @@ if TYPE_CHECKING:
     from mlops.config import TrainingConfig
     from mlops.dataset import DatasetRef
 
-FAMILIES = {"lightgbm": "mlops.families.lightgbm"}
+FAMILIES = {"lightgbm": "mlops.families.lightgbm", "xgboost": "mlops.families.xgboost"}
 """Family name -> its package."""
 DEFAULT_FAMILY = "lightgbm"
-"""The family the pipeline trains (use-case configs do not choose one yet), and the family of
-a model whose files predate families."""
+"""The family a use case trains when its config names none (``training.family``), and the
+family of a model whose files predate families."""
 
 
 @runtime_checkable

@@ -300,3 +300,128 @@ def test_every_history_column_is_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "allocator.md").read_text()
     missing = [c for c in COLUMNS if f"| `{c}` |" not in doc]
     assert missing == []
+
+
+# ---------------------------------------------------------------- model families
+
+
+def other_family(runs: list[RunProfile], family: str, slower: float) -> list[RunProfile]:
+    """The same runs as another family's, each ``slower`` times as long (start-up included)."""
+    return [
+        r.model_copy(
+            update={
+                "run_id": f"{family}-{r.run_id}",
+                "family": family,
+                "wall_time_s": r.wall_time_s * slower,
+                "startup_s": (r.startup_s or 0.0) * slower,
+            }
+        )
+        for r in runs
+    ]
+
+
+def test_the_cost_model_learns_each_familys_cost_from_history():
+    lightgbm = history_of(PAST)
+    history = lightgbm + other_family(lightgbm, "xgboost", slower=3.0)
+    model = fit_model(history, cores=2)
+    new, target = job(200_000, 30), shape(1, 2, 2.0)
+    as_lightgbm = model.base_prediction(new, target).time_s
+    as_xgboost = model.base_prediction(new.model_copy(update={"family": "xgboost"}), target).time_s
+    time_s, _ = world(new, target)
+    assert as_lightgbm == pytest.approx(time_s + 0.5, rel=0.15)  # not pulled up by xgboost runs
+    assert as_xgboost / as_lightgbm == pytest.approx(3.0, rel=0.1)
+    alone = fit_model(lightgbm, cores=2).base_prediction(new, target).time_s
+    assert as_lightgbm == pytest.approx(alone, rel=0.05)  # as if only LightGBM had run
+
+
+def test_the_allocator_predicts_a_family_from_its_own_runs():
+    lightgbm = history_of(PAST)
+    history = lightgbm + other_family(lightgbm, "xgboost", slower=3.0)
+    new = job(250_000, 50, name="new-use-case", context="v1")
+    plans = {
+        family: recommend_allocation(
+            new.model_copy(update={"family": family}),
+            history,
+            GRID,
+            Objective(kind="time"),
+            cores=2,
+        )
+        for family in ("lightgbm", "xgboost")
+    }
+    assert plans["lightgbm"].shape == plans["xgboost"].shape  # same scaling, dearer per round
+    ratio = plans["xgboost"].predicted_wall_time_s / plans["lightgbm"].predicted_wall_time_s
+    assert ratio == pytest.approx(3.0, rel=0.2)
+    assert "xgboost on 250,000 rows" in plans["xgboost"].rationale[0]
+
+
+def test_one_use_case_trained_by_both_families_keeps_a_measured_curve_per_family():
+    both = job(150_000, 20, name="fraud", context="v-fraud")
+    lightgbm = [measured(both, s, "fraud") for s in GRID]
+    history = history_of(PAST) + lightgbm + other_family(lightgbm, "xgboost", slower=3.0)
+    plans = {
+        family: recommend_allocation(
+            both.model_copy(update={"family": family}),
+            history,
+            GRID,
+            Objective(kind="time"),
+            cores=2,
+        )
+        for family in ("lightgbm", "xgboost")
+    }
+    assert {p.predictor for p in plans.values()} == {"measured"}
+    ratio = plans["xgboost"].predicted_wall_time_s / plans["lightgbm"].predicted_wall_time_s
+    assert ratio == pytest.approx(3.0, rel=0.05)
+    own = [line for line in plans["xgboost"].rationale if "past run(s)" in line]
+    assert f"{len(GRID)} of this job" in own[0]  # its own family's runs, not both
+
+
+def test_a_history_without_families_reads_its_boosting_runs_as_lightgbm(tmp_path):
+    from pathlib import Path
+
+    export = (
+        Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "allocator_history.csv"
+    )
+    assert "family" not in pd.read_csv(export, nrows=1).columns  # written before families
+    store = HistoryStore(f"sqlite:///{tmp_path / 'h.db'}")
+    count = import_history(store, export)
+    assert {r.family for r in store.runs()} == {"lightgbm"} and count == len(store.runs())
+    runs = store.runs()
+    store.add_all(other_family(runs[:3], "xgboost", slower=2.0))
+    assert sorted(r.family for r in store.runs()).count("xgboost") == 3
+    foreign = RunProfile(
+        use_case="terasort",
+        workers=2,
+        threads_per_worker=1,
+        memory_per_worker_bytes=GIB,
+        status="success",
+        wall_time_s=5.0,
+    )
+    assert foreign.family is None  # no boosting fields: nothing to say which it was
+
+
+def test_a_history_table_without_the_family_column_gains_it_without_loss(database_url):
+    import sqlalchemy as sa
+
+    from infra.allocator.history import runs_table
+
+    url = database_url()
+    engine = sa.create_engine(url)
+    old = sa.MetaData()
+    columns = [c.copy() for c in runs_table.columns if c.name != "family"]
+    table = sa.Table(runs_table.name, old, *columns)
+    old.create_all(engine)
+    before = history_of({"old-use-case": job()})
+    rows = [r.model_dump(exclude={"family"}) for r in before]
+    with engine.begin() as connection:  # as a version before families wrote them
+        connection.execute(table.insert(), rows)
+    engine.dispose()
+
+    store = HistoryStore(url)
+    runs = store.runs()
+    assert len(runs) == len(before) and {r.family for r in runs} == {"lightgbm"}
+    assert [r.model_dump(exclude={"recorded_at", "family"}) for r in runs] == [
+        r.model_dump(exclude={"recorded_at", "family"}) for r in before
+    ]
+    store.add_all(other_family(runs, "xgboost", slower=2.0))
+    assert sorted({r.family for r in store.runs()}) == ["lightgbm", "xgboost"]
+    store.close()

@@ -156,6 +156,33 @@ def test_config_with_unknown_key(tmp_path):
     assert_refused(run_config(path), "unknown key 'data.colour'", str(path))
 
 
+def test_config_with_an_unknown_family_is_refused_before_anything_trains(tmp_path):
+    path = write_config(tmp_path, tmp_path / "x.csv")
+    raw = yaml.safe_load(path.read_text())
+    raw["training"]["family"] = ["xgboost", "catboost"]
+    path.write_text(yaml.safe_dump(raw))
+    assert_refused(
+        run_config(path), "training.family", "'catboost'", "lightgbm or xgboost", str(path)
+    )
+    data = tmp_path / "data.csv"
+    small_frame().to_csv(data, index=False)
+    flag = mlops("run", "--data", str(data), "--target", "label", "--family", "catboost")
+    assert_refused(flag, "training.family", "'catboost'", "the command line")
+
+
+def test_bring_your_own_file_trained_by_xgboost(tmp_path):
+    path = tmp_path / "house-prices.csv"
+    house_prices(3000).to_csv(path, index=False)
+    result = mlops("run", "--data", str(path), "--target", "price", "--family", "xgboost")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "house-prices-model version 1 (alias 'champion')" in result.stdout
+    uri = get_settings().resolved_tracking_uri
+    client = MlflowClient(uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("house-prices-model", "champion")
+    assert client.get_run(version.run_id).data.tags["mlops.family"] == "xgboost"
+    assert 0.8 < float(version.tags["test_r2"]) <= 1.0
+
+
 def test_config_with_wrong_type(tmp_path):
     path = tmp_path / "typed.yaml"
     path.write_text(

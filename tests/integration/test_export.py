@@ -1,4 +1,5 @@
-"""`mlops export`: a bundle installed into a clean virtual environment predicts as the registry."""
+"""`mlops export`: a bundle installed into a clean virtual environment predicts as the registry,
+for a model of each family."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from mlops.families import predictor_module
 
 pytestmark = pytest.mark.slow
 MLOPS = str(Path(sys.executable).parent / "mlops")
@@ -31,17 +34,19 @@ def as_json_rows(rows: pd.DataFrame) -> dict:
     return {"dataframe_split": {"columns": list(plain.columns), "data": plain.to_numpy().tolist()}}
 
 
-def test_an_exported_bundle_predicts_like_the_registry_without_mlflow(served_registry, tmp_path):
-    env = os.environ | served_registry["env"]
+def test_an_exported_bundle_predicts_like_the_registry_without_mlflow(scoring_registry, tmp_path):
+    env = os.environ | scoring_registry["env"]
     bundle = tmp_path / "bundle"
     exported = cli("export", "fraud-detector", "--out", str(bundle), env=env)
     assert exported.returncode == 0, exported.stderr
-    version = served_registry["version"]
+    version = scoring_registry["version"]
     assert f"Exported fraud-detector version {version} to {bundle}" in exported.stdout
     package = "fraud_detector_predictor"
-    assert (bundle / package / "model" / "model.txt").is_file()
+    family = predictor_module(scoring_registry["family"])  # LightGBM's or XGBoost's files
+    assert all((bundle / package / "model" / name).is_file() for name in family.MODEL_FILES)
     requirements = (bundle / "requirements.txt").read_text().split()
-    assert [r.split("==")[0] for r in requirements] == ["lightgbm", "numpy", "pandas", "pydantic"]
+    names = [r.split("==")[0] for r in requirements]
+    assert names == [*family.REQUIREMENTS, "numpy", "pandas", "pydantic"]
     assert all("==" in r for r in requirements)  # pinned to what the model was logged with
 
     venv = tmp_path / "clean-venv"
@@ -62,7 +67,7 @@ def test_an_exported_bundle_predicts_like_the_registry_without_mlflow(served_reg
         assert probe.returncode != 0, f"{absent} is importable in the clean environment"
 
     rows_file = tmp_path / "rows.json"
-    rows_file.write_text(json.dumps(as_json_rows(served_registry["rows"])))
+    rows_file.write_text(json.dumps(as_json_rows(scoring_registry["rows"])))
     predicted = subprocess.run(
         [python, "-m", package, str(rows_file)],
         capture_output=True,
@@ -73,7 +78,7 @@ def test_an_exported_bundle_predicts_like_the_registry_without_mlflow(served_reg
     )
     assert predicted.returncode == 0, predicted.stderr
     got = pd.DataFrame(json.loads(predicted.stdout)["predictions"])
-    expected = served_registry["expected"]
+    expected = scoring_registry["expected"]
     assert list(got.columns) == list(expected.columns)
     assert (got["prediction"].astype(str) == expected["prediction"].astype(str)).all()
     np.testing.assert_allclose(got["probability"], expected["probability"], rtol=1e-12)

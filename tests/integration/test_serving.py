@@ -1,4 +1,7 @@
-"""The serving service on a real registered model: MLflow's protocol, equal predictions, bad input."""
+"""The serving service on real registered models: MLflow's protocol, equal predictions, bad input.
+
+The scoring protocol is tested on a model of each family (``scoring_registry``): a LightGBM
+and an XGBoost fraud model answer alike."""
 
 from __future__ import annotations
 
@@ -37,9 +40,9 @@ def anyio_backend():
 
 
 @pytest.fixture
-def client(served_registry):
+def client(scoring_registry):
     limits = ServingLimits(max_body_bytes=2**20, max_in_flight=64)
-    with TestClient(build_app(ServingState(served_registry["served"], limits))) as test_client:
+    with TestClient(build_app(ServingState(scoring_registry["served"], limits))) as test_client:
         yield test_client
 
 
@@ -62,8 +65,9 @@ def jsonable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def test_every_mlflow_input_format_predicts_like_the_registry_model(client, served_registry):
-    rows, expected = served_registry["rows"], served_registry["expected"]
+def test_every_mlflow_input_format_predicts_like_the_registry_model(client, scoring_registry):
+    rows, expected = scoring_registry["rows"], scoring_registry["expected"]
+    assert scoring_registry["served"].predictor.facts.family == scoring_registry["family"]
     plain = jsonable(rows)
     split = {"columns": list(rows.columns), "data": plain.to_numpy().tolist()}
     records = plain.to_dict(orient="records")
@@ -78,7 +82,7 @@ def test_every_mlflow_input_format_predicts_like_the_registry_model(client, serv
         response = client.post(
             "/invocations", content=orjson.dumps(body), headers={"Content-Type": "application/json"}
         )
-        assert response.headers["X-Model-Version"] == served_registry["version"], name
+        assert response.headers["X-Model-Version"] == scoring_registry["version"], name
         assert_same(as_frame(response), expected)
     csv = client.post(
         "/invocations", content=rows.to_csv(index=False), headers={"Content-Type": "text/csv"}
@@ -88,38 +92,40 @@ def test_every_mlflow_input_format_predicts_like_the_registry_model(client, serv
     assert_same(as_frame(one), expected.head(1))
 
 
-def test_health_version_ping_and_metrics(client, served_registry):
+def test_health_version_ping_and_metrics(client, scoring_registry):
     assert client.get("/ping").status_code == 200
     health = client.get("/health").json()
     assert (health["status"], health["model"], health["version"]) == (
         "ok",
         "fraud-detector",
-        served_registry["version"],
+        scoring_registry["version"],
     )
-    assert client.get("/version").json()["run_id"] == served_registry["served"].run_id
+    assert client.get("/version").json()["run_id"] == scoring_registry["served"].run_id
     client.post(
         "/invocations",
         json={
-            "dataframe_records": jsonable(served_registry["rows"].head(3)).to_dict(orient="records")
+            "dataframe_records": jsonable(scoring_registry["rows"].head(3)).to_dict(
+                orient="records"
+            )
         },
     )
     client.post("/invocations", content=b"{", headers={"Content-Type": "application/json"})
     metrics = client.get("/metrics")
-    assert metrics.headers["X-Model-Version"] == served_registry["version"]
+    assert metrics.headers["X-Model-Version"] == scoring_registry["version"]
     text = metrics.text
     assert 'mlops_serving_requests_total{path="/invocations",status="200"} 1' in text
     assert 'mlops_serving_requests_total{path="/invocations",status="400"} 1' in text
     assert "mlops_serving_rows_total 3" in text
     assert "mlops_serving_latency_seconds_count 2" in text
     assert (
-        f'mlops_serving_model_version{{model="fraud-detector"}} {served_registry["version"]}'
+        f'mlops_serving_model_version{{model="fraud-detector"}} {scoring_registry["version"]}'
         in text
     )
 
 
-def test_bad_requests_get_a_json_4xx_naming_the_problem(client, served_registry):
-    row = jsonable(served_registry["rows"].head(1)).to_dict(orient="records")[0]
-    numeric = served_registry["served"].spec.numeric[0]
+def test_bad_requests_get_a_json_4xx_naming_the_problem(client, scoring_registry):
+    row = jsonable(scoring_registry["rows"].head(1)).to_dict(orient="records")[0]
+    numeric = scoring_registry["served"].spec.numeric[0]
     dropped = {k: v for k, v in row.items() if k != numeric}
     cases = [
         (b"{not json", "application/json", 400, "not valid JSON"),
@@ -161,7 +167,7 @@ def test_bad_requests_get_a_json_4xx_naming_the_problem(client, served_registry)
         assert message in error["message"], (message, error)
         assert (
             error["error_code"]
-            and response.headers["X-Model-Version"] == served_registry["version"]
+            and response.headers["X-Model-Version"] == scoring_registry["version"]
         )
     assert client.get("/ping").status_code == 200  # still up
 
@@ -244,8 +250,10 @@ async def test_overload_is_refused_with_retry_after(served_registry):
     assert state.in_flight == 0 and state.bodies.held == 0
 
 
-def test_unknown_paths_and_methods_get_mlflow_json_errors_with_the_version(client, served_registry):
-    version = served_registry["version"]
+def test_unknown_paths_and_methods_get_mlflow_json_errors_with_the_version(
+    client, scoring_registry
+):
+    version = scoring_registry["version"]
     missing = client.get("/nope")
     assert missing.status_code == 404 and missing.headers["X-Model-Version"] == version
     assert missing.json() == {
@@ -271,16 +279,16 @@ def test_unknown_model_is_a_clear_error(served_registry):
         load_served_model(MlflowClient(uri, registry_uri=uri), "nope", uri)
 
 
-def test_mlops_serve_answers_on_loopback(served_registry):
+def test_mlops_serve_answers_on_loopback(scoring_registry):
     port = free_port()
-    env = os.environ | served_registry["env"]
+    env = os.environ | scoring_registry["env"]
     with serving_process("fraud-detector", port, env):
-        rows = jsonable(served_registry["rows"].head(20))
+        rows = jsonable(scoring_registry["rows"].head(20))
         body = {
             "dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}
         }
         response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=10)
-        assert_same(as_frame(response), served_registry["expected"].head(20))
+        assert_same(as_frame(response), scoring_registry["expected"].head(20))
     mlops = str(Path(sys.executable).parent / "mlops")
     missing = subprocess.run(
         [mlops, "serve", "nope"], env=env, capture_output=True, text=True, timeout=120
@@ -430,7 +438,7 @@ def fuzz(operation, mode: GenerationMode, examples: int, calls: list) -> None:
     call()
 
 
-def test_requests_generated_from_the_openapi_schema_never_get_a_5xx(served_registry):
+def test_requests_generated_from_the_openapi_schema_never_get_a_5xx(scoring_registry):
     """Valid and invalid bodies, headers and methods: a documented 2xx/4xx, never a 5xx.
 
     Schemathesis generates requests from the service's own /openapi.json, for every operation,
@@ -439,7 +447,7 @@ def test_requests_generated_from_the_openapi_schema_never_get_a_5xx(served_regis
     request may rightly get a 400.
     """
     limits = ServingLimits(max_body_bytes=2**16, max_in_flight=64)
-    app = build_app(ServingState(served_registry["served"], limits))
+    app = build_app(ServingState(scoring_registry["served"], limits))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {o.label for o in operations} >= {"POST /invocations", "POST /admin/reload"}

@@ -335,7 +335,7 @@ def test_the_base_image_installs_the_lock_then_the_project_where_flows_run_as_no
         assert ("USER", "root") not in instructions(dockerfile), dockerfile.name
 
 
-def test_the_gpu_image_builds_lightgbm_with_cuda_at_the_locked_version():
+def test_the_gpu_image_has_lightgbm_and_xgboost_with_cuda_at_the_locked_versions():
     dockerfile = DOCKER / "Dockerfile.train-gpu"
     (pinned,) = re.findall(r"^lightgbm==(\S+)$", (ROOT / "requirements.lock").read_text(), re.M)
     assert arg_default(dockerfile, "LIGHTGBM_VERSION") == pinned
@@ -343,6 +343,9 @@ def test_the_gpu_image_builds_lightgbm_with_cuda_at_the_locked_version():
     assert '--no-binary lightgbm "lightgbm==${LIGHTGBM_VERSION}"' in runs
     assert "--config-settings=cmake.define.USE_CUDA=ON" in runs
     assert "-r requirements.lock" in runs
+    (xgboost,) = re.findall(r"^xgboost-cpu==(\S+)$", (ROOT / "requirements.lock").read_text(), re.M)
+    assert arg_default(dockerfile, "XGBOOST_VERSION") == xgboost
+    assert "pip uninstall --yes xgboost-cpu" in runs and '"xgboost==${XGBOOST_VERSION}"' in runs
     bases = [a for k, a in instructions(dockerfile) if k == "FROM"]
     assert re.fullmatch(r"nvidia/cuda:\$\{CUDA_VERSION\}-devel-ubuntu22\.04 AS builder", bases[0])
     assert re.fullmatch(r"nvidia/cuda:\$\{CUDA_VERSION\}-runtime-ubuntu22\.04", bases[-1])

@@ -109,7 +109,7 @@ def test_the_cost_drivers_are_job_fields_the_allocator_knows(trained):
     drivers = family().cost_drivers(training, dataset)
     assert set(drivers) <= set(JobFields.model_fields)
     job = job_features(dataset, training, family())
-    assert job.family == "lightgbm" and job.is_lightgbm
+    assert job.family == "lightgbm" and job.is_boosting
     assert job.n_estimators == training.n_estimators
 
 
@@ -154,9 +154,9 @@ def test_files_without_the_family_model_file_are_not_a_pipeline_model(trained, t
 
 
 def test_an_unknown_family_is_named():
-    with pytest.raises(KeyError, match="No model family 'xgboost'; there are lightgbm"):
-        family("xgboost")
-    assert set(FAMILIES) == {"lightgbm"}
+    with pytest.raises(KeyError, match="No model family 'catboost'; there are lightgbm, xgboost"):
+        family("catboost")
+    assert set(FAMILIES) == {"lightgbm", "xgboost"}
     assert INFO_ARTIFACT == "model_info"
 
 

@@ -14,7 +14,6 @@ import time
 import warnings
 from typing import Any
 
-import dask.dataframe as dd
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -27,6 +26,7 @@ from ...features import FeatureSpec, build_features
 from ...prediction import ModelFacts, class_scores
 from ...storage import open_url, store_options
 from .. import TrainedModel
+from ..partitions import feature_partitions
 from .predictor import FAMILY, LightGBMPredictor
 
 _METRIC = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "rmse"}
@@ -180,29 +180,6 @@ def lightgbm_params(training: TrainingConfig, dataset: DatasetRef) -> dict[str, 
     return params | training.extra_params
 
 
-def _features_and_label(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    return build_features(frame, spec).assign(**{TARGET_COLUMN: frame[TARGET_COLUMN].to_numpy()})
-
-
-def _feature_partitions(
-    dataset: DatasetRef, split: str, min_partitions: int
-) -> tuple[dd.DataFrame, dd.Series]:
-    """Features and labels of a split as Dask collections with identical partitions.
-
-    Both come out of one ``map_partitions`` call, so Dask cannot plan the label column's read
-    differently (it merges small files when it reads fewer columns) and misalign the two.
-    """
-    uri = dataset.split_uris[split]
-    frame = dd.read_parquet(uri, storage_options=store_options(uri) or None)
-    if frame.npartitions < min_partitions:  # every worker needs a share, or it sits idle
-        frame = frame.repartition(npartitions=min_partitions)
-    spec = dataset.feature_spec
-    meta = pd.DataFrame({name: pd.Series(dtype="float32") for name in spec.feature_names})
-    meta[TARGET_COLUMN] = pd.Series(dtype="float64")
-    combined = frame.map_partitions(_features_and_label, spec, meta=meta)
-    return combined[spec.feature_names], combined[TARGET_COLUMN]
-
-
 def train_lightgbm_on_dask(
     client: Client,
     dataset: DatasetRef,
@@ -234,7 +211,7 @@ def train_lightgbm_on_dask(
     )
     model = estimator_class(client=client, **params)
     n_workers = len(workers or client.scheduler_info(n_workers=-1)["workers"])
-    features, labels = _feature_partitions(dataset, "train", n_workers)
+    features, labels = feature_partitions(dataset, "train", n_workers)
     scorer = GlobalValidationScorer(
         dataset.split_uris["validation"],
         dataset.feature_spec,
