@@ -40,6 +40,13 @@ from model_registry import tracking
 from model_registry.registry import log_pipeline_model
 from tasks.figures import evaluation_figures, feature_importance_figure, learning_curve_figure
 from tasks.tracking import experiment_for, lineage_tags
+from tasks.tuning import (
+    TuningOutcome,
+    log_trial_runs,
+    tuning_metrics,
+    tuning_params,
+    tuning_tags,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -297,18 +304,25 @@ def log_training(
     attempt: TrainingAttempt,
     allocation: Allocation,
     parent_run_id: str | None,
+    tuning: TuningOutcome | None = None,
 ) -> TrainingResult:
-    """Log the training run, its allocation (predicted vs actual) and the model to MLflow."""
+    """Log the training run, its allocation (predicted vs actual) and the model to MLflow;
+    after a search, its summary on the run and each trial as a child run of it."""
     client, experiment_id = experiment_for(config)
     tags = lineage_tags(config) | allocation_tags(allocation)
+    params, metrics = allocation_params(allocation), outcome_metrics(allocation, attempt.profile)
+    if tuning is not None:
+        params, metrics = params | tuning_params(tuning), metrics | tuning_metrics(tuning)
     result = log_training_run(
         client,
         experiment_id,
         dataset,
         attempt.trained,
         parent_run_id,
-        tags,
-        allocation_params(allocation),
-        outcome_metrics(allocation, attempt.profile),
+        tags | (tuning_tags(tuning) if tuning else {}),
+        params,
+        metrics,
     )
+    if tuning is not None:
+        log_trial_runs(client, experiment_id, result.run_id, tuning, lineage_tags(config))
     return result.model_copy(update={"allocation": allocation})
