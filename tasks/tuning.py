@@ -26,7 +26,7 @@ from infra.allocator.trials import TrialPlan, plan_trials
 from infra.allocator.tuning_history import open_trial_store
 from infra.dask_cluster import dask_client, select_workers
 from infra.trial_runner import current_workers, run_on_whole_cluster, run_per_worker
-from mlops.config import TrainingConfig
+from mlops.config import ClusterConfig, TrainingConfig
 from mlops.dataset import DatasetRef
 from mlops.families import ModelFamily, family
 from mlops.settings import get_settings
@@ -124,8 +124,23 @@ def for_allocation(
     return ready
 
 
+class SearchSite(BaseModel):
+    """Where a search runs: the cluster to build (or take workers from) and how trials use it."""
+
+    allocation: Allocation
+    plan: TrialPlan
+    cluster: ClusterConfig
+    scheduler: str | None
+    kind: str
+    work_uri: str
+
+
 def tune_on_allocation(
-    dataset: DatasetRef, training: TrainingConfig, allocation: Allocation, work_uri: str
+    dataset: DatasetRef,
+    training: TrainingConfig,
+    allocation: Allocation,
+    work_uri: str,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> TuningOutcome:
     """Search the config's space on the allocated cluster; every trial kept in the trial store.
 
@@ -134,22 +149,30 @@ def tune_on_allocation(
         training: The use case's training config (its ``tuning`` section is the search's).
         allocation: The cluster the allocator chose for the training run.
         work_uri: Scratch space for trials trained on the whole cluster.
+        log: Where each trial's line goes as it ends (default: this module's logger).
 
     Returns:
         The trials, the best and its config, the plan and the warm start.
     """
     settings = get_settings()
     family_name = training.families[0]
-    model_family = family(family_name)
     scheduler = training.cluster.scheduler_address or settings.dask_scheduler_address
     kind = "scheduler" if scheduler else settings.resolved_dask_cluster
     plan = plan_trials(
-        job_features(dataset, training, model_family),
+        job_features(dataset, training, family(family_name)),
         allocation,
         training.tuning,
         recorded_runs(settings),
         objective_for(training.allocator),
         host_cpus() if kind == "local" else None,
+    )
+    site = SearchSite(
+        allocation=allocation,
+        plan=plan,
+        cluster=cluster_config(allocation.shape, training.cluster),
+        scheduler=scheduler,
+        kind=kind,
+        work_uri=work_uri,
     )
     store = open_trial_store(settings)
     try:
@@ -158,40 +181,15 @@ def tune_on_allocation(
         search = Search(training, starts, **earlier_searches(dataset, training, past))
 
         def keep(record: TrialRecord) -> None:
-            _log_trial(record)
+            (log or logger).log(
+                logging.INFO if record.status == "success" else logging.WARNING, trial_line(record)
+            )
             try:
                 store.record(past_trial(record, search.search_id, dataset, family_name))
             except Exception as error:  # the search's result stands; only its memory is lost
                 logger.warning("Trial %d not kept in the trial store: %s", record.number, error)
 
-        cluster = cluster_config(allocation.shape, training.cluster)
-        with dask_client(cluster, scheduler, kind) as client:
-            workers = (
-                select_workers(client, allocation.workers) if scheduler else current_workers(client)
-            )
-            if plan.mode == "per-worker":
-                options = store_options(dataset.split_uris["train"])
-                result = run_per_worker(
-                    client,
-                    search,
-                    workers,
-                    family_name,
-                    dataset,
-                    plan.threads_per_trial,
-                    options,
-                    keep,
-                )
-            else:
-                result = run_on_whole_cluster(
-                    client,
-                    search,
-                    workers if scheduler else None,
-                    model_family,
-                    dataset,
-                    for_allocation(allocation, model_family),
-                    work_uri,
-                    keep,
-                )
+        result = run_search(search, dataset, family_name, site, keep)
     finally:
         store.close()
     return TuningOutcome(
@@ -199,26 +197,51 @@ def tune_on_allocation(
     )
 
 
-def _log_trial(record: TrialRecord) -> None:
+def run_search(
+    search: Search,
+    dataset: DatasetRef,
+    family_name: str,
+    site: SearchSite,
+    keep: Callable[[TrialRecord], None],
+) -> SearchResult:
+    """Build the search's cluster and run its trials there as the plan says."""
+    model_family = family(family_name)
+    with dask_client(site.cluster, site.scheduler, site.kind) as client:
+        if site.scheduler:
+            workers = select_workers(client, site.allocation.workers)
+        else:
+            workers = current_workers(client)
+        if site.plan.mode == "per-worker":
+            options = store_options(dataset.split_uris["train"])
+            return run_per_worker(
+                client,
+                search,
+                workers,
+                family_name,
+                dataset,
+                site.plan.threads_per_trial,
+                options,
+                keep,
+            )
+        return run_on_whole_cluster(
+            client,
+            search,
+            workers if site.scheduler else None,
+            model_family,
+            dataset,
+            for_allocation(site.allocation, model_family),
+            site.work_uri,
+            keep,
+        )
+
+
+def trial_line(record: TrialRecord) -> str:
+    """One trial in words: its origin, parameters and loss (or how it failed)."""
     shown = ", ".join(f"{k}={_short(v)}" for k, v in record.params.items())
+    head = f"Trial {record.number} ({record.origin}): {shown} -> "
     if record.status == "success":
-        logger.info(
-            "Trial %d (%s): %s -> %.5f in %.1fs",
-            record.number,
-            record.origin,
-            shown,
-            record.validation_loss,
-            record.wall_time_s,
-        )
-    else:
-        logger.warning(
-            "Trial %d (%s): %s -> %s: %s",
-            record.number,
-            record.origin,
-            shown,
-            record.status,
-            record.error,
-        )
+        return head + f"{record.validation_loss:.5f} in {record.wall_time_s:.1f}s"
+    return head + f"{record.status}: {record.error}"
 
 
 def _short(value: float | int) -> str:
@@ -231,7 +254,7 @@ def tune_hyperparameters(
 ) -> TuningOutcome:
     """Search hyperparameters on the allocated cluster before the candidate trains."""
     run_logger = get_run_logger()
-    outcome = tune_on_allocation(dataset, training, allocation, work_uri)
+    outcome = tune_on_allocation(dataset, training, allocation, work_uri, run_logger)
     run_logger.info("Tuning: %s", outcome.plan.reason)
     for line in summary_lines(outcome):
         run_logger.info("  %s", line)

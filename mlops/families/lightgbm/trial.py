@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import NamedTuple
 
 import lightgbm as lgb
 import numpy as np
@@ -23,13 +24,22 @@ from .. import TrialResult
 from .training import _METRIC, lightgbm_params, validation_loss
 
 
-def train_lightgbm_trial(
+class FittedTrial(NamedTuple):
+    """A trial's model and how it did on the validation split."""
+
+    booster: lgb.Booster
+    rounds: int
+    validation_loss: float
+    wall_time_s: float
+
+
+def fit_lightgbm_trial(
     train: pd.DataFrame,
     validation: pd.DataFrame,
     dataset: DatasetRef,
     training: TrainingConfig,
     threads: int,
-) -> TrialResult:
+) -> FittedTrial:
     """Train on ``train`` with ``threads`` threads, stopping early on ``validation``.
 
     Args:
@@ -40,7 +50,7 @@ def train_lightgbm_trial(
         threads: LightGBM threads.
 
     Returns:
-        The validation loss at the best round, the round, and the training time.
+        The booster, its best round, the validation loss there, and the training time.
 
     Raises:
         DataError: a split is empty.
@@ -68,7 +78,8 @@ def train_lightgbm_trial(
         model.fit(
             features,
             labels,
-            eval_set=[(valid_features, valid_labels)],
+            eval_X=(valid_features,),
+            eval_y=(valid_labels,),
             categorical_feature=spec.categorical_features or "auto",
             callbacks=callbacks if patience > 0 else [],
         )
@@ -78,4 +89,21 @@ def train_lightgbm_trial(
     rounds = best or booster.current_iteration()
     raw = booster.predict(valid_features, num_iteration=rounds, raw_score=True)
     loss = validation_loss(dataset.task, np.asarray(raw), valid_labels)
-    return TrialResult(validation_loss=loss, best_iteration=rounds, wall_time_s=wall_time)
+    return FittedTrial(booster, rounds, loss, wall_time)
+
+
+def train_lightgbm_trial(
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    dataset: DatasetRef,
+    training: TrainingConfig,
+    threads: int,
+) -> TrialResult:
+    """A tuning trial: the validation loss at the best round, the round, the training time
+    (see :func:`fit_lightgbm_trial`)."""
+    fitted = fit_lightgbm_trial(train, validation, dataset, training, threads)
+    return TrialResult(
+        validation_loss=fitted.validation_loss,
+        best_iteration=fitted.rounds,
+        wall_time_s=fitted.wall_time_s,
+    )
