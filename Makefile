@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-integration test-stack reliability lint format ui benchmark benchmark-allocator benchmark-serving benchmark-families serve lock clean
+.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-integration test-stack reliability lint format ui benchmark benchmark-allocator benchmark-serving benchmark-families benchmark-tuning serve lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ traffic: $(STAMP)  ## Send drifted traffic to the stack's serving instance and f
 
 benchmark-allocator: $(STAMP)  ## Profiling sweep + leave-one-dataset-out replay + simulator; updates docs/benchmarks.md
 	$(BIN)/python benchmarks/allocator.py all
+
+benchmark-tuning: $(STAMP)  ## Warm-started vs cold hyperparameter search on 14 datasets (~45 min on 2 cores); updates docs/benchmarks.md
+	$(BIN)/python benchmarks/tuning.py
 
 lock:  ## Re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

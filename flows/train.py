@@ -11,6 +11,7 @@ from mlops.errors import MlopsError
 from mlops.storage import artifact_store
 from tasks.allocation import publish_allocation, recommend_allocation, record_training_run
 from tasks.training import TrainingResult, check_threshold_fits_task, log_training, train_model
+from tasks.tuning import tune_hyperparameters
 
 
 class TrainingFailed(MlopsError):
@@ -34,7 +35,9 @@ def train_flow(
     The cluster comes from ``allocation`` (the pipeline asks the allocator before it starts
     this stage) or from the allocator here. Every attempt is recorded in the allocator's
     history; after running out of memory the allocator re-plans, up to
-    ``training.allocator.max_replans`` times, instead of retrying the same shape.
+    ``training.allocator.max_replans`` times, instead of retrying the same shape. With
+    ``training.tuning.enabled``, a hyperparameter search on the allocated cluster comes first
+    and its best configuration trains the candidate.
 
     Returns:
         The MLflow run and logged model URI, with training time, memory and the allocation.
@@ -46,9 +49,13 @@ def train_flow(
     check_threshold_fits_task(config, dataset.task)
     allocation = allocation or recommend_allocation(config, dataset)
     work_uri = artifact_store().training_scratch()
+    tuning = None
+    if config.training.tuning.enabled:
+        tuning = tune_hyperparameters(dataset, config.training, allocation, work_uri)
+    training = tuning.training if tuning else config.training
     attempts = []
     for _ in range(config.training.allocator.max_replans + 1):
-        attempt = train_model(dataset, config.training, allocation, work_uri)
+        attempt = train_model(dataset, training, allocation, work_uri)
         for run in attempt.runs:  # one per family trained
             record_training_run(run)
         attempts.append((allocation, attempt.profile))
@@ -60,7 +67,7 @@ def train_flow(
     publish_allocation(config.name, allocation, attempts)
     if attempt.trained is None:
         raise TrainingFailed(failure_message(attempts, attempt.error))
-    return log_training(config, dataset, attempt, allocation, parent_run_id)
+    return log_training(config, dataset, attempt, allocation, parent_run_id, tuning)
 
 
 def failure_message(attempts: list, error: str | None) -> str:

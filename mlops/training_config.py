@@ -8,6 +8,7 @@ training-related part of the pipeline reads it: the model families, the allocato
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -203,7 +204,31 @@ class TuningConfig(StrictModel):
         for name in sorted(INTEGER_PARAMETERS & set(value)):
             if math.floor(value[name].high) <= math.ceil(value[name].low):
                 raise ValueError(f"'{name}' takes integers: its range holds fewer than two")
+        for name, search in value.items():
+            _within_training_limits(name, search)
         return value
+
+
+def _within_training_limits(name: str, search: SearchRange) -> None:
+    """Refuse a range that reaches values ``TrainingConfig`` does not accept (e.g. a
+    learning rate above 1), so that no trial fails on it."""
+    ends = (search.low, search.high)
+    if name in INTEGER_PARAMETERS:
+        ends = (math.ceil(search.low), math.floor(search.high))
+    checks = (
+        ("gt", "above", operator.gt),
+        ("ge", "at least", operator.ge),
+        ("lt", "below", operator.lt),
+        ("le", "at most", operator.le),
+    )
+    for rule in TrainingConfig.model_fields[name].metadata:
+        for attribute, words, holds in checks:
+            bound = getattr(rule, attribute, None)
+            if bound is not None and not all(holds(end, bound) for end in ends):
+                raise ValueError(
+                    f"'{name}' ranges over [{search.low}, {search.high}] but training.{name} "
+                    f"must be {words} {bound}"
+                )
 
 
 class TrainingConfig(StrictModel):

@@ -50,6 +50,13 @@ from tasks.figures import (
     threshold_figure,
 )
 from tasks.tracking import experiment_for, lineage_tags
+from tasks.tuning import (
+    TuningOutcome,
+    log_trial_runs,
+    tuning_metrics,
+    tuning_params,
+    tuning_tags,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -440,14 +447,22 @@ def log_training(
     attempt: TrainingAttempt,
     allocation: Allocation,
     parent_run_id: str | None,
+    tuning: TuningOutcome | None = None,
 ) -> TrainingResult:
-    """Log the training run, its allocation (predicted vs actual) and the model to MLflow."""
+    """Log the training run, its allocation (predicted vs actual) and the model to MLflow;
+    after a search, its summary on the run and each trial as a child run of it."""
     client, experiment_id = experiment_for(config)
     tags = lineage_tags(config) | allocation_tags(allocation) | family_tags(attempt)
     trained = decide_threshold(attempt.trained, dataset.task, config.training.threshold)
     if trained.threshold is not None:
         get_run_logger().info("Decision threshold %s", trained.threshold.summary())
     threshold_params, threshold_metrics = threshold_record(trained, config.training.threshold)
+    params = allocation_params(allocation) | threshold_params
+    metrics = outcome_metrics(allocation, attempt.profile) | threshold_metrics
+    metrics |= family_metrics(attempt)
+    if tuning is not None:
+        params, metrics = params | tuning_params(tuning), metrics | tuning_metrics(tuning)
+        tags |= tuning_tags(tuning)
     result = log_training_run(
         client,
         experiment_id,
@@ -455,7 +470,9 @@ def log_training(
         trained,
         parent_run_id,
         tags,
-        allocation_params(allocation) | threshold_params,
-        outcome_metrics(allocation, attempt.profile) | threshold_metrics | family_metrics(attempt),
+        params,
+        metrics,
     )
+    if tuning is not None:
+        log_trial_runs(client, experiment_id, result.run_id, tuning, lineage_tags(config))
     return result.model_copy(update={"allocation": allocation})

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pandas as pd
 from distributed import Client
 
 from ...config import TrainingConfig
 from ...dataset import DatasetRef
-from .. import TrainedModel
+from .. import TrainedModel, TrialResult
 from .predictor import FAMILY as NAME
 from .training import lightgbm_has_cuda, train_lightgbm_on_dask
+from .trial import train_lightgbm_trial
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,17 @@ class LightGBMFamily:
     ) -> TrainedModel:
         """Train on the client's workers (see :func:`.training.train_lightgbm_on_dask`)."""
         return train_lightgbm_on_dask(client, dataset, training, work_uri, workers)
+
+    def train_trial(
+        self,
+        train: pd.DataFrame,
+        validation: pd.DataFrame,
+        dataset: DatasetRef,
+        training: TrainingConfig,
+        threads: int,
+    ) -> TrialResult:
+        """A tuning trial in this process (see :func:`.trial.train_lightgbm_trial`)."""
+        return train_lightgbm_trial(train, validation, dataset, training, threads)
 
     def cost_drivers(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
         """The parameters the allocator's LightGBM cost model reads (rounds, tree size, bins)."""
