@@ -161,6 +161,18 @@ class ModelFamily(Protocol):
         ...
 
 
+def boosting_cost_drivers(training: TrainingConfig) -> dict[str, Any]:
+    """What drives a gradient-boosting family's training cost, under the allocator's job
+    fields' names (LightGBM's): rounds, tree size, histogram bins, learning rate, patience."""
+    return {
+        "n_estimators": training.n_estimators,
+        "num_leaves": training.num_leaves,
+        "max_bin": training.max_bin,
+        "learning_rate": training.learning_rate,
+        "early_stopping_rounds": training.early_stopping_rounds,
+    }
+
+
 def with_threshold(predictor: Predictor, threshold: float) -> Predictor:
     """The predictor with ``threshold`` as its decision threshold (in its facts, so it is
     written with its files and used wherever it labels rows).

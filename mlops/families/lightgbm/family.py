@@ -10,7 +10,7 @@ from distributed import Client
 
 from ...config import TrainingConfig
 from ...dataset import DatasetRef
-from .. import TrainedModel, TrialResult
+from .. import TrainedModel, TrialResult, boosting_cost_drivers
 from .predictor import FAMILY as NAME
 from .training import lightgbm_has_cuda, train_lightgbm_on_dask
 from .trial import train_lightgbm_trial
@@ -47,13 +47,7 @@ class LightGBMFamily:
 
     def cost_drivers(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
         """The parameters the allocator's LightGBM cost model reads (rounds, tree size, bins)."""
-        return {
-            "n_estimators": training.n_estimators,
-            "num_leaves": training.num_leaves,
-            "max_bin": training.max_bin,
-            "learning_rate": training.learning_rate,
-            "early_stopping_rounds": training.early_stopping_rounds,
-        }
+        return boosting_cost_drivers(training)
 
     def for_gpu(self, training: TrainingConfig) -> TrainingConfig:
         """LightGBM's CUDA device when this build has it; otherwise a warning, and the CPU."""

@@ -10,7 +10,7 @@ from distributed import Client
 
 from ...config import TrainingConfig
 from ...dataset import DatasetRef
-from .. import TrainedModel, TrialResult
+from .. import TrainedModel, TrialResult, boosting_cost_drivers
 from .predictor import FAMILY as NAME
 from .training import train_xgboost_on_dask, train_xgboost_trial, xgboost_has_cuda
 
@@ -48,13 +48,7 @@ class XGBoostFamily:
     def cost_drivers(self, training: TrainingConfig, dataset: DatasetRef) -> dict[str, Any]:
         """Rounds, tree size (``max_leaves``) and histogram bins, under the job fields'
         (LightGBM's) names."""
-        return {
-            "n_estimators": training.n_estimators,
-            "num_leaves": training.num_leaves,
-            "max_bin": training.max_bin,
-            "learning_rate": training.learning_rate,
-            "early_stopping_rounds": training.early_stopping_rounds,
-        }
+        return boosting_cost_drivers(training)
 
     def for_gpu(self, training: TrainingConfig) -> TrainingConfig:
         """XGBoost's CUDA device when this build has it; otherwise a warning, and the CPU."""
