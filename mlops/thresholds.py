@@ -160,13 +160,13 @@ def choose_threshold(
     config = config or ThresholdConfig()
     curve = threshold_curve(targets, scores)
     if config.objective == "fixed":
-        return _choice(config, targets, scores, config.value, curve)
+        return _choice(config, targets, scores, config.value)
     if curve.positives == 0 or curve.negatives == 0:
         only = "no positive" if curve.positives == 0 else "no negative"
         note = (
             f"the validation split has {only} rows: nothing to choose on, {DEFAULT_THRESHOLD} kept"
         )
-        return _choice(config, targets, scores, DEFAULT_THRESHOLD, curve, note)
+        return _choice(config, targets, scores, DEFAULT_THRESHOLD, note)
     note = ""
     if config.objective == "f1":
         best = int(np.argmax(curve.f1))
@@ -174,7 +174,7 @@ def choose_threshold(
         best = int(np.argmin(curve.cost(config.false_positive_cost, config.false_negative_cost)))
     else:
         best, note = _best_precision_at_recall(curve, config.min_recall or 0.0)
-    return _choice(config, targets, scores, float(curve.cuts[best]), curve, note)
+    return _choice(config, targets, scores, float(curve.cuts[best]), note)
 
 
 def _best_precision_at_recall(curve: ThresholdCurve, min_recall: float) -> tuple[int, str]:
@@ -194,7 +194,6 @@ def _choice(
     targets: np.ndarray,
     scores: np.ndarray,
     threshold: float,
-    curve: ThresholdCurve,
     note: str = "",
 ) -> ThresholdChoice:
     metrics = metrics_at(targets, scores, threshold)
