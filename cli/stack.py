@@ -50,13 +50,14 @@ def up(
     """Start the local stack in the background: Prefect and MLflow servers, a serving instance, a worker per pool.
 
     The serving instance (`mlops serve`) waits for the model's first champion and is reloaded
-    by the deploy stage; its inference log feeds the drift monitor. Also creates the work pools and deploys prefect.yaml (prefect deploy --all). State lives
-    under .mlops/ (SQLite databases, artifacts; logs in .mlops/stack/logs). Running it again
-    keeps what runs, restarts what died, and deploys again only if prefect.yaml or flows/
-    changed. Every port is checked before anything starts; if a component still fails to
-    start, what this call started is stopped again (exit 1). Last, a supervisor starts: it
-    restarts a server or worker that dies (`mlops status` counts the restarts). Stop it all
-    with `mlops down`.
+    by the deploy stage; its inference log feeds the drift monitor. Also creates the work pools
+    and deploys prefect.yaml (prefect deploy --all). State lives under .mlops/ (SQLite
+    databases, artifacts; logs in .mlops/stack/logs). Running it again keeps what runs,
+    restarts what died, and deploys again only if prefect.yaml or flows/ changed. Every port is
+    checked before anything starts; if a component still fails to start, what this call
+    started is stopped again (exit 1). Last, a supervisor starts: it restarts a server or
+    worker that dies (`mlops status` counts the restarts) and rotates a log over
+    MLOPS_STACK_LOG_MAX_BYTES (docs/operations.md). Stop it all with `mlops down`.
     """
     from infra.stack.project import find_project_dir
     from infra.stack.up import StackOptions, bring_up
