@@ -12,8 +12,8 @@ import typer
 from typer._click.exceptions import UsageError  # typer vendors click and does not re-export it
 from typer._click.globals import get_current_context
 
-from mlops.config import PipelineConfig
-from mlops.errors import ExitCode
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.errors import ExitCode
 
 EXIT_MEANINGS = {
     ExitCode.OK: "done",

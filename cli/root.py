@@ -14,9 +14,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli._utilities import PIPELINE_EXITS, exit_status_help, usage_exit_code
-from infra.environment import configure_environment
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import PIPELINE_EXITS, exit_status_help, usage_exit_code
+from prefect_mlops.infra.environment import configure_environment
+from prefect_mlops.mlops.settings import get_settings
 
 HELP_ORDER = (
     "run",

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._utilities import exit_status_help, fail
-from cli.root import app
-from mlops.errors import ExitCode, MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import exit_status_help, fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.errors import ExitCode, MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
 @app.command(epilog=exit_status_help())
@@ -59,8 +59,8 @@ def up(
     worker that dies (`mlops status` counts the restarts) and rotates a log over
     MLOPS_STACK_LOG_MAX_BYTES (docs/operations.md). Stop it all with `mlops down`.
     """
-    from infra.stack.project import find_project_dir
-    from infra.stack.up import StackOptions, bring_up
+    from prefect_mlops.infra.stack.project import find_project_dir
+    from prefect_mlops.infra.stack.up import StackOptions, bring_up
 
     settings = get_settings()
     try:
@@ -117,8 +117,8 @@ def status(
     they started, so you see that schedules fire: one with no run waiting means the scheduler
     is not creating runs.
     """
-    from infra.stack.state import read_state
-    from infra.stack.status import stack_status
+    from prefect_mlops.infra.stack.state import read_state
+    from prefect_mlops.infra.stack.status import stack_status
 
     state = read_state(get_settings().home_dir)
     if state is None:
@@ -149,9 +149,9 @@ def _print_schedules(state: Any) -> bool:
     import httpx
     from prefect.client.orchestration import get_client
 
-    from infra.schedules import read_schedules
-    from infra.stack.components import prefect_api
-    from infra.stack.processes import http_ok
+    from prefect_mlops.infra.schedules import read_schedules
+    from prefect_mlops.infra.stack.components import prefect_api
+    from prefect_mlops.infra.stack.processes import http_ok
 
     if not http_ok(f"{state.prefect_api_url}/health"):
         typer.echo("Schedules: not shown, the Prefect server is not answering.")
@@ -200,7 +200,7 @@ def down() -> None:
 
     The supervisor first, so that it restarts nothing; then the workers; then the servers.
     """
-    from infra.stack.down import bring_down
+    from prefect_mlops.infra.stack.down import bring_down
 
     bring_down(get_settings().home_dir, say=typer.echo)
 
@@ -227,7 +227,7 @@ def ui(
         return
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    from infra.stack.processes import console_script
+    from prefect_mlops.infra.stack.processes import console_script
 
     command = [
         console_script("mlflow"),
@@ -266,7 +266,7 @@ def mlflow_server(
     MLOPS_MLFLOW_ADMIN_USERNAME, and a guessable password (MLflow's old default, under 12
     characters) stops the start with exit 2. The process becomes the server (for containers).
     """
-    from infra.mlflow_server import mlflow_server_launch
+    from prefect_mlops.infra.mlflow_server import mlflow_server_launch
 
     try:
         launch = mlflow_server_launch(get_settings(), host, port, workers)

@@ -17,8 +17,8 @@ import typer.main
 from typer.core import TyperGroup
 from typer.testing import CliRunner
 
-from cli.root import HELP_ORDER, app
-from mlops.errors import ExitCode
+from prefect_mlops.cli.root import HELP_ORDER, app
+from prefect_mlops.mlops.errors import ExitCode
 
 runner = CliRunner()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from infra.stack.logs import rotate_logs
+from prefect_mlops.infra.stack.logs import rotate_logs
 
 WRITER = """
 import sys
