@@ -216,7 +216,11 @@ def sweep(work: Path, count: int, repeats: int) -> None:
 
 
 def _measured_row(dataset, config, job, shape, work: Path, repeat: int, timeout: float | None):
-    from prefect_mlops.infra.allocator.profiling import TrainingOutcomeError, measure_training, profile_row
+    from prefect_mlops.infra.allocator.profiling import (
+        TrainingOutcomeError,
+        measure_training,
+        profile_row,
+    )
     from prefect_mlops.mlops.families import family
     from prefect_mlops.tasks.training import dask_trainer
 

@@ -9,7 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from prefect_mlops.cli._utilities import PIPELINE_EXITS, exit_status_help, fail, with_absolute_source
+from prefect_mlops.cli._utilities import (
+    PIPELINE_EXITS,
+    exit_status_help,
+    fail,
+    with_absolute_source,
+)
 from prefect_mlops.cli.pipeline import follow_pipeline
 from prefect_mlops.cli.root import app
 from prefect_mlops.mlops.config import load_config

@@ -9,8 +9,17 @@ from prefect_mlops.mlops.config import PipelineConfig
 from prefect_mlops.mlops.dataset import DatasetRef
 from prefect_mlops.mlops.errors import ExitCode, MlopsError
 from prefect_mlops.mlops.storage import artifact_store
-from prefect_mlops.tasks.allocation import publish_allocation, recommend_allocation, record_training_run
-from prefect_mlops.tasks.training import TrainingResult, check_threshold_fits_task, log_training, train_model
+from prefect_mlops.tasks.allocation import (
+    publish_allocation,
+    recommend_allocation,
+    record_training_run,
+)
+from prefect_mlops.tasks.training import (
+    TrainingResult,
+    check_threshold_fits_task,
+    log_training,
+    train_model,
+)
 from prefect_mlops.tasks.tuning import tune_hyperparameters
 
 

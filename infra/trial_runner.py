@@ -23,11 +23,21 @@ from typing import Any
 
 from distributed import Client, Future, wait
 
-from prefect_mlops.infra.allocator.profiling import classify_failure, run_watched, watch_memory_kills
+from prefect_mlops.infra.allocator.profiling import (
+    classify_failure,
+    run_watched,
+    watch_memory_kills,
+)
 from prefect_mlops.mlops.dataset import DatasetRef
 from prefect_mlops.mlops.families import ModelFamily
 from prefect_mlops.mlops.training_config import TrainingConfig
-from prefect_mlops.mlops.tuning.search import PendingTrial, Search, SearchResult, TrialOutcome, TrialRecord
+from prefect_mlops.mlops.tuning.search import (
+    PendingTrial,
+    Search,
+    SearchResult,
+    TrialOutcome,
+    TrialRecord,
+)
 from prefect_mlops.mlops.tuning.trial import run_trial
 
 logger = logging.getLogger(__name__)

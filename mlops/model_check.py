@@ -54,7 +54,14 @@ def check_in_child(folder: Path, uri: str, limits: ModelCheckLimits) -> float:
     Raises:
         ModelCheckFailed: the check failed, or the child crashed, timed out or ran out of memory.
     """
-    command = [sys.executable, "-m", "prefect_mlops.mlops.model_check", str(folder), uri, str(limits.memory_mb)]
+    command = [
+        sys.executable,
+        "-m",
+        "prefect_mlops.mlops.model_check",
+        str(folder),
+        uri,
+        str(limits.memory_mb),
+    ]
     started = time.perf_counter()
     try:
         done = subprocess.run(

@@ -20,7 +20,12 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from prefect_mlops.mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
-from prefect_mlops.mlops.model_files import ModelFilesError, PipelineModel, model_files, read_pipeline_model
+from prefect_mlops.mlops.model_files import (
+    ModelFilesError,
+    PipelineModel,
+    model_files,
+    read_pipeline_model,
+)
 from prefect_mlops.mlops.settings import Settings
 from prefect_mlops.model_registry.registry import ModelLoadError, download_model
 

@@ -32,7 +32,13 @@ from prefect_mlops.model_registry import tracking
 from prefect_mlops.model_registry.loading import model_check_limits
 from prefect_mlops.model_registry.promotion import Promotion, roll_back_promotion
 from prefect_mlops.model_registry.registry import RegisteredVersion
-from prefect_mlops.serving.client import InstanceError, replica_urls, request_reload, score, served_model
+from prefect_mlops.serving.client import (
+    InstanceError,
+    replica_urls,
+    request_reload,
+    score,
+    served_model,
+)
 from prefect_mlops.serving.loader import ServedModel, load_served_model
 from prefect_mlops.serving.payload import Rows
 from prefect_mlops.tasks.tracking import experiment_for, lineage_tags

@@ -18,7 +18,13 @@ from pydantic import BaseModel
 
 from prefect_mlops.mlops.config import PipelineConfig
 from prefect_mlops.mlops.dataset import DatasetRef
-from prefect_mlops.mlops.gates import DataGateResult, GateCheck, GateLedger, artifact_key, ledger_markdown
+from prefect_mlops.mlops.gates import (
+    DataGateResult,
+    GateCheck,
+    GateLedger,
+    artifact_key,
+    ledger_markdown,
+)
 from prefect_mlops.model_registry import tracking
 from prefect_mlops.model_registry.ledger import record_ledger
 from prefect_mlops.model_registry.promotion import ChampionRef, current_champion

@@ -33,7 +33,13 @@ from prefect_mlops.infra.allocator.profiling import (
 )
 from prefect_mlops.infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
 from prefect_mlops.infra.dask_cluster import worker_peak_memory
-from prefect_mlops.mlops.config import ClusterConfig, PipelineConfig, TaskType, ThresholdConfig, TrainingConfig
+from prefect_mlops.mlops.config import (
+    ClusterConfig,
+    PipelineConfig,
+    TaskType,
+    ThresholdConfig,
+    TrainingConfig,
+)
 from prefect_mlops.mlops.dataset import DatasetRef, read_sample
 from prefect_mlops.mlops.errors import ConfigError
 from prefect_mlops.mlops.families import ModelFamily, TrainedModel, family, with_threshold

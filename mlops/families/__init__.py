@@ -40,7 +40,10 @@ if TYPE_CHECKING:
     from prefect_mlops.mlops.config import TrainingConfig
     from prefect_mlops.mlops.dataset import DatasetRef
 
-FAMILIES = {"lightgbm": "prefect_mlops.mlops.families.lightgbm", "xgboost": "prefect_mlops.mlops.families.xgboost"}
+FAMILIES = {
+    "lightgbm": "prefect_mlops.mlops.families.lightgbm",
+    "xgboost": "prefect_mlops.mlops.families.xgboost",
+}
 """Family name -> its package."""
 DEFAULT_FAMILY = "lightgbm"
 """The family a use case trains when its config names none (``training.family``), and the

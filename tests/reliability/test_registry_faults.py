@@ -410,7 +410,14 @@ def test_the_model_check_runs_apart_from_this_process(registry, tmp_path):
     """The child process is what dies: this interpreter keeps its pid and goes on."""
     folder = corrupted_copy(registry, tmp_path, "truncated")
     checked = subprocess.run(
-        [sys.executable, "-m", "prefect_mlops.mlops.model_check", str(folder), "a corrupt model", "0"],
+        [
+            sys.executable,
+            "-m",
+            "prefect_mlops.mlops.model_check",
+            str(folder),
+            "a corrupt model",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

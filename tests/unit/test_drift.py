@@ -10,8 +10,20 @@ import pandas as pd
 import pytest
 
 from prefect_mlops.mlops.config import MonitoringConfig
-from prefect_mlops.mlops.drift import MISSING, OTHER, categorical_drift, feature_drift, numeric_drift, psi
-from prefect_mlops.mlops.drift_report import DriftReport, PerformanceCheck, drift_verdict, judge_performance
+from prefect_mlops.mlops.drift import (
+    MISSING,
+    OTHER,
+    categorical_drift,
+    feature_drift,
+    numeric_drift,
+    psi,
+)
+from prefect_mlops.mlops.drift_report import (
+    DriftReport,
+    PerformanceCheck,
+    drift_verdict,
+    judge_performance,
+)
 from prefect_mlops.mlops.features import FeatureSpec
 from prefect_mlops.serving.traffic import drift_rows
 from prefect_mlops.tasks.monitoring import DRIFT_EVENT, event_to_emit

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from prefect_mlops.infra.environment import QUIET_ENVIRONMENT, configure_environment, use_local_stack
+from prefect_mlops.infra.environment import (
+    QUIET_ENVIRONMENT,
+    configure_environment,
+    use_local_stack,
+)
 from prefect_mlops.infra.stack.processes import start_process, stop_process
 from prefect_mlops.infra.stack.state import MLFLOW_SERVER, PREFECT_SERVER, StackState, write_state
 from prefect_mlops.mlops.settings import Settings

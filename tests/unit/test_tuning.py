@@ -12,7 +12,13 @@ import pytest
 
 from prefect_mlops.mlops.dataset import MetaFeatures
 from prefect_mlops.mlops.training_config import SearchRange, TrainingConfig, TuningConfig
-from prefect_mlops.mlops.tuning import PastTrial, Search, TrialOutcome, run_in_turn, warm_start_configurations
+from prefect_mlops.mlops.tuning import (
+    PastTrial,
+    Search,
+    TrialOutcome,
+    run_in_turn,
+    warm_start_configurations,
+)
 from prefect_mlops.mlops.tuning.search import CONFIGURED
 from prefect_mlops.mlops.tuning.space import clip_to_space
 from prefect_mlops.mlops.tuning.trial import timed_outcome

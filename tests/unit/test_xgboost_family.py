@@ -25,7 +25,11 @@ from prefect_mlops.mlops.config import TrainingConfig, parse_config
 from prefect_mlops.mlops.dataset import TARGET_COLUMN, read_split
 from prefect_mlops.mlops.families import FAMILIES, TrialResult, family, load_predictor, model_family
 from prefect_mlops.mlops.families.xgboost.predictor import REQUIREMENTS, XGBoostPredictor
-from prefect_mlops.mlops.families.xgboost.training import balanced_weights, min_child_weight, xgboost_params
+from prefect_mlops.mlops.families.xgboost.training import (
+    balanced_weights,
+    min_child_weight,
+    xgboost_params,
+)
 from prefect_mlops.mlops.model_files import read_pipeline_model
 from prefect_mlops.mlops.prediction import class_scores
 from prefect_mlops.mlops.pyfunc import PipelinePyfunc
