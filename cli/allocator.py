@@ -7,18 +7,20 @@ from typing import Annotated
 
 import typer
 
-from prefect_mlops.cli._utilities import fail
+from prefect_mlops.cli._utilities import exit_status_help, fail
 from prefect_mlops.cli.root import app
 from prefect_mlops.mlops.errors import MlopsError
 from prefect_mlops.mlops.settings import get_settings
 
 allocator_app = typer.Typer(
-    help="The allocator's run history: list, export, import.", no_args_is_help=True
+    help="The allocator's run history: list, export, import.",
+    epilog=exit_status_help(),
+    no_args_is_help=True,
 )
 app.add_typer(allocator_app, name="allocator")
 
 
-@allocator_app.command("history")
+@allocator_app.command("history", epilog=exit_status_help())
 def allocator_history(
     use_case: Annotated[str | None, typer.Option(help="Only this use case's runs.")] = None,
     last: Annotated[int, typer.Option(help="Show the most recent N runs.")] = 20,
@@ -52,7 +54,7 @@ def allocator_history(
         )
 
 
-@allocator_app.command("export")
+@allocator_app.command("export", epilog=exit_status_help())
 def allocator_export(
     file: Annotated[Path, typer.Argument(help="Destination .csv or .parquet file.")],
 ) -> None:
@@ -69,7 +71,7 @@ def allocator_export(
     typer.echo(f"Exported {count} run(s) to {file}")
 
 
-@allocator_app.command("import")
+@allocator_app.command("import", epilog=exit_status_help())
 def allocator_import(
     file: Annotated[
         Path, typer.Argument(help="A .csv or .parquet run log: an export, or a cluster's own.")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from prefect_mlops.cli._utilities import fail
+from prefect_mlops.cli._utilities import exit_status_help, fail
 from prefect_mlops.cli.root import app
 from prefect_mlops.mlops.config import load_config
 from prefect_mlops.mlops.errors import MlopsError
@@ -20,7 +20,7 @@ class Generator(StrEnum):
     car_dealership = "car_dealership"
 
 
-@app.command()
+@app.command(epilog=exit_status_help())
 def generate(
     generator: Annotated[Generator, typer.Argument(help="Which use case's data to generate.")],
     out: Annotated[Path, typer.Option(help="Output file: .csv for CSV, otherwise Parquet.")],
@@ -53,13 +53,13 @@ def generate(
     )
 
 
-@app.command("check-config")
+@app.command("check-config", epilog=exit_status_help())
 def check_config(
     config: Annotated[Path, typer.Argument(help="Use-case YAML to validate.")],
 ) -> None:
     """Validate a config file without running anything."""
     try:
-        parsed = load_config(config)
+        parsed = load_config(config, given_as="the CONFIG argument")
     except MlopsError as error:
         fail(error)
     typer.echo(f"{config}: OK (use case '{parsed.name}', model '{parsed.model.name}')")

@@ -9,15 +9,20 @@ from typing import Annotated, Any
 
 import typer
 
-from prefect_mlops.cli._utilities import fail, with_absolute_source
+from prefect_mlops.cli._utilities import (
+    PIPELINE_EXITS,
+    exit_status_help,
+    fail,
+    with_absolute_source,
+)
 from prefect_mlops.cli.pipeline import follow_pipeline
 from prefect_mlops.cli.root import app
 from prefect_mlops.mlops.config import load_config
-from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.errors import EnvironmentFailure, MlopsError
 from prefect_mlops.mlops.settings import get_settings
 
 
-@app.command()
+@app.command(epilog=exit_status_help(ok="the monitor ran, drift or not (its report says)"))
 def monitor(
     config: Annotated[
         Path, typer.Option("--config", "-c", help="Use-case YAML whose model is watched.")
@@ -34,7 +39,7 @@ def monitor(
     from prefect_mlops.flows.monitor import drift_monitor_flow
 
     try:
-        parsed = load_config(config)
+        parsed = load_config(config, given_as="--config")
         report = drift_monitor_flow(with_absolute_source(parsed))
     except MlopsError as error:
         fail(error)
@@ -68,7 +73,12 @@ def _print_drift(report: Any) -> None:
         )
 
 
-@app.command("simulate-traffic")
+@app.command(
+    "simulate-traffic",
+    epilog=exit_status_help(
+        PIPELINE_EXITS, ok="done; a retraining it followed promoted its candidate"
+    ),
+)
 def simulate_traffic(
     drift: Annotated[
         bool, typer.Option("--drift", help="Shift every input away from the training data.")
@@ -124,7 +134,9 @@ def simulate_traffic(
     try:
         sent = _send_simulated_traffic(model_name, target_url, requests, batch_rows, drift, seed)
     except (MlopsError, OSError) as error:
-        fail(error if isinstance(error, MlopsError) else MlopsError(f"{target_url}: {error}"))
+        if not isinstance(error, MlopsError):  # the serving instance cannot be reached
+            error = EnvironmentFailure(f"{target_url}: {error}")
+        fail(error)
     if labels and sent.request_ids:
         folder = artifact_store(settings).feedback_folder(model_name)
         where = write_feedback(folder, feedback_frame(sent))
@@ -200,9 +212,10 @@ def _monitor_and_follow(config: Path | None, timeout: float) -> None:
     from prefect_mlops.mlops.drift_report import DriftReport
 
     parameters = {}
-    if config is not None:
-        parameters["config"] = with_absolute_source(load_config(config)).model_dump(mode="json")
     try:
+        if config is not None:
+            parsed = load_config(config, given_as="--config")
+            parameters["config"] = with_absolute_source(parsed).model_dump(mode="json")
         run = trigger_deployment("drift-monitor/drift-monitor", parameters)
     except MlopsError as error:
         fail(error)
@@ -211,7 +224,7 @@ def _monitor_and_follow(config: Path | None, timeout: float) -> None:
     finished = follow(run.id, lambda event: None, timeout_s=300)
     if finished.state is None or not finished.state.is_completed():
         fail(
-            MlopsError(
+            EnvironmentFailure(
                 f"The drift monitor ended {finished.state.name if finished.state else '?'}: "
                 f"{finished.state.message if finished.state else ''}"
             )
@@ -223,7 +236,7 @@ def _monitor_and_follow(config: Path | None, timeout: float) -> None:
     typer.echo("\nWaiting for the retraining pipeline the event triggers ...")
     pipeline = wait_for_triggered_run("retraining-pipeline/retraining-pipeline", started)
     if pipeline is None:
-        fail(MlopsError("No retraining-pipeline run started within 60 s of the event."))
+        fail(EnvironmentFailure("No retraining-pipeline run started within 60 s of the event."))
     ui = os.environ["PREFECT_API_URL"].removesuffix("/").removesuffix("/api")
     typer.echo(f"Triggered by {report.event}: flow run '{pipeline.name}'")
     typer.echo(f"  {ui}/runs/flow-run/{pipeline.id}")

@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from prefect_mlops.cli._utilities import fail
+from prefect_mlops.cli._utilities import exit_status_help, fail
 from prefect_mlops.cli.root import app
 from prefect_mlops.mlops.errors import MlopsError
 from prefect_mlops.mlops.settings import get_settings
 
 
-@app.command()
+@app.command(epilog=exit_status_help())
 def serve(
     model: Annotated[
         str,
@@ -64,7 +64,7 @@ def serve(
     run_service(service, bind_host, bind_port)
 
 
-@app.command("export")
+@app.command("export", epilog=exit_status_help())
 def export_model(
     model: Annotated[
         str,

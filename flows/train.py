@@ -7,7 +7,7 @@ from prefect import flow
 from prefect_mlops.infra.allocator.allocation import Allocation
 from prefect_mlops.mlops.config import PipelineConfig
 from prefect_mlops.mlops.dataset import DatasetRef
-from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.errors import ExitCode, MlopsError
 from prefect_mlops.mlops.storage import artifact_store
 from prefect_mlops.tasks.allocation import (
     publish_allocation,
@@ -26,7 +26,7 @@ from prefect_mlops.tasks.tuning import tune_hyperparameters
 class TrainingFailed(MlopsError):
     """Training failed on every cluster the allocator planned; nothing was logged."""
 
-    exit_code = 1
+    exit_code = ExitCode.ENVIRONMENT
 
 
 @flow(name="train", log_prints=True, persist_result=True, result_serializer="json")

@@ -13,7 +13,7 @@ from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
 
 from prefect_mlops.mlops.config import ClusterConfig
-from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.errors import ExitCode, MlopsError
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ CONNECT_TIMEOUT = "30s"
 class ClusterUnavailable(MlopsError):
     """The configured Dask cluster cannot be reached or cannot run the job."""
 
-    exit_code = 1
+    exit_code = ExitCode.ENVIRONMENT
 
 
 def scheduler_workers(address: str) -> list[dict]:

@@ -178,7 +178,7 @@ def infer_task(
     if distinct > MAX_CLASSES:
         raise DataError(
             f"Target '{target}' has {distinct} distinct values, too many for classification "
-            f"(at most {MAX_CLASSES}). Use --task regression if it is a quantity."
+            f"(at most {MAX_CLASSES}). If it is a quantity, set the task to regression (data.task in the config, --task with --data)."
         )
     labels = target_counts.index
     if target_is_numeric:
