@@ -123,6 +123,24 @@ def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig
     return ColumnSchema(data.target, numeric, categorical, datetime, key_columns, dropped)
 
 
+def source_types(frame: pd.DataFrame) -> dict[str, str]:
+    """Each column's type as the source holds it (as pandas read it): ``integer``, ``float``,
+    ``boolean``, ``datetime`` or ``string`` (text, categories, anything else)."""
+    kinds = {}
+    for column, dtype in frame.dtypes.items():
+        if pd.api.types.is_bool_dtype(dtype):
+            kinds[str(column)] = "boolean"
+        elif pd.api.types.is_integer_dtype(dtype):
+            kinds[str(column)] = "integer"
+        elif pd.api.types.is_float_dtype(dtype):
+            kinds[str(column)] = "float"
+        elif pd.api.types.is_datetime64_any_dtype(dtype):
+            kinds[str(column)] = "datetime"
+        else:
+            kinds[str(column)] = "string"
+    return kinds
+
+
 def coerce_frame(frame: pd.DataFrame, schema: ColumnSchema) -> pd.DataFrame:
     """Type the kept columns and drop rows without a target. Returns a new frame."""
     out = frame[schema.kept_columns].copy()
