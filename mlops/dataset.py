@@ -113,27 +113,21 @@ def read_split_schema(dataset: DatasetRef, split: str) -> pa.Schema:
     return pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
 
 
-SOURCE_TYPES = {
-    "integer": pa.int64(),
-    "float": pa.float64(),
-    "boolean": pa.bool_(),
-    "datetime": pa.timestamp("us"),
-    "string": pa.string(),
-}
-"""The Arrow type of each kind of :attr:`DatasetRef.source_types`."""
+NUMBERS_STORED_AS_FLOAT = {"integer": pa.int64(), "boolean": pa.bool_()}
+"""Source kinds that the split files store as float64 (the features read numbers as floats)."""
 
 
 def split_column_types(dataset: DatasetRef, split: str) -> pa.Schema:
-    """The columns of one split with the types they have in the source (an integer or boolean
-    column is stored as float64 for the features), the Parquet type for the others (the
-    encoded target; every column of a version written before the source types were kept)."""
+    """The columns of one split as a person knows them: the type the files store, except that
+    a numeric column the source held as whole numbers or true/false (stored as float64) shows
+    as such. A version written before :attr:`DatasetRef.source_types` shows the stored types."""
     stored = read_split_schema(dataset, split)
-    fields = [
-        field.with_type(SOURCE_TYPES[dataset.source_types[field.name]])
-        if dataset.source_types.get(field.name) in SOURCE_TYPES
-        else field
-        for field in stored
-    ]
+    fields = []
+    for field in stored:
+        kind = dataset.source_types.get(field.name)
+        if kind in NUMBERS_STORED_AS_FLOAT and pa.types.is_floating(field.type):
+            field = field.with_type(NUMBERS_STORED_AS_FLOAT[kind])
+        fields.append(field)
     return pa.schema(fields)
 
 

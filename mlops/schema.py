@@ -124,21 +124,30 @@ def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig
 
 
 def source_types(frame: pd.DataFrame) -> dict[str, str]:
-    """Each column's type as the source holds it (as pandas read it): ``integer``, ``float``,
-    ``boolean``, ``datetime`` or ``string`` (text, categories, anything else)."""
-    kinds = {}
-    for column, dtype in frame.dtypes.items():
-        if pd.api.types.is_bool_dtype(dtype):
-            kinds[str(column)] = "boolean"
-        elif pd.api.types.is_integer_dtype(dtype):
-            kinds[str(column)] = "integer"
-        elif pd.api.types.is_float_dtype(dtype):
-            kinds[str(column)] = "float"
-        elif pd.api.types.is_datetime64_any_dtype(dtype):
-            kinds[str(column)] = "datetime"
-        else:
-            kinds[str(column)] = "string"
-    return kinds
+    """Each column's type in the source: ``integer``, ``float``, ``boolean``, ``datetime`` or
+    ``string`` (text, categories, anything else).
+
+    From the dtype pandas gave it, or for text (a CSV is read as text) from what it holds:
+    only true/false words is ``boolean``, only whole numbers ``integer``, other numbers ``float``.
+    """
+    return {str(column): _source_kind(frame[column]) for column in frame.columns}
+
+
+def _source_kind(values: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(values):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(values):
+        return "integer"
+    if pd.api.types.is_float_dtype(values):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "datetime"
+    if _looks_boolean(values):
+        return "boolean"
+    if _looks_numeric(values):
+        text = values.dropna().astype("string").str.strip()
+        return "integer" if bool(text.str.fullmatch(r"[+-]?\d+").all()) else "float"
+    return "string"
 
 
 def coerce_frame(frame: pd.DataFrame, schema: ColumnSchema) -> pd.DataFrame:

@@ -8,20 +8,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from mlops.config import parse_config
 from mlops.dataset import read_split_schema
+from mlops.schema import source_types
 from mlops.source import fingerprint_source
 from model_registry.tracking import column_schema
 from tasks.preprocessing import build_dataset_version
 from tasks.tracking import split_dataset
 
 
-def members_dataset(folder: Path):
+def members_dataset(folder: Path, suffix: str = "parquet"):
     """A tiny dataset version of whole numbers, floats, true/false, text and timestamps."""
     rows = 120
     rng = np.random.default_rng(0)
-    pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "id": [f"m{i}" for i in range(rows)],
             "visits": rng.poisson(3, rows),
@@ -31,11 +33,15 @@ def members_dataset(folder: Path):
             "joined": pd.date_range("2024-01-01", periods=rows, freq="D"),
             "churned": [0, 1] * (rows // 2),
         }
-    ).to_parquet(folder / "members.parquet", index=False)
+    )
+    source = folder / f"members.{suffix}"
+    frame.to_parquet(source, index=False) if suffix == "parquet" else frame.to_csv(
+        source, index=False
+    )
     raw = {
         "name": "members",
         "data": {
-            "source": str(folder / "members.parquet"),
+            "source": str(source),
             "target": "churned",
             "id_column": "id",
             "datetime": ["joined"],
@@ -50,8 +56,9 @@ def colspec_types(schema_json: str) -> dict[str, str]:
     return {c["name"]: c["type"] for c in json.loads(schema_json)["mlflow_colspec"]}
 
 
-def test_a_split_is_logged_with_its_columns_real_types_and_row_count(tmp_path):
-    dataset = members_dataset(tmp_path)
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_a_split_is_logged_with_its_columns_real_types_and_row_count(tmp_path, suffix):
+    dataset = members_dataset(tmp_path, suffix)
     logged = split_dataset(dataset, "test")
 
     assert (logged.name, logged.digest) == ("members-test", dataset.version)
@@ -112,3 +119,16 @@ def test_arrow_types_map_to_mlflow_types():
     ]
     assert [c.required for c in schema.inputs] == [False] * 5 + [True]
     assert column_schema(pa.schema([])) is None
+
+
+def test_the_source_types_of_text_columns_come_from_what_they_hold():
+    text = pd.DataFrame(
+        {
+            "n": ["1", "-2", None],
+            "x": ["1.5", "2", None],
+            "b": ["TRUE", "false", None],
+            "s": ["a", "1", None],
+        },
+        dtype="string",
+    )
+    assert source_types(text) == {"n": "integer", "x": "float", "b": "boolean", "s": "string"}
