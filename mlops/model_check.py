@@ -3,7 +3,7 @@
 A model family's native parser need not raise on a damaged model file: a truncated file can
 crash it (SIGSEGV) and a malformed line abort it (SIGABRT), taking the whole process down.
 So neither the serving process nor a pipeline stage parses a model from the registry first.
-Its files are downloaded once; a fresh interpreter (``python -m mlops.model_check
+Its files are downloaded once; a fresh interpreter (``python -m prefect_mlops.mlops.model_check
 FOLDER URI MEMORY_MB``) reads them, predicts the input example and checks the answer (finite
 values, one row per input row), under a time limit and a cap on the memory it may add; only
 when it exits cleanly does the caller read the same files. A child that crashes, is killed,
@@ -54,7 +54,14 @@ def check_in_child(folder: Path, uri: str, limits: ModelCheckLimits) -> float:
     Raises:
         ModelCheckFailed: the check failed, or the child crashed, timed out or ran out of memory.
     """
-    command = [sys.executable, "-m", "mlops.model_check", str(folder), uri, str(limits.memory_mb)]
+    command = [
+        sys.executable,
+        "-m",
+        "prefect_mlops.mlops.model_check",
+        str(folder),
+        uri,
+        str(limits.memory_mb),
+    ]
     started = time.perf_counter()
     try:
         done = subprocess.run(

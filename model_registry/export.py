@@ -20,10 +20,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlops.errors import MlopsError
-from mlops.families import FAMILIES, model_family, predictor_module
-from mlops.prediction import INFO_FILE, SPEC_FILE
-from model_registry.registry import download_version, resolve_version
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.families import FAMILIES, model_family, predictor_module
+from prefect_mlops.mlops.prediction import INFO_FILE, SPEC_FILE
+from prefect_mlops.model_registry.registry import download_version, resolve_version
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template"
 CODE_FILES = ("errors.py", "features.py", "prediction.py")

@@ -24,11 +24,11 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import AnyType
 from pydantic import BaseModel
 
-import mlops
-from mlops.errors import EnvironmentFailure, MlopsError
-from mlops.families import Predictor, predictor_module
-from mlops.features import FeatureSpec
-from mlops.uris import location_within
+from prefect_mlops import mlops
+from prefect_mlops.mlops.errors import EnvironmentFailure, MlopsError
+from prefect_mlops.mlops.families import Predictor, predictor_module
+from prefect_mlops.mlops.features import FeatureSpec
+from prefect_mlops.mlops.uris import location_within
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import AnyType
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from mlops.config import PipelineConfig
-from mlops.settings import Settings, get_settings
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.evaluate import evaluate_flow
-from flows.preprocess import preprocess_flow
-from flows.train import train_flow
-from mlops.config import parse_config
-from mlops.settings import get_settings
-from model_registry.registry import logged_model_id
+from prefect_mlops.flows.evaluate import evaluate_flow
+from prefect_mlops.flows.preprocess import preprocess_flow
+from prefect_mlops.flows.train import train_flow
+from prefect_mlops.mlops.config import parse_config
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry.registry import logged_model_id
 from tests.fixtures import mlflow_server
 
 pytestmark = pytest.mark.slow

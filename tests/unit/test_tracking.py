@@ -10,13 +10,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mlops.config import parse_config
-from mlops.dataset import read_split_schema
-from mlops.schema import source_types
-from mlops.source import fingerprint_source
-from model_registry.tracking import column_schema
-from tasks.preprocessing import build_dataset_version
-from tasks.tracking import split_dataset
+from prefect_mlops.mlops.config import parse_config
+from prefect_mlops.mlops.dataset import read_split_schema
+from prefect_mlops.mlops.schema import source_types
+from prefect_mlops.mlops.source import fingerprint_source
+from prefect_mlops.model_registry.tracking import column_schema
+from prefect_mlops.tasks.preprocessing import build_dataset_version
+from prefect_mlops.tasks.tracking import split_dataset
 
 
 def members_dataset(folder: Path, suffix: str = "parquet"):
