@@ -231,12 +231,12 @@ def find_registered_version(
             registering the model twice).
     """
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    model_id = _model_id(model_uri)
+    model_id = logged_model_id(model_uri)
     same = [v for v in found if v.source == model_uri or (model_id and v.model_id == model_id)]
     return str(min(int(v.version) for v in same)) if same else None
 
 
-def _model_id(model_uri: str) -> str | None:
+def logged_model_id(model_uri: str) -> str | None:
     """A logged model's id from its URI (``models:/m-...``), else None."""
     return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
 
@@ -275,7 +275,7 @@ def register_model_version(
             )
             return found
         created = client.create_model_version(
-            name, model_uri, run_id=run_id, tags=dict(tags), model_id=_model_id(model_uri)
+            name, model_uri, run_id=run_id, tags=dict(tags), model_id=logged_model_id(model_uri)
         )
         return str(created.version)
 
@@ -405,7 +405,7 @@ def download_model(
 
 def _model_location(client: MlflowClient, model_uri: str) -> tuple[str, str | None]:
     """Where a model's files are, and the experiment they belong to (None when unknown)."""
-    model_id = _model_id(model_uri)
+    model_id = logged_model_id(model_uri)
     if model_id is None:
         name, version, run_id = resolve_version(client, model_uri)
         location = client.get_model_version_download_uri(name, version)
@@ -418,7 +418,7 @@ def _model_location(client: MlflowClient, model_uri: str) -> tuple[str, str | No
         logged = client.get_logged_model(model_id)
     except MlflowException as error:
         raise ModelLoadError(f"No logged model {model_id} ({error.error_code}).") from None
-    return (location if _model_id(model_uri) is None else logged.artifact_location), (
+    return (location if logged_model_id(model_uri) is None else logged.artifact_location), (
         logged.experiment_id
     )
 

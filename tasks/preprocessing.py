@@ -49,6 +49,7 @@ from prefect_mlops.mlops.schema import (
     infer_schema,
     infer_task,
     is_numeric_text,
+    source_types,
 )
 from prefect_mlops.mlops.source import open_source
 from prefect_mlops.mlops.storage import ArtifactStore, open_url, store_options
@@ -300,6 +301,7 @@ def build_dataset_version(
         split_uris={s: f"{uri}/{s}" for s in SPLITS},
         row_counts=counts,
         dropped_columns=schema.dropped,
+        source_types=source_types(sample[schema.kept_columns]),
         profile=build_profile(stats, schema, n_rows),
         meta_features=compute_meta_features(stats, schema, task, classes, n_rows),
     )
