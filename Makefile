@@ -1,11 +1,12 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
+# Python 3.11, 3.12 or 3.13 (one lock for all three): `make install PYTHON=python3.13`.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-integration test-stack reliability lint format ui benchmark benchmark-allocator benchmark-serving benchmark-families benchmark-tuning serve lock clean
+.PHONY: help install demo run up status down trigger traffic browser postgres test test-unit test-quick test-integration test-stack reliability lint format ui benchmark benchmark-allocator benchmark-serving benchmark-families benchmark-tuning serve lock clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -53,6 +54,9 @@ test: $(STAMP) browser postgres  ## Run the whole suite (unit, data/model checks
 
 test-unit: $(STAMP) postgres  ## Unit tests and the offline data/model check suites (seconds)
 	$(BIN)/python -m pytest tests/unit tests/data_checks tests/model_checks
+
+test-quick: $(STAMP) postgres  ## The suites CI runs on Python 3.12 and 3.13 (make test-quick PYTHON=python3.13)
+	$(BIN)/python -m pytest tests/unit tests/data_checks tests/model_checks tests/allocator
 
 test-integration: $(STAMP) postgres  ## Integration tests against real Prefect, Dask, MLflow and PostgreSQL
 	$(BIN)/python -m pytest tests/integration
