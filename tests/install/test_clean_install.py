@@ -23,6 +23,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
+from packaging.utils import canonicalize_name
 
 from tests.project import COMMAND, DISTRIBUTION, PACKAGES
 
@@ -86,9 +88,16 @@ def clean_env(home: Path) -> dict[str, str]:
     return env | {"MLOPS_HOME": str(home), "UV_PYTHON_DOWNLOADS": "never", "PYTHONNOUSERSITE": "1"}
 
 
-def lock_pins() -> set[str]:
-    lines = (ROOT / "requirements.lock").read_text().splitlines()
-    return {re.sub(r"[-_.]+", "-", line.lower()) for line in lines if line.strip()}
+def installed_set(requirements: str, python: str) -> set[str]:
+    """``name==version`` of each line that applies to ``python`` (X.Y), names normalized."""
+    found = set()
+    for line in requirements.splitlines():
+        pin, _, marker = line.partition(";")
+        if marker and not Marker(marker).evaluate({"python_version": python}):
+            continue
+        name, _, version = pin.strip().partition("==")
+        found.add(f"{canonicalize_name(name)}=={version}")
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +149,13 @@ def test_a_clean_install_works_on(version, wheel, checkout_without_code, tmp_pat
     run([*install, "-r", str(ROOT / "requirements.lock")], tmp_path, env)
     run([*install, "--no-deps", str(wheel)], tmp_path, env)
 
-    # Exactly the lock and the project: nothing resolved on this Python outside the lock.
-    frozen = run([str(UV), "pip", "freeze", "--python", str(bin_dir / "python")], tmp_path, env)
-    installed = {re.sub(r"[-_.]+", "-", line.lower()) for line in frozen.split()}
-    assert installed - lock_pins() == {f"{DISTRIBUTION}=={VERSION}"}
+    # Exactly the lock and the project: nothing this Python needs is missing from the lock.
+    run([str(UV), "pip", "check", "--python", str(bin_dir / "python")], tmp_path, env)
+    listed = [str(UV), "pip", "list", "--format=freeze", "--python", str(bin_dir / "python")]
+    installed = installed_set(run(listed, tmp_path, env), version)
+    locked = installed_set((ROOT / "requirements.lock").read_text(), version)
+    assert installed - locked == {f"{DISTRIBUTION}=={VERSION}"}, "unpinned on " + version
+    assert locked <= installed
 
     assert "check-config" in run([str(bin_dir / COMMAND), "--help"], tmp_path, env)
 

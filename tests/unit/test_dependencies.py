@@ -9,7 +9,6 @@ neither the standard library (``sys.stdlib_module_names``) nor the project's own
 
 import ast
 import importlib.util
-import re
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
@@ -29,9 +28,13 @@ FIRST_PARTY = set(PACKAGES) | set(UNINSTALLED)
 
 def lock_pins() -> dict[str, str]:
     """Canonical distribution name -> pinned version, from requirements.lock."""
-    lines = (ROOT / "requirements.lock").read_text().splitlines()
-    pins = dict(re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+)", line).groups() for line in lines)
-    return {canonicalize_name(name): version for name, version in pins.items()}
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        requirement = Requirement(line)  # a marker may follow: a pin only some Pythons need
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==", f"requirements.lock: {line} is not an exact pin"
+        pins[canonicalize_name(requirement.name)] = specifier.version
+    return pins
 
 
 def imported_top_level(path: Path) -> set[str]:
