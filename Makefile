@@ -101,11 +101,15 @@ benchmark-allocator: $(STAMP)  ## Profiling sweep + leave-one-dataset-out replay
 benchmark-tuning: $(STAMP)  ## Warm-started vs cold hyperparameter search on 14 datasets (~45 min on 2 cores); updates docs/benchmarks.md
 	$(BIN)/python benchmarks/tuning.py
 
+# Resolved on $(PYTHON) (3.11): a pin that only a newer Python needs carries a marker
+# (`name==x ; python_version >= "3.13"`) and is kept as it was; tests/install checks on 3.12 and
+# 3.13 that the environment the lock makes is complete, and names a missing or stale one.
 lock:  ## Re-resolve requirements.in into requirements.lock (needs the registry)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet -r requirements.in
-	.lock-venv/bin/python -m pip freeze --all | grep -v -e '^pip==' -e '^-e' > requirements.lock
-	rm -rf .lock-venv
+	grep ' ; ' requirements.lock > .lock-markers || true
+	.lock-venv/bin/python -m pip freeze --all | grep -v -e '^pip==' -e '^-e' | cat - .lock-markers > requirements.lock
+	rm -rf .lock-venv .lock-markers
 
 clean:  ## Stop the local stack, remove local state (.mlops) and the virtual environment
 	-@test -x $(BIN)/mlops && $(BIN)/mlops down

@@ -36,6 +36,8 @@ UV = Path(sys.executable).with_name("uv")
 UNIT_TESTS = ("tests/unit/test_config.py", "tests/unit/test_dask_cluster.py")
 NOT_COPIED = (".git", ".venv", ".mlops", "build", "dist", "*.egg-info", "__pycache__")
 
+SITE_PACKAGES = "import site; print(site.getsitepackages()[0])"
+# Imports each module under the packages named, from site-packages only; prints how many.
 IMPORT_EVERYTHING = """
 import importlib, pkgutil, sys
 site = sys.argv[1]
@@ -132,6 +134,29 @@ def test_the_wheel_holds_the_project_packages_and_its_command(wheel):
         assert re.search(rf"^{COMMAND} = ", archive.read(entry_points).decode(), re.M)
 
 
+def new_environment(python: str, wheel: Path, folder: Path, env: dict[str, str]) -> Path:
+    """A virtual environment on ``python`` with the lock, then the wheel; its bin folder."""
+    venv = folder / "venv"
+    run([str(UV), "venv", "--quiet", "--python", python, str(venv)], folder, env)
+    install = [str(UV), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
+    run([*install, "-r", str(ROOT / "requirements.lock")], folder, env)
+    run([*install, "--no-deps", str(wheel)], folder, env)
+    return venv / "bin"
+
+
+def assert_exactly_the_lock(bin_dir: Path, version: str, env: dict[str, str]) -> None:
+    """Every requirement met, and nothing installed that the lock does not pin for ``version``."""
+    uv_pip = [str(UV), "pip"]
+    python = ["--python", str(bin_dir / "python")]
+    run([*uv_pip, "check", *python], bin_dir, env)
+    installed = installed_set(
+        run([*uv_pip, "list", "--format=freeze", *python], bin_dir, env), version
+    )
+    locked = installed_set((ROOT / "requirements.lock").read_text(), version)
+    assert installed - locked == {f"{DISTRIBUTION}=={VERSION}"}, f"not in the lock on {version}"
+    assert locked <= installed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_a_clean_install_works_on(version, wheel, checkout_without_code, tmp_path):
@@ -142,41 +167,20 @@ def test_a_clean_install_works_on(version, wheel, checkout_without_code, tmp_pat
             pytest.fail(f"{message}, and MLOPS_REQUIRE_PYTHONS is set")
         pytest.skip(message)
     assert UV.is_file(), f"{UV} is missing: `make install` installs uv from requirements.lock"
-    venv, env = tmp_path / "venv", clean_env(tmp_path / "mlops-home")
-    bin_dir = venv / "bin"
-    run([str(UV), "venv", "--quiet", "--python", python, str(venv)], tmp_path, env)
-    install = [str(UV), "pip", "install", "--quiet", "--python", str(bin_dir / "python")]
-    run([*install, "-r", str(ROOT / "requirements.lock")], tmp_path, env)
-    run([*install, "--no-deps", str(wheel)], tmp_path, env)
-
-    # Exactly the lock and the project: nothing this Python needs is missing from the lock.
-    run([str(UV), "pip", "check", "--python", str(bin_dir / "python")], tmp_path, env)
-    listed = [str(UV), "pip", "list", "--format=freeze", "--python", str(bin_dir / "python")]
-    installed = installed_set(run(listed, tmp_path, env), version)
-    locked = installed_set((ROOT / "requirements.lock").read_text(), version)
-    assert installed - locked == {f"{DISTRIBUTION}=={VERSION}"}, "unpinned on " + version
-    assert locked <= installed
+    env = clean_env(tmp_path / "mlops-home")
+    bin_dir = new_environment(python, wheel, tmp_path, env)
+    assert_exactly_the_lock(bin_dir, version, env)
 
     assert "check-config" in run([str(bin_dir / COMMAND), "--help"], tmp_path, env)
-
-    site = run(
-        [str(bin_dir / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
-        tmp_path,
-        env,
-    )
+    site = run([str(bin_dir / "python"), "-c", SITE_PACKAGES], tmp_path, env).strip()
     imported = run(
-        [str(bin_dir / "python"), "-c", IMPORT_EVERYTHING, site.strip(), *PACKAGES], tmp_path, env
+        [str(bin_dir / "python"), "-c", IMPORT_EVERYTHING, site, *PACKAGES], tmp_path, env
     )
     assert int(imported) > 100
 
-    checkout = checkout_without_code
-    config = "configs/fraud_detection.yaml"
+    checkout, config = checkout_without_code, "configs/fraud_detection.yaml"
     said = run([str(bin_dir / COMMAND), "check-config", config], checkout, env)
     assert said.strip() == f"{config}: OK (use case 'fraud-detection', model 'fraud-detector')"
-
-    tests = run(
-        [str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *UNIT_TESTS],
-        checkout,
-        env,
-    )
-    assert re.search(r"\d+ passed", tests) and "failed" not in tests
+    pytest_run = [str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    tests = run([*pytest_run, *UNIT_TESTS], checkout, env)
+    assert re.search(r"\b\d+ passed\b", tests) and " failed" not in tests
