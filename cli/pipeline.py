@@ -10,11 +10,17 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._utilities import fail, with_absolute_source
-from cli.root import app
-from mlops.config import PipelineConfig, load_config, parse_config
-from mlops.errors import ConfigError, EnvironmentFailure, MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import (
+    PIPELINE_EXITS,
+    exit_status_help,
+    fail,
+    usage_error,
+    with_absolute_source,
+)
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.config import PipelineConfig, load_config, parse_config
+from prefect_mlops.mlops.errors import ConfigError, EnvironmentFailure, ExitCode, MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
 class Task(StrEnum):
@@ -55,10 +61,10 @@ def preflight(config: PipelineConfig) -> None:
         StorageError: the artifact store cannot be written (exit 1: not bad input).
         MlopsError: the data or config is unusable (exit 2).
     """
-    from mlops.schema import infer_schema
-    from mlops.source import open_source
-    from mlops.storage import check_artifact_store
-    from tasks.preprocessing import read_head, write_synthetic_source_if_missing
+    from prefect_mlops.mlops.schema import infer_schema
+    from prefect_mlops.mlops.source import open_source
+    from prefect_mlops.mlops.storage import check_artifact_store
+    from prefect_mlops.tasks.preprocessing import read_head, write_synthetic_source_if_missing
 
     check_artifact_store(get_settings())
     if write_synthetic_source_if_missing(config.data):
@@ -67,7 +73,10 @@ def preflight(config: PipelineConfig) -> None:
     infer_schema(read_head(source, config.data.source, rows=1000), config.data, config.features)
 
 
-@app.command()
+PIPELINE_OK = "the candidate became champion"
+
+
+@app.command(epilog=exit_status_help(PIPELINE_EXITS, ok=PIPELINE_OK))
 def run(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Use-case YAML (see configs/README.md).")
@@ -80,7 +89,7 @@ def run(
         Task | None, typer.Option(help="Learning task; inferred from the target if omitted.")
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Registered model name (default: <file>-model).")
+        str | None, typer.Option(help="Registered model name (default: `<file>-model`).")
     ] = None,
     family: Annotated[
         list[str] | None,
@@ -96,29 +105,17 @@ def run(
     sub-flows.
 
     Either `--config configs/<use-case>.yaml`, or `--data FILE --target COLUMN` to infer
-    everything from the file. Exit status: 0 when the candidate became champion, 2 for bad
-    input (including data that fails the data gate), 3 when the model gate rejected it, 4
-    when its deploy failed the smoke test and was rolled back, 1 when the environment failed
-    (an artifact store that cannot be written, a server that cannot be reached).
+    everything from the file. Data that fails the data gate is bad input (exit 2); an
+    artifact store that cannot be written or a server that cannot be reached is the
+    environment's failure (exit 1).
     """
+    if config is not None and family:
+        usage_error(f"--family is for --data; {config} names its family in training.family.")
     try:
-        if config is not None and data is not None:
-            raise ConfigError("Pass either --config or --data/--target, not both.")
-        if config is not None:
-            if family:
-                raise ConfigError(
-                    f"--family is for --data; {config} names its family in training.family."
-                )
-            pipeline_config = load_config(config)
-        elif data is not None and target is not None:
-            pipeline_config = config_for_file(
-                data, target, task.value if task else None, name, family
-            )
-        else:
-            raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
+        pipeline_config = _config_from_options(config, data, target, task, name, family)
         preflight(pipeline_config)
-        from flows.retrain import retraining_pipeline_flow
-        from infra.prefect_runtime import without_flow_heartbeats
+        from prefect_mlops.flows.retrain import retraining_pipeline_flow
+        from prefect_mlops.infra.prefect_runtime import without_flow_heartbeats
 
         started = time.perf_counter()
         with without_flow_heartbeats():  # no deployment: nothing would watch the heartbeat
@@ -134,18 +131,14 @@ def run(
 
 VERDICT_STATES = ("Rejected", "RolledBack")
 """Failed states that are a verdict on the candidate, not an error: the run's result says why."""
-REJECTED_EXIT_CODE = 3
-"""``mlops run`` exit status when the model gate rejects the candidate (2 is bad input)."""
-ROLLED_BACK_EXIT_CODE = 4
-"""``mlops run`` exit status when the deploy's smoke test failed and champion was rolled back."""
 
 
 def exit_for(decision: str) -> None:
     """End the command with the verdict's exit status: 3 rejected, 4 rolled back (else 0)."""
     if decision == "rejected":
-        raise typer.Exit(REJECTED_EXIT_CODE)
+        raise typer.Exit(ExitCode.REJECTED)
     if decision == "rolled-back":
-        raise typer.Exit(ROLLED_BACK_EXIT_CODE)
+        raise typer.Exit(ExitCode.ROLLED_BACK)
 
 
 def print_summary(result: Any, seconds: float) -> None:
@@ -227,7 +220,11 @@ def threshold_summary(metrics: dict[str, float]) -> str:
     return line
 
 
-@app.command()
+@app.command(
+    epilog=exit_status_help(
+        PIPELINE_EXITS, ok=f"{PIPELINE_OK} (with --no-wait: the run was created)"
+    )
+)
 def trigger(
     config: Annotated[
         Path | None,
@@ -245,9 +242,9 @@ def trigger(
 ) -> None:
     """Run the retraining pipeline's deployment and follow its stages as workers run them.
 
-    Runs on the local stack, or on the server PREFECT_API_URL names. Exit status as for
-    `mlops run`: 0 promoted, 2 bad input (data gate), 3 rejected, 4 rolled back by the deploy
-    stage, 1 any other failure (a stage crashed, no worker for a pool).
+    Runs on the local stack, or on the server PREFECT_API_URL names. Data that fails the data
+    gate is bad input (exit 2); a stage that crashed or a pool without a worker is the
+    environment's failure (exit 1).
     """
     if not os.environ.get("PREFECT_API_URL"):
         fail(
@@ -259,9 +256,9 @@ def trigger(
     parameters: dict[str, Any] = {}
     try:
         if config is not None:
-            parsed = load_config(config)
+            parsed = load_config(config, given_as="--config")
             parameters["config"] = with_absolute_source(parsed).model_dump(mode="json")
-        from infra.deployments import trigger as trigger_deployment
+        from prefect_mlops.infra.deployments import trigger as trigger_deployment
 
         flow_run = trigger_deployment(deployment, parameters)
     except MlopsError as error:
@@ -276,7 +273,7 @@ def trigger(
 
 def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     """Print each stage run as it changes state, then the summary; exit with the verdict."""
-    from infra.deployments import follow
+    from prefect_mlops.infra.deployments import follow
 
     def report(event: Any) -> None:
         minutes, seconds = divmod(int(event.elapsed_s), 60)
@@ -293,12 +290,12 @@ def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     state = run.state
     if state is None or not state.is_final():
         typer.echo(f"Still {state.name if state else 'pending'} after {timeout:.0f}s; not waiting.")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.ENVIRONMENT)
     try:
         if state.is_failed() and state.name not in VERDICT_STATES:
             state.result()  # raises what stopped the pipeline
             raise EnvironmentFailure(f"The pipeline ended {state.name}: {state.message}")
-        from flows.retrain import PipelineResult
+        from prefect_mlops.flows.retrain import PipelineResult
 
         result = PipelineResult.model_validate(state.result(raise_on_failure=False))
     except MlopsError as error:
@@ -310,18 +307,24 @@ def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
 
 
 def _config_from_options(
-    config: Path | None, data: str | None, target: str | None
+    config: Path | None,
+    data: str | None,
+    target: str | None,
+    task: Task | None = None,
+    name: str | None = None,
+    families: list[str] | None = None,
 ) -> PipelineConfig:
+    """The use case that ``--config``, or ``--data`` with ``--target``, names (usage error: 64)."""
     if config is not None and data is not None:
-        raise ConfigError("Pass either --config or --data/--target, not both.")
+        usage_error("Pass either --config or --data/--target, not both.")
     if config is not None:
-        return load_config(config)
+        return load_config(config, given_as="--config")
     if data is not None and target is not None:
-        return config_for_file(data, target, None, None)
-    raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
+        return config_for_file(data, target, task.value if task else None, name, families)
+    usage_error("Pass --config FILE, or --data FILE with --target COLUMN.")
 
 
-@app.command()
+@app.command(epilog=exit_status_help())
 def recommend(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Use-case YAML (see configs/README.md).")
@@ -395,7 +398,7 @@ def recommend(
     if as_json:
         typer.echo(allocation.model_dump_json(indent=2))
         return
-    from infra.allocator.report import allocation_markdown
+    from prefect_mlops.infra.allocator.report import allocation_markdown
 
     typer.echo(allocation_markdown(allocation))
 
@@ -403,9 +406,9 @@ def recommend(
 def _recommend_use_case(config: Path | None, data: str | None, target: str | None) -> Any:
     pipeline_config = _config_from_options(config, data, target)
     preflight(pipeline_config)
-    from mlops.source import fingerprint_source
-    from tasks.allocation import recommend_for_dataset
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.tasks.allocation import recommend_for_dataset
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     dataset = build_dataset_version(
         pipeline_config,
@@ -431,7 +434,7 @@ def _recommend_described(
 ) -> Any:
     import json
 
-    from infra.allocator.planner import (
+    from prefect_mlops.infra.allocator.planner import (
         describe_job,
         described_objective,
         node_spec,
@@ -460,7 +463,7 @@ def _recommend_described(
     for item in params:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE.")
+            usage_error(f"--param {item!r}: expected KEY=VALUE.")
         raw.setdefault("params", {})[key] = value
     described = describe_job(raw, origin)
     listed = candidates.get("machine_types", [])
@@ -469,7 +472,10 @@ def _recommend_described(
     if not isinstance(listed, list):
         raise ConfigError(f"{origin}: field 'candidates.machine_types' must be a list of names.")
     types = machine_types or [str(name) for name in listed]
-    counts = node_spec(nodes if nodes is not None else candidates.get("nodes"))
+    if nodes is not None:
+        counts = node_spec(nodes)
+    else:
+        counts = node_spec(candidates.get("nodes"), f"{origin}: field 'candidates.nodes'")
     goal = described_objective(objective, deadline, budget)
     return recommend_for_job(described, get_settings(), goal, types, counts)
 
@@ -480,4 +486,4 @@ def _parse_size(text: str) -> int:
     try:
         return int(parse_bytes(text))
     except (ValueError, TypeError):
-        raise ConfigError(f"--bytes {text!r}: not a size such as 93.8GB or 2GiB.") from None
+        usage_error(f"--bytes {text!r}: not a size such as 93.8GB or 2GiB.")

@@ -4,7 +4,7 @@ import resource
 
 import psutil
 
-from infra.dask_cluster import _peak_rss_bytes, max_rss_bytes
+from prefect_mlops.infra.dask_cluster import _peak_rss_bytes, max_rss_bytes
 
 
 def test_ru_maxrss_is_bytes_on_macos_and_kibibytes_elsewhere():
