@@ -12,59 +12,15 @@ import typer
 
 from cli._utilities import fail, with_absolute_source
 from cli.root import app
-from mlops.config import PipelineConfig, load_config, parse_config
-from mlops.errors import ConfigError, EnvironmentFailure, MlopsError
-from mlops.settings import get_settings
+from mlops.config import load_config
+from mlops.errors import EnvironmentFailure, MlopsError
+from prefect_mlops.api import VERDICT_STATES
 
 
 class Task(StrEnum):
     binary = "binary"
     multiclass = "multiclass"
     regression = "regression"
-
-
-def config_for_file(
-    data: str,
-    target: str,
-    task: str | None,
-    name: str | None,
-    families: list[str] | None = None,
-) -> PipelineConfig:
-    """A config for the bring-your-own-file path: everything inferred from the file, the model
-    families (``training.family``) given or LightGBM."""
-    stem = Path(data.rstrip("/")).name.split(".")[0] or "dataset"
-    use_case = (
-        "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.") or "dataset"
-    )
-    raw: dict[str, Any] = {
-        "name": use_case,
-        "data": {"source": data, "target": target, "task": task},
-        "model": {"name": name or f"{use_case}-model"},
-    }
-    if families:
-        raw["training"] = {"family": families[0] if len(families) == 1 else families}
-    return parse_config(raw, origin="the command line")
-
-
-def preflight(config: PipelineConfig) -> None:
-    """Cheap checks before any service starts: a writable store, a readable file, its columns.
-
-    A declared synthetic source is generated first, with progress on the terminal.
-
-    Raises:
-        StorageError: the artifact store cannot be written (exit 1: not bad input).
-        MlopsError: the data or config is unusable (exit 2).
-    """
-    from mlops.schema import infer_schema
-    from mlops.source import open_source
-    from mlops.storage import check_artifact_store
-    from tasks.preprocessing import read_head, write_synthetic_source_if_missing
-
-    check_artifact_store(get_settings())
-    if write_synthetic_source_if_missing(config.data):
-        typer.echo(f"Generated {config.data.synthetic.rows:,} rows -> {config.data.source}")
-    source = open_source(config.data)
-    infer_schema(read_head(source, config.data.source, rows=1000), config.data, config.features)
 
 
 @app.command()
@@ -101,39 +57,19 @@ def run(
     when its deploy failed the smoke test and was rolled back, 1 when the environment failed
     (an artifact store that cannot be written, a server that cannot be reached).
     """
-    try:
-        if config is not None and data is not None:
-            raise ConfigError("Pass either --config or --data/--target, not both.")
-        if config is not None:
-            if family:
-                raise ConfigError(
-                    f"--family is for --data; {config} names its family in training.family."
-                )
-            pipeline_config = load_config(config)
-        elif data is not None and target is not None:
-            pipeline_config = config_for_file(
-                data, target, task.value if task else None, name, family
-            )
-        else:
-            raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
-        preflight(pipeline_config)
-        from flows.retrain import retraining_pipeline_flow
-        from infra.prefect_runtime import without_flow_heartbeats
+    from prefect_mlops.api import run_pipeline
 
-        started = time.perf_counter()
-        with without_flow_heartbeats():  # no deployment: nothing would watch the heartbeat
-            state = retraining_pipeline_flow(pipeline_config, return_state=True)
-        if state.is_failed() and state.name not in VERDICT_STATES:
-            state.result()  # raises what stopped the pipeline
-        result = state.result(raise_on_failure=False)
+    started = time.perf_counter()
+    try:
+        result = run_pipeline(
+            config, data, target, task.value if task else None, name, family, say=typer.echo
+        )
     except MlopsError as error:
         fail(error)
     print_summary(result, time.perf_counter() - started)
     exit_for(result.decision)
 
 
-VERDICT_STATES = ("Rejected", "RolledBack")
-"""Failed states that are a verdict on the candidate, not an error: the run's result says why."""
 REJECTED_EXIT_CODE = 3
 """``mlops run`` exit status when the model gate rejects the candidate (2 is bad input)."""
 ROLLED_BACK_EXIT_CODE = 4
@@ -309,18 +245,6 @@ def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     exit_for(result.decision)
 
 
-def _config_from_options(
-    config: Path | None, data: str | None, target: str | None
-) -> PipelineConfig:
-    if config is not None and data is not None:
-        raise ConfigError("Pass either --config or --data/--target, not both.")
-    if config is not None:
-        return load_config(config)
-    if data is not None and target is not None:
-        return config_for_file(data, target, None, None)
-    raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
-
-
 @app.command()
 def recommend(
     config: Annotated[
@@ -369,27 +293,26 @@ def recommend(
     machine's (or the configured cluster's) shapes. The allocator learns from every recorded
     run, imported ones included.
     """
-    described = job is not None or any(
-        v for v in (name, family, size, rows, features, param, machine_type, nodes)
-    )
+    from prefect_mlops.api import recommend as recommend_allocation
+
     try:
-        if described:
-            allocation = _recommend_described(
-                job,
-                name,
-                family,
-                size,
-                rows,
-                features,
-                param or [],
-                machine_type or [],
-                nodes,
-                objective,
-                deadline,
-                budget,
-            )
-        else:
-            allocation = _recommend_use_case(config, data, target)
+        allocation = recommend_allocation(
+            config,
+            data,
+            target,
+            job,
+            name,
+            family,
+            size,
+            rows,
+            features,
+            param,
+            machine_type,
+            nodes,
+            objective,
+            deadline,
+            budget,
+        )
     except MlopsError as error:
         fail(error)
     if as_json:
@@ -398,86 +321,3 @@ def recommend(
     from infra.allocator.report import allocation_markdown
 
     typer.echo(allocation_markdown(allocation))
-
-
-def _recommend_use_case(config: Path | None, data: str | None, target: str | None) -> Any:
-    pipeline_config = _config_from_options(config, data, target)
-    preflight(pipeline_config)
-    from mlops.source import fingerprint_source
-    from tasks.allocation import recommend_for_dataset
-    from tasks.preprocessing import build_dataset_version
-
-    dataset = build_dataset_version(
-        pipeline_config,
-        get_settings().resolved_artifact_store,
-        fingerprint_source(pipeline_config.data),
-    )
-    return recommend_for_dataset(pipeline_config, dataset)
-
-
-def _recommend_described(
-    job: Path | None,
-    name: str | None,
-    family: str | None,
-    size: str | None,
-    rows: int | None,
-    features: int | None,
-    params: list[str],
-    machine_types: list[str],
-    nodes: str | None,
-    objective: str,
-    deadline: float | None,
-    budget: float | None,
-) -> Any:
-    import json
-
-    from infra.allocator.planner import (
-        describe_job,
-        described_objective,
-        node_spec,
-        recommend_for_job,
-    )
-
-    raw: dict[str, Any] = {}
-    origin = "the command line"
-    if job is not None:
-        origin = str(job)
-        try:
-            raw = json.loads(job.read_text())
-        except OSError as error:
-            raise ConfigError(f"{job}: cannot be read ({error.strerror}).") from None
-        except ValueError as error:
-            raise ConfigError(f"{job}: not valid JSON ({error}).") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{job}: expected a JSON object describing the job.")
-    candidates = raw.pop("candidates", None) or {}
-    if not isinstance(candidates, dict):
-        raise ConfigError(f"{origin}: field 'candidates' must be an object (machine_types, nodes).")
-    flags = {"name": name, "family": family, "rows": rows, "features": features}
-    raw |= {k: v for k, v in flags.items() if v is not None}
-    if size is not None:
-        raw["bytes"] = _parse_size(size)
-    for item in params:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE.")
-        raw.setdefault("params", {})[key] = value
-    described = describe_job(raw, origin)
-    listed = candidates.get("machine_types", [])
-    if isinstance(listed, str):
-        listed = [part.strip() for part in listed.split(",") if part.strip()]
-    if not isinstance(listed, list):
-        raise ConfigError(f"{origin}: field 'candidates.machine_types' must be a list of names.")
-    types = machine_types or [str(name) for name in listed]
-    counts = node_spec(nodes if nodes is not None else candidates.get("nodes"))
-    goal = described_objective(objective, deadline, budget)
-    return recommend_for_job(described, get_settings(), goal, types, counts)
-
-
-def _parse_size(text: str) -> int:
-    from dask.utils import parse_bytes
-
-    try:
-        return int(parse_bytes(text))
-    except (ValueError, TypeError):
-        raise ConfigError(f"--bytes {text!r}: not a size such as 93.8GB or 2GiB.") from None

@@ -23,6 +23,7 @@ HELP_ORDER = (
     "trigger",
     "recommend",
     "serve",
+    "score",
     "monitor",
     "simulate-traffic",
     "export",
