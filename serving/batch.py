@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
-import random
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,14 +37,11 @@ from mlops.errors import ConfigError, DataError
 from mlops.settings import Settings, get_settings
 from mlops.storage import artifact_store, open_url, staging_url
 
-from .inference_log import LoggedRequest, requests_table
-from .log_sinks import SqlSink, day_folder, staging_folder
+from .batch_log import StagedLog
 from .payload import PayloadError, Rows, check_rows
 from .served_model import ServedModel
 
 CHUNK_ROWS = 100_000
-BATCH_CONTENT_TYPE = "text/csv; source=batch"
-"""How a batch chunk is logged: a CSV body (the service's parser reads it back), marked as batch."""
 FORMATS = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 META_COLUMNS = ("request_id", "row", "model", "version")
 
@@ -109,9 +103,8 @@ def input_files(data: str) -> list[tuple[str, str]]:
     if not fs.exists(path):
         raise DataError(f"--data {data}: not found. Pass a CSV or Parquet file or a folder.")
     if fs.isdir(path):
-        names = sorted(
-            f for f in fs.find(path) if not any(p.startswith((".", "_")) for p in f.split("/")[-1:])
-        )
+        root = path.rstrip("/")
+        names = sorted(f for f in fs.find(path) if not _hidden(f[len(root) :]))
         found = [(n, file_format(n)) for n in names if file_format(n)]
         if not found:
             raise DataError(f"--data {data}: a folder with no .csv or .parquet file in it.")
@@ -122,6 +115,11 @@ def input_files(data: str) -> list[tuple[str, str]]:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
     return [(f"{prefix}{name}", kind) for name, kind in found]
+
+
+def _hidden(relative: str) -> bool:
+    """A path under the folder with a part starting ``.`` or ``_`` (temporary files, markers)."""
+    return any(part.startswith((".", "_")) for part in relative.strip("/").split("/"))
 
 
 def file_format(name: str) -> str:
@@ -172,8 +170,11 @@ def check_columns(url: str, columns: list[str], model: ServedModel, keep: list[s
     return list(dict.fromkeys([*inputs, *keep]))
 
 
-def read_chunks(url: str, kind: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The file's ``columns`` in frames of at most ``chunk_rows`` rows.
+def read_chunks(
+    url: str, kind: str, columns: list[str], chunk_rows: int, kept: Sequence[str] = ()
+) -> Iterator[pd.DataFrame]:
+    """The file's ``columns`` in frames of at most ``chunk_rows`` rows; in a CSV file, the
+    ``kept`` columns as text (ids: every chunk of a part must have the same types).
 
     Raises:
         DataError: a part of the file cannot be read.
@@ -187,7 +188,11 @@ def read_chunks(url: str, kind: str, columns: list[str], chunk_rows: int) -> Ite
                     yield batch.to_pandas()
             else:
                 yield from pd.read_csv(
-                    handle, usecols=columns, chunksize=chunk_rows, compression=_compression(url)
+                    handle,
+                    usecols=columns,
+                    chunksize=chunk_rows,
+                    compression=_compression(url),
+                    dtype=dict.fromkeys(kept, "string"),
                 )
     except (OSError, ValueError, pa.ArrowException, pd.errors.ParserError) as error:
         raise DataError(
@@ -248,8 +253,8 @@ def output_table(
 class PartWriter:
     """One output part: a Parquet file opened at its first chunk, a row group per chunk."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, source: str) -> None:
+        self.url, self.source = url, source
         self._handle: Any = None
         self._writer: pq.ParquetWriter | None = None
 
@@ -260,7 +265,13 @@ class PartWriter:
             fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             self._handle = fs.open(path, "wb")
             self._writer = pq.ParquetWriter(self._handle, table.schema)
-        self._writer.write_table(table.cast(self._writer.schema))
+        try:
+            self._writer.write_table(table.cast(self._writer.schema))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            raise DataError(
+                f"{self.source}: a later chunk's --keep columns have other types than the "
+                f"first chunk's ({error}). Nothing was written."
+            ) from None
 
     def close(self) -> bool:
         """Finish the file; whether one was written (an input with no rows writes none)."""
@@ -269,75 +280,6 @@ class PartWriter:
         self._writer.close()
         self._handle.close()
         return True
-
-
-# ---------------------------------------------------------------- the inference log
-
-
-class StagedLog:
-    """The inference-log requests of one batch, written aside and published with its output.
-
-    Files wait in a hidden folder of the model's Parquet log; :meth:`publish` moves them into
-    their ``date=`` folders (or inserts them into the SQL log), :meth:`discard` removes them.
-    """
-
-    def __init__(self, settings: Settings, model: str, batch_id: str) -> None:
-        store = artifact_store(settings)
-        self.root, self.options = store.inference_log_root, store.options
-        self.sql_url = settings.inference_log_url if settings.inference_log == "sql" else None
-        self.sample_rate = settings.inference_log_sample_rate
-        self.folder = staging_folder(self.root, model, batch_id)
-        self.staged: list[tuple[str, tuple[str, str, str]]] = []
-
-    def record(self, request_id: str, model: ServedModel, rows: pd.DataFrame, outputs: dict) -> int:
-        """Stage one chunk as a request (at the log's sample rate); returns the rows staged."""
-        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
-            return 0
-        body = io.BytesIO()
-        pa_csv.write_csv(pa.Table.from_pandas(rows, preserve_index=False), body)
-        logged = LoggedRequest(
-            request_id,
-            time.time(),
-            model.name,
-            model.version,
-            BATCH_CONTENT_TYPE,
-            body.getvalue(),
-            len(rows),
-            outputs,
-        )
-        day = dt.datetime.fromtimestamp(logged.logged_at, dt.UTC).date().isoformat()
-        fs, folder = open_url(self.folder, self.options)
-        fs.makedirs(folder, exist_ok=True)
-        name = f"{request_id}.parquet"
-        with fs.open(f"{folder}/{name}", "wb") as handle:
-            pq.write_table(requests_table([logged]), handle)
-        self.staged.append((name, (model.name, model.version, day)))
-        return len(rows)
-
-    def publish(self) -> str | None:
-        """Move the staged requests into the log; returns where they went (None: none staged)."""
-        if not self.staged:
-            self.discard()
-            return None
-        fs, folder = open_url(self.folder, self.options)
-        sink = SqlSink(self.sql_url) if self.sql_url else None
-        where = f"{self.root}/{self.staged[0][1][0]}"
-        for name, key in self.staged:
-            if sink is not None:
-                with fs.open(f"{folder}/{name}", "rb") as handle:
-                    where = sink.write(key, pq.read_table(handle))
-                continue
-            _, target = open_url(day_folder(self.root, key[0], key[2]), self.options)
-            fs.makedirs(target, exist_ok=True)
-            fs.mv(f"{folder}/{name}", f"{target}/{name}")
-        self.discard()
-        return where
-
-    def discard(self) -> None:
-        """Remove what is staged."""
-        fs, folder = open_url(self.folder, self.options)
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm(folder, recursive=True)
 
 
 # ---------------------------------------------------------------- one batch
@@ -388,8 +330,9 @@ def score_batch(
     parts: list[str] = []
     try:
         for number, (url, kind) in enumerate(files):
-            writer, first = PartWriter(f"{staging}/part-{number:05d}.parquet"), 0
-            for frame in read_chunks(url, kind, columns[url], request.chunk_rows):
+            writer, first = PartWriter(f"{staging}/part-{number:05d}.parquet", url), 0
+            kept = [c for c in request.keep if c not in model.spec.input_columns]
+            for frame in read_chunks(url, kind, columns[url], request.chunk_rows, kept):
                 outputs = score_chunk(model, frame, url, first)
                 request_id = f"{batch_id}-{chunks:06d}"
                 writer.write(output_table(frame, request.keep, request_id, model, outputs))

@@ -102,6 +102,9 @@ def test_mlops_score_a_parquet_folder_into_the_artifact_store(served_registry, s
     for number, start in enumerate(range(0, 300, 100)):
         part = pa.Table.from_pandas(rows.iloc[start : start + 100], preserve_index=False)
         pq.write_table(part, folder / f"rows-{number}.parquet", row_group_size=30)
+    (folder / "_SUCCESS").write_text("")  # markers and hidden folders are not data
+    (folder / ".partial").mkdir()
+    rows.head(3).to_parquet(folder / ".partial" / "rows-9.parquet")
 
     result = runner.invoke(app, ["score", MODEL, "--data", str(folder), "--chunk-rows", "64"])
 
@@ -115,6 +118,27 @@ def test_mlops_score_a_parquet_folder_into_the_artifact_store(served_registry, s
     assert f"predictions   : {batch}" in result.output
     logged, _ = load_parquet_window(artifact_store().inference_log_root, MODEL, EPOCH)
     assert len(logged) == 300 and set(logged["request_id"]) == set(output["request_id"])
+
+
+def test_batch_traffic_reaches_the_sql_inference_log(served_registry, store, monkeypatch):
+    url = f"sqlite:///{store.parent / 'log.db'}"
+    monkeypatch.setenv("MLOPS_INFERENCE_LOG", "sql")
+    monkeypatch.setenv("MLOPS_INFERENCE_LOG_URL", url)
+    get_settings.cache_clear()
+    source = store.parent / "rows.parquet"
+    served_registry["rows"].to_parquet(source)
+
+    result = runner.invoke(app, ["score", MODEL, "--data", str(source), "--chunk-rows", "100"])
+
+    assert result.exit_code == 0, result.output
+    assert "log.db#inference_log" in result.output
+    config = bundled_config("fraud_detection", source)
+    window = load_inference_window(get_settings(), MODEL, config.monitoring)
+    assert len(window.rows) == 300 and window.rows["request_id"].nunique() == 3
+    np.testing.assert_allclose(
+        window.rows["output.probability"], served_registry["expected"]["probability"], rtol=1e-6
+    )
+    assert not list((store / "inference-log").rglob("*.parquet"))  # staged files were published
 
 
 @pytest.mark.parametrize(
