@@ -7,24 +7,26 @@ from typing import Annotated
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import exit_status_help, fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 allocator_app = typer.Typer(
-    help="The allocator's run history: list, export, import.", no_args_is_help=True
+    help="The allocator's run history: list, export, import.",
+    epilog=exit_status_help(),
+    no_args_is_help=True,
 )
 app.add_typer(allocator_app, name="allocator")
 
 
-@allocator_app.command("history")
+@allocator_app.command("history", epilog=exit_status_help())
 def allocator_history(
     use_case: Annotated[str | None, typer.Option(help="Only this use case's runs.")] = None,
     last: Annotated[int, typer.Option(help="Show the most recent N runs.")] = 20,
 ) -> None:
     """List recorded training runs: job, cluster, outcome, predicted vs actual."""
-    from infra.allocator.planner import open_history
+    from prefect_mlops.infra.allocator.planner import open_history
 
     store = open_history(get_settings())
     runs = store.runs(use_case)
@@ -52,13 +54,13 @@ def allocator_history(
         )
 
 
-@allocator_app.command("export")
+@allocator_app.command("export", epilog=exit_status_help())
 def allocator_export(
     file: Annotated[Path, typer.Argument(help="Destination .csv or .parquet file.")],
 ) -> None:
     """Write the whole run history to CSV or Parquet (columns: docs/allocator.md)."""
-    from infra.allocator.planner import open_history
-    from infra.allocator.run_logs import export_history
+    from prefect_mlops.infra.allocator.planner import open_history
+    from prefect_mlops.infra.allocator.run_logs import export_history
 
     try:
         store = open_history(get_settings())
@@ -69,7 +71,7 @@ def allocator_export(
     typer.echo(f"Exported {count} run(s) to {file}")
 
 
-@allocator_app.command("import")
+@allocator_app.command("import", epilog=exit_status_help())
 def allocator_import(
     file: Annotated[
         Path, typer.Argument(help="A .csv or .parquet run log: an export, or a cluster's own.")
@@ -82,8 +84,8 @@ def allocator_import(
     (MLOPS_ALLOCATOR_MACHINES extends it); columns that are not history columns are kept as
     the job's params. docs/allocator.md maps a foreign log, with a worked example.
     """
-    from infra.allocator.planner import open_catalogue, open_history
-    from infra.allocator.run_logs import import_history
+    from prefect_mlops.infra.allocator.planner import open_catalogue, open_history
+    from prefect_mlops.infra.allocator.run_logs import import_history
 
     settings = get_settings()
     try:

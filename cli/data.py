@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.config import load_config
-from mlops.errors import MlopsError
+from prefect_mlops.cli._utilities import exit_status_help, fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.config import load_config
+from prefect_mlops.mlops.errors import MlopsError
 
 
 class Generator(StrEnum):
@@ -20,7 +20,7 @@ class Generator(StrEnum):
     car_dealership = "car_dealership"
 
 
-@app.command()
+@app.command(epilog=exit_status_help())
 def generate(
     generator: Annotated[Generator, typer.Argument(help="Which use case's data to generate.")],
     out: Annotated[Path, typer.Option(help="Output file: .csv for CSV, otherwise Parquet.")],
@@ -33,7 +33,7 @@ def generate(
     ] = 250_000,
 ) -> None:
     """Write a seeded synthetic dataset (fraud or car_dealership) of any size, chunk by chunk."""
-    from mlops.synthetic import write_dataset
+    from prefect_mlops.mlops.synthetic import write_dataset
 
     started = time.perf_counter()
     last = [0.0]
@@ -53,13 +53,13 @@ def generate(
     )
 
 
-@app.command("check-config")
+@app.command("check-config", epilog=exit_status_help())
 def check_config(
     config: Annotated[Path, typer.Argument(help="Use-case YAML to validate.")],
 ) -> None:
     """Validate a config file without running anything."""
     try:
-        parsed = load_config(config)
+        parsed = load_config(config, given_as="the CONFIG argument")
     except MlopsError as error:
         fail(error)
     typer.echo(f"{config}: OK (use case '{parsed.name}', model '{parsed.model.name}')")

@@ -9,15 +9,20 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._utilities import fail, with_absolute_source
-from cli.pipeline import follow_pipeline
-from cli.root import app
-from mlops.config import load_config
-from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import (
+    PIPELINE_EXITS,
+    exit_status_help,
+    fail,
+    with_absolute_source,
+)
+from prefect_mlops.cli.pipeline import follow_pipeline
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.config import load_config
+from prefect_mlops.mlops.errors import EnvironmentFailure, MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
-@app.command()
+@app.command(epilog=exit_status_help(ok="the monitor ran, drift or not (its report says)"))
 def monitor(
     config: Annotated[
         Path, typer.Option("--config", "-c", help="Use-case YAML whose model is watched.")
@@ -31,10 +36,10 @@ def monitor(
     stack running, that starts the retraining pipeline). The stack's `drift-monitor` deployment
     does the same every 30 minutes.
     """
-    from flows.monitor import drift_monitor_flow
+    from prefect_mlops.flows.monitor import drift_monitor_flow
 
     try:
-        parsed = load_config(config)
+        parsed = load_config(config, given_as="--config")
         report = drift_monitor_flow(with_absolute_source(parsed))
     except MlopsError as error:
         fail(error)
@@ -68,7 +73,12 @@ def _print_drift(report: Any) -> None:
         )
 
 
-@app.command("simulate-traffic")
+@app.command(
+    "simulate-traffic",
+    epilog=exit_status_help(
+        PIPELINE_EXITS, ok="done; a retraining it followed promoted its candidate"
+    ),
+)
 def simulate_traffic(
     drift: Annotated[
         bool, typer.Option("--drift", help="Shift every input away from the training data.")
@@ -109,10 +119,10 @@ def simulate_traffic(
     detects drift, follows the retraining pipeline run its event triggered: gated, deployed and
     hot-swapped into the serving instance. All of it shows in the Prefect and MLflow UIs.
     """
-    from infra.stack.state import read_state
-    from mlops.feedback import write_feedback
-    from mlops.storage import artifact_store
-    from serving.traffic import feedback_frame
+    from prefect_mlops.infra.stack.state import read_state
+    from prefect_mlops.mlops.feedback import write_feedback
+    from prefect_mlops.mlops.storage import artifact_store
+    from prefect_mlops.serving.traffic import feedback_frame
 
     settings = get_settings()
     state = read_state(settings.home_dir)
@@ -124,7 +134,9 @@ def simulate_traffic(
     try:
         sent = _send_simulated_traffic(model_name, target_url, requests, batch_rows, drift, seed)
     except (MlopsError, OSError) as error:
-        fail(error if isinstance(error, MlopsError) else MlopsError(f"{target_url}: {error}"))
+        if not isinstance(error, MlopsError):  # the serving instance cannot be reached
+            error = EnvironmentFailure(f"{target_url}: {error}")
+        fail(error)
     if labels and sent.request_ids:
         folder = artifact_store(settings).feedback_folder(model_name)
         where = write_feedback(folder, feedback_frame(sent))
@@ -143,9 +155,9 @@ def _send_simulated_traffic(
 ) -> Any:
     from mlflow.tracking import MlflowClient
 
-    from mlops.dataset import read_split
-    from serving.traffic import drift_rows, sample_rows, send_traffic
-    from tasks.monitoring import champion_dataset
+    from prefect_mlops.mlops.dataset import read_split
+    from prefect_mlops.serving.traffic import drift_rows, sample_rows, send_traffic
+    from prefect_mlops.tasks.monitoring import champion_dataset
 
     uri = get_settings().resolved_tracking_uri
     found = champion_dataset(MlflowClient(uri, registry_uri=uri), model)  # MlopsError if gone
@@ -180,7 +192,7 @@ def _send_simulated_traffic(
 
 
 def _flush_inference_log(url: str, token: str | None, flush_s: float) -> None:
-    from serving.client import request_log_flush
+    from prefect_mlops.serving.client import request_log_flush
 
     if token:
         answer = request_log_flush(url, token)
@@ -195,14 +207,15 @@ def _flush_inference_log(url: str, token: str | None, flush_s: float) -> None:
 def _monitor_and_follow(config: Path | None, timeout: float) -> None:
     import datetime as dt
 
-    from infra.deployments import follow, wait_for_triggered_run
-    from infra.deployments import trigger as trigger_deployment
-    from mlops.drift_report import DriftReport
+    from prefect_mlops.infra.deployments import follow, wait_for_triggered_run
+    from prefect_mlops.infra.deployments import trigger as trigger_deployment
+    from prefect_mlops.mlops.drift_report import DriftReport
 
     parameters = {}
-    if config is not None:
-        parameters["config"] = with_absolute_source(load_config(config)).model_dump(mode="json")
     try:
+        if config is not None:
+            parsed = load_config(config, given_as="--config")
+            parameters["config"] = with_absolute_source(parsed).model_dump(mode="json")
         run = trigger_deployment("drift-monitor/drift-monitor", parameters)
     except MlopsError as error:
         fail(error)
@@ -211,7 +224,7 @@ def _monitor_and_follow(config: Path | None, timeout: float) -> None:
     finished = follow(run.id, lambda event: None, timeout_s=300)
     if finished.state is None or not finished.state.is_completed():
         fail(
-            MlopsError(
+            EnvironmentFailure(
                 f"The drift monitor ended {finished.state.name if finished.state else '?'}: "
                 f"{finished.state.message if finished.state else ''}"
             )
@@ -223,7 +236,7 @@ def _monitor_and_follow(config: Path | None, timeout: float) -> None:
     typer.echo("\nWaiting for the retraining pipeline the event triggers ...")
     pipeline = wait_for_triggered_run("retraining-pipeline/retraining-pipeline", started)
     if pipeline is None:
-        fail(MlopsError("No retraining-pipeline run started within 60 s of the event."))
+        fail(EnvironmentFailure("No retraining-pipeline run started within 60 s of the event."))
     ui = os.environ["PREFECT_API_URL"].removesuffix("/").removesuffix("/api")
     typer.echo(f"Triggered by {report.event}: flow run '{pipeline.name}'")
     typer.echo(f"  {ui}/runs/flow-run/{pipeline.id}")

@@ -10,11 +10,17 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._utilities import fail, with_absolute_source
-from cli.root import app
-from mlops.config import load_config
-from mlops.errors import EnvironmentFailure, MlopsError
 from prefect_mlops.api import VERDICT_STATES
+from prefect_mlops.cli._utilities import (
+    PIPELINE_EXITS,
+    exit_status_help,
+    fail,
+    usage_error,
+    with_absolute_source,
+)
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.config import load_config
+from prefect_mlops.mlops.errors import EnvironmentFailure, ExitCode, MlopsError
 
 
 class Task(StrEnum):
@@ -23,7 +29,10 @@ class Task(StrEnum):
     regression = "regression"
 
 
-@app.command()
+PIPELINE_OK = "the candidate became champion"
+
+
+@app.command(epilog=exit_status_help(PIPELINE_EXITS, ok=PIPELINE_OK))
 def run(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Use-case YAML (see configs/README.md).")
@@ -36,7 +45,7 @@ def run(
         Task | None, typer.Option(help="Learning task; inferred from the target if omitted.")
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Registered model name (default: <file>-model).")
+        str | None, typer.Option(help="Registered model name (default: `<file>-model`).")
     ] = None,
     family: Annotated[
         list[str] | None,
@@ -52,11 +61,13 @@ def run(
     sub-flows.
 
     Either `--config configs/<use-case>.yaml`, or `--data FILE --target COLUMN` to infer
-    everything from the file. Exit status: 0 when the candidate became champion, 2 for bad
-    input (including data that fails the data gate), 3 when the model gate rejected it, 4
-    when its deploy failed the smoke test and was rolled back, 1 when the environment failed
-    (an artifact store that cannot be written, a server that cannot be reached).
+    everything from the file. Data that fails the data gate is bad input (exit 2); an
+    artifact store that cannot be written or a server that cannot be reached is the
+    environment's failure (exit 1).
     """
+    if config is not None and family:
+        usage_error(f"--family is for --data; {config} names its family in training.family.")
+    _check_config_options(config, data, target)
     from prefect_mlops.api import run_pipeline
 
     started = time.perf_counter()
@@ -70,18 +81,12 @@ def run(
     exit_for(result.decision)
 
 
-REJECTED_EXIT_CODE = 3
-"""``mlops run`` exit status when the model gate rejects the candidate (2 is bad input)."""
-ROLLED_BACK_EXIT_CODE = 4
-"""``mlops run`` exit status when the deploy's smoke test failed and champion was rolled back."""
-
-
 def exit_for(decision: str) -> None:
     """End the command with the verdict's exit status: 3 rejected, 4 rolled back (else 0)."""
     if decision == "rejected":
-        raise typer.Exit(REJECTED_EXIT_CODE)
+        raise typer.Exit(ExitCode.REJECTED)
     if decision == "rolled-back":
-        raise typer.Exit(ROLLED_BACK_EXIT_CODE)
+        raise typer.Exit(ExitCode.ROLLED_BACK)
 
 
 def print_summary(result: Any, seconds: float) -> None:
@@ -163,7 +168,11 @@ def threshold_summary(metrics: dict[str, float]) -> str:
     return line
 
 
-@app.command()
+@app.command(
+    epilog=exit_status_help(
+        PIPELINE_EXITS, ok=f"{PIPELINE_OK} (with --no-wait: the run was created)"
+    )
+)
 def trigger(
     config: Annotated[
         Path | None,
@@ -181,9 +190,9 @@ def trigger(
 ) -> None:
     """Run the retraining pipeline's deployment and follow its stages as workers run them.
 
-    Runs on the local stack, or on the server PREFECT_API_URL names. Exit status as for
-    `mlops run`: 0 promoted, 2 bad input (data gate), 3 rejected, 4 rolled back by the deploy
-    stage, 1 any other failure (a stage crashed, no worker for a pool).
+    Runs on the local stack, or on the server PREFECT_API_URL names. Data that fails the data
+    gate is bad input (exit 2); a stage that crashed or a pool without a worker is the
+    environment's failure (exit 1).
     """
     if not os.environ.get("PREFECT_API_URL"):
         fail(
@@ -195,9 +204,9 @@ def trigger(
     parameters: dict[str, Any] = {}
     try:
         if config is not None:
-            parsed = load_config(config)
+            parsed = load_config(config, given_as="--config")
             parameters["config"] = with_absolute_source(parsed).model_dump(mode="json")
-        from infra.deployments import trigger as trigger_deployment
+        from prefect_mlops.infra.deployments import trigger as trigger_deployment
 
         flow_run = trigger_deployment(deployment, parameters)
     except MlopsError as error:
@@ -212,7 +221,7 @@ def trigger(
 
 def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     """Print each stage run as it changes state, then the summary; exit with the verdict."""
-    from infra.deployments import follow
+    from prefect_mlops.infra.deployments import follow
 
     def report(event: Any) -> None:
         minutes, seconds = divmod(int(event.elapsed_s), 60)
@@ -229,12 +238,12 @@ def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     state = run.state
     if state is None or not state.is_final():
         typer.echo(f"Still {state.name if state else 'pending'} after {timeout:.0f}s; not waiting.")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.ENVIRONMENT)
     try:
         if state.is_failed() and state.name not in VERDICT_STATES:
             state.result()  # raises what stopped the pipeline
             raise EnvironmentFailure(f"The pipeline ended {state.name}: {state.message}")
-        from flows.retrain import PipelineResult
+        from prefect_mlops.flows.retrain import PipelineResult
 
         result = PipelineResult.model_validate(state.result(raise_on_failure=False))
     except MlopsError as error:
@@ -245,7 +254,30 @@ def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     exit_for(result.decision)
 
 
-@app.command()
+def _check_config_options(config: Path | None, data: str | None, target: str | None) -> None:
+    """``--config``, or ``--data`` with ``--target``: anything else is a usage error (64)."""
+    if config is not None and data is not None:
+        usage_error("Pass either --config or --data/--target, not both.")
+    if config is None and (data is None or target is None):
+        usage_error("Pass --config FILE, or --data FILE with --target COLUMN.")
+
+
+def _check_described_options(params: list[str], size: str | None) -> None:
+    """``--param KEY=VALUE`` and ``--bytes SIZE`` as written: otherwise a usage error (64)."""
+    from dask.utils import parse_bytes
+
+    for item in params:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            usage_error(f"--param {item!r}: expected KEY=VALUE.")
+    if size is not None:
+        try:
+            parse_bytes(size)
+        except (ValueError, TypeError):
+            usage_error(f"--bytes {size!r}: not a size such as 93.8GB or 2GiB.")
+
+
+@app.command(epilog=exit_status_help())
 def recommend(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Use-case YAML (see configs/README.md).")
@@ -293,6 +325,13 @@ def recommend(
     machine's (or the configured cluster's) shapes. The allocator learns from every recorded
     run, imported ones included.
     """
+    described = job is not None or any(
+        v for v in (name, family, size, rows, features, param, machine_type, nodes)
+    )
+    if described:
+        _check_described_options(param or [], size)
+    else:
+        _check_config_options(config, data, target)
     from prefect_mlops.api import recommend as recommend_allocation
 
     try:
@@ -318,6 +357,6 @@ def recommend(
     if as_json:
         typer.echo(allocation.model_dump_json(indent=2))
         return
-    from infra.allocator.report import allocation_markdown
+    from prefect_mlops.infra.allocator.report import allocation_markdown
 
     typer.echo(allocation_markdown(allocation))

@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.errors import MlopsError
+from prefect_mlops.cli._utilities import exit_status_help, fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.errors import MlopsError
 
 
-@app.command()
+@app.command(epilog=exit_status_help())
 def score(
     model: Annotated[str, typer.Argument(help="Registered model name (its champion by default).")],
     data: Annotated[

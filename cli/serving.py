@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import exit_status_help, fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
-@app.command()
+@app.command(epilog=exit_status_help())
 def serve(
     model: Annotated[
         str,
@@ -47,7 +47,7 @@ def serve(
         fail(error)
 
 
-@app.command("export")
+@app.command("export", epilog=exit_status_help())
 def export_model(
     model: Annotated[
         str,
@@ -63,7 +63,7 @@ def export_model(
     """
     from mlflow.tracking import MlflowClient
 
-    from model_registry.export import export_bundle
+    from prefect_mlops.model_registry.export import export_bundle
 
     settings = get_settings()
     uri = settings.resolved_tracking_uri

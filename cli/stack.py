@@ -9,13 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import exit_status_help, fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.errors import ExitCode, MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
-@app.command()
+@app.command(epilog=exit_status_help())
 def up(
     prefect_port: Annotated[
         int | None, typer.Option(help="Prefect server port [default: 4200, MLOPS_PREFECT_PORT].")
@@ -50,16 +50,17 @@ def up(
     """Start the local stack in the background: Prefect and MLflow servers, a serving instance, a worker per pool.
 
     The serving instance (`mlops serve`) waits for the model's first champion and is reloaded
-    by the deploy stage; its inference log feeds the drift monitor. Also creates the work pools and deploys prefect.yaml (prefect deploy --all). State lives
-    under .mlops/ (SQLite databases, artifacts; logs in .mlops/stack/logs). Running it again
-    keeps what runs, restarts what died, and deploys again only if prefect.yaml or flows/
-    changed. Every port is checked before anything starts; if a component still fails to
-    start, what this call started is stopped again (exit 1). Last, a supervisor starts: it
-    restarts a server or worker that dies (`mlops status` counts the restarts). Stop it all
-    with `mlops down`.
+    by the deploy stage; its inference log feeds the drift monitor. Also creates the work pools
+    and deploys prefect.yaml (prefect deploy --all). State lives under .mlops/ (SQLite
+    databases, artifacts; logs in .mlops/stack/logs). Running it again keeps what runs,
+    restarts what died, and deploys again only if prefect.yaml or flows/ changed. Every port is
+    checked before anything starts; if a component still fails to start, what this call
+    started is stopped again (exit 1). Last, a supervisor starts: it restarts a server or
+    worker that dies (`mlops status` counts the restarts) and rotates a log over
+    MLOPS_STACK_LOG_MAX_BYTES (docs/operations.md). Stop it all with `mlops down`.
     """
-    from infra.stack.project import find_project_dir
-    from infra.stack.up import StackOptions, bring_up
+    from prefect_mlops.infra.stack.project import find_project_dir
+    from prefect_mlops.infra.stack.up import StackOptions, bring_up
 
     settings = get_settings()
     try:
@@ -99,18 +100,25 @@ def _print_stack_urls(state: Any) -> None:
     typer.echo("  Stop       : mlops down")
 
 
-@app.command()
+@app.command(
+    epilog=exit_status_help(
+        (ExitCode.OK, ExitCode.ENVIRONMENT, ExitCode.USAGE),
+        ok="every component is healthy and every active schedule has a run waiting",
+        environment="a component is down, an active schedule has no run waiting, or no stack "
+        "runs here",
+    )
+)
 def status(
     urls: Annotated[bool, typer.Option("--urls", help="Print only where to open the UIs.")] = False,
 ) -> None:
     """Show the local stack: each component's pid, health, restarts and URL, and each schedule.
 
     For every scheduled deployment: its schedules, the next run they created and the last one
-    they started, so you see that schedules fire. Exit 1 if a component is down or an active
-    schedule has no run waiting (the scheduler is not creating runs).
+    they started, so you see that schedules fire: one with no run waiting means the scheduler
+    is not creating runs.
     """
-    from infra.stack.state import read_state
-    from infra.stack.status import stack_status
+    from prefect_mlops.infra.stack.state import read_state
+    from prefect_mlops.infra.stack.status import stack_status
 
     state = read_state(get_settings().home_dir)
     if state is None:
@@ -141,9 +149,9 @@ def _print_schedules(state: Any) -> bool:
     import httpx
     from prefect.client.orchestration import get_client
 
-    from infra.schedules import read_schedules
-    from infra.stack.components import prefect_api
-    from infra.stack.processes import http_ok
+    from prefect_mlops.infra.schedules import read_schedules
+    from prefect_mlops.infra.stack.components import prefect_api
+    from prefect_mlops.infra.stack.processes import http_ok
 
     if not http_ok(f"{state.prefect_api_url}/health"):
         typer.echo("Schedules: not shown, the Prefect server is not answering.")
@@ -180,18 +188,29 @@ def _scheduled_run_text(run: Any) -> str:
     return f"{run.due:%Y-%m-%d %H:%M:%S}  {run.state:<10} {run.name}"
 
 
-@app.command()
+@app.command(
+    epilog=exit_status_help(
+        (ExitCode.OK, ExitCode.ENVIRONMENT, ExitCode.USAGE),
+        ok="stopped, or nothing was running",
+        environment="an unexpected error while stopping",
+    )
+)
 def down() -> None:
     """Stop everything `mlops up` started here (by recorded pid; safe to run twice).
 
     The supervisor first, so that it restarts nothing; then the workers; then the servers.
     """
-    from infra.stack.down import bring_down
+    from prefect_mlops.infra.stack.down import bring_down
 
     bring_down(get_settings().home_dir, say=typer.echo)
 
 
-@app.command()
+@app.command(
+    epilog=exit_status_help(
+        (ExitCode.OK, ExitCode.ENVIRONMENT, ExitCode.USAGE),
+        environment="the MLflow UI failed (its own non-zero status is passed on)",
+    )
+)
 def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
     host: Annotated[
@@ -208,7 +227,7 @@ def ui(
         return
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    from infra.stack.processes import console_script
+    from prefect_mlops.infra.stack.processes import console_script
 
     command = [
         console_script("mlflow"),
@@ -227,7 +246,12 @@ def ui(
     raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
 
 
-@app.command("mlflow-server")
+@app.command(
+    "mlflow-server",
+    epilog=exit_status_help(
+        bad_input="an unsafe admin password or bad store settings; nothing was started"
+    ),
+)
 def mlflow_server(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
@@ -242,7 +266,7 @@ def mlflow_server(
     MLOPS_MLFLOW_ADMIN_USERNAME, and a guessable password (MLflow's old default, under 12
     characters) stops the start with exit 2. The process becomes the server (for containers).
     """
-    from infra.mlflow_server import mlflow_server_launch
+    from prefect_mlops.infra.mlflow_server import mlflow_server_launch
 
     try:
         launch = mlflow_server_launch(get_settings(), host, port, workers)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from serving.batch import BatchScoreRequest, BatchScoreResult
-from tasks.scoring import score_batch_task
+from prefect_mlops.serving.batch import BatchScoreRequest, BatchScoreResult
+from prefect_mlops.tasks.scoring import score_batch_task
 
 
 @flow(name="batch-score", log_prints=True, persist_result=True, result_serializer="json")

@@ -12,8 +12,8 @@ import dask
 from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
 
-from mlops.config import ClusterConfig
-from mlops.errors import MlopsError
+from prefect_mlops.mlops.config import ClusterConfig
+from prefect_mlops.mlops.errors import ExitCode, MlopsError
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ CONNECT_TIMEOUT = "30s"
 class ClusterUnavailable(MlopsError):
     """The configured Dask cluster cannot be reached or cannot run the job."""
 
-    exit_code = 1
+    exit_code = ExitCode.ENVIRONMENT
 
 
 def scheduler_workers(address: str) -> list[dict]:
@@ -161,7 +161,7 @@ def kube_cluster(cluster: ClusterConfig) -> Iterator[object]:
     """A KubeCluster of the allocated shape for one run (the Dask operator), deleted afterwards."""
     from dask_kubernetes.operator import KubeCluster
 
-    from mlops.settings import get_settings
+    from prefect_mlops.mlops.settings import get_settings
 
     settings = get_settings()
     spec = kube_cluster_spec(cluster, settings.dask_kubernetes_image)

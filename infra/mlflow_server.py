@@ -14,9 +14,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.stack.processes import console_script
-from mlops.errors import MlopsError
-from mlops.settings import Settings
+from prefect_mlops.infra.stack.processes import console_script
+from prefect_mlops.mlops.errors import ExitCode, MlopsError
+from prefect_mlops.mlops.settings import Settings
 
 MLFLOW_OLD_DEFAULT_PASSWORD = "password1234"
 """The admin password MLflow's basic-auth app shipped with until 3.x: public knowledge."""
@@ -27,7 +27,7 @@ MIN_PASSWORD_LENGTH = 12
 class UnsafeServerSettings(MlopsError):
     """The server would start open to anyone, or with a password everybody knows."""
 
-    exit_code = 2
+    exit_code = ExitCode.BAD_INPUT
 
 
 @dataclass(frozen=True)

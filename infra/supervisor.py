@@ -1,13 +1,14 @@
 """The local stack's supervisor: restarts a server or worker that died.
 
-``mlops up`` starts it last (``python -m infra.supervisor --home HOME``). Every POLL_SECONDS it
+``mlops up`` starts it last (``python -m prefect_mlops.infra.supervisor --home HOME``). Every POLL_SECONDS it
 checks the processes recorded in ``<home>/stack/stack.json``; a dead one is started again with
 the command ``mlops up`` uses, servers before workers (workers need the Prefect server, the
 serving instance needs MLflow). The first restart is immediate; each further one within
 RESTART_WINDOW_SECONDS waits twice as long as the one before (2, 4, 8 s ... at most
 MAX_BACKOFF_SECONDS); after RESTART_LIMIT restarts in that window it gives up on the component
 and says so in its log and in ``mlops status``. Each restart is logged to
-``<home>/stack/logs/supervisor.log`` and counted in ``stack.json``.
+``<home>/stack/logs/supervisor.log`` and counted in ``stack.json``. Every round it also rotates
+the stack's logs over MLOPS_STACK_LOG_MAX_BYTES, its own included (``infra/stack/logs.py``).
 
 It only acts on processes that are gone, never on one that is slow to answer (the serving
 instance loads the champion before it answers). It changes the stack only while it holds the
@@ -27,9 +28,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from infra.stack.components import start_component, wait_ready
-from infra.stack.processes import is_alive, reap_orphans, recent_restarts
-from infra.stack.state import (
+from prefect_mlops.infra.stack.components import start_component, wait_ready
+from prefect_mlops.infra.stack.logs import rotate_logs
+from prefect_mlops.infra.stack.processes import is_alive, reap_orphans, recent_restarts
+from prefect_mlops.infra.stack.state import (
     RESTART_LIMIT,
     RESTART_WINDOW_SECONDS,
     SERVERS,
@@ -38,10 +40,12 @@ from infra.stack.state import (
     StackError,
     StackState,
     read_state,
+    stack_dir,
     stack_lock,
 )
+from prefect_mlops.mlops.settings import get_settings
 
-logger = logging.getLogger("infra.supervisor")
+logger = logging.getLogger("prefect_mlops.infra.supervisor")
 
 POLL_SECONDS = 2.0
 """How often the recorded processes are checked."""
@@ -105,9 +109,25 @@ def sigterm_deferred() -> Iterator[None]:
 class Supervisor:
     """Checks the stack under ``home`` and restarts what died, one component per check."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, log_max_bytes: int = 0, log_backups: int = 0) -> None:
         self.home = home
         self.reported: set[tuple[str, float]] = set()
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+
+    def rotate_logs(self) -> None:
+        """Copy and empty each stack log over the limit (``infra/stack/logs.py``)."""
+        folder = stack_dir(self.home) / "logs"
+        for log, size in rotate_logs(folder, self.log_max_bytes, self.log_backups):
+            logger.info(
+                "Rotated %s (%.1f MiB, over MLOPS_STACK_LOG_MAX_BYTES=%d): kept %s",
+                log.name,
+                size / 2**20,
+                self.log_max_bytes,
+                f"as {log.name}.1 and up to {self.log_backups} copies"
+                if self.log_backups
+                else "none",
+            )
 
     def check(self) -> bool:
         """One round: restart one dead component if its time has come.
@@ -190,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     home = parser.parse_args(argv).home.resolve()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logger.setLevel(logging.INFO)  # its own lines, not every HTTP request of the clients
+    settings = get_settings()
     logger.info("Supervising the stack in %s (every %.0f s)", home, POLL_SECONDS)
-    supervisor = Supervisor(home)
+    supervisor = Supervisor(home, settings.stack_log_max_bytes, settings.stack_log_backups)
     while supervisor.check():
+        supervisor.rotate_logs()
         reap_children()
         time.sleep(POLL_SECONDS)
     logger.info("The stack in %s was stopped or is supervised by another process: exiting", home)

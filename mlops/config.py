@@ -13,9 +13,9 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from mlops.errors import ConfigError
-from mlops.gates import KNOWN_METRICS
-from mlops.training_config import (
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.gates import KNOWN_METRICS
+from prefect_mlops.mlops.training_config import (
     AllocatorConfig,
     ClusterConfig,
     StrictModel,
@@ -408,15 +408,25 @@ def parse_config(raw: dict[str, Any], origin: str = "<config>") -> PipelineConfi
     return config
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def load_config(path: str | Path, given_as: str | None = None) -> PipelineConfig:
     """Read and validate a use-case YAML file.
+
+    Args:
+        path: The file.
+        given_as: How the user named it (``--config``, ``the CONFIG argument``), for the
+            message when it is missing; None where the user named no option.
 
     Raises:
         ConfigError: if the file is missing, is not a YAML mapping, or fails validation.
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file not found: {path}. Pass an existing YAML file to --config.")
+        named = f" (given as {given_as})" if given_as else ""
+        what = "is a folder" if path.is_dir() else "not found"
+        raise ConfigError(
+            f"Config file {what}: {path}{named}. Pass the path of a use-case YAML file "
+            "(configs/README.md)."
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

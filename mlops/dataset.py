@@ -12,11 +12,13 @@ from typing import Any
 
 import dask.dataframe as dd
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlops.config import TaskType
-from mlops.features import FeatureSpec
-from mlops.storage import open_url
+from prefect_mlops.mlops.config import TaskType
+from prefect_mlops.mlops.features import FeatureSpec
+from prefect_mlops.mlops.storage import open_url
 
 TARGET_COLUMN = "__target__"
 """Encoded target in the split files: class index for classification, the value for regression."""
@@ -61,6 +63,11 @@ class DatasetRef(BaseModel):
     split_uris: dict[str, str]
     row_counts: dict[str, int]
     dropped_columns: dict[str, str] = Field(default_factory=dict, description="column -> why")
+    source_types: dict[str, str] = Field(
+        default_factory=dict,
+        description="column -> its type in the source (integer, float, boolean, datetime, "
+        "string); the split files store every numeric column as float64.",
+    )
     profile: dict[str, Any]
     meta_features: MetaFeatures
 
@@ -89,6 +96,39 @@ def read_sample(dataset: DatasetRef) -> pd.DataFrame:
     fs, path = open_url(dataset.sample_uri)
     with fs.open(path, "rb") as handle:
         return pd.read_parquet(handle)
+
+
+def read_split_schema(dataset: DatasetRef, split: str) -> pa.Schema:
+    """The column types of one split's files, from their Parquet footers (no rows are read).
+
+    The parts' schemas are unified, so a column that is empty (``null``) in one part takes its
+    type from the others. A split with no files has an empty schema.
+    """
+    fs, path = open_url(dataset.split_uris[split])
+    parts = sorted(fs.glob(f"{path}/*.parquet"))
+    schemas = []
+    for part in parts:
+        with fs.open(part, "rb") as handle:
+            schemas.append(pq.read_schema(handle).remove_metadata())
+    return pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+
+
+NUMBERS_STORED_AS_FLOAT = {"integer": pa.int64(), "boolean": pa.bool_()}
+"""Source kinds that the split files store as float64 (the features read numbers as floats)."""
+
+
+def split_column_types(dataset: DatasetRef, split: str) -> pa.Schema:
+    """The columns of one split as a person knows them: the type the files store, except that
+    a numeric column the source held as whole numbers or true/false (stored as float64) shows
+    as such. A version written before :attr:`DatasetRef.source_types` shows the stored types."""
+    stored = read_split_schema(dataset, split)
+    fields = []
+    for field in stored:
+        kind = dataset.source_types.get(field.name)
+        if kind in NUMBERS_STORED_AS_FLOAT and pa.types.is_floating(field.type):
+            field = field.with_type(NUMBERS_STORED_AS_FLOAT[kind])
+        fields.append(field)
+    return pa.schema(fields)
 
 
 def load_dataset_ref(uri: str) -> DatasetRef | None:

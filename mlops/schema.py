@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops.config import DataConfig, FeatureConfig, TaskType
-from mlops.errors import DataError
-from mlops.features import BOOLEAN_WORDS, numeric_values
+from prefect_mlops.mlops.config import DataConfig, FeatureConfig, TaskType
+from prefect_mlops.mlops.errors import DataError
+from prefect_mlops.mlops.features import BOOLEAN_WORDS, numeric_values
 
 MAX_CLASSES = 100
 
@@ -123,6 +123,33 @@ def infer_schema(sample: pd.DataFrame, data: DataConfig, features: FeatureConfig
     return ColumnSchema(data.target, numeric, categorical, datetime, key_columns, dropped)
 
 
+def source_types(frame: pd.DataFrame) -> dict[str, str]:
+    """Each column's type in the source: ``integer``, ``float``, ``boolean``, ``datetime`` or
+    ``string`` (text, categories, anything else).
+
+    From the dtype pandas gave it, or for text (a CSV is read as text) from what it holds:
+    only true/false words is ``boolean``, only whole numbers ``integer``, other numbers ``float``.
+    """
+    return {str(column): _source_kind(frame[column]) for column in frame.columns}
+
+
+def _source_kind(values: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(values):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(values):
+        return "integer"
+    if pd.api.types.is_float_dtype(values):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "datetime"
+    if _looks_boolean(values):
+        return "boolean"
+    if _looks_numeric(values):
+        text = values.dropna().astype("string").str.strip()
+        return "integer" if bool(text.str.fullmatch(r"[+-]?\d+").all()) else "float"
+    return "string"
+
+
 def coerce_frame(frame: pd.DataFrame, schema: ColumnSchema) -> pd.DataFrame:
     """Type the kept columns and drop rows without a target. Returns a new frame."""
     out = frame[schema.kept_columns].copy()
@@ -178,7 +205,7 @@ def infer_task(
     if distinct > MAX_CLASSES:
         raise DataError(
             f"Target '{target}' has {distinct} distinct values, too many for classification "
-            f"(at most {MAX_CLASSES}). Use --task regression if it is a quantity."
+            f"(at most {MAX_CLASSES}). If it is a quantity, set the task to regression (data.task in the config, --task with --data)."
         )
     labels = target_counts.index
     if target_is_numeric:

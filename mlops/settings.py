@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BeforeValidator, ByteSize, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     )
     prefect_port: int = Field(default=4200, description="Prefect server port of the local stack.")
     mlflow_port: int = Field(default=5000, description="MLflow server port of the local stack.")
+    stack_log_max_bytes: ByteSize = Field(
+        default=ByteSize(50 * 2**20),
+        description="The stack's supervisor rotates a log of <home>/stack/logs larger than this "
+        "(e.g. 50MiB): copied to NAME.log.1, then emptied in place; 0 turns rotation off.",
+    )
+    stack_log_backups: int = Field(
+        default=3,
+        ge=0,
+        description="Rotated copies kept of each stack log (NAME.log.1 newest ... NAME.log.N); "
+        "0 keeps none, an over-size log is only emptied.",
+    )
 
     mlflow_backend_store_uri: str | None = Field(
         default=None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -24,11 +25,11 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import AnyType
 from pydantic import BaseModel
 
-import mlops
-from mlops.errors import EnvironmentFailure, MlopsError
-from mlops.families import Predictor, predictor_module
-from mlops.features import FeatureSpec
-from mlops.uris import location_within
+from prefect_mlops import mlops
+from prefect_mlops.mlops.errors import EnvironmentFailure, MlopsError
+from prefect_mlops.mlops.families import Predictor, predictor_module
+from prefect_mlops.mlops.features import FeatureSpec
+from prefect_mlops.mlops.uris import location_within
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +113,32 @@ def log_pipeline_model(run_id: str, predictor: Predictor, input_example: pd.Data
     signature = ModelSignature(inputs=input_schema(predictor.spec), outputs=outputs)
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = predictor.save(Path(tmp))
+        code = _model_code(Path(tmp) / "code")
         with mlflow.start_run(run_id=run_id):
             logged = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(Path(mlops.__file__).parent / "model_code.py"),
+                python_model=str(code / "mlops" / "model_code.py"),
                 artifacts={name: str(path) for name, path in artifacts.items()},
-                code_paths=[str(Path(mlops.__file__).parent)],
+                code_paths=[str(code)],
                 signature=signature,
                 input_example=input_example,
                 pip_requirements=_requirements(predictor.facts.family),
             )
     return logged.model_uri
+
+
+def _model_code(folder: Path) -> Path:
+    """A ``prefect_mlops`` package holding only the ``mlops`` code, for the model to carry.
+
+    Loaded where the project is not installed (a bundle, ``mlflow models serve``), it is the
+    package; where the project is imported, its ``prefect_mlops`` is already loaded and wins.
+    """
+    package = folder / "prefect_mlops"
+    shutil.copytree(
+        Path(mlops.__file__).parent, package / "mlops", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (package / "__init__.py").write_text('"""The code this model version was validated with."""\n')
+    return package
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -215,12 +231,12 @@ def find_registered_version(
             registering the model twice).
     """
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    model_id = _model_id(model_uri)
+    model_id = logged_model_id(model_uri)
     same = [v for v in found if v.source == model_uri or (model_id and v.model_id == model_id)]
     return str(min(int(v.version) for v in same)) if same else None
 
 
-def _model_id(model_uri: str) -> str | None:
+def logged_model_id(model_uri: str) -> str | None:
     """A logged model's id from its URI (``models:/m-...``), else None."""
     return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
 
@@ -259,7 +275,7 @@ def register_model_version(
             )
             return found
         created = client.create_model_version(
-            name, model_uri, run_id=run_id, tags=dict(tags), model_id=_model_id(model_uri)
+            name, model_uri, run_id=run_id, tags=dict(tags), model_id=logged_model_id(model_uri)
         )
         return str(created.version)
 
@@ -389,7 +405,7 @@ def download_model(
 
 def _model_location(client: MlflowClient, model_uri: str) -> tuple[str, str | None]:
     """Where a model's files are, and the experiment they belong to (None when unknown)."""
-    model_id = _model_id(model_uri)
+    model_id = logged_model_id(model_uri)
     if model_id is None:
         name, version, run_id = resolve_version(client, model_uri)
         location = client.get_model_version_download_uri(name, version)
@@ -402,7 +418,7 @@ def _model_location(client: MlflowClient, model_uri: str) -> tuple[str, str | No
         logged = client.get_logged_model(model_id)
     except MlflowException as error:
         raise ModelLoadError(f"No logged model {model_id} ({error.error_code}).") from None
-    return (location if _model_id(model_uri) is None else logged.artifact_location), (
+    return (location if logged_model_id(model_uri) is None else logged.artifact_location), (
         logged.experiment_id
     )
 

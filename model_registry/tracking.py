@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,11 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+import pyarrow as pa
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import (
+    DatasetInput,
+    InputTag,
+    LoggedModelInput,
+    Metric,
+    Param,
+    RunTag,
+)
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from mlops.config import PipelineConfig
-from mlops.settings import Settings, get_settings
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -169,13 +184,107 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
 
 
 def log_metrics(
-    client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0
+    client: MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int = 0,
+    model_id: str | None = None,
+    dataset: DatasetEntity | None = None,
 ) -> None:
-    """Log scalar metrics, 1000 per call."""
+    """Log scalar metrics, 1000 per call.
+
+    With ``model_id`` (MLflow 3) the metrics also belong to that logged model, and with
+    ``dataset`` they name the dataset they were measured on: the model's page in the MLflow UI
+    lists them with the dataset's name and digest. Log the dataset as an input of the run too
+    (:func:`log_dataset_inputs`), so the name leads to its schema.
+    """
     stamp = _now_ms()
-    points = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+    name, digest = (dataset.name, dataset.digest) if dataset is not None else (None, None)
+    points = [
+        Metric(k, float(v), stamp, step, model_id, dataset_name=name, dataset_digest=digest)
+        for k, v in metrics.items()
+    ]
     for start in range(0, len(points), _BATCH):
         client.log_batch(run_id, metrics=points[start : start + _BATCH])
+
+
+def log_model_input(client: MlflowClient, run_id: str, model_id: str) -> None:
+    """Record a logged model as an input of a run (e.g. the run that evaluated it)."""
+    client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+
+
+def log_dataset_inputs(
+    client: MlflowClient, run_id: str, datasets: Mapping[str, DatasetEntity]
+) -> None:
+    """Attach datasets to a run as inputs, each under its context (``training``, ``testing``)."""
+    inputs = [
+        DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        for context, dataset in datasets.items()
+    ]
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def dataset_entity(
+    name: str, digest: str, uri: str, columns: pa.Schema, rows: int
+) -> DatasetEntity:
+    """An MLflow dataset that describes files without reading them.
+
+    Args:
+        name: The dataset's name in MLflow (with ``digest``, its identity).
+        digest: A stable fingerprint of its content, e.g. the dataset version's hash.
+        uri: Where the files are (a local path or a URL).
+        columns: Their column types (e.g. from the Parquet footers); see :func:`column_schema`.
+        rows: How many rows they hold (the dataset's profile).
+    """
+    location = uri if "://" in uri else Path(uri).resolve().as_uri()
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(location)
+    described = MetaDataset(source, name, digest, column_schema(columns)).to_dict()
+    return DatasetEntity(
+        name=described["name"],
+        digest=described["digest"],
+        source_type=described["source_type"],
+        source=described["source"],
+        schema=described.get("schema"),
+        profile=json.dumps({"num_rows": rows}),
+    )
+
+
+_MLFLOW_TYPES: list[tuple[Callable[[pa.DataType], bool], DataType]] = [
+    (pa.types.is_boolean, DataType.boolean),
+    (lambda t: pa.types.is_integer(t) and _fits_int32(t), DataType.integer),
+    (pa.types.is_integer, DataType.long),
+    (lambda t: pa.types.is_floating(t) and t.bit_width <= 32, DataType.float),
+    (pa.types.is_floating, DataType.double),
+    (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), DataType.string),
+    (lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t), DataType.binary),
+    (lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t), DataType.datetime),
+]
+"""Arrow type tests, in order, and the MLflow type of a column that passes one."""
+
+
+def _fits_int32(arrow: pa.DataType) -> bool:
+    signed = pa.types.is_signed_integer(arrow)
+    return arrow.bit_width <= (32 if signed else 16)
+
+
+def mlflow_type(arrow: pa.DataType) -> DataType | AnyType:
+    """The MLflow column type of an Arrow type: a categorical (dictionary) column takes its
+    values' type; one MLflow has no type for (decimals, lists, all-null) is ``any``."""
+    if pa.types.is_dictionary(arrow):
+        return mlflow_type(arrow.value_type)
+    return next((kind for test, kind in _MLFLOW_TYPES if test(arrow)), AnyType())
+
+
+def column_schema(columns: pa.Schema) -> Schema | None:
+    """An Arrow schema as MLflow's column schema (None for no columns); a column that may
+    hold missing values is optional."""
+    specs = [
+        ColSpec(mlflow_type(field.type), field.name, required=not field.nullable)
+        for field in columns
+    ]
+    return Schema(specs) if specs else None
 
 
 def log_metric_history(

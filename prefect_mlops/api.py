@@ -18,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops.errors import ConfigError
+from prefect_mlops.mlops.errors import ConfigError
 
 if TYPE_CHECKING:
-    from flows.retrain import PipelineResult
-    from infra.allocator.planner import Allocation
-    from mlops.config import PipelineConfig
-    from serving.batch import BatchScoreResult
+    from prefect_mlops.flows.retrain import PipelineResult
+    from prefect_mlops.infra.allocator.planner import Allocation
+    from prefect_mlops.mlops.config import PipelineConfig
+    from prefect_mlops.serving.batch import BatchScoreResult
 
 Say = Callable[[str], None]
 """Where progress lines go (``print`` from Python, ``typer.echo`` from the command line)."""
@@ -42,7 +42,7 @@ def config_for_file(
 ) -> PipelineConfig:
     """A config for the bring-your-own-file path: everything inferred from the file, the model
     families (``training.family``) given or LightGBM."""
-    from mlops.config import parse_config
+    from prefect_mlops.mlops.config import parse_config
 
     stem = Path(data.rstrip("/")).name.split(".")[0] or "dataset"
     use_case = (
@@ -67,11 +67,11 @@ def preflight(config: PipelineConfig, say: Say = print) -> None:
         StorageError: the artifact store cannot be written (exit 1: not bad input).
         MlopsError: the data or config is unusable (exit 2).
     """
-    from mlops.schema import infer_schema
-    from mlops.settings import get_settings
-    from mlops.source import open_source
-    from mlops.storage import check_artifact_store
-    from tasks.preprocessing import read_head, write_synthetic_source_if_missing
+    from prefect_mlops.mlops.schema import infer_schema
+    from prefect_mlops.mlops.settings import get_settings
+    from prefect_mlops.mlops.source import open_source
+    from prefect_mlops.mlops.storage import check_artifact_store
+    from prefect_mlops.tasks.preprocessing import read_head, write_synthetic_source_if_missing
 
     check_artifact_store(get_settings())
     if write_synthetic_source_if_missing(config.data):
@@ -93,7 +93,7 @@ def pipeline_config(
     Raises:
         ConfigError: neither or both are given, or the file is invalid.
     """
-    from mlops.config import load_config
+    from prefect_mlops.mlops.config import load_config
 
     if config is not None and data is not None:
         raise ConfigError("Pass either --config or --data/--target, not both.")
@@ -102,7 +102,7 @@ def pipeline_config(
             raise ConfigError(
                 f"--family is for --data; {config} names its family in training.family."
             )
-        return load_config(Path(config))
+        return load_config(Path(config), given_as="--config")
     if data is not None and target is not None:
         return config_for_file(data, target, task, name, family)
     raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
@@ -135,12 +135,12 @@ def run_pipeline(
     Raises:
         MlopsError: bad input (a config, the data, the data gate) or a failed environment.
     """
-    from infra.environment import configure_environment
-    from mlops.settings import get_settings
+    from prefect_mlops.infra.environment import configure_environment
+    from prefect_mlops.mlops.settings import get_settings
 
     configure_environment(get_settings())  # before Prefect is imported
-    from flows.retrain import retraining_pipeline_flow
-    from infra.prefect_runtime import without_flow_heartbeats
+    from prefect_mlops.flows.retrain import retraining_pipeline_flow
+    from prefect_mlops.infra.prefect_runtime import without_flow_heartbeats
 
     resolved = pipeline_config(config, data, target, task, name, family)
     preflight(resolved, say)
@@ -184,8 +184,8 @@ def recommend(
     Raises:
         MlopsError: the config, data or job description is unusable.
     """
-    from infra.environment import configure_environment
-    from mlops.settings import get_settings
+    from prefect_mlops.infra.environment import configure_environment
+    from prefect_mlops.mlops.settings import get_settings
 
     configure_environment(get_settings())
     described = job is not None or any(
@@ -209,10 +209,10 @@ def recommend(
 
 
 def _recommend_use_case(config: PipelineConfig) -> Allocation:
-    from mlops.settings import get_settings
-    from mlops.source import fingerprint_source
-    from tasks.allocation import recommend_for_dataset
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.mlops.settings import get_settings
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.tasks.allocation import recommend_for_dataset
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     preflight(config)
     dataset = build_dataset_version(
@@ -250,13 +250,13 @@ def _recommend_described(
     deadline: float | None,
     budget: float | None,
 ) -> Allocation:
-    from infra.allocator.planner import (
+    from prefect_mlops.infra.allocator.planner import (
         describe_job,
         described_objective,
         node_spec,
         recommend_for_job,
     )
-    from mlops.settings import get_settings
+    from prefect_mlops.mlops.settings import get_settings
 
     described = describe_job(raw, origin)
     listed = candidates.get("machine_types", [])
@@ -265,7 +265,10 @@ def _recommend_described(
     if not isinstance(listed, list):
         raise ConfigError(f"{origin}: field 'candidates.machine_types' must be a list of names.")
     types = machine_types or [str(name) for name in listed]
-    counts = node_spec(nodes if nodes is not None else candidates.get("nodes"))
+    if nodes is not None:
+        counts = node_spec(nodes)
+    else:
+        counts = node_spec(candidates.get("nodes"), f"{origin}: field 'candidates.nodes'")
     goal = described_objective(objective, deadline, budget)
     return recommend_for_job(described, get_settings(), goal, types, counts)
 
@@ -302,10 +305,10 @@ def serve(
         MlopsError: the reference is not a registry model, or (without ``wait_for_model``)
             the version cannot be loaded.
     """
-    from infra.environment import configure_environment
-    from mlops.errors import MlopsError
-    from mlops.settings import get_settings
-    from serving.service import build_service, inference_log_target, run_service
+    from prefect_mlops.infra.environment import configure_environment
+    from prefect_mlops.mlops.errors import MlopsError
+    from prefect_mlops.mlops.settings import get_settings
+    from prefect_mlops.serving.service import build_service, inference_log_target, run_service
 
     settings = get_settings()
     configure_environment(settings)
@@ -361,9 +364,9 @@ def score(
     """
     from pydantic import ValidationError
 
-    from infra.environment import configure_environment
-    from mlops.settings import get_settings
-    from serving.batch import BatchScoreRequest, run_batch_score
+    from prefect_mlops.infra.environment import configure_environment
+    from prefect_mlops.mlops.settings import get_settings
+    from prefect_mlops.serving.batch import BatchScoreRequest, run_batch_score
 
     configure_environment(get_settings())
     try:

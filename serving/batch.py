@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlops.errors import ConfigError, DataError
-from mlops.settings import Settings, get_settings
-from mlops.storage import artifact_store, open_url, staging_url
+from prefect_mlops.mlops.errors import ConfigError, DataError
+from prefect_mlops.mlops.settings import Settings, get_settings
+from prefect_mlops.mlops.storage import artifact_store, open_url, staging_url
 
 from .batch_log import StagedLog
 from .payload import PayloadError, Rows, check_rows
@@ -391,7 +391,7 @@ def load_batch_model(request: BatchScoreRequest, settings: Settings | None = Non
     """
     from mlflow.tracking import MlflowClient
 
-    from model_registry.loading import model_check_limits
+    from prefect_mlops.model_registry.loading import model_check_limits
 
     from .loader import load_served_model
 

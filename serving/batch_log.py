@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from mlops.errors import ConfigError
-from mlops.settings import Settings
-from mlops.storage import artifact_store, open_url
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.settings import Settings
+from prefect_mlops.mlops.storage import artifact_store, open_url
 
 from .inference_log import LoggedRequest, requests_table
 from .log_sinks import SqlSink, day_folder, staging_folder

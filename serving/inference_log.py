@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops.storage import artifact_store
+from prefect_mlops.mlops.storage import artifact_store
 
 from .log_sinks import MAX_REQUEST_ID, OUTPUT_PREFIX, ParquetSink, SqlSink
 from .log_spool import LogKey, LogSpool, Segment

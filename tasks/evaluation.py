@@ -11,14 +11,15 @@ from prefect import task
 from pydantic import BaseModel
 from sklearn import metrics as skm
 
-from mlops.config import PipelineConfig, TaskType
-from mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
-from mlops.prediction import DEFAULT_THRESHOLD, class_scores
-from mlops.thresholds import best_f1
-from model_registry import tracking
-from model_registry.loading import ModelStore
-from tasks.figures import evaluation_figures
-from tasks.tracking import experiment_for, lineage_tags, model_store
+from prefect_mlops.mlops.config import PipelineConfig, TaskType
+from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
+from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD, class_scores
+from prefect_mlops.mlops.thresholds import best_f1
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.loading import ModelStore
+from prefect_mlops.model_registry.registry import logged_model_id
+from prefect_mlops.tasks.figures import evaluation_figures
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, log_split_inputs, model_store
 
 
 class LoggedModel(Protocol):
@@ -179,6 +180,9 @@ def log_evaluation_run(
 ) -> EvaluationResult:
     """Compute and log test metrics and plots in an ``evaluate`` run (and on the training run).
 
+    On the ``evaluate`` run, whose inputs are the model and the test split, the metrics are
+    linked to the logged model and the test split (MLflow 3): they are the ones the model's
+    page lists. The training run gets a copy of its own, for comparing runs side by side.
     A binary model's label metrics are at its decision threshold (``f1``) and at 0.5
     (``f1_at_0.5``); ``best_possible_f1`` is the best F1 any threshold gives on the test split.
     """
@@ -197,7 +201,14 @@ def log_evaluation_run(
                 "dataset.version": dataset.version,
             },
         )
-        tracking.log_metrics(client, run_id, {f"test_{k}": v for k, v in metrics.items()})
+        test_metrics = {f"test_{k}": v for k, v in metrics.items()}
+        splits = log_split_inputs(client, run_id, dataset, "test")
+        model_id = logged_model_id(model.model_uri)
+        if model_id is not None:
+            tracking.log_model_input(client, run_id, model_id)
+        tracking.log_metrics(
+            client, run_id, test_metrics, model_id=model_id, dataset=splits["test"]
+        )
         tracking.log_figures(
             client,
             run_id,
@@ -205,7 +216,7 @@ def log_evaluation_run(
                 dataset.task, targets, scores, dataset.classes, "test", scored.threshold
             ),
         )
-        tracking.log_metrics(client, model.run_id, {f"test_{k}": v for k, v in metrics.items()})
+        tracking.log_metrics(client, model.run_id, test_metrics)
     return EvaluationResult(
         run_id=run_id,
         split="test",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from serving.batch import BatchScoreRequest, BatchScoreResult, run_batch_score
+from prefect_mlops.serving.batch import BatchScoreRequest, BatchScoreResult, run_batch_score
 
 
 @task(name="score-batch", cache_policy=NO_CACHE)

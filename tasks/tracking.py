@@ -1,4 +1,5 @@
-"""The pipeline's parent MLflow run and the lineage facts every stage tags its runs with."""
+"""The pipeline's parent MLflow run and the lineage facts every stage tags its runs with: the
+flow run, the code, and the dataset splits a run read."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
+from mlflow.entities import Dataset as DatasetEntity
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.runtime import flow_run
 
-from mlops.config import PipelineConfig
-from mlops.settings import get_settings
-from model_registry import tracking
-from model_registry.loading import ModelStore, model_check_limits
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef, split_column_types
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.loading import ModelStore, model_check_limits
 
 
 def model_store(config: PipelineConfig) -> ModelStore:
@@ -54,6 +57,39 @@ def lineage_tags(config: PipelineConfig) -> dict[str, str]:
         "prefect.flow_name": str(flow_run.flow_name or "none"),
         "git.commit": git_commit(),
     }
+
+
+SPLIT_CONTEXTS = {"train": "training", "validation": "validation", "test": "testing"}
+"""The context each split is logged under as a run's input."""
+
+
+def split_dataset(dataset: DatasetRef, split: str) -> DatasetEntity:
+    """One split of a dataset version as an MLflow dataset: named ``<use case>-<split>``, its
+    digest the version's content hash, its schema each column's type in the source (read
+    from the Parquet footers and the version's facts, not the rows), its profile the row
+    count."""
+    return tracking.dataset_entity(
+        f"{dataset.name}-{split}",
+        dataset.version,
+        dataset.split_uris[split],
+        split_column_types(dataset, split),
+        dataset.row_counts[split],
+    )
+
+
+def log_split_inputs(
+    client: MlflowClient, run_id: str, dataset: DatasetRef, *splits: str
+) -> dict[str, DatasetEntity]:
+    """Attach splits of a dataset version to a run as its inputs, with their column types.
+
+    Returns:
+        Each split's MLflow dataset, to link the metrics measured on it.
+    """
+    logged = {split: split_dataset(dataset, split) for split in splits}
+    tracking.log_dataset_inputs(
+        client, run_id, {SPLIT_CONTEXTS[split]: entity for split, entity in logged.items()}
+    )
+    return logged
 
 
 def ended_flow_runs(flow_run_ids: list[str]) -> set[str]:

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
-from pathlib import Path
 from typing import Any
 
-import mlflow
 from distributed import Client
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.allocator.allocation import Allocation
-from infra.allocator.history import RunProfile
-from infra.allocator.profiling import (
+from prefect_mlops.infra.allocator.allocation import Allocation
+from prefect_mlops.infra.allocator.history import RunProfile
+from prefect_mlops.infra.allocator.profiling import (
     TrainingOutcomeError,
     TrainOnCluster,
     cluster_config,
@@ -31,26 +26,32 @@ from infra.allocator.profiling import (
     measure_training,
     profile_row,
 )
-from infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
-from infra.dask_cluster import worker_peak_memory
-from mlops.config import ClusterConfig, PipelineConfig, TaskType, ThresholdConfig, TrainingConfig
-from mlops.dataset import DatasetRef, read_sample
-from mlops.errors import ConfigError
-from mlops.families import ModelFamily, TrainedModel, family, with_threshold
-from mlops.prediction import DEFAULT_THRESHOLD
-from mlops.settings import get_settings
-from mlops.thresholds import choose_threshold, metrics_at
-from mlops.training_config import check_threshold_fits
-from model_registry import tracking
-from model_registry.registry import log_pipeline_model
-from tasks.figures import (
+from prefect_mlops.infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
+from prefect_mlops.infra.dask_cluster import worker_peak_memory
+from prefect_mlops.mlops.config import (
+    ClusterConfig,
+    PipelineConfig,
+    TaskType,
+    ThresholdConfig,
+    TrainingConfig,
+)
+from prefect_mlops.mlops.dataset import DatasetRef, read_sample
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.families import ModelFamily, TrainedModel, family, with_threshold
+from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.mlops.thresholds import choose_threshold, metrics_at
+from prefect_mlops.mlops.training_config import check_threshold_fits
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.registry import log_pipeline_model, logged_model_id
+from prefect_mlops.tasks.figures import (
     evaluation_figures,
     feature_importance_figure,
     learning_curve_figure,
     threshold_figure,
 )
-from tasks.tracking import experiment_for, lineage_tags
-from tasks.tuning import (
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, log_split_inputs
+from prefect_mlops.tasks.tuning import (
     TuningOutcome,
     log_trial_runs,
     tuning_metrics,
@@ -143,8 +144,17 @@ def log_training_run(
     tags: dict[str, str],
     extra_params: dict[str, Any] | None = None,
     extra_metrics: dict[str, float] | None = None,
+    validation_metrics: dict[str, float] | None = None,
 ) -> TrainingResult:
-    """Log a training run: params, the per-round validation curve, plots, inputs and the model."""
+    """Log a training run: params, the per-round validation curve, plots, inputs and the model.
+
+    The metrics are logged after the model: MLflow 3 copies the metrics a run already has
+    to a model logged in it, and the validation curve's first round or the training time
+    would then pass for the model's. The metrics that describe the model (its best
+    validation score, ``validation_metrics``) are linked to it and to the validation split,
+    so the model's page lists them; the others (the curve, time, memory, ``extra_metrics``)
+    belong to the run alone.
+    """
     with tracking.stage_run(client, experiment_id, "train", parent_run_id, tags) as run:
         run_id = run.run_id
         cluster = trained.cluster
@@ -162,27 +172,12 @@ def log_training_run(
                 "cluster.scheduler": cluster.scheduler_address or "local",
             },
         )
-        tracking.log_metric_history(
-            client, run_id, f"validation_{trained.validation_metric}", trained.validation_curve
-        )
         per_iteration = trained.wall_time_s / max(trained.iterations_run, 1)
         peak = max(trained.peak_worker_memory_bytes.values(), default=0)
         best_score = (
             trained.validation_curve[trained.best_iteration - 1]
             if trained.validation_curve
             else float("nan")
-        )
-        tracking.log_metrics(
-            client,
-            run_id,
-            {
-                "training_time_s": trained.wall_time_s,
-                "time_per_iteration_s": per_iteration,
-                "iterations_run": trained.iterations_run,
-                "peak_worker_memory_mb": peak / 2**20,
-                f"best_validation_{trained.validation_metric}": best_score,
-                **(extra_metrics or {}),
-            },
         )
         importance = trained.predictor.feature_importance()
         tracking.log_figures(
@@ -210,8 +205,30 @@ def log_training_run(
                 trained.validation_targets, trained.validation_scores, trained.threshold
             )
         tracking.log_figures(client, run_id, figures)
-        log_dataset_inputs(run_id, dataset)
+        splits = log_split_inputs(client, run_id, dataset, "train", "validation")
         model_uri = log_pipeline_model(run_id, trained.predictor, read_sample(dataset))
+        tracking.log_metric_history(
+            client, run_id, f"validation_{trained.validation_metric}", trained.validation_curve
+        )
+        tracking.log_metrics(
+            client,
+            run_id,
+            {
+                "training_time_s": trained.wall_time_s,
+                "time_per_iteration_s": per_iteration,
+                "iterations_run": trained.iterations_run,
+                "peak_worker_memory_mb": peak / 2**20,
+                **(extra_metrics or {}),
+            },
+        )
+        tracking.log_metrics(
+            client,
+            run_id,
+            {f"best_validation_{trained.validation_metric}": best_score}
+            | (validation_metrics or {}),
+            model_id=logged_model_id(model_uri),
+            dataset=splits["validation"],
+        )
     return TrainingResult(
         run_id=run_id,
         model_uri=model_uri,
@@ -224,25 +241,6 @@ def log_training_run(
         peak_worker_memory_bytes=peak,
         cluster=cluster,
     )
-
-
-def log_dataset_inputs(run_id: str, dataset: DatasetRef) -> None:
-    """Attach the train and validation splits to the run as MLflow dataset inputs (digest = version)."""
-    schema = mlflow.types.Schema(
-        [
-            mlflow.types.ColSpec(mlflow.types.DataType.string, c)
-            for c in dataset.feature_spec.input_columns
-        ]
-    )
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
-        for split, context in (("train", "training"), ("validation", "validation")):
-            uri = dataset.split_uris[split]
-            source = resolve_dataset_source(uri if "://" in uri else Path(uri).resolve().as_uri())
-            meta = MetaDataset(
-                source=source, name=f"{dataset.name}-{split}", digest=dataset.version, schema=schema
-            )
-            mlflow.log_input(meta, context=context)
 
 
 class TrainingAttempt(BaseModel):
@@ -458,8 +456,7 @@ def log_training(
         get_run_logger().info("Decision threshold %s", trained.threshold.summary())
     threshold_params, threshold_metrics = threshold_record(trained, config.training.threshold)
     params = allocation_params(allocation) | threshold_params
-    metrics = outcome_metrics(allocation, attempt.profile) | threshold_metrics
-    metrics |= family_metrics(attempt)
+    metrics = outcome_metrics(allocation, attempt.profile) | family_metrics(attempt)
     if tuning is not None:
         params, metrics = params | tuning_params(tuning), metrics | tuning_metrics(tuning)
         tags |= tuning_tags(tuning)
@@ -472,6 +469,7 @@ def log_training(
         tags,
         params,
         metrics,
+        threshold_metrics,
     )
     if tuning is not None:
         log_trial_runs(client, experiment_id, result.run_id, tuning, lineage_tags(config))

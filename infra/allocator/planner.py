@@ -15,10 +15,10 @@ from pydantic import (
     model_validator,
 )
 
-from infra.dask_cluster import scheduler_workers
-from mlops.config import AllocatorConfig, ClusterConfig
-from mlops.errors import ConfigError
-from mlops.settings import Settings
+from prefect_mlops.infra.dask_cluster import scheduler_workers
+from prefect_mlops.mlops.config import AllocatorConfig, ClusterConfig
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.settings import Settings
 
 from .allocation import Allocation, Objective, Pricing
 from .history import ClusterShape, HistoryStore, JobFeatures, RunProfile
@@ -312,8 +312,10 @@ def recommend_for_job(
     )
 
 
-def node_spec(spec: Any) -> list[int]:
+def node_spec(spec: Any, given_as: str = "--nodes") -> list[int]:
     """``4-48``, ``4,6,8`` or a list into node counts ([] for none given: the default range).
+
+    ``given_as`` names where the spec came from in the error (the option, or a file's field).
 
     Raises:
         ConfigError: naming the spec and the forms it may take.
@@ -329,14 +331,14 @@ def node_spec(spec: Any) -> list[int]:
             numbers = [int(part) for part in parts]
     except (TypeError, ValueError):
         raise ConfigError(
-            f"--nodes {spec!r}: expected node counts such as 4-48 or 4,6,8."
+            f"{given_as} {spec!r}: expected node counts such as 4-48 or 4,6,8."
         ) from None
     try:
         if isinstance(spec, str) and "-" in spec:
             return node_counts(None, numbers[0], numbers[1])
         return node_counts(numbers)
     except ValueError as error:
-        raise ConfigError(f"--nodes {spec!r}: {error}.") from None
+        raise ConfigError(f"{given_as} {spec!r}: {error}.") from None
 
 
 def described_objective(kind: str, deadline: float | None, budget: float | None) -> Objective:

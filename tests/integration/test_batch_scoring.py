@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from cli.root import app
-from flows.score import batch_score_flow
-from mlops.settings import get_settings
-from mlops.storage import artifact_store
-from serving.batch import BatchScoreRequest
-from serving.log_reader import load_inference_window, load_parquet_window
+from prefect_mlops.cli.root import app
+from prefect_mlops.flows.score import batch_score_flow
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.mlops.storage import artifact_store
+from prefect_mlops.serving.batch import BatchScoreRequest
+from prefect_mlops.serving.log_reader import load_inference_window, load_parquet_window
 from tests.integration.conftest import bundled_config
 
 MODEL = "fraud-detector"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import prefect_mlops
-from mlops.errors import ConfigError
+from prefect_mlops.mlops.errors import ConfigError
 from tests.ports import free_port
 
 

@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.schedules import RRuleSchedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from infra.stack.state import StackState, read_state
+from prefect_mlops.infra.stack.state import StackState, read_state
 from tests.ports import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,8 @@ MLOPS = str(Path(sys.executable).parent / "mlops")
 PIPELINE = "retraining-pipeline/retraining-pipeline"
 MONITOR = "drift-monitor/drift-monitor"
 T = TypeVar("T")
+STACK_LOG_MAX_BYTES = 2 * 2**20
+"""The package stack's log rotation limit: small, so a test pushes a log over it cheaply."""
 
 
 def stack_env(home: Path) -> dict[str, str]:
@@ -44,12 +46,14 @@ def stack_env(home: Path) -> dict[str, str]:
     return env | {"MLOPS_HOME": str(home)}
 
 
-def mlops_cli(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def mlops_cli(
+    home: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """The real console script, run from the project root against the stack in ``home``."""
     return subprocess.run(
         [MLOPS, *args],
         cwd=PROJECT,
-        env=stack_env(home),
+        env=stack_env(home) | (env or {}),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -94,12 +98,14 @@ def listening(port: int) -> Iterator[socket.socket]:
         yield holder
 
 
-def up_on_free_ports(home: Path, **ports: int) -> subprocess.CompletedProcess:
+def up_on_free_ports(
+    home: Path, env: dict[str, str] | None = None, **ports: int
+) -> subprocess.CompletedProcess:
     """`mlops up` in ``home`` on free ports, except those given (e.g. ``mlflow_port=5000``)."""
     options = []
     for name in ("prefect_port", "mlflow_port", "serving_port"):
         options += [f"--{name.replace('_', '-')}", str(ports.get(name) or free_port())]
-    return mlops_cli(home, "up", *options)
+    return mlops_cli(home, "up", *options, env=env)
 
 
 def small_config(source: Path, **training: Any) -> dict[str, Any]:
@@ -130,7 +136,7 @@ def stack(tmp_path_factory) -> Iterator[StackState]:
     """`mlops up` on free ports in a temp home; `mlops down` afterwards, whatever happened."""
     home = tmp_path_factory.mktemp("stack-home")
     started = time.monotonic()
-    up = up_on_free_ports(home)
+    up = up_on_free_ports(home, env={"MLOPS_STACK_LOG_MAX_BYTES": str(STACK_LOG_MAX_BYTES)})
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         state = read_state(home)

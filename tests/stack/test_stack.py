@@ -31,15 +31,16 @@ from prefect.client.schemas.filters import FlowRunFilter, TaskRunFilter, TaskRun
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
-from flows.retrain import PipelineResult
-from infra.crash_detection import AUTOMATION_NAME, SILENCE
-from infra.stack.processes import http_ok
-from infra.stack.state import StackState, read_state
+from prefect_mlops.flows.retrain import PipelineResult
+from prefect_mlops.infra.crash_detection import AUTOMATION_NAME, SILENCE
+from prefect_mlops.infra.stack.processes import http_ok
+from prefect_mlops.infra.stack.state import StackState, read_state
 from tests.ports import free_port
 from tests.stack.conftest import (
     MONITOR,
     PIPELINE,
     PROJECT,
+    STACK_LOG_MAX_BYTES,
     OneShot,
     add_one_shot_schedule,
     api,
@@ -454,6 +455,28 @@ def test_the_supervisor_restarts_a_killed_mlflow_server(stack):
     assert f"{record.pid}" in row and "healthy" in row and row.split()[-2] == "1"
     log = (home / "stack" / "logs" / "supervisor.log").read_text()
     assert f"mlflow-server (pid {server.pid}) was not running: started it again" in log
+
+
+def test_the_supervisor_rotates_a_log_over_the_limit_and_its_writer_keeps_writing(stack):
+    logs = Path(stack.home) / "stack" / "logs"
+    log, copy = logs / "supervisor.log", logs / "supervisor.log.1"
+    before = log.read_bytes()
+    padding = b"padding that pushes the log over MLOPS_STACK_LOG_MAX_BYTES\n"
+    bulk = padding * ((STACK_LOG_MAX_BYTES - len(before) - 4096) // len(padding))
+    with log.open("ab") as out:  # the supervisor itself writes here through its inherited stderr
+        out.write(bulk)  # still under the limit: no rotation can cut this write in two
+        out.flush()
+        out.write(padding * 100)  # over it
+
+    def rotated() -> bool:
+        return copy.exists() and b"Rotated supervisor.log" in log.read_bytes()
+
+    wait_for(rotated, 120, "supervisor.log rotated by the supervisor")
+
+    kept = copy.read_bytes()
+    assert kept.startswith(before) and bulk in kept
+    text = log.read_bytes()  # the supervisor's next lines go to the emptied file, with no hole
+    assert b"\0" not in text and len(text) < STACK_LOG_MAX_BYTES
 
 
 def test_down_stops_every_process_and_is_idempotent(stack):

@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import prefect_mlops
-from cli.pipeline import recommend as recommend_command
-from cli.pipeline import run as run_command
-from cli.scoring import score as score_command
-from cli.serving import serve as serve_command
+from prefect_mlops.cli.pipeline import recommend as recommend_command
+from prefect_mlops.cli.pipeline import run as run_command
+from prefect_mlops.cli.scoring import score as score_command
+from prefect_mlops.cli.serving import serve as serve_command
 
 FORMATTING_ONLY = {"as_json"}
 """Command options that only choose how the result is printed."""
