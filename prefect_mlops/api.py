@@ -3,7 +3,8 @@
 Each function takes the arguments of its ``mlops`` command (``run``, ``recommend``, ``serve``,
 ``score``) and is what that command calls, so the two cannot drift apart: the command parses
 options, calls the function here and formats its result. Errors are the project's
-(:mod:`mlops.errors`): bad input raises an :class:`~mlops.errors.MlopsError` naming what to fix.
+(:mod:`prefect_mlops.mlops.errors`): bad input raises an
+:class:`~prefect_mlops.mlops.errors.MlopsError` naming what to fix.
 Heavy modules (Prefect, Dask, MLflow) are imported inside the functions, so importing this
 module is quick.
 

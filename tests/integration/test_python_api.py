@@ -56,11 +56,8 @@ def test_the_api_trains_recommends_scores_and_serves(tmp_path):
         "churn-model", str(tmp_path / "new.csv"), str(out), keep=["customer_id"]
     )
     predictions = pd.read_parquet(out)
-    pyfunc = mlflow.pyfunc.load_model("models:/churn-model@champion")
-    expected = pyfunc.predict(rows.drop(columns="customer_id"))
     assert scored.rows == 200 and scored.version == result.model_version
     assert predictions["customer_id"].tolist() == rows["customer_id"].tolist()
-    assert predictions["prediction"].tolist() == expected["prediction"].tolist()
 
     port = free_port()
     server = multiprocessing.get_context("spawn").Process(
@@ -76,6 +73,12 @@ def test_the_api_trains_recommends_scores_and_serves(tmp_path):
         server.terminate()
         server.join(timeout=30)
     assert server.exitcode is not None
+
+    # Last: loading the pyfunc puts the model's own copy of the package on sys.path, which a
+    # process spawned afterwards would import instead of this one.
+    pyfunc = mlflow.pyfunc.load_model("models:/churn-model@champion")
+    expected = pyfunc.predict(rows.drop(columns="customer_id"))
+    assert predictions["prediction"].tolist() == expected["prediction"].tolist()
 
 
 def wait_for_answer(url: str, body: dict, server, seconds: float = 90) -> dict:
