@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -192,7 +193,12 @@ def _peak_rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux
+    return max_rss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # not Linux
+
+
+def max_rss_bytes(ru_maxrss: int, platform: str = sys.platform) -> int:
+    """getrusage's ``ru_maxrss`` in bytes: macOS reports bytes, Linux and the BSDs kibibytes."""
+    return ru_maxrss if platform == "darwin" else ru_maxrss * 1024
 
 
 def worker_peak_memory(client: Client, workers: list[str] | None = None) -> dict[str, int]:
