@@ -3,6 +3,7 @@
 - ``pipeline``: run, trigger, recommend
 - ``stack``: up, status, down, ui, mlflow-server
 - ``serving``: serve, export
+- ``scoring``: score
 - ``monitoring``: monitor, simulate-traffic
 - ``allocator``: allocator history / export / import
 - ``data``: generate, check-config
@@ -10,4 +11,4 @@
 A command parses its options, calls the package that owns the work, and formats the outcome.
 """
 
-from prefect_mlops.cli import allocator, data, monitoring, pipeline, serving, stack  # noqa: F401  (registers)
+from prefect_mlops.cli import allocator, data, monitoring, pipeline, scoring, serving, stack  # noqa: F401  (registers)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from prefect_mlops.api import VERDICT_STATES
 from prefect_mlops.cli._utilities import (
     PIPELINE_EXITS,
     exit_status_help,
@@ -18,59 +19,14 @@ from prefect_mlops.cli._utilities import (
     with_absolute_source,
 )
 from prefect_mlops.cli.root import app
-from prefect_mlops.mlops.config import PipelineConfig, load_config, parse_config
-from prefect_mlops.mlops.errors import ConfigError, EnvironmentFailure, ExitCode, MlopsError
-from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.mlops.config import load_config
+from prefect_mlops.mlops.errors import EnvironmentFailure, ExitCode, MlopsError
 
 
 class Task(StrEnum):
     binary = "binary"
     multiclass = "multiclass"
     regression = "regression"
-
-
-def config_for_file(
-    data: str,
-    target: str,
-    task: str | None,
-    name: str | None,
-    families: list[str] | None = None,
-) -> PipelineConfig:
-    """A config for the bring-your-own-file path: everything inferred from the file, the model
-    families (``training.family``) given or LightGBM."""
-    stem = Path(data.rstrip("/")).name.split(".")[0] or "dataset"
-    use_case = (
-        "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem).strip("-.") or "dataset"
-    )
-    raw: dict[str, Any] = {
-        "name": use_case,
-        "data": {"source": data, "target": target, "task": task},
-        "model": {"name": name or f"{use_case}-model"},
-    }
-    if families:
-        raw["training"] = {"family": families[0] if len(families) == 1 else families}
-    return parse_config(raw, origin="the command line")
-
-
-def preflight(config: PipelineConfig) -> None:
-    """Cheap checks before any service starts: a writable store, a readable file, its columns.
-
-    A declared synthetic source is generated first, with progress on the terminal.
-
-    Raises:
-        StorageError: the artifact store cannot be written (exit 1: not bad input).
-        MlopsError: the data or config is unusable (exit 2).
-    """
-    from prefect_mlops.mlops.schema import infer_schema
-    from prefect_mlops.mlops.source import open_source
-    from prefect_mlops.mlops.storage import check_artifact_store
-    from prefect_mlops.tasks.preprocessing import read_head, write_synthetic_source_if_missing
-
-    check_artifact_store(get_settings())
-    if write_synthetic_source_if_missing(config.data):
-        typer.echo(f"Generated {config.data.synthetic.rows:,} rows -> {config.data.source}")
-    source = open_source(config.data)
-    infer_schema(read_head(source, config.data.source, rows=1000), config.data, config.features)
 
 
 PIPELINE_OK = "the candidate became champion"
@@ -111,26 +67,18 @@ def run(
     """
     if config is not None and family:
         usage_error(f"--family is for --data; {config} names its family in training.family.")
-    try:
-        pipeline_config = _config_from_options(config, data, target, task, name, family)
-        preflight(pipeline_config)
-        from prefect_mlops.flows.retrain import retraining_pipeline_flow
-        from prefect_mlops.infra.prefect_runtime import without_flow_heartbeats
+    _check_config_options(config, data, target)
+    from prefect_mlops.api import run_pipeline
 
-        started = time.perf_counter()
-        with without_flow_heartbeats():  # no deployment: nothing would watch the heartbeat
-            state = retraining_pipeline_flow(pipeline_config, return_state=True)
-        if state.is_failed() and state.name not in VERDICT_STATES:
-            state.result()  # raises what stopped the pipeline
-        result = state.result(raise_on_failure=False)
+    started = time.perf_counter()
+    try:
+        result = run_pipeline(
+            config, data, target, task.value if task else None, name, family, say=typer.echo
+        )
     except MlopsError as error:
         fail(error)
     print_summary(result, time.perf_counter() - started)
     exit_for(result.decision)
-
-
-VERDICT_STATES = ("Rejected", "RolledBack")
-"""Failed states that are a verdict on the candidate, not an error: the run's result says why."""
 
 
 def exit_for(decision: str) -> None:
@@ -306,22 +254,27 @@ def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     exit_for(result.decision)
 
 
-def _config_from_options(
-    config: Path | None,
-    data: str | None,
-    target: str | None,
-    task: Task | None = None,
-    name: str | None = None,
-    families: list[str] | None = None,
-) -> PipelineConfig:
-    """The use case that ``--config``, or ``--data`` with ``--target``, names (usage error: 64)."""
+def _check_config_options(config: Path | None, data: str | None, target: str | None) -> None:
+    """``--config``, or ``--data`` with ``--target``: anything else is a usage error (64)."""
     if config is not None and data is not None:
         usage_error("Pass either --config or --data/--target, not both.")
-    if config is not None:
-        return load_config(config, given_as="--config")
-    if data is not None and target is not None:
-        return config_for_file(data, target, task.value if task else None, name, families)
-    usage_error("Pass --config FILE, or --data FILE with --target COLUMN.")
+    if config is None and (data is None or target is None):
+        usage_error("Pass --config FILE, or --data FILE with --target COLUMN.")
+
+
+def _check_described_options(params: list[str], size: str | None) -> None:
+    """``--param KEY=VALUE`` and ``--bytes SIZE`` as written: otherwise a usage error (64)."""
+    from dask.utils import parse_bytes
+
+    for item in params:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            usage_error(f"--param {item!r}: expected KEY=VALUE.")
+    if size is not None:
+        try:
+            parse_bytes(size)
+        except (ValueError, TypeError):
+            usage_error(f"--bytes {size!r}: not a size such as 93.8GB or 2GiB.")
 
 
 @app.command(epilog=exit_status_help())
@@ -375,24 +328,30 @@ def recommend(
     described = job is not None or any(
         v for v in (name, family, size, rows, features, param, machine_type, nodes)
     )
+    if described:
+        _check_described_options(param or [], size)
+    else:
+        _check_config_options(config, data, target)
+    from prefect_mlops.api import recommend as recommend_allocation
+
     try:
-        if described:
-            allocation = _recommend_described(
-                job,
-                name,
-                family,
-                size,
-                rows,
-                features,
-                param or [],
-                machine_type or [],
-                nodes,
-                objective,
-                deadline,
-                budget,
-            )
-        else:
-            allocation = _recommend_use_case(config, data, target)
+        allocation = recommend_allocation(
+            config,
+            data,
+            target,
+            job,
+            name,
+            family,
+            size,
+            rows,
+            features,
+            param,
+            machine_type,
+            nodes,
+            objective,
+            deadline,
+            budget,
+        )
     except MlopsError as error:
         fail(error)
     if as_json:
@@ -401,89 +360,3 @@ def recommend(
     from prefect_mlops.infra.allocator.report import allocation_markdown
 
     typer.echo(allocation_markdown(allocation))
-
-
-def _recommend_use_case(config: Path | None, data: str | None, target: str | None) -> Any:
-    pipeline_config = _config_from_options(config, data, target)
-    preflight(pipeline_config)
-    from prefect_mlops.mlops.source import fingerprint_source
-    from prefect_mlops.tasks.allocation import recommend_for_dataset
-    from prefect_mlops.tasks.preprocessing import build_dataset_version
-
-    dataset = build_dataset_version(
-        pipeline_config,
-        get_settings().resolved_artifact_store,
-        fingerprint_source(pipeline_config.data),
-    )
-    return recommend_for_dataset(pipeline_config, dataset)
-
-
-def _recommend_described(
-    job: Path | None,
-    name: str | None,
-    family: str | None,
-    size: str | None,
-    rows: int | None,
-    features: int | None,
-    params: list[str],
-    machine_types: list[str],
-    nodes: str | None,
-    objective: str,
-    deadline: float | None,
-    budget: float | None,
-) -> Any:
-    import json
-
-    from prefect_mlops.infra.allocator.planner import (
-        describe_job,
-        described_objective,
-        node_spec,
-        recommend_for_job,
-    )
-
-    raw: dict[str, Any] = {}
-    origin = "the command line"
-    if job is not None:
-        origin = str(job)
-        try:
-            raw = json.loads(job.read_text())
-        except OSError as error:
-            raise ConfigError(f"{job}: cannot be read ({error.strerror}).") from None
-        except ValueError as error:
-            raise ConfigError(f"{job}: not valid JSON ({error}).") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{job}: expected a JSON object describing the job.")
-    candidates = raw.pop("candidates", None) or {}
-    if not isinstance(candidates, dict):
-        raise ConfigError(f"{origin}: field 'candidates' must be an object (machine_types, nodes).")
-    flags = {"name": name, "family": family, "rows": rows, "features": features}
-    raw |= {k: v for k, v in flags.items() if v is not None}
-    if size is not None:
-        raw["bytes"] = _parse_size(size)
-    for item in params:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            usage_error(f"--param {item!r}: expected KEY=VALUE.")
-        raw.setdefault("params", {})[key] = value
-    described = describe_job(raw, origin)
-    listed = candidates.get("machine_types", [])
-    if isinstance(listed, str):
-        listed = [part.strip() for part in listed.split(",") if part.strip()]
-    if not isinstance(listed, list):
-        raise ConfigError(f"{origin}: field 'candidates.machine_types' must be a list of names.")
-    types = machine_types or [str(name) for name in listed]
-    if nodes is not None:
-        counts = node_spec(nodes)
-    else:
-        counts = node_spec(candidates.get("nodes"), f"{origin}: field 'candidates.nodes'")
-    goal = described_objective(objective, deadline, budget)
-    return recommend_for_job(described, get_settings(), goal, types, counts)
-
-
-def _parse_size(text: str) -> int:
-    from dask.utils import parse_bytes
-
-    try:
-        return int(parse_bytes(text))
-    except (ValueError, TypeError):
-        usage_error(f"--bytes {text!r}: not a size such as 93.8GB or 2GiB.")

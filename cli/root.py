@@ -29,6 +29,7 @@ HELP_ORDER = (
     "trigger",
     "recommend",
     "serve",
+    "score",
     "monitor",
     "simulate-traffic",
     "export",

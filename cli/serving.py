@@ -39,29 +39,12 @@ def serve(
     seconds. Scored requests go to the inference log (MLOPS_INFERENCE_LOG: Parquet under the
     artifact store by default, `sql`, or `off`), which the drift monitor reads. Ctrl-C stops it.
     """
-    from prefect_mlops.serving.service import build_service, inference_log_target, run_service
+    from prefect_mlops.api import serve as serve_model
 
-    settings = get_settings()
     try:
-        service = build_service(settings, model)
+        serve_model(model, host, port, wait_for_model, say=typer.echo)
     except MlopsError as error:
         fail(error)
-    try:
-        service.swapper.load_first()  # sets /health's last_reload_error when it fails
-    except MlopsError as error:
-        if not wait_for_model:
-            fail(error)
-        typer.echo(f"Waiting for {model}: {error}")
-    served = service.state.model
-    bind_host, bind_port = host or settings.serving_host, port or settings.serving_port
-    what = f"{served.name} version {served.version}" if served else f"{model} (once one loads)"
-    typer.echo(f"Serving {what} on http://{bind_host}:{bind_port}/invocations")
-    if service.log is not None:
-        typer.echo(
-            f"Inference log: {settings.inference_log_sample_rate:.0%} of requests to "
-            f"{inference_log_target(settings)}"
-        )
-    run_service(service, bind_host, bind_port)
 
 
 @app.command("export", epilog=exit_status_help())

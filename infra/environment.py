@@ -24,8 +24,12 @@ QUIET_ENVIRONMENT = {
     "DASK_LOGGING__DISTRIBUTED": "warning",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "GX_ANALYTICS_ENABLED": "false",  # Great Expectations phones home otherwise
+    # The temporary Prefect server of `mlops run` creates its SQLite database on a fresh home:
+    # measured over 20 s (Prefect's default wait) on a busy 2-core machine, which then failed.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
-"""Variables every process of ours starts with, unless the user set them: quiet, no telemetry."""
+"""Variables every process of ours starts with, unless the user set them: quiet, no telemetry,
+patient with a slow first start."""
 
 
 def configure_environment(settings: Settings) -> None:

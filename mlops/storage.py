@@ -12,6 +12,8 @@ storage options in ``MLOPS_ARTIFACT_STORE_OPTIONS`` (a JSON object: credentials,
 - ``feedback/<model>/``: delayed labels, CSV or Parquet files of ``request_id``, ``row``, ``label``.
 - ``monitoring/<model>/last-event.json``: the drift monitor's last event (its cooldown).
 - ``training/<run>/``: scratch files of one training run (validation curves from the workers).
+- ``predictions/<model>/<version>/<batch>/``: one batch scoring run's output, ``part-*.parquet``
+  (:mod:`serving.batch`).
 
 Where does a new artifact-store backend go? Here: :func:`open_url` is the one place a URL of
 the store is turned into a file system, so a backend fsspec knows (``s3://``, ``gs://``,
@@ -39,6 +41,7 @@ INFERENCE_LOG = "inference-log"
 FEEDBACK = "feedback"
 MONITORING = "monitoring"
 TRAINING = "training"
+PREDICTIONS = "predictions"
 LAST_EVENT = "last-event.json"
 EXPECTATIONS = "expectations"
 DATA_GATE = "data-gate"
@@ -124,9 +127,21 @@ class ArtifactStore:
         """The drift monitor's record of the last event it emitted for ``model``."""
         return self.url(MONITORING, model, LAST_EVENT)
 
+    def predictions_folder(self, model: str, version: str, batch: str) -> str:
+        """Where one batch scoring run of ``model`` version ``version`` writes its parts."""
+        return self.url(PREDICTIONS, model, version, batch)
+
     def training_scratch(self, run: str | None = None) -> str:
         """A folder of scratch files for one training run (a new one when ``run`` is None)."""
         return self.url(TRAINING, run or uuid.uuid4().hex)
+
+
+def staging_url(final: str) -> str:
+    """A hidden sibling of ``final`` to write into before it is moved into place, so that no
+    reader (and no store listing) sees a half-written folder or file."""
+    parent, _, name = final.rstrip("/").rpartition("/")
+    hidden = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    return f"{parent}/{hidden}" if parent else hidden
 
 
 def artifact_store(settings: Settings | None = None) -> ArtifactStore:

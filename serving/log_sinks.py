@@ -41,6 +41,12 @@ def model_folder(root: str, model: str) -> str:
     return f"{root.rstrip('/')}/{model}"
 
 
+def staging_folder(root: str, model: str, batch: str) -> str:
+    """A hidden folder of ``model``'s log where one scoring batch's files wait until the batch
+    succeeds (readers list only ``date=`` folders, so they never see it)."""
+    return f"{model_folder(root, model)}/.batch-{batch}"
+
+
 def day_folder(root: str, model: str, day: str) -> str:
     """The folder of ``model``'s files of one UTC day (``YYYY-MM-DD``)."""
     return f"{model_folder(root, model)}/{DATE_PREFIX}{day}"

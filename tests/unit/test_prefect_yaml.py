@@ -46,6 +46,7 @@ def test_deployments_are_kebab_case_on_a_pool_per_kind_of_work():
         "register": "deploy-pool",
         "deploy": "deploy-pool",
         "drift-monitor": "monitor-pool",
+        "batch-score": "score-pool",
         "retraining-pipeline": "orchestrator-pool",
     }
 

@@ -47,6 +47,7 @@ def test_pools_come_from_prefect_yaml_in_order_of_first_use():
         "train-pool",
         "deploy-pool",
         "monitor-pool",
+        "score-pool",
         "orchestrator-pool",
     ]
 

@@ -25,6 +25,7 @@ from prefect_mlops.mlops.storage import (
     FEEDBACK,
     INFERENCE_LOG,
     MONITORING,
+    PREDICTIONS,
     TRAINING,
     ArtifactStore,
     artifact_store,
@@ -150,12 +151,15 @@ def test_the_layout_puts_each_kind_under_its_own_folder():
     assert store.feedback_folder("m") == "s3://bucket/artifacts/feedback/m"
     assert store.last_event_uri("m") == "s3://bucket/artifacts/monitoring/m/last-event.json"
     assert store.training_scratch("r1") == "s3://bucket/artifacts/training/r1"
+    assert store.predictions_folder("m", "3", "b1") == "s3://bucket/artifacts/predictions/m/3/b1"
     assert store.training_scratch() != store.training_scratch()  # a fresh folder per run
-    assert len({DATASETS, INFERENCE_LOG, FEEDBACK, MONITORING, TRAINING}) == 5
+    assert len({DATASETS, INFERENCE_LOG, FEEDBACK, MONITORING, TRAINING, PREDICTIONS}) == 6
 
 
 def test_no_module_spells_a_folder_of_the_store_but_the_storage_module():
-    folders = "datasets|inference-log|feedback|monitoring|training|expectations|data-gate"
+    folders = (
+        "datasets|inference-log|feedback|monitoring|training|predictions|expectations|data-gate"
+    )
     joined = re.compile(rf"\}}/({folders})\b")
     found = []
     for package in ("cli", "flows", "tasks", "serving", "model_registry", "infra", "mlops"):
