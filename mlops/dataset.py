@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_mlops.mlops.config import TaskType
-from prefect_mlops.mlops.features import FeatureSpec
-from prefect_mlops.mlops.storage import open_url
+from .config import TaskType
+from .features import FeatureSpec
+from .storage import open_url
 
 TARGET_COLUMN = "__target__"
 """Encoded target in the split files: class index for classification, the value for regression."""

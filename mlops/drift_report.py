@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from prefect_mlops.mlops.config import MonitoringConfig
-from prefect_mlops.mlops.drift import ColumnDrift
+from .config import MonitoringConfig
+from .drift import ColumnDrift
 
 Status = Literal["drift", "degraded", "no-drift", "too-little-traffic", "no-champion"]
 

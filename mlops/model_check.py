@@ -57,7 +57,7 @@ def check_in_child(folder: Path, uri: str, limits: ModelCheckLimits) -> float:
     command = [
         sys.executable,
         "-m",
-        "prefect_mlops.mlops.model_check",
+        __name__,
         str(folder),
         uri,
         str(limits.memory_mb),

@@ -1,7 +1,7 @@
 """The registered model: raw rows in, predictions out, through its family's predictor.
 
-Stored in MLflow as a pyfunc (models-from-code: :mod:`mlops.model_code`) whose artifacts are
-the model's files: its family's own model file(s), the fitted
+Stored in MLflow as a pyfunc (models-from-code, from the entry ``registry.MODEL_ENTRY``) whose
+artifacts are the model's files: its family's own model file(s), the fitted
 :class:`~mlops.features.FeatureSpec` and a small JSON of task facts. Anything that loads it
 (``mlflow.pyfunc.load_model``, ``mlflow models serve``, our serving service, an exported
 bundle) predicts with the same predictor class (:func:`mlops.families.load_predictor`).
@@ -15,8 +15,8 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from prefect_mlops.mlops.families import Predictor, load_predictor
-from prefect_mlops.mlops.prediction import INFO_ARTIFACT
+from .families import Predictor, load_predictor
+from .prediction import INFO_ARTIFACT
 
 
 class PipelinePyfunc(mlflow.pyfunc.PythonModel):

@@ -33,8 +33,8 @@ from typing import Any
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
-from prefect_mlops.mlops.errors import StorageError
-from prefect_mlops.mlops.settings import Settings, get_settings
+from .errors import StorageError
+from .settings import Settings, get_settings
 
 DATASETS = "datasets"
 INFERENCE_LOG = "inference-log"

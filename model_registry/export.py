@@ -23,7 +23,11 @@ from mlflow.tracking import MlflowClient
 from prefect_mlops.mlops.errors import MlopsError
 from prefect_mlops.mlops.families import FAMILIES, model_family, predictor_module
 from prefect_mlops.mlops.prediction import INFO_FILE, SPEC_FILE
-from prefect_mlops.model_registry.registry import download_version, resolve_version
+from prefect_mlops.model_registry.registry import (
+    MODEL_CODE_PACKAGE,
+    download_version,
+    resolve_version,
+)
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template"
 CODE_FILES = ("errors.py", "features.py", "prediction.py")
@@ -156,9 +160,9 @@ def _write_bundle(source: Path, stage: Path, name: str, version: str, run_id: st
 
 
 def model_code_folder(source: Path) -> Path:
-    """The model's copy of the ``mlops`` package: ``code/prefect_mlops/mlops`` since the
-    project installs as one package, ``code/mlops`` in versions logged before."""
-    packaged = source / "code" / "prefect_mlops" / "mlops"
+    """The model's copy of the ``mlops`` package: ``code/prefect_mlops_model`` (see
+    ``registry.MODEL_CODE_PACKAGE``), or ``code/mlops`` in versions logged before."""
+    packaged = source / "code" / MODEL_CODE_PACKAGE
     return packaged if packaged.is_dir() else source / "code" / "mlops"
 
 

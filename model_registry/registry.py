@@ -102,7 +102,7 @@ def log_pipeline_model(run_id: str, predictor: Predictor, input_example: pd.Data
     """Log a predictor's files as an MLflow pyfunc with signature and input example.
 
     The model is defined by code (MLflow's models-from-code, no pickle), and the feature and
-    family code (the ``mlops`` package) travels with it, so a version keeps predicting the way
+    family code (the ``mlops`` package, as ``prefect_mlops_model``) travels with it, so a version keeps predicting the way
     it was validated even after the code changes. Its signature takes the rows of the file it
     was trained from as pandas reads them (:func:`input_schema`).
 
@@ -114,10 +114,12 @@ def log_pipeline_model(run_id: str, predictor: Predictor, input_example: pd.Data
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = predictor.save(Path(tmp))
         code = _model_code(Path(tmp) / "code")
+        entry = Path(tmp) / "model_code.py"
+        entry.write_text(MODEL_ENTRY)
         with mlflow.start_run(run_id=run_id):
             logged = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(code / "mlops" / "model_code.py"),
+                python_model=str(entry),
                 artifacts={name: str(path) for name, path in artifacts.items()},
                 code_paths=[str(code)],
                 signature=signature,
@@ -127,17 +129,38 @@ def log_pipeline_model(run_id: str, predictor: Predictor, input_example: pd.Data
     return logged.model_uri
 
 
-def _model_code(folder: Path) -> Path:
-    """A ``prefect_mlops`` package holding only the ``mlops`` code, for the model to carry.
+MODEL_CODE_PACKAGE = "prefect_mlops_model"
+"""The name a model's copy of ``mlops/`` has in the model (``code/prefect_mlops_model/``)."""
+MODEL_ENTRY = f'''"""MLflow models-from-code entry point: the model is defined by code, not a pickle."""
 
-    Loaded where the project is not installed (a bundle, ``mlflow models serve``), it is the
-    package; where the project is imported, its ``prefect_mlops`` is already loaded and wins.
+import sys
+
+from mlflow.models import set_model
+
+if "prefect_mlops" in sys.modules:  # loaded (or logged) by the project: its code, one copy
+    from prefect_mlops.mlops.pyfunc import PipelinePyfunc
+else:  # anywhere else: the model's own copy of the code, which MLflow put on sys.path
+    from {MODEL_CODE_PACKAGE}.pyfunc import PipelinePyfunc
+
+set_model(PipelinePyfunc())
+'''
+
+
+def _model_code(folder: Path) -> Path:
+    """The model's own copy of the ``mlops`` package, under a name of its own.
+
+    MLflow puts the model's code folder first on ``sys.path`` wherever it loads the pyfunc; a
+    name apart from ``prefect_mlops`` keeps that copy from shadowing the installed project in
+    the loading process and in processes it spawns. ``mlops/`` imports itself relatively, so
+    the copy runs as it was validated without the project. A process that already uses the
+    project (serving, the gates, a notebook that imported it) predicts with the project's code,
+    as it always did: one copy of the classes, and models loaded one after another never read a
+    first model's folder that may be gone.
     """
-    package = folder / "prefect_mlops"
+    package = folder / MODEL_CODE_PACKAGE
     shutil.copytree(
-        Path(mlops.__file__).parent, package / "mlops", ignore=shutil.ignore_patterns("__pycache__")
+        Path(mlops.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
     )
-    (package / "__init__.py").write_text('"""The code this model version was validated with."""\n')
     return package
 
 

@@ -29,22 +29,20 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_mlops.mlops.config import ClusterConfig
-from prefect_mlops.mlops.features import FeatureSpec
-from prefect_mlops.mlops.prediction import ModelFacts, family_of
-from prefect_mlops.mlops.thresholds import ThresholdChoice
+from ..config import ClusterConfig
+from ..features import FeatureSpec
+from ..prediction import ModelFacts, family_of
+from ..thresholds import ThresholdChoice
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from prefect_mlops.mlops.config import TrainingConfig
-    from prefect_mlops.mlops.dataset import DatasetRef
+    from ..config import TrainingConfig
+    from ..dataset import DatasetRef
 
-FAMILIES = {
-    "lightgbm": "prefect_mlops.mlops.families.lightgbm",
-    "xgboost": "prefect_mlops.mlops.families.xgboost",
-}
-"""Family name -> its package."""
+FAMILIES = {"lightgbm": f"{__name__}.lightgbm", "xgboost": f"{__name__}.xgboost"}
+"""Family name -> its package (relative to this one: a model's copy of the code runs under a
+name of its own)."""
 DEFAULT_FAMILY = "lightgbm"
 """The family a use case trains when its config names none (``training.family``), and the
 family of a model whose files predate families."""

@@ -24,8 +24,7 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, Field
 
-from prefect_mlops.mlops.training_config import TrainingConfig
-
+from ..training_config import TrainingConfig
 from .space import (
     Params,
     clip_to_space,

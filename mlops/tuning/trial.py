@@ -14,11 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from prefect_mlops.mlops.dataset import DatasetRef
-from prefect_mlops.mlops.families import TrialResult, family
-from prefect_mlops.mlops.storage import open_url
-from prefect_mlops.mlops.training_config import TrainingConfig
-
+from ..dataset import DatasetRef
+from ..families import TrialResult, family
+from ..storage import open_url
+from ..training_config import TrainingConfig
 from .search import TrialOutcome
 from .warm_start import TrialStatus
 

@@ -18,9 +18,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_mlops.mlops.dataset import MetaFeatures
-from prefect_mlops.mlops.training_config import SearchRange
-
+from ..dataset import MetaFeatures
+from ..training_config import SearchRange
 from .space import Params, clip_to_space
 
 TrialStatus = Literal["success", "failed", "out-of-memory", "killed", "timeout"]

@@ -99,8 +99,9 @@ def test_a_model_scores_its_own_files_rows_three_ways_at_its_threshold(tmp_path)
     with serving_process(MODEL, port := free_port(), dict(os.environ)):
         served = served_predictions(features, port)
     exported = bundle_predictions(features, tmp_path / "bundle")
+    own_code = own_code_predictions(features, tmp_path)
 
-    for name, got in {**served, "bundle": exported}.items():
+    for name, got in {**served, "bundle": exported, "model's own code": own_code}.items():
         assert list(got.columns) == ["prediction", "probability"], name
         assert (got["prediction"].astype(str) == expected["prediction"].astype(str)).all(), name
         np.testing.assert_allclose(got["probability"], expected["probability"], rtol=1e-9)
@@ -115,3 +116,38 @@ def test_a_model_scores_its_own_files_rows_three_ways_at_its_threshold(tmp_path)
     assert (expected["prediction"].astype(str) == np.where(flagged, "1", "0")).all()
     assert (flagged != (expected["probability"].to_numpy() >= 0.5)).sum() > 50
     assert float(version.tags["test_decision_threshold"]) == pytest.approx(threshold, rel=1e-5)
+
+
+FRESH_PYFUNC = """
+import sys
+import mlflow.pyfunc
+import pandas as pd
+
+model = mlflow.pyfunc.load_model(sys.argv[1])
+model.predict(pd.read_parquet(sys.argv[2])).to_parquet(sys.argv[3])
+assert "prefect_mlops" not in sys.modules, "the project was imported"
+print(sys.modules["prefect_mlops_model"].__file__)
+"""
+
+
+def own_code_predictions(features: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
+    """The pyfunc loaded by a fresh interpreter that never imports the project: the model's
+    own copy of the code (``prefect_mlops_model``, from the version's folder) predicts."""
+    features.to_parquet(rows := tmp_path / "rows.parquet")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FRESH_PYFUNC,
+            f"models:/{MODEL}@champion",
+            rows,
+            out := tmp_path / "own.parquet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"MLFLOW_TRACKING_URI": get_settings().resolved_tracking_uri},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "/code/prefect_mlops_model/" in done.stdout
+    return pd.read_parquet(out)

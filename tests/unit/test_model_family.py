@@ -37,6 +37,7 @@ from prefect_mlops.mlops.pyfunc import PipelinePyfunc
 from prefect_mlops.mlops.source import fingerprint_source
 from prefect_mlops.mlops.synthetic import write_dataset
 from prefect_mlops.model_registry.export import _write_bundle
+from prefect_mlops.model_registry.registry import MODEL_CODE_PACKAGE
 from prefect_mlops.serving.served_model import ServedModel
 from prefect_mlops.tasks.preprocessing import build_dataset_version
 
@@ -131,9 +132,7 @@ def test_the_pyfunc_the_service_and_a_bundle_predict_with_the_family_predictor(t
     pd.testing.assert_frame_equal(served.predict(rows), expected)
 
     # A model's copy of the code as logged now (the xgboost test keeps the older code/mlops).
-    shutil.copytree(
-        Path(mlops.__file__).parent, tmp_path / "version" / "code" / "prefect_mlops" / "mlops"
-    )
+    shutil.copytree(Path(mlops.__file__).parent, tmp_path / "version" / "code" / MODEL_CODE_PACKAGE)
     bundle = _write_bundle(tmp_path / "version", tmp_path / "bundle", "m", "1", "run")
     copied = tmp_path / "bundle" / bundle.package / "_mlops" / "families" / "lightgbm"
     own = Path(predictor_module("lightgbm").__file__)
