@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import IO
 
 import orjson
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
@@ -114,9 +115,11 @@ class AccessLog:
             try:
                 self._write(self._queue.get_nowait())
             except queue.Empty:
-                return
+                break
             except Exception:  # a broken handler must not stop the lines after it
                 logging.getLogger(__name__).exception("Could not write an access-log line")
+        for handler in self.logger.handlers:  # a LinesHandler writes the batch now, at once
+            handler.flush()
 
     def _write(self, entry: tuple) -> None:
         at, level, method, path, status, seconds, headers, rows, client = entry
@@ -145,11 +148,39 @@ class AccessLog:
         self.logger.handle(record)
 
 
+class LinesHandler(logging.Handler):
+    """Keeps the formatted lines until ``flush``, which writes them in one write.
+
+    A line written (and flushed) at a time releases the interpreter's lock at every write, and
+    the event loop's thread, waiting for it, takes it each time: in the serving benchmark that
+    hand-over cost about 100 us of CPU a request; one write a batch costs it once.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__()
+        self.stream = stream
+        self._lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+
+
 def build_access_log(level: str) -> AccessLog | None:
     """The access log at ``level`` (debug, info, warning, error), or None for ``off``.
 
     Its logger gets that level and, unless it has a handler already (a logging set-up of one's
-    own), one writing each line to stderr; it does not pass lines on to the root logger.
+    own), a ``LinesHandler`` writing the lines to stderr; it does not pass lines on to the root
+    logger.
 
     Raises:
         ValueError: ``level`` is none of those.
@@ -164,7 +195,7 @@ def build_access_log(level: str) -> AccessLog | None:
     logger = logging.getLogger(LOGGER)
     logger.setLevel(LEVELS[level])
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = LinesHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
