@@ -134,7 +134,7 @@ def generate_frame(spec: DatasetSpec) -> pd.DataFrame:
 
 def pipeline_config(spec: DatasetSpec, source: Path):
     """The use-case config the sweep preprocesses and trains each dataset with."""
-    from mlops.config import parse_config
+    from prefect_mlops.mlops.config import parse_config
 
     return parse_config(
         {
@@ -166,12 +166,12 @@ def pipeline_config(spec: DatasetSpec, source: Path):
 
 def sweep(work: Path, count: int, repeats: int) -> None:
     """Train every dataset on every shape; record each run in the history store."""
-    from infra.allocator.history import ClusterShape, HistoryStore
-    from infra.allocator.profiling import job_features
-    from infra.allocator.run_logs import export_history
-    from mlops.families import family
-    from mlops.source import fingerprint_source
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.infra.allocator.history import ClusterShape, HistoryStore
+    from prefect_mlops.infra.allocator.profiling import job_features
+    from prefect_mlops.infra.allocator.run_logs import export_history
+    from prefect_mlops.mlops.families import family
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     store = HistoryStore(f"sqlite:///{work / 'history.db'}")
     done = {(r.use_case, r.shape, int(r.source.rsplit("-", 1)[-1])) for r in store.runs()}
@@ -216,9 +216,13 @@ def sweep(work: Path, count: int, repeats: int) -> None:
 
 
 def _measured_row(dataset, config, job, shape, work: Path, repeat: int, timeout: float | None):
-    from infra.allocator.profiling import TrainingOutcomeError, measure_training, profile_row
-    from mlops.families import family
-    from tasks.training import dask_trainer
+    from prefect_mlops.infra.allocator.profiling import (
+        TrainingOutcomeError,
+        measure_training,
+        profile_row,
+    )
+    from prefect_mlops.mlops.families import family
+    from prefect_mlops.tasks.training import dask_trainer
 
     work_uri = str(work / "training" / uuid.uuid4().hex)
     common = {"use_case": dataset.name, "dataset_version": dataset.version}
@@ -381,7 +385,7 @@ def adaptive_pick(bench: Bench, name: str, shapes, pricing) -> tuple[float, str]
 
 def nearest_pick(bench: Bench, name: str, runs, shapes, default, pricing):
     """The cheapest successful shape among the past runs of the most similar job."""
-    from infra.allocator.model import job_distance
+    from prefect_mlops.infra.allocator.model import job_distance
 
     by_job: dict[str, list] = {}
     for run in runs:
@@ -396,7 +400,7 @@ def nearest_pick(bench: Bench, name: str, runs, shapes, default, pricing):
 
 def ernest_pick(bench: Bench, name: str, runs, shapes, objective):
     """Ernest alone: its four-term time model and two-term memory model, refitted, no transfer."""
-    from infra.allocator.model import PAUSE_FRACTION, fit_model
+    from prefect_mlops.infra.allocator.model import PAUSE_FRACTION, fit_model
 
     model = fit_model(runs, bench.cores, kind="ernest")
     job = bench.jobs[name]
@@ -412,7 +416,7 @@ def ernest_pick(bench: Bench, name: str, runs, shapes, objective):
 
 
 def allocator_pick(bench: Bench, name: str, runs, shapes, objective):
-    from infra.allocator.recommend import recommend_allocation
+    from prefect_mlops.infra.allocator.recommend import recommend_allocation
 
     allocation = recommend_allocation(bench.jobs[name], runs, shapes, objective, cores=bench.cores)
     return allocation.shape
@@ -531,7 +535,7 @@ def held_out_accuracy(bench: Bench, kind: str) -> pd.DataFrame:
     """
     from scipy.stats import spearmanr
 
-    from infra.allocator.model import fit_model, nearest_jobs, transfer_ratio
+    from prefect_mlops.infra.allocator.model import fit_model, nearest_jobs, transfer_ratio
 
     rows = []
     for name in sorted(bench.outcomes):
@@ -562,7 +566,7 @@ def held_out_accuracy(bench: Bench, kind: str) -> pd.DataFrame:
 
 def gpu_speedup(job) -> float:
     """The assumed GPU speed-up of the simulator (see SIM_GPU_SPEEDUP_MAX)."""
-    from infra.allocator.model import round_work
+    from prefect_mlops.infra.allocator.model import round_work
 
     return 1 + (SIM_GPU_SPEEDUP_MAX - 1) * min(1.0, round_work(job) / 2e8)
 
@@ -575,8 +579,8 @@ def simulated_bench(bench: Bench, noise_sd: float, pricing, seed: int = 1) -> Be
     held out. A shape runs out of memory when its true peak passes Dask's pause mark. The
     history of a simulated job holds 12 random shapes of it, as past runs would.
     """
-    from infra.allocator.history import ClusterShape, RunProfile
-    from infra.allocator.model import PAUSE_FRACTION, fit_model
+    from prefect_mlops.infra.allocator.history import ClusterShape, RunProfile
+    from prefect_mlops.infra.allocator.model import PAUSE_FRACTION, fit_model
 
     rng = np.random.default_rng(seed)
     model = fit_model([r for rs in bench.runs.values() for r in rs], bench.cores)
@@ -652,8 +656,8 @@ TARGETS = {
 
 def load_runs(work: Path):
     """The sweep's history: its database when present, else the checked-in export."""
-    from infra.allocator.history import HistoryStore
-    from infra.allocator.run_logs import read_history_file
+    from prefect_mlops.infra.allocator.history import HistoryStore
+    from prefect_mlops.infra.allocator.run_logs import read_history_file
 
     database = work / "history.db"
     if database.exists():
@@ -757,7 +761,7 @@ def report(work: Path, draws: int, datasets: Path) -> None:
     """Replay the measured history (and the simulator) and write docs/benchmarks.md."""
     import platform
 
-    from infra.allocator.allocation import Objective
+    from prefect_mlops.infra.allocator.allocation import Objective
 
     started = time.perf_counter()
     runs = load_runs(work)
@@ -885,7 +889,7 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    from infra.environment import QUIET_ENVIRONMENT
+    from prefect_mlops.infra.environment import QUIET_ENVIRONMENT
 
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)

@@ -42,15 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import DOC, markers, write_section  # noqa: E402
-from infra.allocator.allocation import Objective  # noqa: E402
-from infra.allocator.history import (  # noqa: E402
+from prefect_mlops.infra.allocator.allocation import Objective  # noqa: E402
+from prefect_mlops.infra.allocator.history import (  # noqa: E402
     HistoryStore,
     JobFeatures,
     RunProfile,
 )
-from infra.allocator.machines import Catalogue, default_catalogue  # noqa: E402
-from infra.allocator.recommend import recommend_allocation  # noqa: E402
-from infra.allocator.run_logs import import_history  # noqa: E402
+from prefect_mlops.infra.allocator.machines import Catalogue, default_catalogue  # noqa: E402
+from prefect_mlops.infra.allocator.recommend import recommend_allocation  # noqa: E402
+from prefect_mlops.infra.allocator.run_logs import import_history  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "benchmarks" / "results"

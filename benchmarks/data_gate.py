@@ -38,7 +38,7 @@ def config_for(generator: str, source: Path):
     """The bundled use case with its data_gate section removed: the defaults are measured."""
     import yaml
 
-    from mlops.config import parse_config
+    from prefect_mlops.mlops.config import parse_config
 
     raw = yaml.safe_load((ROOT / "configs" / CONFIGS[generator]).read_text())
     raw["data"]["source"] = str(source)
@@ -87,9 +87,9 @@ KINDS = (
 
 
 def gate(config, reference, suite, uri, store: str) -> tuple[Any, float, int]:
-    from mlops.source import fingerprint_source
-    from tasks.data_gate import run_data_gate
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.tasks.data_gate import run_data_gate
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     candidate = build_dataset_version(config, store, fingerprint_source(config.data))
     started = time.perf_counter()
@@ -100,10 +100,10 @@ def gate(config, reference, suite, uri, store: str) -> tuple[Any, float, int]:
 
 
 def run_generator(generator: str, rows: int, seeds: int, base: Path) -> dict[str, Any]:
-    from mlops.source import fingerprint_source
-    from mlops.synthetic import write_dataset
-    from tasks.data_gate import load_or_derive_suite
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.mlops.synthetic import write_dataset
+    from prefect_mlops.tasks.data_gate import load_or_derive_suite
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     store = str(base / "store")
     source = write_dataset(generator, rows, base / f"{generator}-ref.parquet", seed=1)

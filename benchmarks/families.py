@@ -74,10 +74,10 @@ def prepare(case: Case, work: Path):
     """The case's data file, config and preprocessed dataset version."""
     import yaml
 
-    from mlops.config import parse_config
-    from mlops.source import fingerprint_source
-    from mlops.synthetic import write_dataset
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.mlops.config import parse_config
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.mlops.synthetic import write_dataset
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     source = work / f"{case.generator}-{case.rows}.parquet"
     if not source.exists():
@@ -92,13 +92,13 @@ def prepare(case: Case, work: Path):
 
 def train_once(name: str, dataset, config, work: Path) -> dict[str, Any]:
     """One training of family ``name`` as the train stage runs it; its figures and test metrics."""
-    from infra.allocator.history import ClusterShape
-    from infra.allocator.profiling import measure_training
-    from mlops.dataset import TARGET_COLUMN, read_split
-    from mlops.families import family
-    from mlops.prediction import class_scores
-    from tasks.evaluation import compute_metrics
-    from tasks.training import dask_trainer
+    from prefect_mlops.infra.allocator.history import ClusterShape
+    from prefect_mlops.infra.allocator.profiling import measure_training
+    from prefect_mlops.mlops.dataset import TARGET_COLUMN, read_split
+    from prefect_mlops.mlops.families import family
+    from prefect_mlops.mlops.prediction import class_scores
+    from prefect_mlops.tasks.evaluation import compute_metrics
+    from prefect_mlops.tasks.training import dask_trainer
 
     shape = ClusterShape(workers=2, threads_per_worker=1, memory_per_worker_bytes=4 * GIB)
     scratch = tempfile.mkdtemp(prefix=f"scratch-{name}-", dir=work)  # a fresh one each run

@@ -86,7 +86,7 @@ def state_folder(base: Path, name: str):
     home = base / name
     os.environ["MLOPS_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    from mlops.settings import get_settings
+    from prefect_mlops.mlops.settings import get_settings
 
     get_settings.cache_clear()
     yield home
@@ -102,7 +102,7 @@ def make_config(source: Path, memory_limit: str, rounds: int):
     """
     import yaml
 
-    from mlops.config import parse_config
+    from prefect_mlops.mlops.config import parse_config
 
     raw = yaml.safe_load((ROOT / "configs" / "fraud_detection.yaml").read_text())
     raw["data"]["source"] = str(source)
@@ -114,15 +114,15 @@ def make_config(source: Path, memory_limit: str, rounds: int):
 
 def run_plain(config, work: Path) -> dict[str, Any]:
     """The stage functions without Prefect or MLflow (the model gate needs MLflow: not here)."""
-    from infra.dask_cluster import dask_client
-    from mlops.dataset import read_split
-    from mlops.families.lightgbm.training import train_lightgbm_on_dask
-    from mlops.prediction import class_scores
-    from mlops.settings import get_settings
-    from mlops.source import fingerprint_source
-    from tasks.data_gate import load_or_derive_suite, run_data_gate
-    from tasks.evaluation import compute_metrics
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.infra.dask_cluster import dask_client
+    from prefect_mlops.mlops.dataset import read_split
+    from prefect_mlops.mlops.families.lightgbm.training import train_lightgbm_on_dask
+    from prefect_mlops.mlops.prediction import class_scores
+    from prefect_mlops.mlops.settings import get_settings
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.tasks.data_gate import load_or_derive_suite, run_data_gate
+    from prefect_mlops.tasks.evaluation import compute_metrics
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     timings: dict[str, Any] = {}
     started = time.perf_counter()
@@ -177,8 +177,8 @@ def run_orchestrated(config) -> dict[str, Any]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
-    from flows.retrain import retraining_pipeline_flow
-    from infra.prefect_runtime import without_flow_heartbeats
+    from prefect_mlops.flows.retrain import retraining_pipeline_flow
+    from prefect_mlops.infra.prefect_runtime import without_flow_heartbeats
 
     timings: dict[str, Any] = {}
     with (
@@ -218,10 +218,10 @@ def run_single_process(dataset, config) -> dict[str, Any]:
     import lightgbm as lgb
     import numpy as np
 
-    from mlops.dataset import read_split
-    from mlops.families.lightgbm.training import lightgbm_params
-    from mlops.features import build_features
-    from tasks.evaluation import compute_metrics
+    from prefect_mlops.mlops.dataset import read_split
+    from prefect_mlops.mlops.families.lightgbm.training import lightgbm_params
+    from prefect_mlops.mlops.features import build_features
+    from prefect_mlops.tasks.evaluation import compute_metrics
 
     timings: dict[str, Any] = {}
 
@@ -276,7 +276,7 @@ def run_single_process(dataset, config) -> dict[str, Any]:
 def benchmark_size(
     rows: int, base: Path, memory_limit: str, rounds: int, repeats: int
 ) -> dict[str, Any]:
-    from mlops.synthetic import write_dataset
+    from prefect_mlops.mlops.synthetic import write_dataset
 
     print(f"\n== {rows:,} rows", flush=True)
     source = base / f"fraud-{rows}.parquet"
@@ -285,7 +285,7 @@ def benchmark_size(
     result["source_mb"] = round(source.stat().st_size / 2**20, 1)
     config = make_config(source, memory_limit, rounds)
 
-    from tasks.tracking import experiment_for
+    from prefect_mlops.tasks.tracking import experiment_for
 
     plains, orchestrateds = [], []
     for attempt in range(repeats):  # alternate the modes so drift hits both alike
@@ -462,7 +462,7 @@ def _empty_subflows(count: int, heartbeat: bool) -> list[float]:
 
     from prefect import flow
 
-    from infra.prefect_runtime import without_flow_heartbeats
+    from prefect_mlops.infra.prefect_runtime import without_flow_heartbeats
 
     child = flow(name="benchmark-empty-stage")(_noop)
     seconds = []
@@ -505,8 +505,8 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     os.environ["PREFECT_HOME"] = str(base / "prefect")
     os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"  # stage tasks timed alone
-    from infra.environment import configure_environment
-    from mlops.settings import Settings
+    from prefect_mlops.infra.environment import configure_environment
+    from prefect_mlops.mlops.settings import Settings
 
     configure_environment(Settings(home=base))
     from prefect import flow

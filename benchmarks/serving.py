@@ -222,7 +222,7 @@ def train_model(work: Path, env: dict, rows: int, family: str) -> pd.DataFrame:
 
 
 def split_body(frame: pd.DataFrame) -> bytes:
-    from serving.client import split_payload
+    from prefect_mlops.serving.client import split_payload
 
     return orjson.dumps({"dataframe_split": split_payload(frame)})
 

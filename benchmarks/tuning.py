@@ -39,14 +39,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import markers, write_section  # noqa: E402
 from benchmarks.tuning_data import build_datasets  # noqa: E402
-from mlops.dataset import TARGET_COLUMN, DatasetRef, read_split  # noqa: E402
-from mlops.families import family  # noqa: E402
-from mlops.families.lightgbm.trial import fit_lightgbm_trial  # noqa: E402
-from mlops.features import build_features  # noqa: E402
-from mlops.training_config import TrainingConfig, TuningConfig  # noqa: E402
-from mlops.tuning import PastTrial, Search, run_in_turn, warm_start_configurations  # noqa: E402
-from mlops.tuning.space import configured_params, with_params  # noqa: E402
-from mlops.tuning.trial import loss_name, timed_outcome  # noqa: E402
+from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split  # noqa: E402
+from prefect_mlops.mlops.families import family  # noqa: E402
+from prefect_mlops.mlops.families.lightgbm.trial import fit_lightgbm_trial  # noqa: E402
+from prefect_mlops.mlops.features import build_features  # noqa: E402
+from prefect_mlops.mlops.training_config import TrainingConfig, TuningConfig  # noqa: E402
+from prefect_mlops.mlops.tuning import PastTrial, Search, run_in_turn, warm_start_configurations  # noqa: E402
+from prefect_mlops.mlops.tuning.space import configured_params, with_params  # noqa: E402
+from prefect_mlops.mlops.tuning.trial import loss_name, timed_outcome  # noqa: E402
 
 BEGIN, END = markers("tuning")
 BUDGETS = (5, 10, 20)

@@ -18,11 +18,11 @@ import pandas as pd
 import yaml
 from sklearn.datasets import make_classification, make_friedman1, make_regression
 
-from mlops.config import PipelineConfig, parse_config
-from mlops.dataset import DatasetRef
-from mlops.source import fingerprint_source
-from mlops.synthetic import write_dataset
-from tasks.preprocessing import build_dataset_version
+from prefect_mlops.mlops.config import PipelineConfig, parse_config
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.source import fingerprint_source
+from prefect_mlops.mlops.synthetic import write_dataset
+from prefect_mlops.tasks.preprocessing import build_dataset_version
 
 ROOT = Path(__file__).resolve().parents[1]
 

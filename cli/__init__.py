@@ -10,4 +10,4 @@
 A command parses its options, calls the package that owns the work, and formats the outcome.
 """
 
-from cli import allocator, data, monitoring, pipeline, serving, stack  # noqa: F401  (registers)
+from prefect_mlops.cli import allocator, data, monitoring, pipeline, serving, stack  # noqa: F401  (registers)

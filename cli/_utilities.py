@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mlops.config import PipelineConfig
+from prefect_mlops.mlops.config import PipelineConfig
 
 
 def fail(error: Exception) -> None:

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 allocator_app = typer.Typer(
     help="The allocator's run history: list, export, import.", no_args_is_help=True
@@ -24,7 +24,7 @@ def allocator_history(
     last: Annotated[int, typer.Option(help="Show the most recent N runs.")] = 20,
 ) -> None:
     """List recorded training runs: job, cluster, outcome, predicted vs actual."""
-    from infra.allocator.planner import open_history
+    from prefect_mlops.infra.allocator.planner import open_history
 
     store = open_history(get_settings())
     runs = store.runs(use_case)
@@ -57,8 +57,8 @@ def allocator_export(
     file: Annotated[Path, typer.Argument(help="Destination .csv or .parquet file.")],
 ) -> None:
     """Write the whole run history to CSV or Parquet (columns: docs/allocator.md)."""
-    from infra.allocator.planner import open_history
-    from infra.allocator.run_logs import export_history
+    from prefect_mlops.infra.allocator.planner import open_history
+    from prefect_mlops.infra.allocator.run_logs import export_history
 
     try:
         store = open_history(get_settings())
@@ -82,8 +82,8 @@ def allocator_import(
     (MLOPS_ALLOCATOR_MACHINES extends it); columns that are not history columns are kept as
     the job's params. docs/allocator.md maps a foreign log, with a worked example.
     """
-    from infra.allocator.planner import open_catalogue, open_history
-    from infra.allocator.run_logs import import_history
+    from prefect_mlops.infra.allocator.planner import open_catalogue, open_history
+    from prefect_mlops.infra.allocator.run_logs import import_history
 
     settings = get_settings()
     try:

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.config import load_config
-from mlops.errors import MlopsError
+from prefect_mlops.cli._utilities import fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.config import load_config
+from prefect_mlops.mlops.errors import MlopsError
 
 
 class Generator(StrEnum):
@@ -33,7 +33,7 @@ def generate(
     ] = 250_000,
 ) -> None:
     """Write a seeded synthetic dataset (fraud or car_dealership) of any size, chunk by chunk."""
-    from mlops.synthetic import write_dataset
+    from prefect_mlops.mlops.synthetic import write_dataset
 
     started = time.perf_counter()
     last = [0.0]

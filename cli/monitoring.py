@@ -9,12 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._utilities import fail, with_absolute_source
-from cli.pipeline import follow_pipeline
-from cli.root import app
-from mlops.config import load_config
-from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import fail, with_absolute_source
+from prefect_mlops.cli.pipeline import follow_pipeline
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.config import load_config
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
 @app.command()
@@ -31,7 +31,7 @@ def monitor(
     stack running, that starts the retraining pipeline). The stack's `drift-monitor` deployment
     does the same every 30 minutes.
     """
-    from flows.monitor import drift_monitor_flow
+    from prefect_mlops.flows.monitor import drift_monitor_flow
 
     try:
         parsed = load_config(config)
@@ -109,10 +109,10 @@ def simulate_traffic(
     detects drift, follows the retraining pipeline run its event triggered: gated, deployed and
     hot-swapped into the serving instance. All of it shows in the Prefect and MLflow UIs.
     """
-    from infra.stack.state import read_state
-    from mlops.feedback import write_feedback
-    from mlops.storage import artifact_store
-    from serving.traffic import feedback_frame
+    from prefect_mlops.infra.stack.state import read_state
+    from prefect_mlops.mlops.feedback import write_feedback
+    from prefect_mlops.mlops.storage import artifact_store
+    from prefect_mlops.serving.traffic import feedback_frame
 
     settings = get_settings()
     state = read_state(settings.home_dir)
@@ -143,9 +143,9 @@ def _send_simulated_traffic(
 ) -> Any:
     from mlflow.tracking import MlflowClient
 
-    from mlops.dataset import read_split
-    from serving.traffic import drift_rows, sample_rows, send_traffic
-    from tasks.monitoring import champion_dataset
+    from prefect_mlops.mlops.dataset import read_split
+    from prefect_mlops.serving.traffic import drift_rows, sample_rows, send_traffic
+    from prefect_mlops.tasks.monitoring import champion_dataset
 
     uri = get_settings().resolved_tracking_uri
     found = champion_dataset(MlflowClient(uri, registry_uri=uri), model)  # MlopsError if gone
@@ -180,7 +180,7 @@ def _send_simulated_traffic(
 
 
 def _flush_inference_log(url: str, token: str | None, flush_s: float) -> None:
-    from serving.client import request_log_flush
+    from prefect_mlops.serving.client import request_log_flush
 
     if token:
         answer = request_log_flush(url, token)
@@ -195,9 +195,9 @@ def _flush_inference_log(url: str, token: str | None, flush_s: float) -> None:
 def _monitor_and_follow(config: Path | None, timeout: float) -> None:
     import datetime as dt
 
-    from infra.deployments import follow, wait_for_triggered_run
-    from infra.deployments import trigger as trigger_deployment
-    from mlops.drift_report import DriftReport
+    from prefect_mlops.infra.deployments import follow, wait_for_triggered_run
+    from prefect_mlops.infra.deployments import trigger as trigger_deployment
+    from prefect_mlops.mlops.drift_report import DriftReport
 
     parameters = {}
     if config is not None:

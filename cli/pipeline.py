@@ -10,11 +10,11 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._utilities import fail, with_absolute_source
-from cli.root import app
-from mlops.config import PipelineConfig, load_config, parse_config
-from mlops.errors import ConfigError, EnvironmentFailure, MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import fail, with_absolute_source
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.config import PipelineConfig, load_config, parse_config
+from prefect_mlops.mlops.errors import ConfigError, EnvironmentFailure, MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
 class Task(StrEnum):
@@ -55,10 +55,10 @@ def preflight(config: PipelineConfig) -> None:
         StorageError: the artifact store cannot be written (exit 1: not bad input).
         MlopsError: the data or config is unusable (exit 2).
     """
-    from mlops.schema import infer_schema
-    from mlops.source import open_source
-    from mlops.storage import check_artifact_store
-    from tasks.preprocessing import read_head, write_synthetic_source_if_missing
+    from prefect_mlops.mlops.schema import infer_schema
+    from prefect_mlops.mlops.source import open_source
+    from prefect_mlops.mlops.storage import check_artifact_store
+    from prefect_mlops.tasks.preprocessing import read_head, write_synthetic_source_if_missing
 
     check_artifact_store(get_settings())
     if write_synthetic_source_if_missing(config.data):
@@ -117,8 +117,8 @@ def run(
         else:
             raise ConfigError("Pass --config FILE, or --data FILE with --target COLUMN.")
         preflight(pipeline_config)
-        from flows.retrain import retraining_pipeline_flow
-        from infra.prefect_runtime import without_flow_heartbeats
+        from prefect_mlops.flows.retrain import retraining_pipeline_flow
+        from prefect_mlops.infra.prefect_runtime import without_flow_heartbeats
 
         started = time.perf_counter()
         with without_flow_heartbeats():  # no deployment: nothing would watch the heartbeat
@@ -261,7 +261,7 @@ def trigger(
         if config is not None:
             parsed = load_config(config)
             parameters["config"] = with_absolute_source(parsed).model_dump(mode="json")
-        from infra.deployments import trigger as trigger_deployment
+        from prefect_mlops.infra.deployments import trigger as trigger_deployment
 
         flow_run = trigger_deployment(deployment, parameters)
     except MlopsError as error:
@@ -276,7 +276,7 @@ def trigger(
 
 def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
     """Print each stage run as it changes state, then the summary; exit with the verdict."""
-    from infra.deployments import follow
+    from prefect_mlops.infra.deployments import follow
 
     def report(event: Any) -> None:
         minutes, seconds = divmod(int(event.elapsed_s), 60)
@@ -298,7 +298,7 @@ def follow_pipeline(flow_run_id: Any, timeout: float | None) -> None:
         if state.is_failed() and state.name not in VERDICT_STATES:
             state.result()  # raises what stopped the pipeline
             raise EnvironmentFailure(f"The pipeline ended {state.name}: {state.message}")
-        from flows.retrain import PipelineResult
+        from prefect_mlops.flows.retrain import PipelineResult
 
         result = PipelineResult.model_validate(state.result(raise_on_failure=False))
     except MlopsError as error:
@@ -395,7 +395,7 @@ def recommend(
     if as_json:
         typer.echo(allocation.model_dump_json(indent=2))
         return
-    from infra.allocator.report import allocation_markdown
+    from prefect_mlops.infra.allocator.report import allocation_markdown
 
     typer.echo(allocation_markdown(allocation))
 
@@ -403,9 +403,9 @@ def recommend(
 def _recommend_use_case(config: Path | None, data: str | None, target: str | None) -> Any:
     pipeline_config = _config_from_options(config, data, target)
     preflight(pipeline_config)
-    from mlops.source import fingerprint_source
-    from tasks.allocation import recommend_for_dataset
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.tasks.allocation import recommend_for_dataset
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     dataset = build_dataset_version(
         pipeline_config,
@@ -431,7 +431,7 @@ def _recommend_described(
 ) -> Any:
     import json
 
-    from infra.allocator.planner import (
+    from prefect_mlops.infra.allocator.planner import (
         describe_job,
         described_objective,
         node_spec,

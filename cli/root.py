@@ -9,8 +9,8 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from infra.environment import configure_environment
-from mlops.settings import get_settings
+from prefect_mlops.infra.environment import configure_environment
+from prefect_mlops.mlops.settings import get_settings
 
 HELP_ORDER = (
     "run",

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
 @app.command()
@@ -40,7 +40,7 @@ def serve(
     seconds. Scored requests go to the inference log (MLOPS_INFERENCE_LOG: Parquet under the
     artifact store by default, `sql`, or `off`), which the drift monitor reads. Ctrl-C stops it.
     """
-    from serving.service import build_service, inference_log_target, run_service
+    from prefect_mlops.serving.service import build_service, inference_log_target, run_service
 
     settings = get_settings()
     try:
@@ -81,7 +81,7 @@ def export_model(
     """
     from mlflow.tracking import MlflowClient
 
-    from model_registry.export import export_bundle
+    from prefect_mlops.model_registry.export import export_bundle
 
     settings = get_settings()
     uri = settings.resolved_tracking_uri

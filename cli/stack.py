@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._utilities import fail
-from cli.root import app
-from mlops.errors import MlopsError
-from mlops.settings import get_settings
+from prefect_mlops.cli._utilities import fail
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.settings import get_settings
 
 
 @app.command()
@@ -58,8 +58,8 @@ def up(
     restarts a server or worker that dies (`mlops status` counts the restarts). Stop it all
     with `mlops down`.
     """
-    from infra.stack.project import find_project_dir
-    from infra.stack.up import StackOptions, bring_up
+    from prefect_mlops.infra.stack.project import find_project_dir
+    from prefect_mlops.infra.stack.up import StackOptions, bring_up
 
     settings = get_settings()
     try:
@@ -109,8 +109,8 @@ def status(
     they started, so you see that schedules fire. Exit 1 if a component is down or an active
     schedule has no run waiting (the scheduler is not creating runs).
     """
-    from infra.stack.state import read_state
-    from infra.stack.status import stack_status
+    from prefect_mlops.infra.stack.state import read_state
+    from prefect_mlops.infra.stack.status import stack_status
 
     state = read_state(get_settings().home_dir)
     if state is None:
@@ -141,9 +141,9 @@ def _print_schedules(state: Any) -> bool:
     import httpx
     from prefect.client.orchestration import get_client
 
-    from infra.schedules import read_schedules
-    from infra.stack.components import prefect_api
-    from infra.stack.processes import http_ok
+    from prefect_mlops.infra.schedules import read_schedules
+    from prefect_mlops.infra.stack.components import prefect_api
+    from prefect_mlops.infra.stack.processes import http_ok
 
     if not http_ok(f"{state.prefect_api_url}/health"):
         typer.echo("Schedules: not shown, the Prefect server is not answering.")
@@ -186,7 +186,7 @@ def down() -> None:
 
     The supervisor first, so that it restarts nothing; then the workers; then the servers.
     """
-    from infra.stack.down import bring_down
+    from prefect_mlops.infra.stack.down import bring_down
 
     bring_down(get_settings().home_dir, say=typer.echo)
 
@@ -208,7 +208,7 @@ def ui(
         return
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    from infra.stack.processes import console_script
+    from prefect_mlops.infra.stack.processes import console_script
 
     command = [
         console_script("mlflow"),
@@ -242,7 +242,7 @@ def mlflow_server(
     MLOPS_MLFLOW_ADMIN_USERNAME, and a guessable password (MLflow's old default, under 12
     characters) stops the start with exit 2. The process becomes the server (for containers).
     """
-    from infra.mlflow_server import mlflow_server_launch
+    from prefect_mlops.infra.mlflow_server import mlflow_server_launch
 
     try:
         launch = mlflow_server_launch(get_settings(), host, port, workers)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from mlops.gates import DataGateResult
-from tasks.data_gate import (
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.gates import DataGateResult
+from prefect_mlops.tasks.data_gate import (
     derive_expectation_suite,
     enforce_data_gate,
     find_reference_dataset,

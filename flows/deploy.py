@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Failed, State
 
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from model_registry.registry import RegisteredVersion
-from tasks.deploy import (
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.tasks.deploy import (
     DeployResult,
     go_live,
     promote_to_champion,

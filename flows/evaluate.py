@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from tasks.evaluation import EvaluationResult, log_evaluation, score_model
-from tasks.training import TrainingResult
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.tasks.evaluation import EvaluationResult, log_evaluation, score_model
+from prefect_mlops.tasks.training import TrainingResult
 
 
 @flow(name="evaluate", log_prints=True, persist_result=True, result_serializer="json")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import State
 
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from mlops.gates import DataGateResult
-from model_registry.registry import RegisteredVersion
-from tasks.model_gate import (
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.gates import DataGateResult
+from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.tasks.model_gate import (
     GateDecision,
     compare_with_champion,
     decide,

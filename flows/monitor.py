@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow
 
-from mlops.config import PipelineConfig, resolve_config
-from mlops.drift_report import DriftReport
-from tasks.monitoring import emit_drift_event, measure_drift, record_drift_report
+from prefect_mlops.mlops.config import PipelineConfig, resolve_config
+from prefect_mlops.mlops.drift_report import DriftReport
+from prefect_mlops.tasks.monitoring import emit_drift_event, measure_drift, record_drift_report
 
 DEFAULT_CONFIG = "configs/fraud_detection.yaml"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from mlops.settings import get_settings
-from tasks.preprocessing import (
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.tasks.preprocessing import (
     ensure_synthetic_source,
     fingerprint_source,
     log_dataset,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from model_registry.registry import RegisteredVersion
-from tasks.evaluation import EvaluationResult
-from tasks.registration import register_model
-from tasks.training import TrainingResult
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.tasks.evaluation import EvaluationResult
+from prefect_mlops.tasks.registration import register_model
+from prefect_mlops.tasks.training import TrainingResult
 
 
 @flow(name="register", log_prints=True, persist_result=True, result_serializer="json")

@@ -6,24 +6,24 @@ from prefect import flow
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
-from flows.data_gate import data_gate_flow
-from flows.deploy import deploy_flow
-from flows.evaluate import evaluate_flow
-from flows.model_gate import model_gate_flow
-from flows.preprocess import preprocess_flow
-from flows.register import register_flow
-from flows.train import train_flow
-from infra.stage_runner import run_stage, run_stage_for_state, stage_output
-from mlops.config import PipelineConfig, resolve_config
-from mlops.dataset import DatasetRef
-from model_registry.registry import RegisteredVersion
-from model_registry.tracking import tracking_uri_for
-from tasks.allocation import recommend_allocation
-from tasks.deploy import DeployResult
-from tasks.evaluation import EvaluationResult
-from tasks.model_gate import GateDecision
-from tasks.tracking import close_pipeline_run, open_pipeline_run
-from tasks.training import TrainingResult
+from prefect_mlops.flows.data_gate import data_gate_flow
+from prefect_mlops.flows.deploy import deploy_flow
+from prefect_mlops.flows.evaluate import evaluate_flow
+from prefect_mlops.flows.model_gate import model_gate_flow
+from prefect_mlops.flows.preprocess import preprocess_flow
+from prefect_mlops.flows.register import register_flow
+from prefect_mlops.flows.train import train_flow
+from prefect_mlops.infra.stage_runner import run_stage, run_stage_for_state, stage_output
+from prefect_mlops.mlops.config import PipelineConfig, resolve_config
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.model_registry.tracking import tracking_uri_for
+from prefect_mlops.tasks.allocation import recommend_allocation
+from prefect_mlops.tasks.deploy import DeployResult
+from prefect_mlops.tasks.evaluation import EvaluationResult
+from prefect_mlops.tasks.model_gate import GateDecision
+from prefect_mlops.tasks.tracking import close_pipeline_run, open_pipeline_run
+from prefect_mlops.tasks.training import TrainingResult
 
 TRAIN_GPU_DEPLOYMENT = "train-gpu"
 """The train flow's deployment on the GPU pool (prefect.production.yaml), for GPU allocations."""

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from prefect import flow
 
-from infra.allocator.allocation import Allocation
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from mlops.errors import MlopsError
-from mlops.storage import artifact_store
-from tasks.allocation import publish_allocation, recommend_allocation, record_training_run
-from tasks.training import TrainingResult, check_threshold_fits_task, log_training, train_model
-from tasks.tuning import tune_hyperparameters
+from prefect_mlops.infra.allocator.allocation import Allocation
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.storage import artifact_store
+from prefect_mlops.tasks.allocation import (
+    publish_allocation,
+    recommend_allocation,
+    record_training_run,
+)
+from prefect_mlops.tasks.training import (
+    TrainingResult,
+    check_threshold_fits_task,
+    log_training,
+    train_model,
+)
+from prefect_mlops.tasks.tuning import tune_hyperparameters
 
 
 class TrainingFailed(MlopsError):

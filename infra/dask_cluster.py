@@ -12,8 +12,8 @@ import dask
 from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
 
-from mlops.config import ClusterConfig
-from mlops.errors import MlopsError
+from prefect_mlops.mlops.config import ClusterConfig
+from prefect_mlops.mlops.errors import MlopsError
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def kube_cluster(cluster: ClusterConfig) -> Iterator[object]:
     """A KubeCluster of the allocated shape for one run (the Dask operator), deleted afterwards."""
     from dask_kubernetes.operator import KubeCluster
 
-    from mlops.settings import get_settings
+    from prefect_mlops.mlops.settings import get_settings
 
     settings = get_settings()
     spec = kube_cluster_spec(cluster, settings.dask_kubernetes_image)

@@ -3,7 +3,7 @@
 ``prefect deploy`` leaves a placeholder whose variable is unset as literal text in the
 deployment, where it only fails later, inside a worker. This check fails first, naming them::
 
-    python -m infra.deploy_check prefect.production.yaml
+    python -m prefect_mlops.infra.deploy_check prefect.production.yaml
 """
 
 from __future__ import annotations

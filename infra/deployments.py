@@ -16,7 +16,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from mlops.errors import MlopsError
+from prefect_mlops.mlops.errors import MlopsError
 
 
 class DeploymentNotFound(MlopsError):

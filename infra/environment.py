@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from infra.stack.processes import is_alive
-from infra.stack.state import MLFLOW_SERVER, PREFECT_SERVER, read_state
-from mlops.settings import Settings, get_settings
+from prefect_mlops.infra.stack.processes import is_alive
+from prefect_mlops.infra.stack.state import MLFLOW_SERVER, PREFECT_SERVER, read_state
+from prefect_mlops.mlops.settings import Settings, get_settings
 
 QUIET_ENVIRONMENT = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

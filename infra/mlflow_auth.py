@@ -21,7 +21,7 @@ import json
 import os
 from typing import Any
 
-from mlops.uris import location_within
+from prefect_mlops.mlops.uris import location_within
 
 ARTIFACT_ROOT_VARIABLE = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 """Where ``mlflow server`` tells its workers the default artifact root is."""

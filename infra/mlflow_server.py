@@ -14,9 +14,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.stack.processes import console_script
-from mlops.errors import MlopsError
-from mlops.settings import Settings
+from prefect_mlops.infra.stack.processes import console_script
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.settings import Settings
 
 MLFLOW_OLD_DEFAULT_PASSWORD = "password1234"
 """The admin password MLflow's basic-auth app shipped with until 3.x: public knowledge."""

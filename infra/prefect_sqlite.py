@@ -40,7 +40,7 @@ TASK_RUN_RECORDER_BATCH_SIZE = 100
 """Task-run events the server records per write (Prefect's default: 1)."""
 TASK_RUN_RECORDER_FLUSH_SECONDS = 1
 """How long a task run's latest state may wait before it is written (Prefect's default: 5)."""
-BROKER = "infra.prefect_broker"
+BROKER = "prefect_mlops.infra.prefect_broker"
 """The message broker module: Prefect's in-memory one with patient retries."""
 
 

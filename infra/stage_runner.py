@@ -28,9 +28,9 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Cancelled, State
 from pydantic import TypeAdapter
 
-from infra.prefect_runtime import without_flow_heartbeats
-from mlops.errors import MlopsError
-from mlops.settings import Settings, get_settings
+from prefect_mlops.infra.prefect_runtime import without_flow_heartbeats
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

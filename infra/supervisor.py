@@ -1,6 +1,6 @@
 """The local stack's supervisor: restarts a server or worker that died.
 
-``mlops up`` starts it last (``python -m infra.supervisor --home HOME``). Every POLL_SECONDS it
+``mlops up`` starts it last (``python -m prefect_mlops.infra.supervisor --home HOME``). Every POLL_SECONDS it
 checks the processes recorded in ``<home>/stack/stack.json``; a dead one is started again with
 the command ``mlops up`` uses, servers before workers (workers need the Prefect server, the
 serving instance needs MLflow). The first restart is immediate; each further one within
@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from infra.stack.components import start_component, wait_ready
-from infra.stack.processes import is_alive, reap_orphans, recent_restarts
-from infra.stack.state import (
+from prefect_mlops.infra.stack.components import start_component, wait_ready
+from prefect_mlops.infra.stack.processes import is_alive, reap_orphans, recent_restarts
+from prefect_mlops.infra.stack.state import (
     RESTART_LIMIT,
     RESTART_WINDOW_SECONDS,
     SERVERS,
@@ -41,7 +41,7 @@ from infra.stack.state import (
     stack_lock,
 )
 
-logger = logging.getLogger("infra.supervisor")
+logger = logging.getLogger("prefect_mlops.infra.supervisor")
 
 POLL_SECONDS = 2.0
 """How often the recorded processes are checked."""

@@ -23,12 +23,22 @@ from typing import Any
 
 from distributed import Client, Future, wait
 
-from infra.allocator.profiling import classify_failure, run_watched, watch_memory_kills
-from mlops.dataset import DatasetRef
-from mlops.families import ModelFamily
-from mlops.training_config import TrainingConfig
-from mlops.tuning.search import PendingTrial, Search, SearchResult, TrialOutcome, TrialRecord
-from mlops.tuning.trial import run_trial
+from prefect_mlops.infra.allocator.profiling import (
+    classify_failure,
+    run_watched,
+    watch_memory_kills,
+)
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.families import ModelFamily
+from prefect_mlops.mlops.training_config import TrainingConfig
+from prefect_mlops.mlops.tuning.search import (
+    PendingTrial,
+    Search,
+    SearchResult,
+    TrialOutcome,
+    TrialRecord,
+)
+from prefect_mlops.mlops.tuning.trial import run_trial
 
 logger = logging.getLogger(__name__)
 

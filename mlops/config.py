@@ -13,9 +13,9 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from mlops.errors import ConfigError
-from mlops.gates import KNOWN_METRICS
-from mlops.training_config import (
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.gates import KNOWN_METRICS
+from prefect_mlops.mlops.training_config import (
     AllocatorConfig,
     ClusterConfig,
     StrictModel,

@@ -14,9 +14,9 @@ import dask.dataframe as dd
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlops.config import TaskType
-from mlops.features import FeatureSpec
-from mlops.storage import open_url
+from prefect_mlops.mlops.config import TaskType
+from prefect_mlops.mlops.features import FeatureSpec
+from prefect_mlops.mlops.storage import open_url
 
 TARGET_COLUMN = "__target__"
 """Encoded target in the split files: class index for classification, the value for regression."""

@@ -21,7 +21,7 @@ import pandas as pd
 from pydantic import BaseModel
 from scipy import stats
 
-from mlops.config import MonitoringConfig
+from prefect_mlops.mlops.config import MonitoringConfig
 
 EPSILON = 1e-4
 """Floor of a bin's share, so an empty bin does not make PSI infinite."""

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mlops.config import MonitoringConfig
-from mlops.drift import ColumnDrift
+from prefect_mlops.mlops.config import MonitoringConfig
+from prefect_mlops.mlops.drift import ColumnDrift
 
 Status = Literal["drift", "degraded", "no-drift", "too-little-traffic", "no-champion"]
 

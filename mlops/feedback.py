@@ -13,7 +13,7 @@ import uuid
 
 import pandas as pd
 
-from mlops.storage import open_url
+from prefect_mlops.mlops.storage import open_url
 
 logger = logging.getLogger(__name__)
 

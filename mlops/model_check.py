@@ -3,7 +3,7 @@
 A model family's native parser need not raise on a damaged model file: a truncated file can
 crash it (SIGSEGV) and a malformed line abort it (SIGABRT), taking the whole process down.
 So neither the serving process nor a pipeline stage parses a model from the registry first.
-Its files are downloaded once; a fresh interpreter (``python -m mlops.model_check
+Its files are downloaded once; a fresh interpreter (``python -m prefect_mlops.mlops.model_check
 FOLDER URI MEMORY_MB``) reads them, predicts the input example and checks the answer (finite
 values, one row per input row), under a time limit and a cap on the memory it may add; only
 when it exits cleanly does the caller read the same files. A child that crashes, is killed,
@@ -54,7 +54,14 @@ def check_in_child(folder: Path, uri: str, limits: ModelCheckLimits) -> float:
     Raises:
         ModelCheckFailed: the check failed, or the child crashed, timed out or ran out of memory.
     """
-    command = [sys.executable, "-m", "mlops.model_check", str(folder), uri, str(limits.memory_mb)]
+    command = [
+        sys.executable,
+        "-m",
+        "prefect_mlops.mlops.model_check",
+        str(folder),
+        uri,
+        str(limits.memory_mb),
+    ]
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -94,7 +101,7 @@ def _library(folder: Path) -> tuple[str, str]:
 
 def _child_env() -> dict[str, str]:
     """The serving process's environment, with this project importable and OpenMP on one thread."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(sys.modules["prefect_mlops"].__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return os.environ | {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 

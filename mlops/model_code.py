@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from mlops.pyfunc import PipelinePyfunc
+from prefect_mlops.mlops.pyfunc import PipelinePyfunc
 
 set_model(PipelinePyfunc())

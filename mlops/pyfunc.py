@@ -15,8 +15,8 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from mlops.families import Predictor, load_predictor
-from mlops.prediction import INFO_ARTIFACT
+from prefect_mlops.mlops.families import Predictor, load_predictor
+from prefect_mlops.mlops.prediction import INFO_ARTIFACT
 
 
 class PipelinePyfunc(mlflow.pyfunc.PythonModel):

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops.config import DataConfig, FeatureConfig, TaskType
-from mlops.errors import DataError
-from mlops.features import BOOLEAN_WORDS, numeric_values
+from prefect_mlops.mlops.config import DataConfig, FeatureConfig, TaskType
+from prefect_mlops.mlops.errors import DataError
+from prefect_mlops.mlops.features import BOOLEAN_WORDS, numeric_values
 
 MAX_CLASSES = 100
 

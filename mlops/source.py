@@ -6,9 +6,9 @@ import hashlib
 
 import dask.dataframe as dd
 
-from mlops.config import DataConfig
-from mlops.errors import DataError
-from mlops.storage import open_url
+from prefect_mlops.mlops.config import DataConfig
+from prefect_mlops.mlops.errors import DataError
+from prefect_mlops.mlops.storage import open_url
 
 
 def detect_format(source: str, declared: str) -> str:

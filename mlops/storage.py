@@ -31,8 +31,8 @@ from typing import Any
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
-from mlops.errors import StorageError
-from mlops.settings import Settings, get_settings
+from prefect_mlops.mlops.errors import StorageError
+from prefect_mlops.mlops.settings import Settings, get_settings
 
 DATASETS = "datasets"
 INFERENCE_LOG = "inference-log"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mlops.prediction import DEFAULT_THRESHOLD
-from mlops.training_config import ThresholdConfig
+from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD
+from prefect_mlops.mlops.training_config import ThresholdConfig
 
 
 class ThresholdChoice(BaseModel):

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlops.errors import MlopsError
-from mlops.families import FAMILIES, model_family, predictor_module
-from mlops.prediction import INFO_FILE, SPEC_FILE
-from model_registry.registry import download_version, resolve_version
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.families import FAMILIES, model_family, predictor_module
+from prefect_mlops.mlops.prediction import INFO_FILE, SPEC_FILE
+from prefect_mlops.model_registry.registry import download_version, resolve_version
 
 TEMPLATE = Path(__file__).resolve().parent / "bundle_template"
 CODE_FILES = ("errors.py", "features.py", "prediction.py")
@@ -125,7 +125,7 @@ def _bundle_code(source: Path, uri: str) -> _BundleCode:
 def _write_bundle(source: Path, stage: Path, name: str, version: str, run_id: str) -> Bundle:
     uri = f"models:/{name}/{version}"
     parts = _bundle_code(source, uri)
-    code = source / "code" / "mlops"
+    code = model_code_folder(source)
     if (
         not all((code / f).is_file() for f in parts.code_files)
         or "from .errors import" not in (code / "features.py").read_text()
@@ -153,6 +153,13 @@ def _write_bundle(source: Path, stage: Path, name: str, version: str, run_id: st
     )
     (stage / "README.md").write_text(_readme(name, version, package, spec, parts.library))
     return Bundle(stage, package, name, version, requirements)
+
+
+def model_code_folder(source: Path) -> Path:
+    """The model's copy of the ``mlops`` package: ``code/prefect_mlops/mlops`` since the
+    project installs as one package, ``code/mlops`` in versions logged before."""
+    packaged = source / "code" / "prefect_mlops" / "mlops"
+    return packaged if packaged.is_dir() else source / "code" / "mlops"
 
 
 def _copy_code(code: Path, target: Path, parts: _BundleCode) -> None:

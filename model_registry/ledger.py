@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from mlops.gates import GateLedger, ledger_markdown
-from model_registry import tracking
+from prefect_mlops.mlops.gates import GateLedger, ledger_markdown
+from prefect_mlops.model_registry import tracking
 
 _TAG_VALUE_LIMIT = 5000  # model version tags hold at most 5000 characters
 

@@ -19,10 +19,15 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
-from mlops.model_files import ModelFilesError, PipelineModel, model_files, read_pipeline_model
-from mlops.settings import Settings
-from model_registry.registry import ModelLoadError, download_model
+from prefect_mlops.mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
+from prefect_mlops.mlops.model_files import (
+    ModelFilesError,
+    PipelineModel,
+    model_files,
+    read_pipeline_model,
+)
+from prefect_mlops.mlops.settings import Settings
+from prefect_mlops.model_registry.registry import ModelLoadError, download_model
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from contextlib import AbstractContextManager
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlops.errors import PromotionConflict
-from model_registry.registry import (
+from prefect_mlops.mlops.errors import PromotionConflict
+from prefect_mlops.model_registry.registry import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS,

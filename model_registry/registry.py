@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -24,11 +25,11 @@ from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import AnyType
 from pydantic import BaseModel
 
-import mlops
-from mlops.errors import EnvironmentFailure, MlopsError
-from mlops.families import Predictor, predictor_module
-from mlops.features import FeatureSpec
-from mlops.uris import location_within
+from prefect_mlops import mlops
+from prefect_mlops.mlops.errors import EnvironmentFailure, MlopsError
+from prefect_mlops.mlops.families import Predictor, predictor_module
+from prefect_mlops.mlops.features import FeatureSpec
+from prefect_mlops.mlops.uris import location_within
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +113,32 @@ def log_pipeline_model(run_id: str, predictor: Predictor, input_example: pd.Data
     signature = ModelSignature(inputs=input_schema(predictor.spec), outputs=outputs)
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = predictor.save(Path(tmp))
+        code = _model_code(Path(tmp) / "code")
         with mlflow.start_run(run_id=run_id):
             logged = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(Path(mlops.__file__).parent / "model_code.py"),
+                python_model=str(code / "mlops" / "model_code.py"),
                 artifacts={name: str(path) for name, path in artifacts.items()},
-                code_paths=[str(Path(mlops.__file__).parent)],
+                code_paths=[str(code)],
                 signature=signature,
                 input_example=input_example,
                 pip_requirements=_requirements(predictor.facts.family),
             )
     return logged.model_uri
+
+
+def _model_code(folder: Path) -> Path:
+    """A ``prefect_mlops`` package holding only the ``mlops`` code, for the model to carry.
+
+    Loaded where the project is not installed (a bundle, ``mlflow models serve``), it is the
+    package; where the project is imported, its ``prefect_mlops`` is already loaded and wins.
+    """
+    package = folder / "prefect_mlops"
+    shutil.copytree(
+        Path(mlops.__file__).parent, package / "mlops", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (package / "__init__.py").write_text('"""The code this model version was validated with."""\n')
+    return package
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

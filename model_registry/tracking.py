@@ -19,8 +19,8 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mlops.config import PipelineConfig
-from mlops.settings import Settings, get_settings
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

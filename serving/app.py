@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mlops.errors import DataError
+from prefect_mlops.mlops.errors import DataError
 
 from .access_log import AccessLog
 from .admission import BodyMemory, BodyRefused, LoopLag, read_body, too_big

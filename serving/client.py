@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pandas as pd
 
-from mlops.features import is_missing
+from prefect_mlops.mlops.features import is_missing
 
 
 class InstanceError(Exception):

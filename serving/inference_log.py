@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mlops.storage import artifact_store
+from prefect_mlops.mlops.storage import artifact_store
 
 from .log_sinks import MAX_REQUEST_ID, OUTPUT_PREFIX, ParquetSink, SqlSink
 from .log_spool import LogKey, LogSpool, Segment

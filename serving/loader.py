@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from mlops.model_check import ModelCheckLimits
-from model_registry.loading import load_pipeline_model
-from model_registry.registry import ModelLoadError, resolve_version
+from prefect_mlops.mlops.model_check import ModelCheckLimits
+from prefect_mlops.model_registry.loading import load_pipeline_model
+from prefect_mlops.model_registry.registry import ModelLoadError, resolve_version
 
 from .served_model import ServedModel
 

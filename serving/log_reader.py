@@ -18,9 +18,9 @@ import orjson
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mlops.config import MonitoringConfig
-from mlops.settings import Settings
-from mlops.storage import artifact_store, open_url
+from prefect_mlops.mlops.config import MonitoringConfig
+from prefect_mlops.mlops.settings import Settings
+from prefect_mlops.mlops.storage import artifact_store, open_url
 
 from .log_sinks import (
     DATE_PREFIX,

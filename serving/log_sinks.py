@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlops.storage import open_url
+from prefect_mlops.mlops.storage import open_url
 
 from .log_spool import LogKey
 
@@ -84,7 +84,7 @@ class SqlSink:
     def __init__(self, url: str) -> None:
         import sqlalchemy as sa
 
-        from mlops.sql import create_tables, open_engine
+        from prefect_mlops.mlops.sql import create_tables, open_engine
 
         self.engine = open_engine(url)
         self.table = inference_log_table(sa.MetaData())

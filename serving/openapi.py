@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlops.features import FeatureSpec
+from prefect_mlops.mlops.features import FeatureSpec
 
 ERROR = {
     "type": "object",

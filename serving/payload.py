@@ -18,7 +18,12 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from mlops.features import ColumnValues, FeatureSpec, is_missing, missing_input_columns
+from prefect_mlops.mlops.features import (
+    ColumnValues,
+    FeatureSpec,
+    is_missing,
+    missing_input_columns,
+)
 
 JSON_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _NUMBER = frozenset({int, float, bool, type(None)})

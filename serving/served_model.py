@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlops.families import Predictor
-from mlops.features import FeatureSpec, build_feature_matrix
-from mlops.model_files import PipelineModel
+from prefect_mlops.mlops.families import Predictor
+from prefect_mlops.mlops.features import FeatureSpec, build_feature_matrix
+from prefect_mlops.mlops.model_files import PipelineModel
 
 from .payload import Rows, check_values
 

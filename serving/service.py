@@ -12,17 +12,17 @@ from dataclasses import dataclass
 import uvicorn
 from mlflow.tracking import MlflowClient
 
-from mlops.errors import ConfigError
-from mlops.settings import Settings
-from mlops.storage import artifact_store
-from model_registry.loading import model_check_limits
-from model_registry.registry import parse_reference
-from serving.access_log import build_access_log
-from serving.app import ServingLimits, ServingState, build_app
-from serving.inference_log import InferenceLog, build_inference_log
-from serving.loader import load_served_model
-from serving.served_model import ServedModel
-from serving.swap import ModelSwapper
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.settings import Settings
+from prefect_mlops.mlops.storage import artifact_store
+from prefect_mlops.model_registry.loading import model_check_limits
+from prefect_mlops.model_registry.registry import parse_reference
+from prefect_mlops.serving.access_log import build_access_log
+from prefect_mlops.serving.app import ServingLimits, ServingState, build_app
+from prefect_mlops.serving.inference_log import InferenceLog, build_inference_log
+from prefect_mlops.serving.loader import load_served_model
+from prefect_mlops.serving.served_model import ServedModel
+from prefect_mlops.serving.swap import ModelSwapper
 
 
 @dataclass(frozen=True)

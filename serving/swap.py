@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from mlops.model_files import check_predictions
+from prefect_mlops.mlops.model_files import check_predictions
 
 from .loader import ModelLoadError, ServedModel, resolve_version
 

@@ -21,8 +21,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from mlops.features import FeatureSpec
-from serving.client import split_payload
+from prefect_mlops.mlops.features import FeatureSpec
+from prefect_mlops.serving.client import split_payload
 
 
 @dataclass

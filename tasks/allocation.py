@@ -5,21 +5,21 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from infra.allocator.allocation import Allocation
-from infra.allocator.history import RunProfile
-from infra.allocator.planner import (
+from prefect_mlops.infra.allocator.allocation import Allocation
+from prefect_mlops.infra.allocator.history import RunProfile
+from prefect_mlops.infra.allocator.planner import (
     open_catalogue,
     open_history,
     plan_allocation,
     recorded_runs,
     resources_for,
 )
-from infra.allocator.profiling import job_features
-from infra.allocator.report import allocation_markdown
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from mlops.families import family
-from mlops.settings import get_settings
+from prefect_mlops.infra.allocator.profiling import job_features
+from prefect_mlops.infra.allocator.report import allocation_markdown
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.families import family
+from prefect_mlops.mlops.settings import get_settings
 
 
 def recommend_for_dataset(config: PipelineConfig, dataset: DatasetRef) -> Allocation:

@@ -22,23 +22,23 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from infra.caching import CACHE_EXPIRATION, inputs_and_code
-from mlops.config import DataConfig, DataGateConfig, PipelineConfig
-from mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef, load_dataset_ref
-from mlops.errors import DataValidationError
-from mlops.gates import DataGateResult, GateCheck, artifact_key, checks_table
-from mlops.storage import DATA_GATE, EXPECTATIONS, open_url, write_text
-from model_registry import tracking
-from model_registry.registry import CHAMPION, version_by_alias
-from tasks.data_gate_checks import (
+from prefect_mlops.infra.caching import CACHE_EXPIRATION, inputs_and_code
+from prefect_mlops.mlops.config import DataConfig, DataGateConfig, PipelineConfig
+from prefect_mlops.mlops.dataset import SPLITS, TARGET_COLUMN, DatasetRef, load_dataset_ref
+from prefect_mlops.mlops.errors import DataValidationError
+from prefect_mlops.mlops.gates import DataGateResult, GateCheck, artifact_key, checks_table
+from prefect_mlops.mlops.storage import DATA_GATE, EXPECTATIONS, open_url, write_text
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.registry import CHAMPION, version_by_alias
+from prefect_mlops.tasks.data_gate_checks import (
     ROW_COUNT,
     column_kinds,
     derive_suite,
     profile_reference,
     suite_name_for,
 )
-from tasks.gx_checkpoint import interpret_results, validate_frame
-from tasks.tracking import experiment_for, lineage_tags
+from prefect_mlops.tasks.gx_checkpoint import interpret_results, validate_frame
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
 
@@ -392,12 +392,12 @@ def derive_expectation_suite(
 @task(
     name="validate-dataset",
     cache_policy=inputs_and_code(
-        "tasks.data_gate",
-        "tasks.data_gate_checks",
-        "tasks.gx_checkpoint",
-        "mlops.gates",
-        "mlops.dataset",
-        "mlops.storage",
+        "prefect_mlops.tasks.data_gate",
+        "prefect_mlops.tasks.data_gate_checks",
+        "prefect_mlops.tasks.gx_checkpoint",
+        "prefect_mlops.mlops.gates",
+        "prefect_mlops.mlops.dataset",
+        "prefect_mlops.mlops.storage",
     ),
     cache_expiration=CACHE_EXPIRATION,
     result_serializer="json",

@@ -25,8 +25,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel
 
-from mlops.config import DataConfig, DataGateConfig
-from mlops.dataset import DatasetRef
+from prefect_mlops.mlops.config import DataConfig, DataGateConfig
+from prefect_mlops.mlops.dataset import DatasetRef
 
 SUITE_FORMAT = "1"  # bump when derive_suite changes what it produces
 COLUMN_SET = "expect_table_columns_to_match_set"

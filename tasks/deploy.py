@@ -22,20 +22,26 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from infra.locks import exclusive, lock_name
-from mlops.config import DeployConfig, PipelineConfig
-from mlops.dataset import DatasetRef, read_split
-from mlops.gates import artifact_key
-from mlops.settings import get_settings
-from model_registry import promotion as registry_promotion
-from model_registry import tracking
-from model_registry.loading import model_check_limits
-from model_registry.promotion import Promotion, roll_back_promotion
-from model_registry.registry import RegisteredVersion
-from serving.client import InstanceError, replica_urls, request_reload, score, served_model
-from serving.loader import ServedModel, load_served_model
-from serving.payload import Rows
-from tasks.tracking import experiment_for, lineage_tags
+from prefect_mlops.infra.locks import exclusive, lock_name
+from prefect_mlops.mlops.config import DeployConfig, PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef, read_split
+from prefect_mlops.mlops.gates import artifact_key
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry import promotion as registry_promotion
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.loading import model_check_limits
+from prefect_mlops.model_registry.promotion import Promotion, roll_back_promotion
+from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.serving.client import (
+    InstanceError,
+    replica_urls,
+    request_reload,
+    score,
+    served_model,
+)
+from prefect_mlops.serving.loader import ServedModel, load_served_model
+from prefect_mlops.serving.payload import Rows
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
 

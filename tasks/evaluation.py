@@ -11,14 +11,14 @@ from prefect import task
 from pydantic import BaseModel
 from sklearn import metrics as skm
 
-from mlops.config import PipelineConfig, TaskType
-from mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
-from mlops.prediction import DEFAULT_THRESHOLD, class_scores
-from mlops.thresholds import best_f1
-from model_registry import tracking
-from model_registry.loading import ModelStore
-from tasks.figures import evaluation_figures
-from tasks.tracking import experiment_for, lineage_tags, model_store
+from prefect_mlops.mlops.config import PipelineConfig, TaskType
+from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
+from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD, class_scores
+from prefect_mlops.mlops.thresholds import best_f1
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.loading import ModelStore
+from prefect_mlops.tasks.figures import evaluation_figures
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, model_store
 
 
 class LoggedModel(Protocol):

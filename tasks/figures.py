@@ -15,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from mlops.config import TaskType
-from mlops.thresholds import ThresholdChoice, threshold_curve
+from prefect_mlops.mlops.config import TaskType
+from prefect_mlops.mlops.thresholds import ThresholdChoice, threshold_curve
 
 
 def evaluation_figures(

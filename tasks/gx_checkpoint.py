@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from mlops.gates import GateCheck
-from tasks.data_gate_checks import COLUMN_SET, COLUMN_TYPE
+from prefect_mlops.mlops.gates import GateCheck
+from prefect_mlops.tasks.data_gate_checks import COLUMN_SET, COLUMN_TYPE
 
 SAMPLE_ROWS = 5  # offending rows shown per failed check
 

@@ -16,15 +16,21 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 from pydantic import BaseModel
 
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from mlops.gates import DataGateResult, GateCheck, GateLedger, artifact_key, ledger_markdown
-from model_registry import tracking
-from model_registry.ledger import record_ledger
-from model_registry.promotion import ChampionRef, current_champion
-from model_registry.registry import RegisteredVersion
-from tasks.model_gate_checks import Comparison, run_model_checks
-from tasks.tracking import experiment_for, lineage_tags, model_store
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.gates import (
+    DataGateResult,
+    GateCheck,
+    GateLedger,
+    artifact_key,
+    ledger_markdown,
+)
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.ledger import record_ledger
+from prefect_mlops.model_registry.promotion import ChampionRef, current_champion
+from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.tasks.model_gate_checks import Comparison, run_model_checks
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, model_store
 
 
 class GateDecision(BaseModel):

@@ -22,15 +22,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from mlops.config import ModelGateConfig, TaskType
-from mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
-from mlops.errors import ConfigError
-from mlops.gates import LOWER_IS_BETTER, GateCheck
-from mlops.model_files import PipelineModel
-from mlops.prediction import DEFAULT_THRESHOLD, class_scores
-from model_registry.loading import ModelStore
-from model_registry.promotion import ChampionRef
-from tasks.evaluation import LABEL_METRICS, compute_metrics, primary_metric
+from prefect_mlops.mlops.config import ModelGateConfig, TaskType
+from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.gates import LOWER_IS_BETTER, GateCheck
+from prefect_mlops.mlops.model_files import PipelineModel
+from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD, class_scores
+from prefect_mlops.model_registry.loading import ModelStore
+from prefect_mlops.model_registry.promotion import ChampionRef
+from prefect_mlops.tasks.evaluation import LABEL_METRICS, compute_metrics, primary_metric
 
 logger = logging.getLogger(__name__)
 

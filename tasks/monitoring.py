@@ -24,10 +24,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mlops.config import MonitoringConfig, PipelineConfig
-from mlops.dataset import DatasetRef, load_dataset_ref, read_split
-from mlops.drift import ColumnDrift, feature_drift, prediction_drift
-from mlops.drift_report import (
+from prefect_mlops.mlops.config import MonitoringConfig, PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef, load_dataset_ref, read_split
+from prefect_mlops.mlops.drift import ColumnDrift, feature_drift, prediction_drift
+from prefect_mlops.mlops.drift_report import (
     DriftReport,
     PerformanceCheck,
     drift_figures,
@@ -36,19 +36,19 @@ from mlops.drift_report import (
     judge_performance,
     report_json,
 )
-from mlops.errors import MlopsError
-from mlops.feedback import load_feedback
-from mlops.gates import artifact_key
-from mlops.settings import Settings, get_settings
-from mlops.storage import artifact_store
-from model_registry import tracking
-from model_registry.loading import model_check_limits
-from model_registry.registry import CHAMPION, version_by_alias
-from serving.loader import ServedModel, load_served_model
-from serving.log_reader import INPUT_PREFIX, InferenceWindow, load_inference_window
-from serving.log_sinks import OUTPUT_PREFIX
-from tasks.evaluation import compute_metrics, primary_metric
-from tasks.tracking import experiment_for, lineage_tags
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.feedback import load_feedback
+from prefect_mlops.mlops.gates import artifact_key
+from prefect_mlops.mlops.settings import Settings, get_settings
+from prefect_mlops.mlops.storage import artifact_store
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.loading import model_check_limits
+from prefect_mlops.model_registry.registry import CHAMPION, version_by_alias
+from prefect_mlops.serving.loader import ServedModel, load_served_model
+from prefect_mlops.serving.log_reader import INPUT_PREFIX, InferenceWindow, load_inference_window
+from prefect_mlops.serving.log_sinks import OUTPUT_PREFIX
+from prefect_mlops.tasks.evaluation import compute_metrics, primary_metric
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
 

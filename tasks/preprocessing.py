@@ -25,10 +25,10 @@ import pyarrow as pa
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from infra.caching import CACHE_EXPIRATION, inputs_and_code
-from mlops import source as data_source
-from mlops.config import DataConfig, PipelineConfig, SplitConfig, TaskType
-from mlops.dataset import (
+from prefect_mlops.infra.caching import CACHE_EXPIRATION, inputs_and_code
+from prefect_mlops.mlops import source as data_source
+from prefect_mlops.mlops.config import DataConfig, PipelineConfig, SplitConfig, TaskType
+from prefect_mlops.mlops.dataset import (
     SPLIT_COLUMN,
     SPLITS,
     TARGET_COLUMN,
@@ -39,9 +39,9 @@ from mlops.dataset import (
     save_dataset_ref,
     write_splits,
 )
-from mlops.errors import DataError, StorageError
-from mlops.features import build_features, fit_feature_spec
-from mlops.schema import (
+from prefect_mlops.mlops.errors import DataError, StorageError
+from prefect_mlops.mlops.features import build_features, fit_feature_spec
+from prefect_mlops.mlops.schema import (
     MAX_CLASSES,
     ColumnSchema,
     coerce_frame,
@@ -50,10 +50,10 @@ from mlops.schema import (
     infer_task,
     is_numeric_text,
 )
-from mlops.source import open_source
-from mlops.storage import ArtifactStore, open_url, store_options
-from model_registry import tracking
-from tasks.tracking import experiment_for, lineage_tags
+from prefect_mlops.mlops.source import open_source
+from prefect_mlops.mlops.storage import ArtifactStore, open_url, store_options
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags
 
 logger = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def write_synthetic_source_if_missing(data: DataConfig) -> bool:
     synthetic = data.synthetic
     if synthetic is None or "://" in data.source or Path(data.source).exists():
         return False
-    from mlops.synthetic import write_dataset
+    from prefect_mlops.mlops.synthetic import write_dataset
 
     logger.info(
         "Generating %s rows of '%s' data -> %s",
@@ -407,12 +407,12 @@ def fingerprint_source(data: DataConfig) -> str:
 @task(
     name="preprocess-dataset",
     cache_policy=inputs_and_code(
-        "tasks.preprocessing",
-        "mlops.features",
-        "mlops.dataset",
-        "mlops.schema",
-        "mlops.source",
-        "mlops.storage",
+        "prefect_mlops.tasks.preprocessing",
+        "prefect_mlops.mlops.features",
+        "prefect_mlops.mlops.dataset",
+        "prefect_mlops.mlops.schema",
+        "prefect_mlops.mlops.source",
+        "prefect_mlops.mlops.storage",
     ),
     cache_expiration=CACHE_EXPIRATION,
     result_serializer="json",

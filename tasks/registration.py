@@ -8,13 +8,13 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from mlops.config import PipelineConfig
-from mlops.dataset import DatasetRef
-from model_registry import tracking
-from model_registry.registry import RegisteredVersion, register_model_version
-from tasks.evaluation import EvaluationResult
-from tasks.tracking import experiment_for, lineage_tags
-from tasks.training import TrainingResult
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.registry import RegisteredVersion, register_model_version
+from prefect_mlops.tasks.evaluation import EvaluationResult
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags
+from prefect_mlops.tasks.training import TrainingResult
 
 
 class RegistrationRefused(RuntimeError):

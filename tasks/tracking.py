@@ -12,10 +12,10 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.runtime import flow_run
 
-from mlops.config import PipelineConfig
-from mlops.settings import get_settings
-from model_registry import tracking
-from model_registry.loading import ModelStore, model_check_limits
+from prefect_mlops.mlops.config import PipelineConfig
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.loading import ModelStore, model_check_limits
 
 
 def model_store(config: PipelineConfig) -> ModelStore:

@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.allocator.allocation import Allocation
-from infra.allocator.history import RunProfile
-from infra.allocator.profiling import (
+from prefect_mlops.infra.allocator.allocation import Allocation
+from prefect_mlops.infra.allocator.history import RunProfile
+from prefect_mlops.infra.allocator.profiling import (
     TrainingOutcomeError,
     TrainOnCluster,
     cluster_config,
@@ -31,26 +31,32 @@ from infra.allocator.profiling import (
     measure_training,
     profile_row,
 )
-from infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
-from infra.dask_cluster import worker_peak_memory
-from mlops.config import ClusterConfig, PipelineConfig, TaskType, ThresholdConfig, TrainingConfig
-from mlops.dataset import DatasetRef, read_sample
-from mlops.errors import ConfigError
-from mlops.families import ModelFamily, TrainedModel, family, with_threshold
-from mlops.prediction import DEFAULT_THRESHOLD
-from mlops.settings import get_settings
-from mlops.thresholds import choose_threshold, metrics_at
-from mlops.training_config import check_threshold_fits
-from model_registry import tracking
-from model_registry.registry import log_pipeline_model
-from tasks.figures import (
+from prefect_mlops.infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
+from prefect_mlops.infra.dask_cluster import worker_peak_memory
+from prefect_mlops.mlops.config import (
+    ClusterConfig,
+    PipelineConfig,
+    TaskType,
+    ThresholdConfig,
+    TrainingConfig,
+)
+from prefect_mlops.mlops.dataset import DatasetRef, read_sample
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.families import ModelFamily, TrainedModel, family, with_threshold
+from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.mlops.thresholds import choose_threshold, metrics_at
+from prefect_mlops.mlops.training_config import check_threshold_fits
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.registry import log_pipeline_model
+from prefect_mlops.tasks.figures import (
     evaluation_figures,
     feature_importance_figure,
     learning_curve_figure,
     threshold_figure,
 )
-from tasks.tracking import experiment_for, lineage_tags
-from tasks.tuning import (
+from prefect_mlops.tasks.tracking import experiment_for, lineage_tags
+from prefect_mlops.tasks.tuning import (
     TuningOutcome,
     log_trial_runs,
     tuning_metrics,

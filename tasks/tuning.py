@@ -19,19 +19,19 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from infra.allocator.allocation import Allocation
-from infra.allocator.planner import objective_for, recorded_runs
-from infra.allocator.profiling import cluster_config, host_cpus, job_features
-from infra.allocator.trials import TrialPlan, plan_trials
-from infra.allocator.tuning_history import open_trial_store
-from infra.dask_cluster import dask_client, select_workers
-from infra.trial_runner import current_workers, run_on_whole_cluster, run_per_worker
-from mlops.config import ClusterConfig, TrainingConfig
-from mlops.dataset import DatasetRef
-from mlops.families import ModelFamily, family
-from mlops.settings import get_settings
-from mlops.storage import store_options
-from mlops.tuning import (
+from prefect_mlops.infra.allocator.allocation import Allocation
+from prefect_mlops.infra.allocator.planner import objective_for, recorded_runs
+from prefect_mlops.infra.allocator.profiling import cluster_config, host_cpus, job_features
+from prefect_mlops.infra.allocator.trials import TrialPlan, plan_trials
+from prefect_mlops.infra.allocator.tuning_history import open_trial_store
+from prefect_mlops.infra.dask_cluster import dask_client, select_workers
+from prefect_mlops.infra.trial_runner import current_workers, run_on_whole_cluster, run_per_worker
+from prefect_mlops.mlops.config import ClusterConfig, TrainingConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.families import ModelFamily, family
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.mlops.storage import store_options
+from prefect_mlops.mlops.tuning import (
     PastTrial,
     Search,
     SearchResult,
@@ -39,9 +39,9 @@ from mlops.tuning import (
     WarmStart,
     warm_start_configurations,
 )
-from mlops.tuning.space import configured_params
-from mlops.tuning.trial import loss_name
-from model_registry import tracking
+from prefect_mlops.mlops.tuning.space import configured_params
+from prefect_mlops.mlops.tuning.trial import loss_name
+from prefect_mlops.model_registry import tracking
 
 logger = logging.getLogger(__name__)
 

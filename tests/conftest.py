@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.settings import get_settings
+from prefect_mlops.mlops.settings import get_settings
 from tests.postgres import PostgresServer, postgres_bin_dir, postgres_server
 
 pytest_plugins = [

@@ -25,8 +25,8 @@ import httpx
 import pytest
 import yaml
 
-from mlops.config import PipelineConfig, parse_config
-from mlops.synthetic import write_dataset
+from prefect_mlops.mlops.config import PipelineConfig, parse_config
+from prefect_mlops.mlops.synthetic import write_dataset
 from tests.reliability.figures import Figures
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -128,11 +128,11 @@ def pipeline_registry(home: Path, fraud_file: Path, family: str) -> dict:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from flows.preprocess import preprocess_flow
-    from flows.retrain import retraining_pipeline_flow
-    from mlops.dataset import read_split
-    from mlops.settings import get_settings
-    from serving.loader import load_served_model
+    from prefect_mlops.flows.preprocess import preprocess_flow
+    from prefect_mlops.flows.retrain import retraining_pipeline_flow
+    from prefect_mlops.mlops.dataset import read_split
+    from prefect_mlops.mlops.settings import get_settings
+    from prefect_mlops.serving.loader import load_served_model
 
     env = state_env(home)
     uri = env["MLFLOW_TRACKING_URI"]
@@ -230,7 +230,7 @@ def register_files(client, name: str, folder: Path, experiment: str = "fraud-det
 def damaged_copy(client, name: str, version: str, kind: str, workdir: Path) -> Path:
     """The files of ``name`` ``version`` with ``model.txt`` cut in half (``truncated``) or a
     word among a leaf line's numbers (``malformed-leaf``); returns their folder."""
-    from model_registry.registry import download_version
+    from prefect_mlops.model_registry.registry import download_version
 
     local = download_version(client, name, version, str(workdir), client.tracking_uri)
     model_txt = next(local.rglob("model.txt"))
@@ -316,9 +316,9 @@ def started(
 @contextlib.contextmanager
 def mlflow_server(backend_store_uri: str, home: Path) -> Iterator[str]:
     """A real MLflow tracking server on a free loopback port; yields its URL."""
-    from infra.environment import QUIET_ENVIRONMENT
-    from infra.mlflow_server import mlflow_server_launch
-    from mlops.settings import Settings
+    from prefect_mlops.infra.environment import QUIET_ENVIRONMENT
+    from prefect_mlops.infra.mlflow_server import mlflow_server_launch
+    from prefect_mlops.mlops.settings import Settings
     from tests.ports import free_port
 
     port = free_port()
@@ -366,7 +366,7 @@ class Servers:
 
 def clean_env(home: Path) -> dict[str, str]:
     """This process's environment without its Prefect/MLflow settings (the test harness's)."""
-    from infra.environment import QUIET_ENVIRONMENT
+    from prefect_mlops.infra.environment import QUIET_ENVIRONMENT
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     return env | QUIET_ENVIRONMENT | {"MLOPS_HOME": str(home), "PREFECT_HOME": str(home / "p")}
@@ -380,8 +380,8 @@ def production_servers(postgres) -> Iterator[Servers]:
     Prefect UI on, MLflow proxying artifacts to a folder; on loopback, in a temp folder that
     is deleted once both have stopped.
     """
-    from infra.mlflow_server import mlflow_server_launch
-    from mlops.settings import Settings
+    from prefect_mlops.infra.mlflow_server import mlflow_server_launch
+    from prefect_mlops.mlops.settings import Settings
     from tests.ports import free_port
 
     home = Path(tempfile.mkdtemp(prefix="mlops-production-"))

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mlops.errors import MlopsError
-from mlops.sql import create_tables, open_engine
+from prefect_mlops.mlops.errors import MlopsError
+from prefect_mlops.mlops.sql import create_tables, open_engine
 
 RunStatus = Literal["success", "out-of-memory", "killed", "timeout", "failed"]
 Backend = Literal["local", "scheduler", "kubernetes", "simulated"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlops.errors import MlopsError
+from prefect_mlops.mlops.errors import MlopsError
 
 from .history import ClusterShape
 

@@ -15,10 +15,10 @@ from pydantic import (
     model_validator,
 )
 
-from infra.dask_cluster import scheduler_workers
-from mlops.config import AllocatorConfig, ClusterConfig
-from mlops.errors import ConfigError
-from mlops.settings import Settings
+from prefect_mlops.infra.dask_cluster import scheduler_workers
+from prefect_mlops.mlops.config import AllocatorConfig, ClusterConfig
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.settings import Settings
 
 from .allocation import Allocation, Objective, Pricing
 from .history import ClusterShape, HistoryStore, JobFeatures, RunProfile

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-from mlops.config import ClusterConfig, TrainingConfig
-from mlops.dataset import DatasetRef
-from mlops.families import ModelFamily
+from prefect_mlops.mlops.config import ClusterConfig, TrainingConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.families import ModelFamily
 
 from .history import ClusterShape, JobFeatures, RunProfile, RunStatus
 
@@ -298,7 +298,7 @@ def measure_training(
     Raises:
         TrainingOutcomeError: when training fails, with the failure's status and elapsed time.
     """
-    from infra.dask_cluster import dask_client, restart_survivors, select_workers
+    from prefect_mlops.infra.dask_cluster import dask_client, restart_survivors, select_workers
 
     cluster = cluster_config(shape, training.cluster)
     config = training.model_copy(update={"cluster": cluster})

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from mlops.training_config import TuningConfig
+from prefect_mlops.mlops.training_config import TuningConfig
 
 from .allocation import Allocation, Candidate, Objective
 from .history import ClusterShape, JobFeatures, RunProfile

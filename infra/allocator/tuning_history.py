@@ -16,10 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlops.dataset import MetaFeatures
-from mlops.settings import Settings
-from mlops.sql import create_tables, open_engine
-from mlops.tuning.warm_start import PastTrial
+from prefect_mlops.mlops.dataset import MetaFeatures
+from prefect_mlops.mlops.settings import Settings
+from prefect_mlops.mlops.sql import create_tables, open_engine
+from prefect_mlops.mlops.tuning.warm_start import PastTrial
 
 _META = tuple(MetaFeatures.model_fields)
 _TRIAL = tuple(name for name in PastTrial.model_fields if name != "meta")

@@ -10,17 +10,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.environment import QUIET_ENVIRONMENT, client_credentials
-from infra.mlflow_server import MlflowServerLaunch, mlflow_server_launch
-from infra.prefect_sqlite import sqlite_server_env
-from infra.stack.processes import (
+from prefect_mlops.infra.environment import QUIET_ENVIRONMENT, client_credentials
+from prefect_mlops.infra.mlflow_server import MlflowServerLaunch, mlflow_server_launch
+from prefect_mlops.infra.prefect_sqlite import sqlite_server_env
+from prefect_mlops.infra.stack.processes import (
     console_script,
     http_ok,
     recent_restarts,
     start_process,
     wait_until,
 )
-from infra.stack.state import (
+from prefect_mlops.infra.stack.state import (
     MLFLOW_SERVER,
     PREFECT_SERVER,
     SERVERS,
@@ -32,7 +32,7 @@ from infra.stack.state import (
     stack_dir,
     write_state,
 )
-from mlops.settings import get_settings
+from prefect_mlops.mlops.settings import get_settings
 
 SERVING_POLL_SECONDS = 10
 """How often the stack's serving instance checks the champion alias (besides deploy's reload)."""
@@ -137,7 +137,7 @@ def worker_command(pool: str) -> list[str]:
 
 def supervisor_command(state: StackState) -> list[str]:
     """The supervisor (``infra/supervisor.py``) in this environment's Python."""
-    return [sys.executable, "-m", "infra.supervisor", "--home", state.home]
+    return [sys.executable, "-m", "prefect_mlops.infra.supervisor", "--home", state.home]
 
 
 @contextmanager

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psutil
 
-from infra.stack.processes import is_alive, stop_processes
-from infra.stack.state import (
+from prefect_mlops.infra.stack.processes import is_alive, stop_processes
+from prefect_mlops.infra.stack.state import (
     LOCK_SECONDS,
     SUPERVISOR,
     WORKER_PREFIX,

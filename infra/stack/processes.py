@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from infra.stack.state import RESTART_WINDOW_SECONDS, ProcessRecord, StackError
+from prefect_mlops.infra.stack.state import RESTART_WINDOW_SECONDS, ProcessRecord, StackError
 
 
 def is_alive(record: ProcessRecord) -> bool:

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from infra.stack.components import base_env, prefect_api
-from infra.stack.processes import console_script
-from infra.stack.state import StackError, StackState, stack_dir, write_state
+from prefect_mlops.infra.stack.components import base_env, prefect_api
+from prefect_mlops.infra.stack.processes import console_script
+from prefect_mlops.infra.stack.state import StackError, StackState, stack_dir, write_state
 
 
 def project_deployments(project_dir: Path, prefect_file: str = "prefect.yaml") -> list[dict]:
@@ -56,7 +56,7 @@ def prepare_prefect(
     from prefect.exceptions import ObjectAlreadyExists
     from prefect.workers.process import ProcessWorker
 
-    from infra.crash_detection import SILENCE, ensure_crash_detection
+    from prefect_mlops.infra.crash_detection import SILENCE, ensure_crash_detection
 
     with prefect_api(state), get_client(sync_client=True) as client:
         template = ProcessWorker.get_default_base_job_template()

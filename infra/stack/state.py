@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from mlops.errors import EnvironmentFailure
+from prefect_mlops.mlops.errors import EnvironmentFailure
 
 PREFECT_SERVER = "prefect-server"
 MLFLOW_SERVER = "mlflow-server"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from infra.stack.components import pool_has_online_worker, prefect_api, server_specs
-from infra.stack.processes import http_ok, is_alive, recent_restarts
-from infra.stack.state import (
+from prefect_mlops.infra.stack.components import pool_has_online_worker, prefect_api, server_specs
+from prefect_mlops.infra.stack.processes import http_ok, is_alive, recent_restarts
+from prefect_mlops.infra.stack.state import (
     PREFECT_SERVER,
     RESTART_LIMIT,
     RESTART_WINDOW_SECONDS,

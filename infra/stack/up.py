@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.stack.components import (
+from prefect_mlops.infra.stack.components import (
     SERVER_START_SECONDS,
     ServerSpec,
     server_specs,
     start_component,
     wait_ready,
 )
-from infra.stack.processes import (
+from prefect_mlops.infra.stack.processes import (
     http_ok,
     is_alive,
     port_in_use,
@@ -25,8 +25,8 @@ from infra.stack.processes import (
     stop_process,
     stop_processes,
 )
-from infra.stack.project import prepare_prefect, project_pools
-from infra.stack.state import (
+from prefect_mlops.infra.stack.project import prepare_prefect, project_pools
+from prefect_mlops.infra.stack.state import (
     LOCK_SECONDS,
     MLFLOW_SERVER,
     PREFECT_SERVER,

@@ -29,18 +29,21 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlops.config import ClusterConfig
-from mlops.features import FeatureSpec
-from mlops.prediction import ModelFacts, family_of
-from mlops.thresholds import ThresholdChoice
+from prefect_mlops.mlops.config import ClusterConfig
+from prefect_mlops.mlops.features import FeatureSpec
+from prefect_mlops.mlops.prediction import ModelFacts, family_of
+from prefect_mlops.mlops.thresholds import ThresholdChoice
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from mlops.config import TrainingConfig
-    from mlops.dataset import DatasetRef
+    from prefect_mlops.mlops.config import TrainingConfig
+    from prefect_mlops.mlops.dataset import DatasetRef
 
-FAMILIES = {"lightgbm": "mlops.families.lightgbm", "xgboost": "mlops.families.xgboost"}
+FAMILIES = {
+    "lightgbm": "prefect_mlops.mlops.families.lightgbm",
+    "xgboost": "prefect_mlops.mlops.families.xgboost",
+}
 """Family name -> its package."""
 DEFAULT_FAMILY = "lightgbm"
 """The family a use case trains when its config names none (``training.family``), and the

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, Field
 
-from mlops.training_config import TrainingConfig
+from prefect_mlops.mlops.training_config import TrainingConfig
 
 from .space import (
     Params,

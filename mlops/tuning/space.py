@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from mlops.training_config import INTEGER_PARAMETERS, SearchRange, TrainingConfig
+from prefect_mlops.mlops.training_config import INTEGER_PARAMETERS, SearchRange, TrainingConfig
 
 Params = dict[str, float | int]
 """A trial's parameters: name -> value, integers for the integer parameters."""

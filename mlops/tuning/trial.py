@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from mlops.dataset import DatasetRef
-from mlops.families import TrialResult, family
-from mlops.storage import open_url
-from mlops.training_config import TrainingConfig
+from prefect_mlops.mlops.dataset import DatasetRef
+from prefect_mlops.mlops.families import TrialResult, family
+from prefect_mlops.mlops.storage import open_url
+from prefect_mlops.mlops.training_config import TrainingConfig
 
 from .search import TrialOutcome
 from .warm_start import TrialStatus

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlops.dataset import MetaFeatures
-from mlops.training_config import SearchRange
+from prefect_mlops.mlops.dataset import MetaFeatures
+from prefect_mlops.mlops.training_config import SearchRange
 
 from .space import Params, clip_to_space
 

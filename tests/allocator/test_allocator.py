@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from infra.allocator.allocation import Objective, Pricing
-from infra.allocator.history import (
+from prefect_mlops.infra.allocator.allocation import Objective, Pricing
+from prefect_mlops.infra.allocator.history import (
     COLUMNS,
     ClusterShape,
     HistoryError,
@@ -16,14 +16,14 @@ from infra.allocator.history import (
     JobFeatures,
     RunProfile,
 )
-from infra.allocator.model import fit_model
-from infra.allocator.planner import plan_allocation
-from infra.allocator.profiling import classify_failure
-from infra.allocator.recommend import recommend_allocation
-from infra.allocator.resources import Resources, candidate_shapes
-from infra.allocator.run_logs import export_history, import_history
-from mlops.config import AllocatorConfig, ClusterConfig, parse_config
-from mlops.errors import ConfigError
+from prefect_mlops.infra.allocator.model import fit_model
+from prefect_mlops.infra.allocator.planner import plan_allocation
+from prefect_mlops.infra.allocator.profiling import classify_failure
+from prefect_mlops.infra.allocator.recommend import recommend_allocation
+from prefect_mlops.infra.allocator.resources import Resources, candidate_shapes
+from prefect_mlops.infra.allocator.run_logs import export_history, import_history
+from prefect_mlops.mlops.config import AllocatorConfig, ClusterConfig, parse_config
+from prefect_mlops.mlops.errors import ConfigError
 
 GIB = 2**30
 MIB = 2**20
@@ -402,7 +402,7 @@ def test_a_history_without_families_reads_its_boosting_runs_as_lightgbm(tmp_path
 def test_a_history_table_without_the_family_column_gains_it_without_loss(database_url):
     import sqlalchemy as sa
 
-    from infra.allocator.history import runs_table
+    from prefect_mlops.infra.allocator.history import runs_table
 
     url = database_url()
     engine = sa.create_engine(url)

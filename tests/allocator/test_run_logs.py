@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from infra.allocator.history import (
+from prefect_mlops.infra.allocator.history import (
     HistoryError,
     HistoryStore,
     JobFeatures,
     RunProfile,
 )
-from infra.allocator.machines import (
+from prefect_mlops.infra.allocator.machines import (
     Catalogue,
     CatalogueError,
     Machine,
@@ -26,11 +26,11 @@ from infra.allocator.machines import (
     default_catalogue,
     load_catalogue,
 )
-from infra.allocator.planner import describe_job
-from infra.allocator.recommend import learned_gpu_speedup, recommend_allocation
-from infra.allocator.resources import machine_shapes, node_counts
-from infra.allocator.run_logs import export_history, import_history
-from mlops.errors import ConfigError
+from prefect_mlops.infra.allocator.planner import describe_job
+from prefect_mlops.infra.allocator.recommend import learned_gpu_speedup, recommend_allocation
+from prefect_mlops.infra.allocator.resources import machine_shapes, node_counts
+from prefect_mlops.infra.allocator.run_logs import export_history, import_history
+from prefect_mlops.mlops.errors import ConfigError
 
 MLOPS = str(Path(sys.executable).parent / "mlops")
 GIB = 2**30
@@ -311,7 +311,7 @@ def test_gpu_or_cpu_machine_by_measured_curves_and_prices():
 
 
 def test_the_gpu_speed_up_is_learned_as_a_function_of_the_work():
-    from infra.allocator.model import fit_model
+    from prefect_mlops.infra.allocator.model import fit_model
 
     def gpu_run(rows: int, speedup: float) -> RunProfile:
         job = lightgbm_job(f"j{rows}", rows)
@@ -420,7 +420,7 @@ def test_recommend_a_described_job_from_an_imported_log_on_the_command_line(tmp_
 
 
 def test_a_curve_takes_its_input_size_from_any_run_that_recorded_it():
-    from infra.allocator.curves import build_curves
+    from prefect_mlops.infra.allocator.curves import build_curves
 
     failed_first = [
         run("etl", "v1", 3e9, "m4.large", 2, 50.0, status="failed").model_copy(

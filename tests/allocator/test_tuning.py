@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from infra.allocator.allocation import Allocation
-from infra.allocator.history import ClusterShape
-from infra.allocator.trials import plan_trials
-from infra.allocator.tuning_history import TrialStore
-from mlops.dataset import MetaFeatures
-from mlops.training_config import TrainingConfig, TuningConfig
-from mlops.tuning import PastTrial, warm_start_configurations
-from mlops.tuning.space import configured_params
+from prefect_mlops.infra.allocator.allocation import Allocation
+from prefect_mlops.infra.allocator.history import ClusterShape
+from prefect_mlops.infra.allocator.trials import plan_trials
+from prefect_mlops.infra.allocator.tuning_history import TrialStore
+from prefect_mlops.mlops.dataset import MetaFeatures
+from prefect_mlops.mlops.training_config import TrainingConfig, TuningConfig
+from prefect_mlops.mlops.tuning import PastTrial, warm_start_configurations
+from prefect_mlops.mlops.tuning.space import configured_params
 from tests.allocator.test_allocator import PAST, history_of, job, measured, shape
 
 GIB = 2**30

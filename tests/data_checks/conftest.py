@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.dataset import TARGET_COLUMN, DatasetRef, MetaFeatures
-from mlops.features import FeatureSpec
+from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, MetaFeatures
+from prefect_mlops.mlops.features import FeatureSpec
 
 
 def make_dataset(version: str = "ref", classes: list[str] | None = None) -> DatasetRef:

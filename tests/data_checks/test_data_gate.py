@@ -5,18 +5,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlops.config import DataConfig, DataGateConfig
-from mlops.errors import DataValidationError
-from mlops.gates import DataGateResult
-from tasks.data_gate import (
+from prefect_mlops.mlops.config import DataConfig, DataGateConfig
+from prefect_mlops.mlops.errors import DataValidationError
+from prefect_mlops.mlops.gates import DataGateResult
+from prefect_mlops.tasks.data_gate import (
     data_gate_error,
     load_validation_frame,
     raise_if_data_gate_failed,
     run_data_gate,
     to_validation_frame,
 )
-from tasks.data_gate_checks import derive_suite, profile_reference
-from tasks.gx_checkpoint import interpret_results, validate_frame
+from prefect_mlops.tasks.data_gate_checks import derive_suite, profile_reference
+from prefect_mlops.tasks.gx_checkpoint import interpret_results, validate_frame
 from tests.data_checks.conftest import make_dataset, split_rows
 
 DATA = DataConfig(source="toy.csv", target="label", id_column="row_id")

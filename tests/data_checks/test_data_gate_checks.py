@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from mlops.config import DataConfig, DataGateConfig, ValueRange
-from tasks.data_gate import to_validation_frame
-from tasks.data_gate_checks import class_share_bounds, derive_suite, profile_reference
+from prefect_mlops.mlops.config import DataConfig, DataGateConfig, ValueRange
+from prefect_mlops.tasks.data_gate import to_validation_frame
+from prefect_mlops.tasks.data_gate_checks import class_share_bounds, derive_suite, profile_reference
 from tests.data_checks.conftest import make_dataset, split_rows
 
 DATA = DataConfig(source="toy.csv", target="label", id_column="row_id")

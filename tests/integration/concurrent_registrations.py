@@ -17,9 +17,9 @@ import threading
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
 
-from infra.allocator.history import ClusterShape, HistoryStore, JobFeatures
-from infra.allocator.profiling import profile_row
-from model_registry.registry import register_model_version
+from prefect_mlops.infra.allocator.history import ClusterShape, HistoryStore, JobFeatures
+from prefect_mlops.infra.allocator.profiling import profile_row
+from prefect_mlops.model_registry.registry import register_model_version
 
 JOB = JobFeatures(
     n_rows=1000,

@@ -6,13 +6,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.artifacts import Artifact
 
-from flows.preprocess import preprocess_flow
-from flows.retrain import retraining_pipeline_flow
-from flows.train import TrainingFailed, train_flow
-from infra.allocator.allocation import Allocation
-from infra.allocator.planner import open_history
-from mlops.settings import get_settings
-from model_registry.tracking import tracking_uri_for
+from prefect_mlops.flows.preprocess import preprocess_flow
+from prefect_mlops.flows.retrain import retraining_pipeline_flow
+from prefect_mlops.flows.train import TrainingFailed, train_flow
+from prefect_mlops.infra.allocator.allocation import Allocation
+from prefect_mlops.infra.allocator.planner import open_history
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry.tracking import tracking_uri_for
 from tests.integration.conftest import bundled_config
 
 MIB = 2**20

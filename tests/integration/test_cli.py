@@ -14,8 +14,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from cli.root import app
-from mlops.settings import get_settings
+from prefect_mlops.cli.root import app
+from prefect_mlops.mlops.settings import get_settings
 from tests.fixtures import read_only_folder
 
 pytestmark = pytest.mark.slow

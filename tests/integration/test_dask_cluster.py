@@ -19,13 +19,13 @@ import pytest
 from distributed import Client, get_task_stream
 from mlflow.tracking import MlflowClient
 
-from flows.preprocess import preprocess_flow
-from flows.retrain import retraining_pipeline_flow
-from infra.allocator.planner import open_history
-from mlops.settings import get_settings
-from model_registry.tracking import tracking_uri_for
-from tasks.allocation import recommend_for_dataset
-from tasks.training import train_on_allocation
+from prefect_mlops.flows.preprocess import preprocess_flow
+from prefect_mlops.flows.retrain import retraining_pipeline_flow
+from prefect_mlops.infra.allocator.planner import open_history
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry.tracking import tracking_uri_for
+from prefect_mlops.tasks.allocation import recommend_for_dataset
+from prefect_mlops.tasks.training import train_on_allocation
 from tests.integration.conftest import bundled_config
 from tests.integration.test_allocation import forced
 from tests.ports import free_port

@@ -9,13 +9,13 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.deploy import deploy_flow
-from flows.preprocess import preprocess_flow
-from flows.retrain import retraining_pipeline_flow
-from mlops.settings import get_settings
-from model_registry.registry import RegisteredVersion
-from serving.client import split_payload
-from tasks.deploy import DeployResult, held_out_rows
+from prefect_mlops.flows.deploy import deploy_flow
+from prefect_mlops.flows.preprocess import preprocess_flow
+from prefect_mlops.flows.retrain import retraining_pipeline_flow
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.serving.client import split_payload
+from prefect_mlops.tasks.deploy import DeployResult, held_out_rows
 from tests.integration.conftest import (
     bundled_config,
     markdown_artifacts,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.families import predictor_module
+from prefect_mlops.mlops.families import predictor_module
 
 pytestmark = pytest.mark.slow
 MLOPS = str(Path(sys.executable).parent / "mlops")

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.retrain import retraining_pipeline_flow
-from infra.allocator.planner import recorded_runs
-from mlops.dataset import TARGET_COLUMN, load_dataset_ref, read_split
-from mlops.prediction import class_scores
-from mlops.settings import get_settings
-from model_registry.export import export_bundle
-from tasks.evaluation import compute_metrics
+from prefect_mlops.flows.retrain import retraining_pipeline_flow
+from prefect_mlops.infra.allocator.planner import recorded_runs
+from prefect_mlops.mlops.dataset import TARGET_COLUMN, load_dataset_ref, read_split
+from prefect_mlops.mlops.prediction import class_scores
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry.export import export_bundle
+from prefect_mlops.tasks.evaluation import compute_metrics
 from tests.fixtures import bundled_config, state_env
 
 

@@ -15,14 +15,14 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
-from flows.data_gate import data_gate_flow
-from flows.preprocess import preprocess_flow
-from flows.retrain import retraining_pipeline_flow
-from mlops.errors import DataValidationError, PromotionConflict
-from mlops.settings import get_settings
-from mlops.synthetic import write_dataset
-from model_registry.promotion import promote_to_champion
-from tasks.deploy import promotion_lock
+from prefect_mlops.flows.data_gate import data_gate_flow
+from prefect_mlops.flows.preprocess import preprocess_flow
+from prefect_mlops.flows.retrain import retraining_pipeline_flow
+from prefect_mlops.mlops.errors import DataValidationError, PromotionConflict
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.mlops.synthetic import write_dataset
+from prefect_mlops.model_registry.promotion import promote_to_champion
+from prefect_mlops.tasks.deploy import promotion_lock
 from tests.integration.conftest import bundled_config, markdown_artifacts
 
 pytestmark = pytest.mark.slow

@@ -20,17 +20,17 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
-from flows.monitor import drift_monitor_flow
-from mlops.dataset import load_dataset_ref, read_split
-from mlops.settings import get_settings
-from mlops.storage import artifact_store
-from serving.app import score_body
-from serving.client import split_payload
-from serving.inference_log import InferenceLog
-from serving.log_reader import load_parquet_window
-from serving.log_sinks import ParquetSink
-from serving.traffic import drift_rows, sample_rows
-from tasks.monitoring import DRIFT_EVENT
+from prefect_mlops.flows.monitor import drift_monitor_flow
+from prefect_mlops.mlops.dataset import load_dataset_ref, read_split
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.mlops.storage import artifact_store
+from prefect_mlops.serving.app import score_body
+from prefect_mlops.serving.client import split_payload
+from prefect_mlops.serving.inference_log import InferenceLog
+from prefect_mlops.serving.log_reader import load_parquet_window
+from prefect_mlops.serving.log_sinks import ParquetSink
+from prefect_mlops.serving.traffic import drift_rows, sample_rows
+from prefect_mlops.tasks.monitoring import DRIFT_EVENT
 from tests.integration.conftest import bundled_config, markdown_artifacts, serving_process
 from tests.ports import free_port
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlops.settings import get_settings
+from prefect_mlops.mlops.settings import get_settings
 from tests.fixtures import serving_process
 from tests.ports import free_port
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.evaluate import evaluate_flow
-from flows.preprocess import preprocess_flow
-from flows.register import register_flow
-from flows.retrain import retraining_pipeline_flow
-from flows.train import train_flow
-from mlops.dataset import read_split
-from model_registry.tracking import tracking_uri_for
+from prefect_mlops.flows.evaluate import evaluate_flow
+from prefect_mlops.flows.preprocess import preprocess_flow
+from prefect_mlops.flows.register import register_flow
+from prefect_mlops.flows.retrain import retraining_pipeline_flow
+from prefect_mlops.flows.train import train_flow
+from prefect_mlops.mlops.dataset import read_split
+from prefect_mlops.model_registry.tracking import tracking_uri_for
 
 pytestmark = pytest.mark.slow
 
@@ -166,9 +166,9 @@ def test_early_stopping_stops_all_workers_together_and_can_be_turned_off(fraud_f
 
 def test_workers_report_the_kept_models_validation_scores(fraud_file, tmp_path):
     """The plots use the scores the workers computed; they must be the kept model's predictions."""
-    from infra.dask_cluster import dask_client
-    from mlops.families.lightgbm.training import train_lightgbm_on_dask
-    from mlops.prediction import class_scores
+    from prefect_mlops.infra.dask_cluster import dask_client
+    from prefect_mlops.mlops.families.lightgbm.training import train_lightgbm_on_dask
+    from prefect_mlops.mlops.prediction import class_scores
     from tests.integration.conftest import bundled_config
 
     config = bundled_config(

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from infra.allocator.history import HistoryStore
-from infra.mlflow_server import UnsafeServerSettings, check_admin_password
-from model_registry.promotion import promote_to_champion, roll_back_promotion
-from model_registry.registry import (
+from prefect_mlops.infra.allocator.history import HistoryStore
+from prefect_mlops.infra.mlflow_server import UnsafeServerSettings, check_admin_password
+from prefect_mlops.model_registry.promotion import promote_to_champion, roll_back_promotion
+from prefect_mlops.model_registry.registry import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS,

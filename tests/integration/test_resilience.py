@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from mlops.settings import get_settings
-from tasks.tracking import open_pipeline_run
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.tasks.tracking import open_pipeline_run
 from tests.ports import free_port
 
 pytestmark = pytest.mark.slow

@@ -26,8 +26,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from starlette.testclient import TestClient
 
-from serving.app import ServingLimits, ServingState, build_app
-from serving.loader import ModelLoadError, load_served_model
+from prefect_mlops.serving.app import ServingLimits, ServingState, build_app
+from prefect_mlops.serving.loader import ModelLoadError, load_served_model
 from tests.fixtures import MODEL_DAMAGE, damaged_copy, register_files
 from tests.integration.conftest import serving_process
 from tests.ports import free_port
@@ -301,7 +301,7 @@ def test_mlops_serve_answers_on_loopback(scoring_registry):
 
 
 def test_champion_moves_are_hot_swapped_and_a_broken_version_is_refused(served_registry, tmp_path):
-    from serving.swap import ModelSwapper
+    from prefect_mlops.serving.swap import ModelSwapper
 
     uri = served_registry["uri"]
     registry_client = MlflowClient(uri, registry_uri=uri)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mlops.gates import format_value
-from mlops.settings import get_settings
+from prefect_mlops.mlops.gates import format_value
+from prefect_mlops.mlops.settings import get_settings
 from tests.integration.test_own_file import members
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ import os
 
 import pandas as pd
 
-from mlops.dataset import read_split
-from mlops.feedback import write_feedback
-from serving.client import request_log_flush
-from serving.traffic import drift_rows, feedback_frame, sample_rows, send_traffic
+from prefect_mlops.mlops.dataset import read_split
+from prefect_mlops.mlops.feedback import write_feedback
+from prefect_mlops.serving.client import request_log_flush
+from prefect_mlops.serving.traffic import drift_rows, feedback_frame, sample_rows, send_traffic
 from tests.integration.conftest import serving_process
 from tests.ports import free_port
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from flows.preprocess import preprocess_flow
-from flows.train import train_flow
-from infra.allocator.allocation import Allocation
-from infra.allocator.tuning_history import open_trial_store
-from mlops.settings import get_settings
-from model_registry.tracking import tracking_uri_for
+from prefect_mlops.flows.preprocess import preprocess_flow
+from prefect_mlops.flows.train import train_flow
+from prefect_mlops.infra.allocator.allocation import Allocation
+from prefect_mlops.infra.allocator.tuning_history import open_trial_store
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry.tracking import tracking_uri_for
 from tests.integration.conftest import bundled_config
 
 # TrainingConfig's names -> the names LightGBM's params (the train run's) give them

@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.config import ModelGateConfig
-from mlops.dataset import TARGET_COLUMN
-from mlops.errors import ConfigError
-from mlops.gates import GateCheck, GateLedger, ledger_markdown
-from model_registry.ledger import ledger_tags
-from tasks.model_gate_checks import (
+from prefect_mlops.mlops.config import ModelGateConfig
+from prefect_mlops.mlops.dataset import TARGET_COLUMN
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.gates import GateCheck, GateLedger, ledger_markdown
+from prefect_mlops.model_registry.ledger import ledger_tags
+from prefect_mlops.tasks.model_gate_checks import (
     allowed_bound,
     check_metric_names,
     floor_checks,
@@ -34,7 +34,7 @@ def test_a_metric_that_could_not_be_computed_fails_its_floor():
 
 
 def test_floors_on_label_metrics_apply_at_the_models_decision_threshold():
-    from tasks.evaluation import compute_metrics
+    from prefect_mlops.tasks.evaluation import compute_metrics
 
     labels = np.array([0, 0, 0, 1, 1])
     scores = np.array([0.05, 0.1, 0.3, 0.2, 0.45])  # nothing reaches 0.5

@@ -48,9 +48,9 @@ from pathlib import Path
 
 import httpx
 
-from infra.crash_detection import HEARTBEAT_SECONDS, ensure_crash_detection
-from infra.environment import QUIET_ENVIRONMENT
-from infra.prefect_sqlite import sqlite_server_env
+from prefect_mlops.infra.crash_detection import HEARTBEAT_SECONDS, ensure_crash_detection
+from prefect_mlops.infra.environment import QUIET_ENVIRONMENT
+from prefect_mlops.infra.prefect_sqlite import sqlite_server_env
 from tests.ports import free_port
 from tests.postgres import PostgresServer, postgres_server
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from flows.retrain import retraining_pipeline_flow
-from mlops.errors import StorageError
-from mlops.settings import get_settings
+from prefect_mlops.flows.retrain import retraining_pipeline_flow
+from prefect_mlops.mlops.errors import StorageError
+from prefect_mlops.mlops.settings import get_settings
 from tests.fixtures import bundled_config, read_only_folder
 from tests.reliability.figures import Figures
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.prefect_sqlite import sqlite_server_env
+from prefect_mlops.infra.prefect_sqlite import sqlite_server_env
 from tests.reliability.prefect_sqlite_load import measure
 
 pytestmark = pytest.mark.long  # one server and one burst: 40 s to 2 min on 2 shared cores

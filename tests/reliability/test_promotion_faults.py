@@ -15,10 +15,10 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlops.errors import PromotionConflict
-from model_registry.promotion import promote_to_champion
-from model_registry.registry import CHAMPION, PREVIOUS, alias_version
-from tasks.deploy import promotion_lock
+from prefect_mlops.mlops.errors import PromotionConflict
+from prefect_mlops.model_registry.promotion import promote_to_champion
+from prefect_mlops.model_registry.registry import CHAMPION, PREVIOUS, alias_version
+from prefect_mlops.tasks.deploy import promotion_lock
 from tests.fixtures import jsonable_rows, serving_process
 from tests.ports import free_port
 from tests.reliability.figures import Figures

@@ -24,19 +24,19 @@ from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed
 
-from mlops.settings import get_settings
-from model_registry import tracking
-from model_registry.loading import ModelStore
-from model_registry.promotion import ChampionRef
-from model_registry.registry import (
+from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.model_registry import tracking
+from prefect_mlops.model_registry.loading import ModelStore
+from prefect_mlops.model_registry.promotion import ChampionRef
+from prefect_mlops.model_registry.registry import (
     CHALLENGER,
     CHAMPION,
     ModelLoadError,
     alias_version,
     register_model_version,
 )
-from tasks.model_gate_checks import run_model_checks
-from tasks.tracking import lineage_tags, open_pipeline_run
+from prefect_mlops.tasks.model_gate_checks import run_model_checks
+from prefect_mlops.tasks.tracking import lineage_tags, open_pipeline_run
 from tests.fixtures import MODEL_DAMAGE, damaged_copy, mlflow_server, register_files
 from tests.reliability.figures import Figures
 
@@ -101,7 +101,7 @@ def race_trials(uri: str, trials: int, caplog) -> dict[str, int]:
 
 
 def test_twenty_registrations_at_once_keep_every_model(tmp_path, caplog, figures: Figures):
-    caplog.set_level(logging.WARNING, logger="model_registry.registry")
+    caplog.set_level(logging.WARNING, logger="prefect_mlops.model_registry.registry")
     with mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path) as uri:
         numbers = race_trials(uri, 1, caplog)
     figures.record(
@@ -117,7 +117,7 @@ def test_twenty_registrations_at_once_keep_every_model(tmp_path, caplog, figures
 @pytest.mark.long
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_two_hundred_racing_registrations_lose_nothing(backend, tmp_path, caplog, request, figures):
-    caplog.set_level(logging.WARNING, logger="model_registry.registry")
+    caplog.set_level(logging.WARNING, logger="prefect_mlops.model_registry.registry")
     if backend == "postgres":
         store = request.getfixturevalue("postgres").create_database("race")
     else:
@@ -410,7 +410,14 @@ def test_the_model_check_runs_apart_from_this_process(registry, tmp_path):
     """The child process is what dies: this interpreter keeps its pid and goes on."""
     folder = corrupted_copy(registry, tmp_path, "truncated")
     checked = subprocess.run(
-        [sys.executable, "-m", "mlops.model_check", str(folder), "a corrupt model", "0"],
+        [
+            sys.executable,
+            "-m",
+            "prefect_mlops.mlops.model_check",
+            str(folder),
+            "a corrupt model",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -29,8 +29,8 @@ import httpx
 import pytest
 import websockets
 
-from infra.mlflow_server import write_auth_config
-from mlops.settings import Settings
+from prefect_mlops.infra.mlflow_server import write_auth_config
+from prefect_mlops.mlops.settings import Settings
 from tests.fixtures import MLFLOW_PASSWORD, MLFLOW_USER, PREFECT_AUTH, Servers, clean_env
 
 pytestmark = pytest.mark.long  # ~85 s here: 45 s of it starting and stopping the server pair

@@ -85,7 +85,7 @@ def registry(tmp_path_factory) -> Registry:
     """A fraud model trained on 20,000 synthetic rows, registered as ``champion``."""
     import mlflow
 
-    from mlops.settings import get_settings
+    from prefect_mlops.mlops.settings import get_settings
 
     home = tmp_path_factory.mktemp("serving-faults")
     uri = f"sqlite:///{home / 'mlflow.db'}"
@@ -107,16 +107,16 @@ def train_and_register(home: Path, uri: str) -> tuple[str, dict]:
     """The pipeline's preprocessing, a small LightGBM, and the pipeline's model logging."""
     import lightgbm as lgb
 
-    from mlops.config import parse_config
-    from mlops.dataset import TARGET_COLUMN, read_sample, read_split
-    from mlops.families.lightgbm.predictor import FAMILY, LightGBMPredictor
-    from mlops.features import build_features
-    from mlops.prediction import ModelFacts
-    from mlops.source import fingerprint_source
-    from mlops.synthetic import write_dataset
-    from model_registry.registry import log_pipeline_model
-    from serving.client import split_payload
-    from tasks.preprocessing import build_dataset_version
+    from prefect_mlops.mlops.config import parse_config
+    from prefect_mlops.mlops.dataset import TARGET_COLUMN, read_sample, read_split
+    from prefect_mlops.mlops.families.lightgbm.predictor import FAMILY, LightGBMPredictor
+    from prefect_mlops.mlops.features import build_features
+    from prefect_mlops.mlops.prediction import ModelFacts
+    from prefect_mlops.mlops.source import fingerprint_source
+    from prefect_mlops.mlops.synthetic import write_dataset
+    from prefect_mlops.model_registry.registry import log_pipeline_model
+    from prefect_mlops.serving.client import split_payload
+    from prefect_mlops.tasks.preprocessing import build_dataset_version
 
     source = write_dataset("fraud", 20_000, home / "fraud.parquet", seed=5, chunk_rows=10_000)
     raw = yaml.safe_load((CONFIGS / "fraud_detection.yaml").read_text())
@@ -447,7 +447,7 @@ def test_a_pickled_or_file_model_reference_is_refused(registry, tmp_path, figure
 def logged_request_ids(home: Path) -> list[str]:
     import datetime as dt
 
-    from serving.log_reader import load_parquet_window
+    from prefect_mlops.serving.log_reader import load_parquet_window
 
     root = home / "artifacts" / "inference-log"
     since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)

@@ -25,8 +25,8 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from infra.crash_detection import SILENCE
-from infra.stack.state import SUPERVISOR, ProcessRecord, StackState, read_state
+from prefect_mlops.infra.crash_detection import SILENCE
+from prefect_mlops.infra.stack.state import SUPERVISOR, ProcessRecord, StackState, read_state
 from tests.ports import free_port
 from tests.reliability.figures import Figures
 from tests.stack.conftest import (

@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.schedules import RRuleSchedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from infra.stack.state import StackState, read_state
+from prefect_mlops.infra.stack.state import StackState, read_state
 from tests.ports import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -31,10 +31,10 @@ from prefect.client.schemas.filters import FlowRunFilter, TaskRunFilter, TaskRun
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
-from flows.retrain import PipelineResult
-from infra.crash_detection import AUTOMATION_NAME, SILENCE
-from infra.stack.processes import http_ok
-from infra.stack.state import StackState, read_state
+from prefect_mlops.flows.retrain import PipelineResult
+from prefect_mlops.infra.crash_detection import AUTOMATION_NAME, SILENCE
+from prefect_mlops.infra.stack.processes import http_ok
+from prefect_mlops.infra.stack.state import StackState, read_state
 from tests.ports import free_port
 from tests.stack.conftest import (
     MONITOR,

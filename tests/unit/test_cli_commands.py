@@ -6,7 +6,7 @@ import typer
 import typer.main
 from typer.core import TyperGroup
 
-from cli.root import HELP_ORDER, app
+from prefect_mlops.cli.root import HELP_ORDER, app
 
 
 def test_every_command_is_registered_and_listed_in_help_order():

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops.config import load_config, parse_config
-from mlops.errors import ConfigError
+from prefect_mlops.mlops.config import load_config, parse_config
+from prefect_mlops.mlops.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -18,7 +18,7 @@ from prefect.server.schemas.actions import validate_base_job_template
 from prefect.utilities.schema_tools.validation import validate
 from prefect.utilities.templating import PlaceholderType, apply_values, find_placeholders
 
-from cli.serving import serve
+from prefect_mlops.cli.serving import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "infra" / "docker"

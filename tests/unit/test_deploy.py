@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from mlops.config import DeployConfig
-from tasks.deploy import compare_predictions, judge_smoke_test
+from prefect_mlops.mlops.config import DeployConfig
+from prefect_mlops.tasks.deploy import compare_predictions, judge_smoke_test
 
 EXPECTED = pd.DataFrame({"prediction": ["0", "1", "0"], "probability": [0.1, 0.9, 0.2]})
 FAST = [0.001] * 20
@@ -44,7 +44,7 @@ def test_a_slow_target_fails_with_the_budget_named():
 def test_a_headless_service_name_stands_for_each_replica(monkeypatch):
     import socket
 
-    from serving.client import replica_urls
+    from prefect_mlops.serving.client import replica_urls
 
     assert replica_urls("http://127.0.0.1:5001") == ["http://127.0.0.1:5001"]
     assert replica_urls("http://localhost:5001") == ["http://localhost:5001"]  # one IPv4 address

@@ -1,6 +1,6 @@
 """The pre-deploy check names every variable a prefect file reads and nobody set."""
 
-from infra.deploy_check import missing_settings, placeholders
+from prefect_mlops.infra.deploy_check import missing_settings, placeholders
 
 TEXT = """
 pull:

@@ -9,12 +9,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.config import MonitoringConfig
-from mlops.drift import MISSING, OTHER, categorical_drift, feature_drift, numeric_drift, psi
-from mlops.drift_report import DriftReport, PerformanceCheck, drift_verdict, judge_performance
-from mlops.features import FeatureSpec
-from serving.traffic import drift_rows
-from tasks.monitoring import DRIFT_EVENT, event_to_emit
+from prefect_mlops.mlops.config import MonitoringConfig
+from prefect_mlops.mlops.drift import (
+    MISSING,
+    OTHER,
+    categorical_drift,
+    feature_drift,
+    numeric_drift,
+    psi,
+)
+from prefect_mlops.mlops.drift_report import (
+    DriftReport,
+    PerformanceCheck,
+    drift_verdict,
+    judge_performance,
+)
+from prefect_mlops.mlops.features import FeatureSpec
+from prefect_mlops.serving.traffic import drift_rows
+from prefect_mlops.tasks.monitoring import DRIFT_EVENT, event_to_emit
 
 RNG = np.random.default_rng(11)
 

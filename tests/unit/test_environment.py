@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.environment import QUIET_ENVIRONMENT, configure_environment, use_local_stack
-from infra.stack.processes import start_process, stop_process
-from infra.stack.state import MLFLOW_SERVER, PREFECT_SERVER, StackState, write_state
-from mlops.settings import Settings
+from prefect_mlops.infra.environment import (
+    QUIET_ENVIRONMENT,
+    configure_environment,
+    use_local_stack,
+)
+from prefect_mlops.infra.stack.processes import start_process, stop_process
+from prefect_mlops.infra.stack.state import MLFLOW_SERVER, PREFECT_SERVER, StackState, write_state
+from prefect_mlops.mlops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.evaluation import compute_metrics, primary_metric
-from tasks.figures import evaluation_figures
+from prefect_mlops.tasks.evaluation import compute_metrics, primary_metric
+from prefect_mlops.tasks.figures import evaluation_figures
 
 
 def test_binary_metrics_on_known_scores():
@@ -53,7 +53,7 @@ def test_binary_label_metrics_are_at_the_models_threshold_and_at_one_half():
 
 
 def test_best_possible_f1_is_reported_beside_the_models_own():
-    from tasks.evaluation import best_threshold_metrics
+    from prefect_mlops.tasks.evaluation import best_threshold_metrics
 
     labels = np.array([0, 0, 0, 1, 1])
     scores = np.array([0.05, 0.1, 0.3, 0.2, 0.45])

@@ -7,8 +7,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlops.errors import DataError
-from mlops.features import FeatureSpec, build_feature_matrix, build_features, fit_feature_spec
+from prefect_mlops.mlops.errors import DataError
+from prefect_mlops.mlops.features import (
+    FeatureSpec,
+    build_feature_matrix,
+    build_features,
+    fit_feature_spec,
+)
 
 
 @pytest.fixture

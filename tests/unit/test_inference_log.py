@@ -13,10 +13,10 @@ import orjson
 import pandas as pd
 import pytest
 
-from mlops.feedback import load_feedback
-from serving.inference_log import InferenceLog, request_id
-from serving.log_reader import load_parquet_window, load_sql_window
-from serving.log_sinks import ParquetSink, SqlSink
+from prefect_mlops.mlops.feedback import load_feedback
+from prefect_mlops.serving.inference_log import InferenceLog, request_id
+from prefect_mlops.serving.log_reader import load_parquet_window, load_sql_window
+from prefect_mlops.serving.log_sinks import ParquetSink, SqlSink
 
 MODEL = SimpleNamespace(name="fraud", version="4")
 START = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.mlflow_auth import _artifact_location
-from mlops.uris import location_within
+from prefect_mlops.infra.mlflow_auth import _artifact_location
+from prefect_mlops.mlops.uris import location_within
 
 PROXIED = "mlflow-artifacts:/"
 LOCAL = "file:///srv/mlops/mlflow-artifacts"

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 
-import mlops
-from mlops.config import parse_config
-from mlops.dataset import read_split
-from mlops.families import (
+from prefect_mlops import mlops
+from prefect_mlops.mlops.config import parse_config
+from prefect_mlops.mlops.dataset import read_split
+from prefect_mlops.mlops.families import (
     FAMILIES,
     Predictor,
     TrainedModel,
@@ -30,15 +30,15 @@ from mlops.families import (
     model_family,
     predictor_module,
 )
-from mlops.families.lightgbm.predictor import LightGBMPredictor
-from mlops.model_files import ModelFilesError, read_pipeline_model
-from mlops.prediction import INFO_ARTIFACT, class_scores
-from mlops.pyfunc import PipelinePyfunc
-from mlops.source import fingerprint_source
-from mlops.synthetic import write_dataset
-from model_registry.export import _write_bundle
-from serving.served_model import ServedModel
-from tasks.preprocessing import build_dataset_version
+from prefect_mlops.mlops.families.lightgbm.predictor import LightGBMPredictor
+from prefect_mlops.mlops.model_files import ModelFilesError, read_pipeline_model
+from prefect_mlops.mlops.prediction import INFO_ARTIFACT, class_scores
+from prefect_mlops.mlops.pyfunc import PipelinePyfunc
+from prefect_mlops.mlops.source import fingerprint_source
+from prefect_mlops.mlops.synthetic import write_dataset
+from prefect_mlops.model_registry.export import _write_bundle
+from prefect_mlops.serving.served_model import ServedModel
+from prefect_mlops.tasks.preprocessing import build_dataset_version
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -99,8 +99,8 @@ def test_a_predictor_loaded_from_the_files_alone_scores_the_same(trained, tmp_pa
 
 
 def test_the_cost_drivers_are_job_fields_the_allocator_knows(trained):
-    from infra.allocator.history import JobFields
-    from infra.allocator.profiling import job_features
+    from prefect_mlops.infra.allocator.history import JobFields
+    from prefect_mlops.infra.allocator.profiling import job_features
 
     _, dataset = trained
     training = parse_config(
@@ -130,7 +130,10 @@ def test_the_pyfunc_the_service_and_a_bundle_predict_with_the_family_predictor(t
     assert type(served.predictor) is LightGBMPredictor
     pd.testing.assert_frame_equal(served.predict(rows), expected)
 
-    shutil.copytree(Path(mlops.__file__).parent, tmp_path / "version" / "code" / "mlops")
+    # A model's copy of the code as logged now (the xgboost test keeps the older code/mlops).
+    shutil.copytree(
+        Path(mlops.__file__).parent, tmp_path / "version" / "code" / "prefect_mlops" / "mlops"
+    )
     bundle = _write_bundle(tmp_path / "version", tmp_path / "bundle", "m", "1", "run")
     copied = tmp_path / "bundle" / bundle.package / "_mlops" / "families" / "lightgbm"
     own = Path(predictor_module("lightgbm").__file__)
@@ -161,7 +164,7 @@ def test_an_unknown_family_is_named():
 
 
 def test_a_damaged_model_file_is_refused_in_a_child_naming_the_library(trained, tmp_path):
-    from mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
+    from prefect_mlops.mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
 
     model, dataset = trained
     artifacts = tmp_path / "artifacts"
@@ -177,7 +180,7 @@ def test_a_damaged_model_file_is_refused_in_a_child_naming_the_library(trained, 
 
 
 def test_the_chosen_threshold_travels_with_the_files_and_labels_every_row(trained, tmp_path):
-    from tasks.training import decide_threshold
+    from prefect_mlops.tasks.training import decide_threshold
 
     model, dataset = trained
     decided = decide_threshold(model, dataset.task, None)  # no section: the best F1
@@ -202,8 +205,8 @@ def test_the_chosen_threshold_travels_with_the_files_and_labels_every_row(traine
 
 
 def test_other_tasks_keep_their_labels_and_a_predictor_without_facts_is_refused(trained):
-    from mlops.families import with_threshold
-    from tasks.training import decide_threshold
+    from prefect_mlops.mlops.families import with_threshold
+    from prefect_mlops.tasks.training import decide_threshold
 
     model, _ = trained
     assert decide_threshold(model, "multiclass", None) is model
@@ -214,7 +217,7 @@ def test_other_tasks_keep_their_labels_and_a_predictor_without_facts_is_refused(
 def test_balanced_class_weight_trains_weighted(trained, tmp_path):
     """With 1.6% positives, weighting each class equally lifts the positives' probabilities:
     the model's probabilities are no longer the fraud rate, and its threshold moves up."""
-    from tasks.training import decide_threshold
+    from prefect_mlops.tasks.training import decide_threshold
 
     model, dataset = trained
     raw = yaml.safe_load((CONFIGS / "fraud_detection.yaml").read_text())

@@ -13,8 +13,8 @@ import anyio
 import pytest
 from prefect.server.utilities.messaging import BrokerModule
 
-import infra.prefect_broker as broker
-from infra.prefect_broker import Cache, Consumer, Publisher, retry_delay
+import prefect_mlops.infra.prefect_broker as broker
+from prefect_mlops.infra.prefect_broker import Cache, Consumer, Publisher, retry_delay
 
 
 @pytest.fixture

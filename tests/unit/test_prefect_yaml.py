@@ -8,10 +8,10 @@ import yaml
 from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
 
-from flows.retrain import TRAIN_GPU_DEPLOYMENT
-from infra.crash_detection import HEARTBEAT_SECONDS
-from infra.deploy_check import placeholders
-from mlops.config import load_config
+from prefect_mlops.flows.retrain import TRAIN_GPU_DEPLOYMENT
+from prefect_mlops.infra.crash_detection import HEARTBEAT_SECONDS
+from prefect_mlops.infra.deploy_check import placeholders
+from prefect_mlops.mlops.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = yaml.safe_load((ROOT / "prefect.yaml").read_text())
@@ -72,7 +72,7 @@ def test_the_pipeline_is_scheduled_and_its_default_config_exists():
 def test_drift_events_trigger_the_pipeline_and_the_monitor_runs_on_a_schedule():
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-    from tasks.monitoring import DEGRADED_EVENT, DRIFT_EVENT
+    from prefect_mlops.tasks.monitoring import DEGRADED_EVENT, DRIFT_EVENT
 
     for profile in (LOCAL, PRODUCTION):
         by_name = {d["name"]: d for d in profile["deployments"]}

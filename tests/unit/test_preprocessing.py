@@ -2,12 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.config import DataConfig, FeatureConfig, SplitConfig
-from mlops.dataset import SPLIT_COLUMN
-from mlops.errors import DataError
-from mlops.schema import coerce_frame, encode_target, infer_schema, infer_task
-from mlops.source import detect_format
-from tasks.preprocessing import assign_split, check_columns_usable
+from prefect_mlops.mlops.config import DataConfig, FeatureConfig, SplitConfig
+from prefect_mlops.mlops.dataset import SPLIT_COLUMN
+from prefect_mlops.mlops.errors import DataError
+from prefect_mlops.mlops.schema import coerce_frame, encode_target, infer_schema, infer_task
+from prefect_mlops.mlops.source import detect_format
+from prefect_mlops.tasks.preprocessing import assign_split, check_columns_usable
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import sqlite3
 
 import pytest
 
-from infra.allocator.resources import candidate_shapes, existing_cluster_resources
-from infra.dask_cluster import ClusterUnavailable, kube_cluster_spec
-from infra.environment import client_credentials
-from infra.mlflow_server import mlflow_server_launch
-from mlops.config import ClusterConfig
-from mlops.settings import Settings
+from prefect_mlops.infra.allocator.resources import candidate_shapes, existing_cluster_resources
+from prefect_mlops.infra.dask_cluster import ClusterUnavailable, kube_cluster_spec
+from prefect_mlops.infra.environment import client_credentials
+from prefect_mlops.infra.mlflow_server import mlflow_server_launch
+from prefect_mlops.mlops.config import ClusterConfig
+from prefect_mlops.mlops.settings import Settings
 
 GIB = 2**30
 PG = "postgresql://mlflow:pw@db.internal:5432/mlflow"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from serving.access_log import AccessLog
+from prefect_mlops.serving.access_log import AccessLog
 
 
 class Stuck(logging.Handler):

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from serving.admission import BodyMemory, BodyRefused, LoopLag, read_body
+from prefect_mlops.serving.admission import BodyMemory, BodyRefused, LoopLag, read_body
 
 
 def sender(*chunks: bytes, then_wait: bool = False):
@@ -140,7 +140,7 @@ async def test_a_long_turn_of_the_loop_refuses_its_last_requests():
 CONTENDED_LOOP = """
 import json, os, subprocess, sys, time
 import anyio
-from serving.admission import LoopLag
+from prefect_mlops.serving.admission import LoopLag
 
 cpu = min(os.sched_getaffinity(0))
 os.sched_setaffinity(0, {cpu})

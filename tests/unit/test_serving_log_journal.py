@@ -13,10 +13,10 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.inference_log import InferenceLog
-from serving.log_reader import load_parquet_window
-from serving.log_sinks import ParquetSink
-from serving.log_spool import LogSpool, read_frames
+from prefect_mlops.serving.inference_log import InferenceLog
+from prefect_mlops.serving.log_reader import load_parquet_window
+from prefect_mlops.serving.log_sinks import ParquetSink
+from prefect_mlops.serving.log_spool import LogSpool, read_frames
 
 MODEL = SimpleNamespace(name="fraud", version="4")
 
@@ -64,9 +64,9 @@ def test_a_process_that_dies_unwritten_is_replayed_by_the_next_start(tmp_path):
         f"""
         import os, numpy as np
         from types import SimpleNamespace
-        from serving.inference_log import InferenceLog
-        from serving.log_sinks import ParquetSink
-        from serving.log_spool import LogSpool
+        from prefect_mlops.serving.inference_log import InferenceLog
+        from prefect_mlops.serving.log_sinks import ParquetSink
+        from prefect_mlops.serving.log_spool import LogSpool
         log = InferenceLog(ParquetSink({str(root)!r}), spool=LogSpool(__import__("pathlib").Path({str(journal)!r})))
         model = SimpleNamespace(name="fraud", version="4")
         for i in range(5):
@@ -168,8 +168,8 @@ def test_a_write_that_fills_the_disk_removes_its_temporary_file(tmp_path):
         f"""
         import resource, numpy as np
         from types import SimpleNamespace
-        from serving.inference_log import InferenceLog
-        from serving.log_sinks import ParquetSink
+        from prefect_mlops.serving.inference_log import InferenceLog
+        from prefect_mlops.serving.log_sinks import ParquetSink
         log = InferenceLog(ParquetSink({str(root)!r}))
         model = SimpleNamespace(name="fraud", version="4")
         for i in range(50):

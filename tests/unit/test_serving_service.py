@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from mlops.errors import ConfigError
-from mlops.feedback import write_feedback
-from mlops.settings import Settings
-from mlops.storage import artifact_store
-from model_registry.registry import ModelReferenceError
-from serving.access_log import LOGGER
-from serving.app import build_app
-from serving.service import build_service, inference_log_target, serving_limits
-from serving.traffic import TrafficResult, feedback_frame
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.feedback import write_feedback
+from prefect_mlops.mlops.settings import Settings
+from prefect_mlops.mlops.storage import artifact_store
+from prefect_mlops.model_registry.registry import ModelReferenceError
+from prefect_mlops.serving.access_log import LOGGER
+from prefect_mlops.serving.app import build_app
+from prefect_mlops.serving.service import build_service, inference_log_target, serving_limits
+from prefect_mlops.serving.traffic import TrafficResult, feedback_frame
 
 
 def test_a_file_is_refused_as_a_model_with_bad_input_exit_status(tmp_path):

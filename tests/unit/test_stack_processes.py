@@ -15,12 +15,12 @@ import pytest
 from prefect.client.schemas.objects import DeploymentSchedule
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
 
-from infra.crash_detection import SILENCE, crash_silent_runs_automation
-from infra.mlflow_server import mlflow_server_launch
-from infra.schedules import describe_schedule, expects_runs
-from infra.stack.processes import is_alive, reap_orphans, start_process, stop_process
-from infra.stack.project import project_pools
-from infra.stack.state import (
+from prefect_mlops.infra.crash_detection import SILENCE, crash_silent_runs_automation
+from prefect_mlops.infra.mlflow_server import mlflow_server_launch
+from prefect_mlops.infra.schedules import describe_schedule, expects_runs
+from prefect_mlops.infra.stack.processes import is_alive, reap_orphans, start_process, stop_process
+from prefect_mlops.infra.stack.project import project_pools
+from prefect_mlops.infra.stack.state import (
     RESTART_LIMIT,
     ProcessRecord,
     StackError,
@@ -29,11 +29,11 @@ from infra.stack.state import (
     stack_lock,
     write_state,
 )
-from infra.stack.up import StackOptions, StartedHere, _state_to_reuse, check_ports
-from infra.supervisor import due_for_restart, given_up, restart_delay
-from mlops.errors import StorageError
-from mlops.settings import Settings
-from mlops.storage import check_writable
+from prefect_mlops.infra.stack.up import StackOptions, StartedHere, _state_to_reuse, check_ports
+from prefect_mlops.infra.supervisor import due_for_restart, given_up, restart_delay
+from prefect_mlops.mlops.errors import StorageError
+from prefect_mlops.mlops.settings import Settings
+from prefect_mlops.mlops.storage import check_writable
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

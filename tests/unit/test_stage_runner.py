@@ -3,15 +3,15 @@
 import pytest
 from prefect.states import Cancelled, Completed, Crashed, Failed
 
-from flows.data_gate import data_gate_flow
-from flows.model_gate import model_gate_flow
-from flows.train import train_flow
-from infra.stage_runner import StageFailed, as_declared, declared_output, stage_output
-from mlops.errors import DataValidationError
-from mlops.gates import DataGateResult
-from model_registry.registry import RegisteredVersion
-from tasks.model_gate import GateDecision
-from tasks.training import TrainingResult
+from prefect_mlops.flows.data_gate import data_gate_flow
+from prefect_mlops.flows.model_gate import model_gate_flow
+from prefect_mlops.flows.train import train_flow
+from prefect_mlops.infra.stage_runner import StageFailed, as_declared, declared_output, stage_output
+from prefect_mlops.mlops.errors import DataValidationError
+from prefect_mlops.mlops.gates import DataGateResult
+from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.tasks.model_gate import GateDecision
+from prefect_mlops.tasks.training import TrainingResult
 
 VERSION = {"name": "m", "version": "3", "alias": "challenger", "run_id": "r", "model_uri": "u"}
 

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from mlops.config import parse_config
-from mlops.dataset import load_dataset_ref, read_sample, read_split, save_dataset_ref
-from mlops.errors import StorageError
-from mlops.feedback import load_feedback, write_feedback
-from mlops.settings import Settings, get_settings
-from mlops.source import fingerprint_source
-from mlops.storage import (
+from prefect_mlops.mlops.config import parse_config
+from prefect_mlops.mlops.dataset import load_dataset_ref, read_sample, read_split, save_dataset_ref
+from prefect_mlops.mlops.errors import StorageError
+from prefect_mlops.mlops.feedback import load_feedback, write_feedback
+from prefect_mlops.mlops.settings import Settings, get_settings
+from prefect_mlops.mlops.source import fingerprint_source
+from prefect_mlops.mlops.storage import (
     DATASETS,
     FEEDBACK,
     INFERENCE_LOG,
@@ -33,10 +33,10 @@ from mlops.storage import (
     store_options,
     write_text,
 )
-from serving.inference_log import build_inference_log
-from tasks.data_gate import load_or_derive_suite
-from tasks.monitoring import last_event, remember_event
-from tasks.preprocessing import build_dataset_version
+from prefect_mlops.serving.inference_log import build_inference_log
+from prefect_mlops.tasks.data_gate import load_or_derive_suite
+from prefect_mlops.tasks.monitoring import last_event, remember_event
+from prefect_mlops.tasks.preprocessing import build_dataset_version
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = "MLOPS_ARTIFACT_STORE_OPTIONS"

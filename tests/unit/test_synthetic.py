@@ -1,6 +1,6 @@
 import pandas as pd
 
-from mlops.synthetic import iter_chunks, write_dataset
+from prefect_mlops.mlops.synthetic import iter_chunks, write_dataset
 
 
 def test_same_seed_same_rows_and_chunking_bounds_memory(tmp_path):

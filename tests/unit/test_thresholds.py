@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mlops.thresholds import best_f1, choose_threshold, metrics_at, threshold_curve
-from mlops.training_config import ThresholdConfig
+from prefect_mlops.mlops.thresholds import best_f1, choose_threshold, metrics_at, threshold_curve
+from prefect_mlops.mlops.training_config import ThresholdConfig
 
 # Ten rows: positives score mostly high, one positive hides among the negatives.
 TARGETS = np.array([0, 0, 0, 0, 0, 1, 0, 1, 1, 1])

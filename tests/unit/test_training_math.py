@@ -1,7 +1,7 @@
 import numpy as np
 from sklearn.metrics import log_loss, mean_squared_error
 
-from mlops.families.lightgbm.training import validation_loss
+from prefect_mlops.mlops.families.lightgbm.training import validation_loss
 
 
 def test_binary_loss_matches_sklearn():

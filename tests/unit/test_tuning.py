@@ -10,12 +10,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mlops.dataset import MetaFeatures
-from mlops.training_config import SearchRange, TrainingConfig, TuningConfig
-from mlops.tuning import PastTrial, Search, TrialOutcome, run_in_turn, warm_start_configurations
-from mlops.tuning.search import CONFIGURED
-from mlops.tuning.space import clip_to_space
-from mlops.tuning.trial import timed_outcome
+from prefect_mlops.mlops.dataset import MetaFeatures
+from prefect_mlops.mlops.training_config import SearchRange, TrainingConfig, TuningConfig
+from prefect_mlops.mlops.tuning import (
+    PastTrial,
+    Search,
+    TrialOutcome,
+    run_in_turn,
+    warm_start_configurations,
+)
+from prefect_mlops.mlops.tuning.search import CONFIGURED
+from prefect_mlops.mlops.tuning.space import clip_to_space
+from prefect_mlops.mlops.tuning.trial import timed_outcome
 
 SPACE = {
     "learning_rate": SearchRange(low=0.01, high=0.3, log=True),
@@ -282,8 +288,8 @@ def test_configurations_judged_before_on_the_same_dataset_teach_the_sampler():
 
 
 def test_a_space_that_leaves_what_training_accepts_is_refused_naming_key_and_file():
-    from mlops.config import parse_config
-    from mlops.errors import ConfigError
+    from prefect_mlops.mlops.config import parse_config
+    from prefect_mlops.mlops.errors import ConfigError
 
     raw = {
         "name": "x",

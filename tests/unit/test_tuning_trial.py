@@ -8,14 +8,14 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 
-from mlops.config import parse_config
-from mlops.dataset import read_split
-from mlops.errors import DataError
-from mlops.families import family
-from mlops.source import fingerprint_source
-from mlops.synthetic import write_dataset
-from mlops.tuning.trial import run_trial
-from tasks.preprocessing import build_dataset_version
+from prefect_mlops.mlops.config import parse_config
+from prefect_mlops.mlops.dataset import read_split
+from prefect_mlops.mlops.errors import DataError
+from prefect_mlops.mlops.families import family
+from prefect_mlops.mlops.source import fingerprint_source
+from prefect_mlops.mlops.synthetic import write_dataset
+from prefect_mlops.mlops.tuning.trial import run_trial
+from prefect_mlops.tasks.preprocessing import build_dataset_version
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

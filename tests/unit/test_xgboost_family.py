@@ -20,20 +20,24 @@ import pytest
 import yaml
 from distributed import Client, LocalCluster
 
-import mlops
-from mlops.config import TrainingConfig, parse_config
-from mlops.dataset import TARGET_COLUMN, read_split
-from mlops.families import FAMILIES, TrialResult, family, load_predictor, model_family
-from mlops.families.xgboost.predictor import REQUIREMENTS, XGBoostPredictor
-from mlops.families.xgboost.training import balanced_weights, min_child_weight, xgboost_params
-from mlops.model_files import read_pipeline_model
-from mlops.prediction import class_scores
-from mlops.pyfunc import PipelinePyfunc
-from mlops.source import fingerprint_source
-from mlops.synthetic import write_dataset
-from model_registry.export import _write_bundle
-from serving.served_model import ServedModel
-from tasks.preprocessing import build_dataset_version
+from prefect_mlops import mlops
+from prefect_mlops.mlops.config import TrainingConfig, parse_config
+from prefect_mlops.mlops.dataset import TARGET_COLUMN, read_split
+from prefect_mlops.mlops.families import FAMILIES, TrialResult, family, load_predictor, model_family
+from prefect_mlops.mlops.families.xgboost.predictor import REQUIREMENTS, XGBoostPredictor
+from prefect_mlops.mlops.families.xgboost.training import (
+    balanced_weights,
+    min_child_weight,
+    xgboost_params,
+)
+from prefect_mlops.mlops.model_files import read_pipeline_model
+from prefect_mlops.mlops.prediction import class_scores
+from prefect_mlops.mlops.pyfunc import PipelinePyfunc
+from prefect_mlops.mlops.source import fingerprint_source
+from prefect_mlops.mlops.synthetic import write_dataset
+from prefect_mlops.model_registry.export import _write_bundle
+from prefect_mlops.serving.served_model import ServedModel
+from prefect_mlops.tasks.preprocessing import build_dataset_version
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -233,8 +237,8 @@ def test_a_tuning_trial_in_one_process_matches_training_on_dask(trained):
 
 
 def test_the_cost_drivers_are_job_fields_and_the_job_is_xgboost(trained):
-    from infra.allocator.history import JobFields
-    from infra.allocator.profiling import job_features
+    from prefect_mlops.infra.allocator.history import JobFields
+    from prefect_mlops.infra.allocator.profiling import job_features
 
     _, dataset, config = trained["binary"]
     drivers = family("xgboost").cost_drivers(config.training, dataset)
@@ -284,7 +288,7 @@ def test_the_pyfunc_the_service_and_a_bundle_predict_with_the_family_predictor(t
 def test_the_logged_requirements_name_the_installed_distribution():
     from importlib.metadata import version
 
-    from model_registry.registry import _requirements
+    from prefect_mlops.model_registry.registry import _requirements
 
     assert REQUIREMENTS == ("xgboost-cpu",)  # the lock's CPU build
     assert _requirements("xgboost")[0] == f"xgboost-cpu=={version('xgboost-cpu')}"
@@ -292,7 +296,7 @@ def test_the_logged_requirements_name_the_installed_distribution():
 
 
 def test_a_damaged_model_file_is_refused_in_a_child_naming_the_library(trained, tmp_path):
-    from mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
+    from prefect_mlops.mlops.model_check import ModelCheckFailed, ModelCheckLimits, check_in_child
 
     model, dataset, _ = trained["binary"]
     artifacts = tmp_path / "artifacts"
