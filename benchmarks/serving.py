@@ -12,17 +12,19 @@ In one run, on this machine, for a model of each family (LightGBM, then XGBoost)
 5. 1,000-row batches: rows per second;
 6. repeats 4 and 5 for a few rounds, the servers taking turns to go first, and reports medians
    (this 2-core machine is noisy: one 10-second run of MLflow varies by a third);
-7. the cost of the inference log (on the first family's model): ``mlops serve`` as configured
-   by default (every request
-   logged, ``MLOPS_INFERENCE_LOG=parquet``, sample rate 1.0) against a second ``mlops serve``
-   with the log off, in many short paired runs that alternate which goes first (this machine's
-   speed drifts over minutes, so long runs far apart compare the machine, not the servers),
-   single rows and batches; reported as the median of the pairs' ratios.
+7. the cost of the inference log and of the access log (on the first family's model):
+   ``mlops serve`` as configured by default (every request in the inference log,
+   ``MLOPS_INFERENCE_LOG=parquet``, sample rate 1.0, and a JSON access-log line per request,
+   ``MLOPS_SERVING_ACCESS_LOG_LEVEL=info``), a second with the access log off, and a third
+   with both off, in many short runs that take turns (this machine's speed drifts over
+   minutes, so long runs far apart compare the machine, not the servers), single rows and
+   batches; each log's cost is the median of the turns' ratios of the server with it to the
+   one without.
 
 The load generator is a few keep-alive HTTP/1.1 connections on raw asyncio sockets (no HTTP
 library in the way); its own ceiling, measured against a trivial endpoint, is reported beside
 the results. Results go to ``docs/benchmarks.md`` (between markers, written by
-``serving_report.py``). Run: ``python benchmarks/serving.py`` (about 8 minutes).
+``serving_report.py``). Run: ``python benchmarks/serving.py`` (about 10 minutes).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.doc_sections import write_section  # noqa: E402
-from benchmarks.serving_report import NO_LOG, report  # noqa: E402
+from benchmarks.serving_report import NO_ACCESS_LOG, NO_LOG, report  # noqa: E402
 
 BIN = Path(sys.executable).parent
 FAMILIES = ("lightgbm", "xgboost")
@@ -228,7 +230,9 @@ def split_body(frame: pd.DataFrame) -> bytes:
 # ---------------------------------------------------------------- the run
 
 
-def run(seconds: float, concurrency: int, rounds: int, families: tuple[str, ...]) -> dict:
+def run(
+    seconds: float, concurrency: int, rounds: int, families: tuple[str, ...], pairs: int = 16
+) -> dict:
     results: dict = {"seconds": seconds, "concurrency": concurrency, "families": {}}
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         work = Path(tmp)
@@ -247,9 +251,8 @@ def run(seconds: float, concurrency: int, rounds: int, families: tuple[str, ...]
         for number, family in enumerate(families):
             print(f"Training and registering the {family} model ...", flush=True)
             rows = train_model(work, env, 50_000, family)
-            measured = serve_and_measure(
-                work, env, rows, f"bench-{family}", (seconds, concurrency, rounds), number == 0
-            )
+            load = (seconds, concurrency, rounds, pairs)
+            measured = serve_and_measure(work, env, rows, f"bench-{family}", load, number == 0)
             results["families"][family] = measured
             results |= measured.pop("log", {})
     return results
@@ -258,14 +261,16 @@ def run(seconds: float, concurrency: int, rounds: int, families: tuple[str, ...]
 def serve_and_measure(
     work: Path, env: dict, rows: pd.DataFrame, name: str, load: tuple, log_cost: bool
 ) -> dict:
-    """Both servers on the model ``name``, measured; with ``log_cost``, a third server (ours,
-    the log off) and the log's cost too (under ``log``)."""
-    seconds, concurrency, rounds = load
+    """Both servers on the model ``name``, measured; with ``log_cost``, two more of ours (the
+    access log off; both logs off) and the logs' cost too (under ``log``)."""
+    seconds, concurrency, rounds, pairs = load
     ours_port, theirs_port, quiet_port = free_port(), free_port(), free_port()
+    unaccessed_port = free_port()
     mlflow_cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion"]
     mlflow_cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(theirs_port), "-w", "1"]
     ours_cmd = [str(BIN / "mlops"), "serve", name, "--port", str(ours_port)]
     quiet_cmd = [str(BIN / "mlops"), "serve", name, "--port", str(quiet_port)]
+    unaccessed_cmd = [str(BIN / "mlops"), "serve", name, "--port", str(unaccessed_port)]
     with (
         server(mlflow_cmd, theirs_port, env, work / f"mlflow-{name}.log"),
         server(ours_cmd, ours_port, env, work / f"ours-{name}.log") as ours,
@@ -274,19 +279,39 @@ def serve_and_measure(
         measured = measure(rows, ports, seconds, concurrency, rounds)
         if not log_cost:
             return measured
-        off = env | {"MLOPS_INFERENCE_LOG": "off"}
-        with server(quiet_cmd, quiet_port, off, work / f"off-{name}.log") as quiet:
-            servers = {"ours": (ours_port, ours.pid), NO_LOG: (quiet_port, quiet.pid)}
-            log = {"log_cost": measure_log_cost(rows, servers, concurrency)}
+        no_access = env | {
+            "MLOPS_SERVING_ACCESS_LOG_LEVEL": "off",
+            "MLOPS_INFERENCE_LOG_JOURNAL_DIR": str(work / "journal-no-access-log"),
+        }
+        off = no_access | {"MLOPS_INFERENCE_LOG": "off"}
+        with (
+            server(quiet_cmd, quiet_port, off, work / f"off-{name}.log") as quiet,
+            server(unaccessed_cmd, unaccessed_port, no_access, work / f"na-{name}.log") as na,
+        ):
+            servers = {
+                "ours": (ours_port, ours.pid),
+                NO_ACCESS_LOG: (unaccessed_port, na.pid),
+                NO_LOG: (quiet_port, quiet.pid),
+            }
+            log = {"log_cost": measure_log_cost(rows, servers, concurrency, pairs)}
         log["logged_rows"] = logged_rows(ours_port)
+    log["access_lines"] = access_lines(work / f"ours-{name}.log")  # written out once it stopped
     return measured | {"log": log}
 
 
 def logged_rows(port: int) -> int:
     """Rows the logging server has written out or queued (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    line = next(x for x in text.splitlines() if x.startswith("mlops_inference_log_recorded_rows"))
-    return int(float(line.split()[-1]))
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return int(families["mlops_inference_log_recorded_rows"].samples[0].value)
+
+
+def access_lines(log: Path) -> int:
+    """JSON access-log lines in a server's output."""
+    with log.open("rb") as output:
+        return sum(line.startswith(b"{") for line in output)
 
 
 def compare_predictions(rows: pd.DataFrame, ports: dict[str, int]) -> dict:
@@ -352,8 +377,9 @@ def measure(
 def measure_log_cost(
     rows: pd.DataFrame, servers: dict[str, tuple[int, int]], concurrency: int, pairs: int = 16
 ) -> dict:
-    """The log on vs off, in short back-to-back pairs alternating the order: throughput, and
-    the CPU seconds each server process spent per request (its threads included)."""
+    """The servers (each log on or off) in short back-to-back runs taking turns, ``pairs``
+    times: throughput, and the CPU seconds each server process spent per request (its threads
+    included)."""
     import psutil
 
     requests = {
@@ -368,7 +394,7 @@ def measure_log_cost(
 
     out: dict = {kind: {name: [] for name in servers} for kind in requests}
     for number in range(pairs):
-        print(f"log cost, pair {number + 1}/{pairs} ...", flush=True)
+        print(f"log cost, turn {number + 1}/{pairs} ...", flush=True)
         order = list(servers) if number % 2 == 0 else list(reversed(servers))
         for kind, (request, connections) in requests.items():
             for name in order:
@@ -392,9 +418,11 @@ def main() -> None:
     parser.add_argument(
         "--family", action="append", choices=FAMILIES, help="Model families (default: both)."
     )
+    parser.add_argument("--pairs", type=int, default=16, help="Turns of the logs' cost runs.")
     args = parser.parse_args()
     families = tuple(args.family or FAMILIES)
-    section = report(run(args.seconds, args.concurrency, args.rounds, families))
+    measured = run(args.seconds, args.concurrency, args.rounds, families, args.pairs)
+    section = report(measured)
     write_doc(section)
     print(section)
 

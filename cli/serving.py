@@ -31,7 +31,8 @@ def serve(
 ) -> None:
     """Serve a registered model over MLflow's scoring protocol (POST /invocations).
 
-    Also answers /ping, /health, /version and /metrics (Prometheus). Clients written for
+    Also answers /ping, /health, /version and /metrics (Prometheus), and writes a JSON
+    access-log line per request to stderr (MLOPS_SERVING_ACCESS_LOG_LEVEL). Clients written for
     `mlflow models serve` work unchanged. A version is first loaded and checked in a child
     process (a damaged model file cannot crash the server); when the alias moves, the new
     version is checked that way, loaded beside the old one and swapped in without downtime: on

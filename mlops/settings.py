@@ -35,6 +35,10 @@ def _store_options(value: Any) -> Any:
     return parsed
 
 
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 StoreOptions = Annotated[dict[str, Any], NoDecode, BeforeValidator(_store_options)]
 
 
@@ -215,6 +219,14 @@ class Settings(BaseSettings):
     )
     serving_poll_s: float = Field(
         default=30.0, ge=0, description="How often `mlops serve` checks the alias (0: never)."
+    )
+    serving_access_log_level: Annotated[
+        Literal["debug", "info", "warning", "error", "off"], BeforeValidator(_lower)
+    ] = Field(
+        default="info",
+        description="Which requests `mlops serve` writes a JSON access-log line for (stderr): "
+        "info every one, warning those answered 4xx or 5xx, error those answered 5xx, off none. "
+        "A line's level follows its status (info below 400, warning 4xx, error 5xx).",
     )
     serving_urls: str | None = Field(
         default=None,

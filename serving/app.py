@@ -18,6 +18,10 @@ converts and journals the queue five times a second, writes it out every ``log_f
 seconds, and once more at shutdown. A service started before its model exists, or whose model
 failed its check (``wait_for_model``), answers 503 on ``/invocations`` and ``/ping`` until a
 reload finds a good version.
+
+Every request, whatever its path, is timed and counted for ``/metrics`` and written to the
+access log by one middleware (:mod:`serving.instrumentation`); ``/metrics`` is rendered by
+``prometheus_client`` from a registry of the service's own (:mod:`serving.metrics`).
 """
 
 from __future__ import annotations
@@ -32,15 +36,18 @@ import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from prefect_mlops.mlops.errors import DataError
 
+from .access_log import AccessLog
 from .admission import BodyMemory, BodyRefused, LoopLag, read_body, too_big
 from .inference_log import InferenceLog, request_id
-from .metrics import ServiceMetrics, gauge_lines
+from .instrumentation import ROWS, Instrumented
+from .metrics import CONTENT_TYPE, ServiceMetrics, gauge, model_families
 from .openapi import openapi_document
 from .payload import PayloadError, check_rows, parse_body, predictions_body
 from .served_model import ServedModel
@@ -83,6 +90,8 @@ class ServingState:
     in_flight: int = 0
     last_error: str | None = None
     log: InferenceLog | None = None
+    access_log: AccessLog | None = None
+    """One line per request (:mod:`serving.access_log`); None: off."""
     reference: str = ""
     """What the service was asked to serve (e.g. ``fraud-detector``), shown while waiting."""
     loop: LoopLag = field(init=False)
@@ -133,15 +142,11 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
     """The ASGI app serving ``state.model``; ``swapper`` (a ModelSwapper) enables reloads."""
 
     async def invocations(request: Request) -> Response:
-        started = time.perf_counter()
         model = state.model  # one version for the whole request, whatever swaps meanwhile
         if model is None or state.loop.refuses():  # refused before its body is read: cheap
-            response, count = _unavailable(model, state), 0
-        else:
-            response, count = await _invoke(request, model, state)
-        state.metrics.observe(
-            "/invocations", response.status_code, time.perf_counter() - started, count
-        )
+            return _unavailable(model, state)
+        response, rows = await _invoke(request, model, state)
+        request.scope[ROWS] = rows  # for the metrics and the access log
         return response
 
     async def ping(_: Request) -> Response:
@@ -172,20 +177,26 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
         return _json(document, version=model.version)
 
     async def metrics(_: Request) -> Response:
-        text = state.metrics.render(state.describe()["model"], state.version)
-        text += gauge_lines(
-            "mlops_serving_event_loop_lag_seconds",
-            "How late the event loop last ran its 10 ms timer.",
-            state.loop.lag_s,
+        now = [
+            gauge(
+                "mlops_serving_event_loop_lag_seconds",
+                "How late the event loop last ran its 10 ms timer.",
+                state.loop.lag_s,
+            ),
+            gauge(
+                "mlops_serving_body_bytes_held",
+                "Bytes of request bodies held now (being received or scored).",
+                state.bodies.held,
+            ),
+        ]
+        text = state.metrics.render(
+            model_families(state.describe()["model"], state.version, state.last_error),
+            now,
+            state.log.metric_families() if state.log is not None else (),
+            state.access_log.metric_families() if state.access_log is not None else (),
         )
-        text += gauge_lines(
-            "mlops_serving_body_bytes_held",
-            "Bytes of request bodies held now (being received or scored).",
-            state.bodies.held,
-        )
-        if state.log is not None:
-            text += state.log.render_metrics()
-        return PlainTextResponse(text, headers={"X-Model-Version": state.version})
+        headers = {"X-Model-Version": state.version} if state.version else {}
+        return Response(text, media_type=CONTENT_TYPE, headers=headers)
 
     def authorised(request: Request, enabled: bool) -> Response | None:
         """None when the admin token is right; else the 403 (off) or 401 (wrong token)."""
@@ -226,6 +237,8 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette):
+        if state.access_log is not None:
+            state.access_log.start()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(state.loop.watch)
             if swapper is not None and state.limits.poll_s > 0:
@@ -238,6 +251,8 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
         if state.log is not None:  # what queued since the last write
             await _flush_log(state.log)
             state.log.close()
+        if state.access_log is not None:
+            state.access_log.stop()
 
     async def http_error(request: Request, error: HTTPException) -> Response:
         """404, 405 and the like as MLflow's JSON error, with the model version."""
@@ -254,18 +269,26 @@ def build_app(state: ServingState, swapper=None) -> Starlette:
         }
         return _json(body, 500, state.version)
 
+    routes = [
+        Route("/admin/reload", reload, methods=["POST"]),
+        Route("/admin/flush-log", flush_log, methods=["POST"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/version", version, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    measured = Middleware(
+        Instrumented,
+        metrics=state.metrics,
+        access_log=state.access_log,
+        paths=frozenset(route.path for route in routes),
+    )
     return Starlette(
         lifespan=lifespan,
-        routes=[
-            Route("/admin/reload", reload, methods=["POST"]),
-            Route("/admin/flush-log", flush_log, methods=["POST"]),
-            Route("/invocations", invocations, methods=["POST"]),
-            Route("/ping", ping, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/version", version, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/openapi.json", openapi, methods=["GET"]),
-        ],
+        routes=routes,
+        middleware=[measured],
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
 

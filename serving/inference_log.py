@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from prefect_mlops.mlops.storage import artifact_store
 
@@ -355,47 +356,57 @@ class InferenceLog:
                 logger.warning("The inference-log journal is written again")
             self._journal_failing = False
 
-    def render_metrics(self) -> str:
-        """Prometheus lines for the log's counters."""
+    def metric_families(self) -> list[Metric]:
+        """The log's counters as Prometheus metric families (``/metrics``)."""
         c = self.counters
-        lines = []
+        families = []
         for name, kind, value, help_text in [
             (
-                "recorded_rows_total",
-                "counter",
+                "recorded_rows",
+                CounterMetricFamily,
                 c.recorded_rows,
                 "Rows queued for the inference log.",
             ),
-            ("written_rows_total", "counter", c.written_rows, "Rows written to the inference log."),
             (
-                "dropped_rows_total",
-                "counter",
+                "written_rows",
+                CounterMetricFamily,
+                c.written_rows,
+                "Rows written to the inference log.",
+            ),
+            (
+                "dropped_rows",
+                CounterMetricFamily,
                 c.dropped_rows,
                 "Rows dropped because max_buffer_rows rows were waiting.",
             ),
             (
-                "write_errors_total",
-                "counter",
+                "write_errors",
+                CounterMetricFamily,
                 c.write_errors,
                 "Failed writes of the inference log.",
             ),
-            ("pending_rows", "gauge", c.pending_rows, "Rows recorded and not written yet."),
-            ("pending_bytes", "gauge", c.pending_bytes, "Request-body bytes of those rows."),
             (
-                "recovered_rows_total",
-                "counter",
+                "pending_rows",
+                GaugeMetricFamily,
+                c.pending_rows,
+                "Rows recorded and not written yet.",
+            ),
+            (
+                "pending_bytes",
+                GaugeMetricFamily,
+                c.pending_bytes,
+                "Request-body bytes of those rows.",
+            ),
+            (
+                "recovered_rows",
+                CounterMetricFamily,
                 c.recovered_rows,
                 "Rows replayed from a stopped process's journal.",
             ),
-            ("journal_errors_total", "counter", c.journal_errors, "Failed journal appends."),
+            ("journal_errors", CounterMetricFamily, c.journal_errors, "Failed journal appends."),
         ]:
-            metric = f"mlops_inference_log_{name}"
-            lines += [
-                f"# HELP {metric} {help_text}",
-                f"# TYPE {metric} {kind}",
-                f"{metric} {value}",
-            ]
-        return "\n".join(lines) + "\n"
+            families.append(kind(f"mlops_inference_log_{name}", help_text, value=value))
+        return families
 
 
 def body_bytes(table: pa.Table) -> int:

@@ -1,67 +1,129 @@
-"""Prometheus text-format metrics of the service: requests, errors, latency, model version."""
+"""Prometheus metrics of the service, rendered by ``prometheus_client``.
+
+Each service has a registry of its own (several apps in one process, as in the tests, do not
+share counters): the process's CPU, memory and open files, the Python platform and garbage
+collector, then requests by path and status with their duration, errors and rows scored. What
+the service's state says at scrape time (the model served, the event loop's lag, the inference
+log's counters) is passed to ``render`` as metric families, built when ``/metrics`` is asked.
+"""
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+UNMATCHED = "(unmatched)"
+"""The path label of a request to a path the service has no endpoint for (bounded labels)."""
 
 
 class ServiceMetrics:
-    """Counters and a latency histogram, safe to update from any thread."""
+    """Requests, their duration, errors and rows scored, in a registry of this service's own."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: Counter[tuple[str, int]] = Counter()
-        self.rows = 0
-        self.bucket_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
-        self.latency_sum = 0.0
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.requests = Counter(
+            "mlops_serving_requests",
+            "Requests by path and HTTP status.",
+            ["path", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "mlops_serving_request_duration_seconds",
+            "Time to answer a request, by path and HTTP status.",
+            ["path", "status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "mlops_serving_errors",
+            "Requests answered with a 4xx or 5xx status.",
+            registry=self.registry,
+        )
+        self.rows = Counter("mlops_serving_rows", "Rows scored.", registry=self.registry)
+        self._children: dict[tuple[str, int], tuple] = {}
 
     def observe(self, path: str, status: int, seconds: float, rows: int = 0) -> None:
-        """Count one request and its latency."""
-        with self._lock:
-            self.requests[(path, status)] += 1
-            self.rows += rows
-            self.bucket_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-            self.latency_sum += seconds
+        """Count one request, its duration and the rows it scored (a few microseconds)."""
+        children = self._children.get((path, status))
+        if children is None:  # once per path and status: labels() is the costly part
+            labels = (path, str(status))
+            children = self.requests.labels(*labels), self.duration.labels(*labels)
+            self._children[(path, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if rows:
+            self.rows.inc(rows)
+        if status >= 400:
+            self.errors.inc()
 
-    def render(self, model: str, version: str) -> str:
-        """The metrics in Prometheus' text exposition format."""
-        with self._lock:
-            lines = [
-                "# HELP mlops_serving_requests_total Requests by path and HTTP status.",
-                "# TYPE mlops_serving_requests_total counter",
-                *(
-                    f'mlops_serving_requests_total{{path="{p}",status="{s}"}} {n}'
-                    for (p, s), n in sorted(self.requests.items())
-                ),
-                "# HELP mlops_serving_errors_total Requests answered with a 4xx or 5xx status.",
-                "# TYPE mlops_serving_errors_total counter",
-                f"mlops_serving_errors_total {sum(n for (_, s), n in self.requests.items() if s >= 400)}",
-                "# HELP mlops_serving_rows_total Rows scored.",
-                "# TYPE mlops_serving_rows_total counter",
-                f"mlops_serving_rows_total {self.rows}",
-                "# HELP mlops_serving_latency_seconds Time to answer /invocations.",
-                "# TYPE mlops_serving_latency_seconds histogram",
-            ]
-            cumulative = 0
-            for bound, count in zip(LATENCY_BUCKETS_S, self.bucket_counts, strict=False):
-                cumulative += count
-                lines.append(f'mlops_serving_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
-            total = cumulative + self.bucket_counts[-1]
-            lines += [
-                f'mlops_serving_latency_seconds_bucket{{le="+Inf"}} {total}',
-                f"mlops_serving_latency_seconds_sum {self.latency_sum}",
-                f"mlops_serving_latency_seconds_count {total}",
-                "# HELP mlops_serving_model_version The model version being served.",
-                "# TYPE mlops_serving_model_version gauge",
-                f'mlops_serving_model_version{{model="{model}"}} {version}',
-            ]
-        return "\n".join(lines) + "\n"
+    def render(self, *families: Iterable[Metric]) -> bytes:
+        """The registry's metrics, then ``families``, in Prometheus' text exposition format."""
+        return generate_latest(_Joined(self.registry, families))
 
 
-def gauge_lines(metric: str, help_text: str, value: float) -> str:
-    """One Prometheus gauge in the text exposition format."""
-    return f"# HELP {metric} {help_text}\n# TYPE {metric} gauge\n{metric} {value}\n"
+class _Joined:
+    """A registry's collectors followed by metric families built for one scrape."""
+
+    def __init__(self, registry: CollectorRegistry, families: Iterable[Iterable[Metric]]):
+        self.registry, self.families = registry, families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        for family in self.families:
+            yield from family
+
+
+def gauge(metric: str, help_text: str, value: float, labels: dict[str, str] | None = None):
+    """One gauge family of one sample."""
+    family = GaugeMetricFamily(metric, help_text, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def model_families(model: str, version: str, last_error: str | None) -> list[Metric]:
+    """The model served: whether one is loaded, its version (only once one is), reload trouble.
+
+    Args:
+        model: The registered model's name (known while waiting for its first version too).
+        version: The version served; "" while none is loaded.
+        last_error: Why the last load or reload failed; None when it did not.
+    """
+    labels = {"model": model}
+    families = [
+        gauge(
+            "mlops_serving_model_loaded",
+            "1 while a model version is served, 0 while the service waits for one.",
+            1 if version else 0,
+            labels,
+        ),
+        gauge(
+            "mlops_serving_reload_failed",
+            "1 when the last load or reload of a version failed (/health says why).",
+            1 if last_error else 0,
+            labels,
+        ),
+    ]
+    version_family = GaugeMetricFamily(
+        "mlops_serving_model_version",
+        "The registry version being served (no sample while none is).",
+        labels=["model"],
+    )
+    if version.isdigit():  # registry versions are numbers; nothing is better than a made-up one
+        version_family.add_metric([model], int(version))
+    return [*families, version_family]

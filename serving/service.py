@@ -17,6 +17,7 @@ from prefect_mlops.mlops.settings import Settings
 from prefect_mlops.mlops.storage import artifact_store
 from prefect_mlops.model_registry.loading import model_check_limits
 from prefect_mlops.model_registry.registry import parse_reference
+from prefect_mlops.serving.access_log import build_access_log
 from prefect_mlops.serving.app import ServingLimits, ServingState, build_app
 from prefect_mlops.serving.inference_log import InferenceLog, build_inference_log
 from prefect_mlops.serving.loader import load_served_model
@@ -26,7 +27,8 @@ from prefect_mlops.serving.swap import ModelSwapper
 
 @dataclass(frozen=True)
 class ServingService:
-    """One serving service: what it serves (``state``), how it swaps versions, where it logs."""
+    """One serving service: what it serves (``state``), how it swaps versions, where it logs
+    (the inference log here; the access log is ``state.access_log``)."""
 
     state: ServingState
     swapper: ModelSwapper
@@ -59,7 +61,8 @@ def build_service(settings: Settings, model: str) -> ServingService:
 
     Raises:
         ConfigError: ``model`` is not a registry reference (a path, a pickle), or the inference
-            log settings are inconsistent (``sql`` without a URL).
+            log settings are inconsistent (``sql`` without a URL), or the access log's level is
+            unknown.
         MlopsError: the inference log cannot be opened.
     """
     uri = settings.resolved_tracking_uri
@@ -74,9 +77,12 @@ def build_service(settings: Settings, model: str) -> ServingService:
     try:
         parse_reference(model)  # a path or a pickle is refused even with --wait-for-model
         log = build_inference_log(settings)
+        access_log = build_access_log(settings.serving_access_log_level)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    state = ServingState(None, serving_limits(settings), log=log, reference=model)
+    state = ServingState(
+        None, serving_limits(settings), log=log, access_log=access_log, reference=model
+    )
     return ServingService(state, ModelSwapper(state, model, client, load), log)
 
 

@@ -88,31 +88,38 @@ def state_env(home: Path) -> dict[str, str]:
 
 @contextmanager
 def serving_process(model: str, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A real `mlops serve MODEL` on 127.0.0.1:PORT, up (answering /ping) for the block."""
+    """A real `mlops serve MODEL` on 127.0.0.1:PORT, up (answering /ping) for the block.
+
+    Its output goes to a temporary file, not a pipe: a pipe no one reads fills up with the
+    access log's lines and then blocks the server's next write.
+    """
     mlops = str(Path(sys.executable).parent / "mlops")
-    server = subprocess.Popen(
-        [mlops, "serve", model, "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                output = server.stdout.read() if server.poll() is not None else "(still running)"
-                raise RuntimeError(f"mlops serve did not come up on port {port}: {output}")
-            time.sleep(0.3)
-        yield server
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    with tempfile.TemporaryFile("w+") as output:
+        server = subprocess.Popen(
+            [mlops, "serve", model, "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    output.seek(0)
+                    raise RuntimeError(
+                        f"mlops serve did not come up on port {port}: {output.read()[-5000:]}"
+                    )
+                time.sleep(0.3)
+            yield server
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
 
 
 def pipeline_registry(home: Path, fraud_file: Path, family: str) -> dict:

@@ -21,6 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from mlflow.tracking import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from starlette.testclient import TestClient
@@ -112,15 +113,18 @@ def test_health_version_ping_and_metrics(client, scoring_registry):
     client.post("/invocations", content=b"{", headers={"Content-Type": "application/json"})
     metrics = client.get("/metrics")
     assert metrics.headers["X-Model-Version"] == scoring_registry["version"]
-    text = metrics.text
-    assert 'mlops_serving_requests_total{path="/invocations",status="200"} 1' in text
-    assert 'mlops_serving_requests_total{path="/invocations",status="400"} 1' in text
-    assert "mlops_serving_rows_total 3" in text
-    assert "mlops_serving_latency_seconds_count 2" in text
-    assert (
-        f'mlops_serving_model_version{{model="fraud-detector"}} {scoring_registry["version"]}'
-        in text
-    )
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.text)
+        for s in family.samples
+    }
+    for status in ("200", "400"):
+        labels = (("path", "/invocations"), ("status", status))
+        assert samples[("mlops_serving_requests_total", labels)] == 1
+        assert samples[("mlops_serving_request_duration_seconds_count", labels)] == 1
+    assert samples[("mlops_serving_rows_total", ())] == 3
+    model = (("model", "fraud-detector"),)
+    assert samples[("mlops_serving_model_version", model)] == int(scoring_registry["version"])
 
 
 def test_bad_requests_get_a_json_4xx_naming_the_problem(client, scoring_registry):

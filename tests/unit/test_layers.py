@@ -137,8 +137,8 @@ def test_a_backward_import_and_a_circle_are_caught(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("from prefect_mlops.tasks.training import x\nfrom .errors import y\n")
     assert _imports(module, "mlops.m") == [
-        ("tasks.training", 1),
+        ("prefect_mlops.tasks.training", 1),
         ("tasks.training.x", 1),
-        ("mlops.errors", 2),
+        ("prefect_mlops.mlops.errors", 2),
         ("mlops.errors.y", 2),
     ]
