@@ -135,10 +135,10 @@ def test_a_backward_import_and_a_circle_are_caught(tmp_path):
     graph = {"mlops.a": {"tasks.b"}, "tasks.b": {"mlops.a"}, "cli.c": {"tasks.b"}}
     assert _circles(graph) == [["mlops.a", "tasks.b"]]
     module = tmp_path / "m.py"
-    module.write_text("from prefect_mlops.tasks.training import x\nfrom .errors import y\n")
+    module.write_text("from prefect_mlops.tasks.a_stage import x\nfrom .errors import y\n")
     assert _imports(module, "mlops.m") == [
-        ("prefect_mlops.tasks.training", 1),
-        ("tasks.training.x", 1),
-        ("prefect_mlops.mlops.errors", 2),
+        ("tasks.a_stage", 1),
+        ("tasks.a_stage.x", 1),
+        ("mlops.errors", 2),
         ("mlops.errors.y", 2),
     ]
