@@ -12,11 +12,13 @@ from importlib import metadata
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from prefect_mlops.cli._utilities import PIPELINE_EXITS, exit_status_help, usage_exit_code
+from prefect_mlops.cli._utilities import PIPELINE_EXITS, exit_status_help, fail, usage_exit_code
 from prefect_mlops.infra.environment import configure_environment
-from prefect_mlops.mlops.settings import get_settings
+from prefect_mlops.mlops.errors import ConfigError
+from prefect_mlops.mlops.settings import get_settings, settings_problems
 
 HELP_ORDER = (
     "run",
@@ -123,4 +125,8 @@ def _configure(
     ] = False,
 ) -> None:
     """Runs before every command: local Prefect/Dask environment, before either is imported."""
-    configure_environment(get_settings())
+    try:
+        settings = get_settings()
+    except ValidationError as error:  # a bad MLOPS_* variable: exit 2, naming it
+        fail(ConfigError(settings_problems(error)))
+    configure_environment(settings)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from prefect_mlops.cli._utilities import exit_status_help, fail
+from prefect_mlops.cli._utilities import exit_status_help, fail, usage_error
 from prefect_mlops.cli.root import app
 from prefect_mlops.mlops.errors import MlopsError
 
@@ -41,6 +41,8 @@ def score(
     """
     from prefect_mlops.api import score as score_batch
 
+    if alias and version:
+        usage_error("Pass --alias or --version, not both.")
     try:
         result = score_batch(model, data, out, alias, version, keep, chunk_rows)
     except MlopsError as error:

@@ -74,7 +74,7 @@ def write_auth_config(settings: Settings) -> Path:
         "# MLflow's basic auth, plus: an experiment's artifact location must lie under the\n"
         "# server's artifact root (else any signed-in user could make the server write anywhere),\n"
         "# and other Authorization schemes get 401 (see infra/mlflow_auth.py).\n"
-        "authorization_function = infra.mlflow_auth:authenticate\n"
+        "authorization_function = prefect_mlops.infra.mlflow_auth:authenticate\n"
         "# A verified user:password is trusted for 60 s per server worker instead of re-running\n"
         "# the password hash on every request; a changed password takes up to 60 s to apply.\n"
         "auth_cache_ttl_seconds = 60\n"

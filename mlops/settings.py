@@ -12,7 +12,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, ByteSize, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    ByteSize,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -339,6 +347,16 @@ class Settings(BaseSettings):
     def resolved_artifact_store(self) -> str:
         """Root URL for datasets, reports and other pipeline artifacts."""
         return self.artifact_store or str(self.home_dir / "artifacts")
+
+
+def settings_problems(error: ValidationError) -> str:
+    """A settings validation error in the words of the environment variables that caused it."""
+    problems = [
+        f"{Settings.model_config['env_prefix']}{'_'.join(map(str, e['loc'])).upper()}: "
+        f"{e['msg']} (got {e.get('input')!r})"
+        for e in error.errors()
+    ]
+    return "Invalid setting(s): " + "; ".join(problems)
 
 
 @lru_cache(maxsize=1)

@@ -279,7 +279,16 @@ class PartWriter:
             return False
         self._writer.close()
         self._handle.close()
+        self._writer = None
         return True
+
+    def abandon(self) -> None:
+        """Close what is open without caring whether it finishes (the part is removed anyway)."""
+        for thing in (self._writer, self._handle):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self._writer = self._handle = None
 
 
 # ---------------------------------------------------------------- one batch
@@ -328,6 +337,7 @@ def score_batch(
     log = StagedLog(settings, model.name, batch_id) if settings.inference_log != "off" else None
     rows = logged = chunks = 0
     parts: list[str] = []
+    writer: PartWriter | None = None
     try:
         for number, (url, kind) in enumerate(files):
             writer, first = PartWriter(f"{staging}/part-{number:05d}.parquet", url), 0
@@ -345,6 +355,8 @@ def score_batch(
             rows += first
         _move_into_place(staging, final)
     except BaseException:
+        if writer is not None:
+            writer.abandon()
         _remove(staging)
         if log is not None:
             log.discard()

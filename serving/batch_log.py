@@ -85,14 +85,18 @@ class StagedLog:
         fs, folder = open_url(self.folder, self.options)
         sink = SqlSink(self.sql_url) if self.sql_url else None
         where = f"{self.root}/{self.staged[0][1][0]}"
-        for name, key in self.staged:
+        try:
+            for name, key in self.staged:
+                if sink is not None:
+                    with fs.open(f"{folder}/{name}", "rb") as handle:
+                        where = sink.write(key, pq.read_table(handle))
+                    continue
+                _, target = open_url(day_folder(self.root, key[0], key[2]), self.options)
+                fs.makedirs(target, exist_ok=True)
+                fs.mv(f"{folder}/{name}", f"{target}/{name}")
+        finally:
             if sink is not None:
-                with fs.open(f"{folder}/{name}", "rb") as handle:
-                    where = sink.write(key, pq.read_table(handle))
-                continue
-            _, target = open_url(day_folder(self.root, key[0], key[2]), self.options)
-            fs.makedirs(target, exist_ok=True)
-            fs.mv(f"{folder}/{name}", f"{target}/{name}")
+                sink.engine.dispose()  # one batch, one engine: its connections go with it
         self.discard()
         return where
 

@@ -128,3 +128,22 @@ def test_bash_completion_script_completes_commands_offline():
         timeout=120,
     )
     assert completed.stdout.split() == ["check-config"], completed.stdout + completed.stderr
+
+
+def test_a_bad_setting_and_excluding_options_get_their_exit_statuses(tmp_path):
+    env = os.environ | {"MLOPS_SERVING_ACCESS_LOG_LEVEL": "loud"}
+    bad_setting = subprocess.run(
+        [MLOPS, "check-config", "configs/fraud_detection.yaml"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad_setting.returncode == ExitCode.BAD_INPUT, bad_setting.stderr
+    assert "MLOPS_SERVING_ACCESS_LOG_LEVEL" in bad_setting.stderr and "'loud'" in bad_setting.stderr
+    assert "Traceback" not in bad_setting.stderr
+
+    both = mlops("score", "m", "--data", str(tmp_path / "x.csv"), "--alias", "a", "--version", "2")
+    assert both.returncode == ExitCode.USAGE, both.stderr
+    assert "not both" in both.stderr

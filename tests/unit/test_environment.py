@@ -85,7 +85,10 @@ def test_configure_environment_fills_in_a_local_prefect_home_and_quiet_defaults(
 
 def test_settings_read_settings_and_import_nothing_of_infra():
     code = (
-        "import sys, mlops.settings; print(sorted(m for m in sys.modules if m.startswith('infra')))"
+        "import sys, prefect_mlops.mlops.settings; "
+        "print(sorted(m for m in sys.modules if m.startswith('prefect_mlops')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.strip() == str(
+        ["prefect_mlops", "prefect_mlops.mlops", "prefect_mlops.mlops.settings"]
+    )

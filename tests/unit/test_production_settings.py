@@ -41,7 +41,7 @@ def test_the_mlflow_server_on_postgres_and_object_storage_behind_basic_auth(tmp_
     ini = (tmp_path / "mlflow-auth" / "basic_auth.ini").read_text()
     assert "mlflow_auth" in ini and "admin_username = admin" in ini
     assert "auth_cache_ttl_seconds = 60" in ini
-    assert "authorization_function = infra.mlflow_auth:authenticate" in ini
+    assert "authorization_function = prefect_mlops.infra.mlflow_auth:authenticate" in ini
     assert "a-long-enough-secret" not in ini  # the password stays in the environment
 
 

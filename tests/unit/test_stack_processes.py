@@ -240,7 +240,7 @@ def test_the_stack_lock_is_held_by_one_holder_at_a_time(tmp_path):
     with stack_lock(tmp_path, timeout=0) as first:
         assert first
         script = (
-            "import sys; from pathlib import Path; from infra.stack.state import stack_lock\n"
+            "import sys; from pathlib import Path; from prefect_mlops.infra.stack.state import stack_lock\n"
             "with stack_lock(Path(sys.argv[1]), timeout=0) as held: print(held)"
         )
         other = subprocess.run(
