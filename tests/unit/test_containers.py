@@ -312,6 +312,18 @@ def test_dockerfiles_start_from_known_images_and_copy_files_that_exist():
             assert {".venv", ".mlops", ".git"} <= set(ignore.split()), dockerfile.name
 
 
+def test_images_that_install_the_project_do_not_keep_its_package_folder_where_flows_run():
+    # /opt/prefect-mlops is the flows' working directory: a prefect_mlops/ folder there (its
+    # __init__ alone, the subpackages being the other folders) would shadow the installed one.
+    installs = 0
+    for dockerfile in DOCKERFILES:
+        for keyword, arguments in instructions(dockerfile):
+            if keyword == "RUN" and "--no-deps --no-build-isolation ." in arguments:
+                installs += 1
+                assert "rm -rf" in arguments and "./prefect_mlops" in arguments, dockerfile.name
+    assert installs == 2  # the base image and the GPU training image
+
+
 def test_the_production_profile_deploys_only_images_built_here():
     images = re.findall(
         r"/(prefect-mlops-[a-z-]+):", (ROOT / "prefect.production.yaml").read_text()
