@@ -14,6 +14,7 @@ from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
 
 from prefect_mlops.mlops.config import ClusterConfig
+from prefect_mlops.mlops.dask_workers import cluster_workers
 from prefect_mlops.mlops.errors import ExitCode, MlopsError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def scheduler_workers(address: str) -> list[dict]:
     """
     try:  # not the default client: it must not change dask's scheduler for this process
         with Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False) as client:
-            workers = client.scheduler_info(n_workers=-1)["workers"]
+            workers = cluster_workers(client)
     except (OSError, TimeoutError) as error:
         raise ClusterUnavailable(
             f"The Dask scheduler at {address} (MLOPS_DASK_SCHEDULER_ADDRESS) did not answer: "
@@ -51,7 +52,7 @@ def select_workers(client: Client, count: int) -> list[str]:
         ClusterUnavailable: when the cluster has fewer workers than the allocation planned
             (some left between planning and training).
     """
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = cluster_workers(client)
     busy = {worker for worker, tasks in client.processing().items() if tasks}
     ranked = sorted(workers, key=lambda a: (a in busy, -(workers[a].get("memory_limit") or 0), a))
     if len(ranked) < count:
@@ -69,7 +70,7 @@ def restart_survivors(client: Client, workers: list[str]) -> None:
     holding the worker's threads for minutes; a restart (through each worker's nanny) frees
     them for the next run. Workers without a nanny cannot be restarted: that is logged.
     """
-    present = client.scheduler_info(n_workers=-1)["workers"]
+    present = cluster_workers(client)
     alive = [worker for worker in workers if worker in present]
     if not alive:
         return

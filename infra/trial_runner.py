@@ -28,6 +28,7 @@ from prefect_mlops.infra.allocator.profiling import (
     run_watched,
     watch_memory_kills,
 )
+from prefect_mlops.mlops.dask_workers import cluster_workers
 from prefect_mlops.mlops.dataset import DatasetRef
 from prefect_mlops.mlops.families import ModelFamily
 from prefect_mlops.mlops.training_config import TrainingConfig
@@ -47,7 +48,7 @@ OnTrial = Callable[[TrialRecord], None]
 
 def current_workers(client: Client) -> list[str]:
     """The addresses of the cluster's workers now."""
-    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+    return sorted(cluster_workers(client))
 
 
 def _refill(client: Client, count: int, busy: set[str], grace_s: float = 30.0) -> list[str]:
@@ -162,7 +163,7 @@ def run_on_whole_cluster(
     """
     threads = sum(
         info["nthreads"]
-        for address, info in client.scheduler_info(n_workers=-1)["workers"].items()
+        for address, info in cluster_workers(client).items()
         if workers is None or address in workers
     )
     with watch_memory_kills() as kills:

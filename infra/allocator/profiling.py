@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from prefect_mlops.mlops.config import ClusterConfig, TrainingConfig
+from prefect_mlops.mlops.dask_workers import cluster_workers
 from prefect_mlops.mlops.dataset import DatasetRef
 from prefect_mlops.mlops.families import ModelFamily
 
@@ -130,7 +131,7 @@ def lost_workers(client: Any, workers: list[str] | None) -> list[str]:
     """Those of ``workers`` the scheduler no longer has."""
     if not workers:
         return []
-    present = client.scheduler_info(n_workers=-1)["workers"]
+    present = cluster_workers(client)
     return [worker for worker in workers if worker not in present]
 
 
@@ -151,7 +152,7 @@ def wait_for_lost_workers(
 
 def paused_workers(client: Any) -> list[str]:
     """Workers the scheduler reports as paused for memory."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = cluster_workers(client)
     return [address for address, info in workers.items() if info.get("status") == "paused"]
 
 

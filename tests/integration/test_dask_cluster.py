@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from prefect_mlops.flows.preprocess import preprocess_flow
 from prefect_mlops.flows.retrain import retraining_pipeline_flow
 from prefect_mlops.infra.allocator.planner import open_history
+from prefect_mlops.mlops.dask_workers import cluster_workers
 from prefect_mlops.mlops.settings import get_settings
 from prefect_mlops.model_registry.tracking import tracking_uri_for
 from prefect_mlops.tasks.allocation import recommend_for_dataset
@@ -147,7 +148,7 @@ def kill_a_worker_once_training_starts(cluster: ProcessCluster, killed: dict) ->
         while time.monotonic() < deadline:
             for worker, keys in client.processing().items():
                 if any("_train_part" in str(key) for key in keys):
-                    name = client.scheduler_info(n_workers=-1)["workers"][worker]["name"]
+                    name = cluster_workers(client)[worker]["name"]
                     os.killpg(cluster.workers[name].pid, signal.SIGKILL)  # nanny and worker
                     killed.update(worker=worker, at=time.monotonic())
                     return

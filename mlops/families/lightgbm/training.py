@@ -20,6 +20,7 @@ import pandas as pd
 from distributed import Client, wait
 
 from ...config import TaskType, TrainingConfig
+from ...dask_workers import cluster_workers
 from ...dataset import TARGET_COLUMN, DatasetRef, read_split
 from ...errors import DataError
 from ...features import FeatureSpec, build_features
@@ -210,7 +211,7 @@ def train_lightgbm_on_dask(
         lgb.DaskLGBMRegressor if dataset.task == "regression" else lgb.DaskLGBMClassifier
     )
     model = estimator_class(client=client, **params)
-    n_workers = len(workers or client.scheduler_info(n_workers=-1)["workers"])
+    n_workers = len(workers or cluster_workers(client))
     features, labels = feature_partitions(dataset, "train", n_workers)
     scorer = GlobalValidationScorer(
         dataset.split_uris["validation"],

@@ -23,6 +23,7 @@ from xgboost import dask as dxgb
 from xgboost.collective import Config
 
 from ...config import TrainingConfig
+from ...dask_workers import cluster_workers
 from ...dataset import TARGET_COLUMN, DatasetRef
 from ...errors import DataError
 from ...features import FeatureSpec, build_features
@@ -143,7 +144,7 @@ def train_xgboost_on_dask(
     if dataset.row_counts.get("train", 0) == 0:
         raise DataError(f"Dataset {dataset.version} has an empty training split.")
     params = xgboost_params(training, dataset)
-    workers = workers or list(client.scheduler_info(n_workers=-1)["workers"])
+    workers = workers or list(cluster_workers(client))
     started = time.perf_counter()
     dtrain, dvalid, (valid_x, valid_y) = _dask_matrices(client, dataset, training, workers)
     stopping = training.early_stopping_rounds or None
