@@ -175,6 +175,21 @@ def served_registry(tmp_path_factory, fraud_file, prefect_api):
     return pipeline_registry(tmp_path_factory.mktemp("serving-home"), fraud_file, "lightgbm")
 
 
+@pytest.fixture
+def store(served_registry, tmp_path, monkeypatch):
+    """The served registry's MLflow and datasets, with an artifact store (and inference log) of
+    the test's own."""
+    from prefect_mlops.mlops.settings import get_settings
+
+    for name, value in served_registry["env"].items():
+        monkeypatch.setenv(name, value)
+    store = tmp_path / "store"
+    monkeypatch.setenv("MLOPS_ARTIFACT_STORE", str(store))
+    get_settings.cache_clear()
+    yield store
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def served_registry_xgboost(tmp_path_factory, fraud_file, prefect_api):
     """The same as ``served_registry``, an XGBoost model (``training.family: xgboost``)."""

@@ -34,18 +34,6 @@ EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 runner = CliRunner()
 
 
-@pytest.fixture
-def store(served_registry, tmp_path, monkeypatch):
-    """The served registry's MLflow, with an artifact store (and inference log) of this test's own."""
-    for name, value in served_registry["env"].items():
-        monkeypatch.setenv(name, value)
-    store = tmp_path / "store"
-    monkeypatch.setenv("MLOPS_ARTIFACT_STORE", str(store))
-    get_settings.cache_clear()
-    yield store
-    get_settings.cache_clear()
-
-
 def with_ids(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(transaction_id=[f"t{i:04d}" for i in range(len(rows))])
 

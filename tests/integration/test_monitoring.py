@@ -15,14 +15,12 @@ import httpx
 import numpy as np
 import orjson
 import pandas as pd
-import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter
 
 from prefect_mlops.flows.monitor import drift_monitor_flow
 from prefect_mlops.mlops.dataset import load_dataset_ref, read_split
-from prefect_mlops.mlops.settings import get_settings
 from prefect_mlops.mlops.storage import artifact_store
 from prefect_mlops.serving.app import score_body
 from prefect_mlops.serving.client import split_payload
@@ -37,18 +35,6 @@ from tests.ports import free_port
 MODEL = "fraud-detector"
 TOKEN = "monitor-test-token"
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def store(served_registry, tmp_path, monkeypatch):
-    """The served registry's MLflow and datasets, with an artifact store of this test's own."""
-    for name, value in served_registry["env"].items():
-        monkeypatch.setenv(name, value)
-    store = tmp_path / "store"
-    monkeypatch.setenv("MLOPS_ARTIFACT_STORE", str(store))
-    get_settings.cache_clear()
-    yield store
-    get_settings.cache_clear()
 
 
 def champion_test_rows(served_registry) -> tuple[pd.DataFrame, pd.Series, object]:
