@@ -98,16 +98,25 @@ class SourcePartitions:
 
     def partition(self, number: int) -> pd.DataFrame:
         """One partition as pandas (strings as ``string[pyarrow]``, index from 0)."""
-        part = self.parts[number]
-        if isinstance(part, pd.DataFrame):
-            return part
-        return part.to_pandas(types_mapper=_dask_types, use_threads=False, ignore_metadata=False)
+        return _as_pandas(self.parts[number])
 
     def head(self, rows: int, npartitions: int = 4) -> pd.DataFrame:
-        """The first ``rows`` rows of the first ``npartitions`` partitions (Dask's ``head``)."""
-        first = [self.partition(n) for n in range(min(npartitions, len(self)))]
+        """The first ``rows`` rows of the first ``npartitions`` partitions (Dask's ``head``);
+        only those rows are converted to pandas."""
+        first, wanted = [], rows
+        for part in self.parts[:npartitions]:
+            first.append(_as_pandas(part.slice(0, wanted) if isinstance(part, pa.Table) else part))
+            wanted -= len(part)
+            if wanted <= 0:
+                break
         head = pd.concat(first) if len(first) > 1 else first[0]
         return head.head(rows)
+
+
+def _as_pandas(part: pa.Table | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(part, pd.DataFrame):
+        return part
+    return part.to_pandas(types_mapper=_dask_types, use_threads=False, ignore_metadata=False)
 
 
 def _dask_types(arrow_type: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
