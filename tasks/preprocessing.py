@@ -1,10 +1,13 @@
-"""Preprocessing: read the source with Dask, type and clean it, split it, profile it, write it.
+"""Preprocessing: read the source, type and clean it, split it, profile it, write it.
 
 Plain functions do the work (tested without Prefect); the Prefect tasks at the bottom, each
-named like its function, are the thin wrappers the preprocess flow calls. The source is read lazily and in
-partitions, twice at most: one pass for the profile and one for writing the splits. The source
-is opened by :mod:`mlops.source`, its columns typed by :mod:`mlops.schema`, and the version's
-files written beside :class:`~mlops.dataset.DatasetRef` by :mod:`mlops.dataset`.
+named like its function, are the thin wrappers the preprocess flow calls. The source is read
+once, into memory, in its partitions (:func:`mlops.source.read_source`: Arrow with threads for a
+Parquet file, Dask for CSV or a folder); each partition is typed and labelled with its split once,
+in threads; the profile is computed from the typed partitions with Dask's reductions; each
+partition's rows are written as one file per split, in threads. The columns are typed by
+:mod:`mlops.schema`, and the version's files written beside :class:`~mlops.dataset.DatasetRef`
+by :mod:`mlops.dataset`.
 """
 
 from __future__ import annotations
@@ -100,25 +103,10 @@ def _split_partition(frame: pd.DataFrame, schema: ColumnSchema, split: SplitConf
     return typed.assign(**{SPLIT_COLUMN: assign_split(typed, schema.key_columns, split)})
 
 
-def typed_with_splits(
-    source: dd.DataFrame, schema: ColumnSchema, split: SplitConfig
-) -> dd.DataFrame:
-    """The lazily typed source with a split label column."""
-    return source.map_partitions(_split_partition, schema, split)
-
-
 def _encode_partition(
     frame: pd.DataFrame, target: str, task: TaskType, classes: list[str] | None
 ) -> pd.DataFrame:
     return frame.assign(**{TARGET_COLUMN: encode_target(frame[target], task, classes)})
-
-
-def with_encoded_target(
-    typed: dd.DataFrame, target: str, task: TaskType, classes: list[str] | None
-) -> dd.DataFrame:
-    """The typed rows with the model's labels in :data:`~mlops.dataset.TARGET_COLUMN`."""
-    meta = typed._meta.assign(**{TARGET_COLUMN: pd.Series(dtype="float64")})
-    return typed.map_partitions(_encode_partition, target, task, classes, meta=meta)
 
 
 def _workers() -> int:
