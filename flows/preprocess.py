@@ -17,7 +17,7 @@ from prefect_mlops.tasks.preprocessing import (
 
 @flow(name="preprocess", log_prints=True, persist_result=True, result_serializer="json")
 def preprocess_flow(config: PipelineConfig, parent_run_id: str | None = None) -> DatasetRef:
-    """Read the source with Dask, clean, split and profile it, and write a dataset version.
+    """Read the source once, clean, split and profile it, and write a dataset version.
 
     Args:
         config: The use case.

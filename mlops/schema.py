@@ -229,7 +229,10 @@ def encode_target(values: pd.Series, task: TaskType, classes: list[str] | None) 
     if task == "regression" or classes is None:
         return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
     if pd.api.types.is_numeric_dtype(values) or is_numeric_text(values):
-        values = pd.to_numeric(values, errors="coerce").map(_label, na_action="ignore")
+        # each distinct number labelled once (a target has a few), not once per row
+        found, numbers = pd.factorize(pd.to_numeric(values, errors="coerce"))  # NaN: -1
+        labels = pd.Categorical([_label(v) for v in numbers], categories=classes).codes
+        return np.where(found >= 0, labels[found] if len(labels) else -1, -1).astype("float64")
     codes = pd.Categorical(values.astype("string"), categories=classes).codes
     return codes.astype("float64")
 

@@ -90,6 +90,31 @@ def load_validation_frame(dataset: DatasetRef, max_rows: int | None = None) -> p
     return to_validation_frame(frame, dataset)
 
 
+_LOADED: dict[tuple[str, str, int | None], pd.DataFrame] = {}
+"""The last validation frame loaded by :func:`load_or_derive_suite`, kept for
+:func:`run_data_gate` (which takes it out): on a first run the dataset is its own reference,
+and its rows are read once for both."""
+
+
+def shared_validation_frame(dataset: DatasetRef, max_rows: int | None, keep: bool) -> pd.DataFrame:
+    """:func:`load_validation_frame`, read at most once for the derivation and the validation.
+
+    Args:
+        dataset: The dataset version.
+        max_rows: As for :func:`load_validation_frame`.
+        keep: Keep the frame for the next call (deriving a suite) or hand it over and forget
+            it (validating, the last use).
+    """
+    key = (dataset.uri, dataset.version, max_rows)
+    frame = _LOADED.pop(key, None)
+    _LOADED.clear()  # at most one frame is kept, and none once the gate has it
+    if frame is None:
+        frame = load_validation_frame(dataset, max_rows)
+    if keep:
+        _LOADED[key] = frame
+    return frame
+
+
 def _part_files(dataset: DatasetRef) -> list[str]:
     files = []
     for split in SPLITS:
@@ -135,7 +160,7 @@ def load_or_derive_suite(
     if stored is not None:
         logger.info("Using the stored expectation suite %s", uri)
         return stored, uri
-    frame = load_validation_frame(reference, gate.max_rows_validated)
+    frame = shared_validation_frame(reference, gate.max_rows_validated, keep=True)
     rows = sum(reference.row_counts.values())
     profile = profile_reference(frame, reference, gate.max_listed_categories, rows)
     suite = derive_suite(profile, gate, data)
@@ -180,7 +205,7 @@ def run_data_gate(
     Returns:
         The verdict and every check; failing the pipeline is the caller's decision.
     """
-    frame = load_validation_frame(candidate, max_rows)
+    frame = shared_validation_frame(candidate, max_rows, keep=False)
     rows_total = sum(candidate.row_counts.values())
     sampled = len(frame) < rows_total
     by_gx = suite

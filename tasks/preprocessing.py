@@ -1,10 +1,13 @@
-"""Preprocessing: read the source with Dask, type and clean it, split it, profile it, write it.
+"""Preprocessing: read the source, type and clean it, split it, profile it, write it.
 
 Plain functions do the work (tested without Prefect); the Prefect tasks at the bottom, each
-named like its function, are the thin wrappers the preprocess flow calls. The source is read lazily and in
-partitions, twice at most: one pass for the profile and one for writing the splits. The source
-is opened by :mod:`mlops.source`, its columns typed by :mod:`mlops.schema`, and the version's
-files written beside :class:`~mlops.dataset.DatasetRef` by :mod:`mlops.dataset`.
+named like its function, are the thin wrappers the preprocess flow calls. The source is read
+once, into memory, in its partitions (:func:`mlops.source.read_source`: Arrow with threads for a
+Parquet file, Dask for CSV or a folder); each partition is typed and labelled with its split once,
+in threads; the profile is computed from the typed partitions with Dask's reductions; each
+partition's rows are written as one file per split, in threads. The columns are typed by
+:mod:`mlops.schema`, and the version's files written beside :class:`~mlops.dataset.DatasetRef`
+by :mod:`mlops.dataset`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ from prefect_mlops.mlops.dataset import (
     clear_incomplete,
     load_dataset_ref,
     save_dataset_ref,
-    write_splits,
+    write_split_partition,
 )
 from prefect_mlops.mlops.errors import DataError, StorageError
 from prefect_mlops.mlops.features import build_features, fit_feature_spec
@@ -51,7 +56,7 @@ from prefect_mlops.mlops.schema import (
     is_numeric_text,
     source_types,
 )
-from prefect_mlops.mlops.source import open_source
+from prefect_mlops.mlops.source import SourcePartitions, read_source
 from prefect_mlops.mlops.storage import ArtifactStore, open_url, store_options
 from prefect_mlops.model_registry import tracking
 from prefect_mlops.tasks.tracking import experiment_for, lineage_tags
@@ -98,25 +103,56 @@ def _split_partition(frame: pd.DataFrame, schema: ColumnSchema, split: SplitConf
     return typed.assign(**{SPLIT_COLUMN: assign_split(typed, schema.key_columns, split)})
 
 
-def typed_with_splits(
-    source: dd.DataFrame, schema: ColumnSchema, split: SplitConfig
-) -> dd.DataFrame:
-    """The lazily typed source with a split label column."""
-    return source.map_partitions(_split_partition, schema, split)
-
-
 def _encode_partition(
     frame: pd.DataFrame, target: str, task: TaskType, classes: list[str] | None
 ) -> pd.DataFrame:
     return frame.assign(**{TARGET_COLUMN: encode_target(frame[target], task, classes)})
 
 
-def with_encoded_target(
-    typed: dd.DataFrame, target: str, task: TaskType, classes: list[str] | None
-) -> dd.DataFrame:
-    """The typed rows with the model's labels in :data:`~mlops.dataset.TARGET_COLUMN`."""
-    meta = typed._meta.assign(**{TARGET_COLUMN: pd.Series(dtype="float64")})
-    return typed.map_partitions(_encode_partition, target, task, classes, meta=meta)
+def _workers() -> int:
+    return os.cpu_count() or 1
+
+
+def type_partitions(
+    source: SourcePartitions, schema: ColumnSchema, split: SplitConfig
+) -> list[pd.DataFrame]:
+    """Each partition of the source typed, with its split label, in threads (one per core)."""
+    with ThreadPoolExecutor(_workers()) as pool:
+        return list(
+            pool.map(
+                lambda n: _split_partition(source.partition(n), schema, split), range(len(source))
+            )
+        )
+
+
+def in_memory(partitions: list[pd.DataFrame]) -> dd.DataFrame:
+    """Frames already in memory as the partitions of a Dask frame (for Dask's reductions)."""
+    parts = [dask.delayed(frame, pure=False) for frame in partitions]
+    return dd.from_delayed(parts, meta=partitions[0].iloc[:0], verify_meta=False)
+
+
+def write_typed_splits(
+    typed: list[pd.DataFrame], target: tuple[str, TaskType, list[str] | None], uri: str
+) -> dict[str, int]:
+    """Write typed partitions (target encoded) as the version's split files, in threads.
+
+    Args:
+        typed: From :func:`type_partitions`; partition ``n`` is written as ``part-<n>``.
+        target: The target column, the task and its classes (for :func:`encode_target`).
+        uri: The dataset version's folder.
+
+    Returns:
+        Rows per split.
+    """
+    options = store_options(uri)
+
+    def write(number: int) -> pd.DataFrame:
+        frame = _encode_partition(typed[number], *target)
+        return write_split_partition(frame, uri, options, {"number": number})
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        totals = pd.concat(list(pool.map(write, range(len(typed))))).sum()
+    return {s: int(totals[s]) for s in SPLITS}
 
 
 # ---------------------------------------------------------------- profile (one pass)
@@ -245,22 +281,10 @@ def build_dataset_version(
         return existing
     clear_incomplete(uri)
     started = time.perf_counter()
-    source = open_source(config.data)
-    sample = read_head(source, config.data.source)
-    schema = infer_schema(sample, config.data, config.features)
-    logger.info(
-        "Reading %s in %d partition(s): %d numeric, %d categorical, %d datetime column(s); dropped %s",
-        config.data.source,
-        source.npartitions,
-        len(schema.numeric),
-        len(schema.categorical),
-        len(schema.datetime),
-        schema.dropped or "none",
-    )
-    typed = typed_with_splits(source, schema, config.split)
-    stats = _compute(lambda: profile_source(typed, schema), config.data.source)
+    sample, schema, typed = read_and_type(config)
+    stats = _compute(lambda: profile_source(in_memory(typed), schema), config.data.source)
     n_rows = int(stats["split_counts"].sum())
-    logger.info("Profiled %d rows in %.1fs", n_rows, time.perf_counter() - started)
+    logger.info("Typed and profiled %d rows in %.1fs", n_rows, time.perf_counter() - started)
     check_columns_usable(stats["null_counts"], n_rows, config.data.source)
     target_numeric = pd.api.types.is_numeric_dtype(sample[schema.target]) or is_numeric_text(
         sample[schema.target]
@@ -283,9 +307,7 @@ def build_dataset_version(
     example = coerce_frame(sample, schema).head(5)
     build_features(example, spec)  # fail here, not at training time, if the transform breaks
     counts = _compute(
-        lambda: write_splits(
-            with_encoded_target(typed, schema.target, task, classes), uri, store_options(uri)
-        ),
+        lambda: write_typed_splits(typed, (schema.target, task, classes), uri),
         config.data.source,
         destination=uri,
     )
@@ -307,6 +329,32 @@ def build_dataset_version(
     )
     save_dataset_ref(dataset, example[spec.input_columns])
     return dataset
+
+
+def read_and_type(config: PipelineConfig) -> tuple[pd.DataFrame, ColumnSchema, list[pd.DataFrame]]:
+    """Read the source once; infer the schema from its first rows; type every partition.
+
+    Returns:
+        The first rows as read (the schema's sample), the schema, and the typed partitions
+        with their split labels.
+    """
+    started = time.perf_counter()
+    source = _compute(lambda: read_source(config.data), config.data.source)
+    sample = source.head(5000)
+    schema = infer_schema(sample, config.data, config.features)
+    logger.info(
+        "Read %s in %.1fs, %d partition(s): %d numeric, %d categorical, %d datetime column(s); "
+        "dropped %s",
+        config.data.source,
+        time.perf_counter() - started,
+        len(source),
+        len(schema.numeric),
+        len(schema.categorical),
+        len(schema.datetime),
+        schema.dropped or "none",
+    )
+    typed = _compute(lambda: type_partitions(source, schema, config.split), config.data.source)
+    return sample, schema, typed
 
 
 def read_head(source: dd.DataFrame, name: str, rows: int = 5000) -> pd.DataFrame:
