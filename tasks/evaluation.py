@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -14,12 +15,15 @@ from sklearn import metrics as skm
 from prefect_mlops.mlops.config import PipelineConfig, TaskType
 from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
 from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD, class_scores
+from prefect_mlops.mlops.scores import ScoresRef, save_scores, scores_ref, scoring_libraries
 from prefect_mlops.mlops.thresholds import best_f1
 from prefect_mlops.model_registry import tracking
 from prefect_mlops.model_registry.loading import ModelStore
-from prefect_mlops.model_registry.registry import logged_model_id
+from prefect_mlops.model_registry.registry import logged_model_id, model_identity
 from prefect_mlops.tasks.figures import evaluation_figures
 from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, log_split_inputs, model_store
+
+logger = logging.getLogger(__name__)
 
 
 class LoggedModel(Protocol):
@@ -131,6 +135,8 @@ class SplitScores:
     """Class scores (see :func:`mlops.prediction.class_scores`)."""
     threshold: float = DEFAULT_THRESHOLD
     """A binary model's decision threshold (0.5 for other tasks, which ignore it)."""
+    ref: ScoresRef | None = None
+    """Where the scores are kept for later stages (:mod:`mlops.scores`), once saved."""
 
 
 def score_model_on_split(
@@ -139,24 +145,43 @@ def score_model_on_split(
     """Load a logged model's files from the tracking store and score one split's raw rows.
 
     The files are checked in a child process first (:mod:`model_registry.loading`): they came
-    back from the artifact store, where a damaged file would otherwise crash this stage.
+    back from the artifact store, where a damaged file would otherwise crash this stage. Only
+    the model's input columns and the target are read.
     """
     model = store.load(model_uri)
-    frame = read_split(dataset, split)
-    predictions = model.predict(frame[dataset.feature_spec.input_columns])
+    inputs = dataset.feature_spec.input_columns
+    frame = read_split(dataset, split, columns=list(dict.fromkeys([*inputs, TARGET_COLUMN])))
+    predictions = model.predict(frame[inputs])
+    identity = model_identity(store.client, model_uri)
     return SplitScores(
         targets=frame[TARGET_COLUMN].to_numpy(dtype="float64"),
         scores=class_scores(predictions, dataset.task, dataset.classes),
         threshold=model.predictor.facts.threshold,
+        ref=scores_ref(dataset, split, identity, scoring_libraries(model)),
     )
+
+
+def keep_scores(scored: SplitScores) -> SplitScores:
+    """Save the scores for later stages (the model gate); a store that refuses them only
+    costs the gate a second scoring, so the scores come back without a reference then."""
+    if scored.ref is None:
+        return scored
+    try:
+        save_scores(scored.ref, scored.scores)
+    except OSError as error:
+        logger.warning(
+            "Scores not kept at %s (%s): the model gate scores again", scored.ref.uri, error
+        )
+        return replace(scored, ref=None)
+    return scored
 
 
 @task(name="score-model", retries=1, retry_delay_seconds=5, persist_result=False)
 def score_model(
     config: PipelineConfig, model_uri: str, dataset: DatasetRef, split: str
 ) -> SplitScores:
-    """Score a logged model on a split."""
-    return score_model_on_split(model_store(config), model_uri, dataset, split)
+    """Score a logged model on a split and keep the scores in the artifact store."""
+    return keep_scores(score_model_on_split(model_store(config), model_uri, dataset, split))
 
 
 class EvaluationResult(BaseModel):
@@ -167,6 +192,8 @@ class EvaluationResult(BaseModel):
     rows: int
     metrics: dict[str, float]
     primary_metric: str
+    scores: ScoresRef | None = None
+    """The model's scores on the split, kept for the model gate (None: not kept)."""
 
 
 def log_evaluation_run(
@@ -223,6 +250,7 @@ def log_evaluation_run(
         rows=len(targets),
         metrics=metrics,
         primary_metric=primary_metric(dataset.task),
+        scores=scored.ref,
     )
 
 
