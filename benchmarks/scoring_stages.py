@@ -124,6 +124,9 @@ def time_stages(workdir: Path, profile: Path | None, warm_champion: bool) -> dic
 
 
 def main() -> None:
+    import prefect_mlops  # noqa: F401 - the checkout PYTHONPATH names, before benchmarks.pipeline
+    # puts this one first on sys.path
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["prepare", "time"])
     parser.add_argument("--workdir", type=Path, required=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -41,7 +42,11 @@ LABEL_METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def classification_metrics(
-    labels: np.ndarray, scores: np.ndarray, task: TaskType, threshold: float = DEFAULT_THRESHOLD
+    labels: np.ndarray,
+    scores: np.ndarray,
+    task: TaskType,
+    threshold: float = DEFAULT_THRESHOLD,
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Accuracy, precision, recall, F1, ROC-AUC and log-loss.
 
@@ -51,36 +56,51 @@ def classification_metrics(
         task: ``binary`` or ``multiclass``; multiclass averages are macro.
         threshold: A binary model's decision threshold: the label metrics are at it, and again
             at 0.5 as ``<metric>_at_0.5``, beside ``decision_threshold``.
+        only: Compute just these metrics (the same values; the others are left out).
     """
-    labels = labels.astype(int)
+    makers = _classification_makers(labels.astype(int), scores, task, threshold)
+    return {k: float(make()) for k, make in makers.items() if only is None or k in only}
+
+
+def _classification_makers(
+    labels: np.ndarray, scores: np.ndarray, task: TaskType, threshold: float
+) -> dict[str, Callable[[], float]]:
+    """Each metric as a function computing it, in reporting order."""
     if task == "binary":
-        proba = np.column_stack([1 - scores, scores])
-        result = _label_metrics(labels, (scores >= threshold).astype(int), "binary")
-        at_half = _label_metrics(labels, (scores >= DEFAULT_THRESHOLD).astype(int), "binary")
-        result |= {f"{k}{AT_HALF}": v for k, v in at_half.items()}
-        result["decision_threshold"] = threshold
+        n_classes = 2
+        makers = _label_makers(labels, lambda: (scores >= threshold).astype(int), "binary")
+        at_half = _label_makers(labels, lambda: (scores >= DEFAULT_THRESHOLD).astype(int), "binary")
+        makers |= {f"{k}{AT_HALF}": v for k, v in at_half.items()}
+        makers["decision_threshold"] = lambda: threshold
+        proba = lambda: np.column_stack([1 - scores, scores])  # noqa: E731
     else:
-        proba = scores
-        result = _label_metrics(labels, scores.argmax(axis=1), "macro")
-    n_classes = proba.shape[1]
-    result["log_loss"] = skm.log_loss(
-        labels, np.clip(proba, 1e-15, 1), labels=list(range(n_classes))
+        n_classes = scores.shape[1]
+        makers = _label_makers(labels, lambda: scores.argmax(axis=1), "macro")
+        proba = lambda: scores  # noqa: E731
+    makers["log_loss"] = lambda: skm.log_loss(
+        labels, np.clip(proba(), 1e-15, 1), labels=list(range(n_classes))
     )
     if len(np.unique(labels)) == n_classes:
         if task == "binary":
-            result["roc_auc"] = skm.roc_auc_score(labels, scores)
-            result["average_precision"] = skm.average_precision_score(labels, scores)
+            makers["roc_auc"] = lambda: skm.roc_auc_score(labels, scores)
+            makers["average_precision"] = lambda: skm.average_precision_score(labels, scores)
         else:
-            result["roc_auc"] = skm.roc_auc_score(labels, proba, multi_class="ovr", average="macro")
-    return {k: float(v) for k, v in result.items()}
+            makers["roc_auc"] = lambda: skm.roc_auc_score(
+                labels, proba(), multi_class="ovr", average="macro"
+            )
+    return makers
 
 
-def _label_metrics(labels: np.ndarray, predicted: np.ndarray, average: str) -> dict[str, float]:
+def _label_makers(
+    labels: np.ndarray, predicted: Callable[[], np.ndarray], average: str
+) -> dict[str, Callable[[], float]]:
     return {
-        "accuracy": skm.accuracy_score(labels, predicted),
-        "precision": skm.precision_score(labels, predicted, average=average, zero_division=0),
-        "recall": skm.recall_score(labels, predicted, average=average, zero_division=0),
-        "f1": skm.f1_score(labels, predicted, average=average, zero_division=0),
+        "accuracy": lambda: skm.accuracy_score(labels, predicted()),
+        "precision": lambda: skm.precision_score(
+            labels, predicted(), average=average, zero_division=0
+        ),
+        "recall": lambda: skm.recall_score(labels, predicted(), average=average, zero_division=0),
+        "f1": lambda: skm.f1_score(labels, predicted(), average=average, zero_division=0),
     }
 
 
@@ -94,13 +114,19 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str
 
 
 def compute_metrics(
-    task: TaskType, targets: np.ndarray, scores: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+    task: TaskType,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
     """The task's metrics from encoded targets and class scores (a binary model's labels at
-    its decision ``threshold``, and at 0.5: see :func:`classification_metrics`)."""
+    its decision ``threshold``, and at 0.5: see :func:`classification_metrics`); ``only``
+    some of them when named (the same values)."""
     if task == "regression":
-        return regression_metrics(targets, scores)
-    return classification_metrics(targets, scores, task, threshold)
+        found = regression_metrics(targets, scores)
+        return {k: v for k, v in found.items() if only is None or k in only}
+    return classification_metrics(targets, scores, task, threshold, only)
 
 
 def best_threshold_metrics(

@@ -227,8 +227,9 @@ def _slice_check(
     champion_scores: tuple[np.ndarray, float],
     tolerance: float,
 ) -> GateCheck:
-    candidate = compute_metrics(task, targets, *candidate_scores).get(metric, float("nan"))
-    champion = compute_metrics(task, targets, *champion_scores).get(metric, float("nan"))
+    only = {metric}  # the one judged here
+    candidate = compute_metrics(task, targets, *candidate_scores, only).get(metric, float("nan"))
+    champion = compute_metrics(task, targets, *champion_scores, only).get(metric, float("nan"))
     bound = allowed_bound(metric, champion, tolerance)
     passed = bool(np.isfinite(candidate) and better_or_equal(metric, candidate, bound))
     return GateCheck(
