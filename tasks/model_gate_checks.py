@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -416,6 +417,22 @@ def load_champion(
         return _champion_problem(champion, error)
 
 
+def load_both(
+    store: ModelStore, candidate_uri: str, champion: ChampionRef | None, dataset: DatasetRef
+) -> tuple[Contender, Contender | str | None]:
+    """The candidate (:func:`load_contender`) and the champion (:func:`load_champion`), loaded
+    at the same time: each is checked in a child process of its own, and the two overlap.
+
+    Raises:
+        ModelLoadError: when the candidate cannot be loaded.
+        ValueError: when the candidate predicts other classes than the dataset has.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-champion") as pool:
+        rival = pool.submit(load_champion, champion, dataset, store)
+        candidate = load_contender(store, candidate_uri, dataset)
+    return candidate, rival.result()
+
+
 def score_champion(
     champion: ChampionRef | None,
     rival: Contender | str | None,
@@ -466,8 +483,7 @@ def run_model_checks(
     """
     _check_slice_columns(gate, read_split_schema(dataset, "test").names)
     metric = resolve_primary_metric(gate, dataset.task)
-    candidate = load_contender(store, candidate_uri, dataset)
-    rival = load_champion(champion, dataset, store) if gate.enabled else None
+    candidate, rival = load_both(store, candidate_uri, champion if gate.enabled else None, dataset)
     unscored = [c for c in (candidate, rival) if isinstance(c, Contender) and c.kept is None]
     frame = read_split(dataset, "test", columns=test_columns(gate, dataset, bool(unscored)))
     targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
