@@ -6,7 +6,8 @@ settings are ``ModelGateConfig`` in :mod:`mlops.config`).
 
 Both models are loaded from their files in the tracking store, natively (never unpickled, and
 checked in a separate process first, see :mod:`model_registry.loading`), and score the
-candidate dataset's test split. The checks, each configurable in ``model_gate`` (``null`` turns
+candidate dataset's test split; scores already kept for that split (:mod:`mlops.scores`: the
+candidate's by evaluation, the champion's by an earlier gate) are read instead. The checks, each configurable in ``model_gate`` (``null`` turns
 one off): absolute floors on test metrics, no regression of the primary metric against the
 champion beyond a tolerance, the same per value of configured categorical columns (slices), a
 p95 single-row latency budget and a model-size budget. The gate's decision, that none failed,
@@ -456,7 +457,7 @@ def _champion_problem(champion: ChampionRef, error: Exception) -> str:
     return problem
 
 
-def test_columns(gate: ModelGateConfig, dataset: DatasetRef, score: bool) -> list[str]:
+def columns_to_read(gate: ModelGateConfig, dataset: DatasetRef, score: bool) -> list[str]:
     """The test-split columns the gate reads: the target, the slice columns, and the model's
     input columns when a model must be scored (its scores were not kept)."""
     inputs = dataset.feature_spec.input_columns if score else []
@@ -485,7 +486,7 @@ def run_model_checks(
     metric = resolve_primary_metric(gate, dataset.task)
     candidate, rival = load_both(store, candidate_uri, champion if gate.enabled else None, dataset)
     unscored = [c for c in (candidate, rival) if isinstance(c, Contender) and c.kept is None]
-    frame = read_split(dataset, "test", columns=test_columns(gate, dataset, bool(unscored)))
+    frame = read_split(dataset, "test", columns=columns_to_read(gate, dataset, bool(unscored)))
     targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
     scored = scores_of(candidate, frame, dataset)
     metrics = scored.metrics(dataset.task, targets)
