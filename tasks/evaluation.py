@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Protocol
 
 import numpy as np
@@ -94,13 +95,19 @@ def _classification_makers(
 def _label_makers(
     labels: np.ndarray, predicted: Callable[[], np.ndarray], average: str
 ) -> dict[str, Callable[[], float]]:
+    @cache
+    def precision_recall_f1() -> tuple[float, float, float]:
+        # What precision_score, recall_score and f1_score each compute, computed once.
+        found = skm.precision_recall_fscore_support(
+            labels, predicted(), beta=1, average=average, zero_division=0
+        )
+        return found[0], found[1], found[2]
+
     return {
         "accuracy": lambda: skm.accuracy_score(labels, predicted()),
-        "precision": lambda: skm.precision_score(
-            labels, predicted(), average=average, zero_division=0
-        ),
-        "recall": lambda: skm.recall_score(labels, predicted(), average=average, zero_division=0),
-        "f1": lambda: skm.f1_score(labels, predicted(), average=average, zero_division=0),
+        "precision": lambda: precision_recall_f1()[0],
+        "recall": lambda: precision_recall_f1()[1],
+        "f1": lambda: precision_recall_f1()[2],
     }
 
 
@@ -129,6 +136,10 @@ def compute_metrics(
     return classification_metrics(targets, scores, task, threshold, only)
 
 
+BEST_POSSIBLE = ("best_possible_f1", "best_possible_f1_threshold")
+"""What :func:`best_threshold_metrics` adds to an evaluation's metrics."""
+
+
 def best_threshold_metrics(
     task: TaskType, targets: np.ndarray, scores: np.ndarray
 ) -> dict[str, float]:
@@ -140,7 +151,7 @@ def best_threshold_metrics(
     if task != "binary" or len(np.unique(targets)) < 2:
         return {}
     f1, threshold = best_f1(targets, scores)
-    return {"best_possible_f1": f1, "best_possible_f1_threshold": min(threshold, 1.0)}
+    return dict(zip(BEST_POSSIBLE, (f1, min(threshold, 1.0)), strict=True))
 
 
 def primary_metric(task: TaskType) -> str:
@@ -220,6 +231,13 @@ class EvaluationResult(BaseModel):
     primary_metric: str
     scores: ScoresRef | None = None
     """The model's scores on the split, kept for the model gate (None: not kept)."""
+
+    def metrics_from(self, kept: ScoresRef) -> dict[str, float] | None:
+        """The metrics :func:`compute_metrics` gives on the scores kept at ``kept``, when they
+        are the scores these metrics came from (else None: compute them)."""
+        if self.scores is None or self.scores != kept:
+            return None
+        return {k: v for k, v in self.metrics.items() if k not in BEST_POSSIBLE}
 
 
 def log_evaluation_run(

@@ -47,7 +47,12 @@ from prefect_mlops.mlops.scores import (
 from prefect_mlops.model_registry.loading import ModelStore
 from prefect_mlops.model_registry.promotion import ChampionRef
 from prefect_mlops.model_registry.registry import model_identity
-from prefect_mlops.tasks.evaluation import LABEL_METRICS, compute_metrics, primary_metric
+from prefect_mlops.tasks.evaluation import (
+    LABEL_METRICS,
+    EvaluationResult,
+    compute_metrics,
+    primary_metric,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -352,6 +357,8 @@ class Scored(BaseModel):
     loaded: PipelineModel | None
     scores: np.ndarray | None
     problem: str | None = None
+    known: dict[str, float] | None = None
+    """Its metrics on these scores, when already computed (by evaluation)."""
 
     @property
     def threshold(self) -> float:
@@ -362,6 +369,8 @@ class Scored(BaseModel):
         """Its test metrics, labels at its own decision threshold (None if it did not score)."""
         if self.scores is None:
             return None
+        if self.known is not None:
+            return dict(self.known)
         return compute_metrics(task, targets, self.scores, self.threshold)
 
 
@@ -470,6 +479,7 @@ def run_model_checks(
     champion: ChampionRef | None,
     gate: ModelGateConfig,
     store: ModelStore,
+    evaluation: EvaluationResult | None = None,
 ) -> Comparison:
     """Score candidate and champion on the dataset's test split and run every model check.
 
@@ -477,7 +487,8 @@ def run_model_checks(
     champion's by an earlier gate on this dataset version) are read instead of scoring again;
     the test split is read once, only the columns needed. A champion that cannot score these
     rows (other columns or classes) fails the no-regression check with the reason: the gate
-    cannot show the candidate is not worse.
+    cannot show the candidate is not worse. The candidate's metrics are ``evaluation``'s when
+    they were computed from the very scores read here.
 
     Raises:
         ConfigError: for metrics or slice columns the config names that do not exist.
@@ -489,6 +500,8 @@ def run_model_checks(
     frame = read_split(dataset, "test", columns=columns_to_read(gate, dataset, bool(unscored)))
     targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
     scored = scores_of(candidate, frame, dataset)
+    if candidate.kept is not None and evaluation is not None:  # the scores evaluation kept
+        scored.known = evaluation.metrics_from(candidate.ref)
     metrics = scored.metrics(dataset.task, targets)
     check_metric_names(gate, dataset.task, set(metrics))
     if not gate.enabled:

@@ -18,7 +18,7 @@ from prefect_mlops.mlops.scores import load_scores, save_scores, scores_ref, sco
 from prefect_mlops.model_registry.loading import ModelStore
 from prefect_mlops.model_registry.promotion import ChampionRef
 from prefect_mlops.model_registry.registry import download_version, model_identity
-from prefect_mlops.tasks.evaluation import compute_metrics
+from prefect_mlops.tasks.evaluation import EvaluationResult, compute_metrics
 from prefect_mlops.tasks.model_gate_checks import run_model_checks, score_rows
 from tests.fixtures import register_files
 
@@ -59,9 +59,9 @@ def gate(served_registry, tmp_path) -> Iterator[dict]:
     client.delete_model_version(MODEL, copy)
 
 
-def gate_run(gate: dict, champion: ChampionRef | None = None):
+def gate_run(gate: dict, champion: ChampionRef | None = None, evaluation=None):
     return run_model_checks(
-        gate["dataset"], gate["candidate"], champion, gate["settings"], gate["store"]
+        gate["dataset"], gate["candidate"], champion, gate["settings"], gate["store"], evaluation
     )
 
 
@@ -111,3 +111,19 @@ def test_a_second_gate_on_the_same_dataset_version_reuses_the_champions_scores(g
     assert second == first
     assert first.champion_metrics == gate["metrics"]  # the same files: the same scores
     assert [c.verdict for c in first.checks if c.name.startswith("slice.")] != []
+
+
+def test_the_candidates_metrics_are_evaluations_when_from_the_scores_read(gate):
+    def evaluation(scores) -> EvaluationResult:
+        said = {"roc_auc": 0.5, "log_loss": 1.0, "best_possible_f1": 0.1}  # not computed here
+        return EvaluationResult(
+            run_id="r", split="test", rows=1, metrics=said, primary_metric="roc_auc", scores=scores
+        )
+
+    assert gate_run(gate, evaluation=evaluation(gate["ref"])).candidate_metrics == {
+        "roc_auc": 0.5,
+        "log_loss": 1.0,
+    }
+    other = gate["ref"].model_copy(update={"dataset_version": "another"})
+    assert gate_run(gate, evaluation=evaluation(other)).candidate_metrics == gate["metrics"]
+    assert gate_run(gate, evaluation=evaluation(None)).candidate_metrics == gate["metrics"]
