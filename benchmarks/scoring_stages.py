@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import json
 import os
 import shutil
@@ -99,9 +100,20 @@ def time_stages(workdir: Path, profile: Path | None, warm_champion: bool) -> dic
     flow(name="warm-up")(lambda: None)()  # the Prefect API started before anything is timed
     profiler = cProfile.Profile() if profile else None
     seconds: dict[str, float] = {}
+    with_evaluation = "evaluation" in inspect.signature(model_gate_flow.fn).parameters
+    evaluation = None
     for name, call in (
         ("evaluate", lambda: evaluate_flow(config, dataset, training)),
-        ("model-gate", lambda: model_gate_flow(config, dataset, candidate, return_state=True)),
+        (
+            "model-gate",
+            lambda: model_gate_flow(
+                config,
+                dataset,
+                candidate,
+                return_state=True,
+                **({"evaluation": evaluation} if with_evaluation else {}),
+            ),
+        ),
     ):
         if profiler:
             profiler.enable()
@@ -110,6 +122,7 @@ def time_stages(workdir: Path, profile: Path | None, warm_champion: bool) -> dic
         seconds[name] = round(time.perf_counter() - started, 3)
         if profiler:
             profiler.disable()
+        evaluation = evaluation or result  # the pipeline hands the gate evaluation's result
     decision = result.result(raise_on_failure=False)
     checks = [
         (c.name, c.verdict, c.value if c.unit != "ms" else None) for c in decision.ledger.checks
