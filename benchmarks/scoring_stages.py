@@ -99,30 +99,25 @@ def time_stages(workdir: Path, profile: Path | None, warm_champion: bool) -> dic
         shutil.rmtree(scores)
     flow(name="warm-up")(lambda: None)()  # the Prefect API started before anything is timed
     profiler = cProfile.Profile() if profile else None
-    seconds: dict[str, float] = {}
     with_evaluation = "evaluation" in inspect.signature(model_gate_flow.fn).parameters
-    evaluation = None
-    for name, call in (
-        ("evaluate", lambda: evaluate_flow(config, dataset, training)),
-        (
-            "model-gate",
-            lambda: model_gate_flow(
-                config,
-                dataset,
-                candidate,
-                return_state=True,
-                **({"evaluation": evaluation} if with_evaluation else {}),
-            ),
-        ),
-    ):
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, call):
         if profiler:
             profiler.enable()
         started = time.perf_counter()
-        result = call()
+        value = call()
         seconds[name] = round(time.perf_counter() - started, 3)
         if profiler:
             profiler.disable()
-        evaluation = evaluation or result  # the pipeline hands the gate evaluation's result
+        return value
+
+    evaluation = timed("evaluate", lambda: evaluate_flow(config, dataset, training))
+    handed = {"evaluation": evaluation} if with_evaluation else {}  # as the pipeline does
+    result = timed(
+        "model-gate",
+        lambda: model_gate_flow(config, dataset, candidate, return_state=True, **handed),
+    )
     decision = result.result(raise_on_failure=False)
     checks = [
         (c.name, c.verdict, c.value if c.unit != "ms" else None) for c in decision.ledger.checks
