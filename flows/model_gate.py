@@ -9,6 +9,7 @@ from prefect_mlops.mlops.config import PipelineConfig
 from prefect_mlops.mlops.dataset import DatasetRef
 from prefect_mlops.mlops.gates import DataGateResult
 from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.tasks.evaluation import EvaluationResult
 from prefect_mlops.tasks.model_gate import (
     GateDecision,
     compare_with_champion,
@@ -26,6 +27,7 @@ def model_gate_flow(
     candidate: RegisteredVersion,
     data_gate: DataGateResult | None = None,
     parent_run_id: str | None = None,
+    evaluation: EvaluationResult | None = None,
 ) -> GateDecision | State:
     """Judge a registered candidate against the champion.
 
@@ -39,9 +41,11 @@ def model_gate_flow(
         candidate: The registered candidate version.
         data_gate: The data gate's result, for the ledger.
         parent_run_id: MLflow run to nest this stage's run under (the pipeline's).
+        evaluation: The evaluate stage's result: the candidate's test scores it kept (and the
+            metrics from them) are used rather than scoring the test split again.
     """
     champion = find_champion(config)
-    comparison = compare_with_champion(config, dataset, candidate, champion)
+    comparison = compare_with_champion(config, dataset, candidate, champion, evaluation)
     ledger = record_gate_ledger(config, candidate, champion, data_gate, comparison, parent_run_id)
     decision = decide(ledger, comparison)
     return decision if ledger.passed else rejected_state(decision)

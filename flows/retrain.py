@@ -185,6 +185,7 @@ def retraining_pipeline_flow(
             candidate=registered,
             data_gate=checked,
             parent_run_id=parent,
+            evaluation=evaluation,
         )
         decision = gate_outcome(gate_state)
         deploy_state = None

@@ -13,6 +13,7 @@ from typing import Any
 import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,6 +90,14 @@ def read_split(dataset: DatasetRef, split: str, columns: list[str] | None = None
     """Load one split into memory (evaluation-sized data)."""
     fs, path = open_url(dataset.split_uris[split])
     return pd.read_parquet(path, columns=columns, filesystem=fs)
+
+
+def read_split_head(dataset: DatasetRef, split: str, columns: list[str], rows: int) -> pd.DataFrame:
+    """The first ``rows`` rows of one split (in :func:`read_split`'s order), only ``columns``:
+    only the files and row groups that hold them are read."""
+    fs, path = open_url(dataset.split_uris[split])
+    files = pads.dataset(path, filesystem=fs, format="parquet")
+    return files.head(rows, columns=columns).to_pandas()
 
 
 def read_sample(dataset: DatasetRef) -> pd.DataFrame:

@@ -7,7 +7,9 @@ storage options in ``MLOPS_ARTIFACT_STORE_OPTIONS`` (a JSON object: credentials,
 
 - ``datasets/<use case>/<version>/``: a preprocessed dataset version (:mod:`mlops.dataset`),
   with the data gate's files beside it: ``expectations/`` (suites derived from it as a
-  reference) and ``data-gate/<suite>/`` (its validation result, report and Data Docs).
+  reference) and ``data-gate/<suite>/`` (its validation result, report and Data Docs), and
+  ``scores/<split>/<key>.npz``: a model's scores on a split, saved by evaluation and read by
+  the model gate (:mod:`mlops.scores`).
 - ``inference-log/``: the serving instances' Parquet inference log (:mod:`serving.log_sinks`).
 - ``feedback/<model>/``: delayed labels, CSV or Parquet files of ``request_id``, ``row``, ``label``.
 - ``monitoring/<model>/last-event.json``: the drift monitor's last event (its cooldown).
@@ -45,6 +47,7 @@ PREDICTIONS = "predictions"
 LAST_EVENT = "last-event.json"
 EXPECTATIONS = "expectations"
 DATA_GATE = "data-gate"
+SCORES = "scores"
 
 
 def open_url(url: str, options: Mapping[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:

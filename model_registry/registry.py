@@ -264,6 +264,21 @@ def logged_model_id(model_uri: str) -> str | None:
     return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
 
 
+def model_identity(client: MlflowClient, model_uri: str) -> str:
+    """What a model URI points at for good: its logged model (``models:/m-...``), else the
+    version's source. A version number or an alias can be pointed elsewhere (or reused by a
+    new registry); a logged model's files never change.
+
+    Raises:
+        ModelLoadError: when the model, alias or version does not exist.
+    """
+    if logged_model_id(model_uri) is not None:
+        return model_uri
+    name, version, _ = resolve_version(client, model_uri)
+    found = client.get_model_version(name, version)
+    return f"models:/{found.model_id}" if found.model_id else str(found.source)
+
+
 def register_model_version(
     client: MlflowClient,
     name: str,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
+from functools import cache
 from typing import Protocol
 
 import numpy as np
@@ -14,12 +17,15 @@ from sklearn import metrics as skm
 from prefect_mlops.mlops.config import PipelineConfig, TaskType
 from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
 from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD, class_scores
+from prefect_mlops.mlops.scores import ScoresRef, save_scores, scores_ref, scoring_libraries
 from prefect_mlops.mlops.thresholds import best_f1
 from prefect_mlops.model_registry import tracking
 from prefect_mlops.model_registry.loading import ModelStore
-from prefect_mlops.model_registry.registry import logged_model_id
+from prefect_mlops.model_registry.registry import logged_model_id, model_identity
 from prefect_mlops.tasks.figures import evaluation_figures
 from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, log_split_inputs, model_store
+
+logger = logging.getLogger(__name__)
 
 
 class LoggedModel(Protocol):
@@ -37,7 +43,11 @@ LABEL_METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def classification_metrics(
-    labels: np.ndarray, scores: np.ndarray, task: TaskType, threshold: float = DEFAULT_THRESHOLD
+    labels: np.ndarray,
+    scores: np.ndarray,
+    task: TaskType,
+    threshold: float = DEFAULT_THRESHOLD,
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Accuracy, precision, recall, F1, ROC-AUC and log-loss.
 
@@ -47,36 +57,57 @@ def classification_metrics(
         task: ``binary`` or ``multiclass``; multiclass averages are macro.
         threshold: A binary model's decision threshold: the label metrics are at it, and again
             at 0.5 as ``<metric>_at_0.5``, beside ``decision_threshold``.
+        only: Compute just these metrics (the same values; the others are left out).
     """
-    labels = labels.astype(int)
+    makers = _classification_makers(labels.astype(int), scores, task, threshold)
+    return {k: float(make()) for k, make in makers.items() if only is None or k in only}
+
+
+def _classification_makers(
+    labels: np.ndarray, scores: np.ndarray, task: TaskType, threshold: float
+) -> dict[str, Callable[[], float]]:
+    """Each metric as a function computing it, in reporting order."""
     if task == "binary":
-        proba = np.column_stack([1 - scores, scores])
-        result = _label_metrics(labels, (scores >= threshold).astype(int), "binary")
-        at_half = _label_metrics(labels, (scores >= DEFAULT_THRESHOLD).astype(int), "binary")
-        result |= {f"{k}{AT_HALF}": v for k, v in at_half.items()}
-        result["decision_threshold"] = threshold
+        n_classes = 2
+        makers = _label_makers(labels, lambda: (scores >= threshold).astype(int), "binary")
+        at_half = _label_makers(labels, lambda: (scores >= DEFAULT_THRESHOLD).astype(int), "binary")
+        makers |= {f"{k}{AT_HALF}": v for k, v in at_half.items()}
+        makers["decision_threshold"] = lambda: threshold
+        proba = lambda: np.column_stack([1 - scores, scores])  # noqa: E731
     else:
-        proba = scores
-        result = _label_metrics(labels, scores.argmax(axis=1), "macro")
-    n_classes = proba.shape[1]
-    result["log_loss"] = skm.log_loss(
-        labels, np.clip(proba, 1e-15, 1), labels=list(range(n_classes))
+        n_classes = scores.shape[1]
+        makers = _label_makers(labels, lambda: scores.argmax(axis=1), "macro")
+        proba = lambda: scores  # noqa: E731
+    makers["log_loss"] = lambda: skm.log_loss(
+        labels, np.clip(proba(), 1e-15, 1), labels=list(range(n_classes))
     )
     if len(np.unique(labels)) == n_classes:
         if task == "binary":
-            result["roc_auc"] = skm.roc_auc_score(labels, scores)
-            result["average_precision"] = skm.average_precision_score(labels, scores)
+            makers["roc_auc"] = lambda: skm.roc_auc_score(labels, scores)
+            makers["average_precision"] = lambda: skm.average_precision_score(labels, scores)
         else:
-            result["roc_auc"] = skm.roc_auc_score(labels, proba, multi_class="ovr", average="macro")
-    return {k: float(v) for k, v in result.items()}
+            makers["roc_auc"] = lambda: skm.roc_auc_score(
+                labels, proba(), multi_class="ovr", average="macro"
+            )
+    return makers
 
 
-def _label_metrics(labels: np.ndarray, predicted: np.ndarray, average: str) -> dict[str, float]:
+def _label_makers(
+    labels: np.ndarray, predicted: Callable[[], np.ndarray], average: str
+) -> dict[str, Callable[[], float]]:
+    @cache
+    def precision_recall_f1() -> tuple[float, float, float]:
+        # What precision_score, recall_score and f1_score each compute, computed once.
+        found = skm.precision_recall_fscore_support(
+            labels, predicted(), beta=1, average=average, zero_division=0
+        )
+        return found[0], found[1], found[2]
+
     return {
-        "accuracy": skm.accuracy_score(labels, predicted),
-        "precision": skm.precision_score(labels, predicted, average=average, zero_division=0),
-        "recall": skm.recall_score(labels, predicted, average=average, zero_division=0),
-        "f1": skm.f1_score(labels, predicted, average=average, zero_division=0),
+        "accuracy": lambda: skm.accuracy_score(labels, predicted()),
+        "precision": lambda: precision_recall_f1()[0],
+        "recall": lambda: precision_recall_f1()[1],
+        "f1": lambda: precision_recall_f1()[2],
     }
 
 
@@ -90,13 +121,23 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str
 
 
 def compute_metrics(
-    task: TaskType, targets: np.ndarray, scores: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+    task: TaskType,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
     """The task's metrics from encoded targets and class scores (a binary model's labels at
-    its decision ``threshold``, and at 0.5: see :func:`classification_metrics`)."""
+    its decision ``threshold``, and at 0.5: see :func:`classification_metrics`); ``only``
+    some of them when named (the same values)."""
     if task == "regression":
-        return regression_metrics(targets, scores)
-    return classification_metrics(targets, scores, task, threshold)
+        found = regression_metrics(targets, scores)
+        return {k: v for k, v in found.items() if only is None or k in only}
+    return classification_metrics(targets, scores, task, threshold, only)
+
+
+BEST_POSSIBLE = ("best_possible_f1", "best_possible_f1_threshold")
+"""What :func:`best_threshold_metrics` adds to an evaluation's metrics."""
 
 
 def best_threshold_metrics(
@@ -110,7 +151,7 @@ def best_threshold_metrics(
     if task != "binary" or len(np.unique(targets)) < 2:
         return {}
     f1, threshold = best_f1(targets, scores)
-    return {"best_possible_f1": f1, "best_possible_f1_threshold": min(threshold, 1.0)}
+    return dict(zip(BEST_POSSIBLE, (f1, min(threshold, 1.0)), strict=True))
 
 
 def primary_metric(task: TaskType) -> str:
@@ -131,6 +172,8 @@ class SplitScores:
     """Class scores (see :func:`mlops.prediction.class_scores`)."""
     threshold: float = DEFAULT_THRESHOLD
     """A binary model's decision threshold (0.5 for other tasks, which ignore it)."""
+    ref: ScoresRef | None = None
+    """Where the scores are kept for later stages (:mod:`mlops.scores`), once saved."""
 
 
 def score_model_on_split(
@@ -139,24 +182,43 @@ def score_model_on_split(
     """Load a logged model's files from the tracking store and score one split's raw rows.
 
     The files are checked in a child process first (:mod:`model_registry.loading`): they came
-    back from the artifact store, where a damaged file would otherwise crash this stage.
+    back from the artifact store, where a damaged file would otherwise crash this stage. Only
+    the model's input columns and the target are read.
     """
     model = store.load(model_uri)
-    frame = read_split(dataset, split)
-    predictions = model.predict(frame[dataset.feature_spec.input_columns])
+    inputs = dataset.feature_spec.input_columns
+    frame = read_split(dataset, split, columns=list(dict.fromkeys([*inputs, TARGET_COLUMN])))
+    predictions = model.predict(frame[inputs])
+    identity = model_identity(store.client, model_uri)
     return SplitScores(
         targets=frame[TARGET_COLUMN].to_numpy(dtype="float64"),
         scores=class_scores(predictions, dataset.task, dataset.classes),
         threshold=model.predictor.facts.threshold,
+        ref=scores_ref(dataset, split, identity, scoring_libraries(model)),
     )
+
+
+def keep_scores(scored: SplitScores) -> SplitScores:
+    """Save the scores for later stages (the model gate); a store that refuses them only
+    costs the gate a second scoring, so the scores come back without a reference then."""
+    if scored.ref is None:
+        return scored
+    try:
+        save_scores(scored.ref, scored.scores)
+    except OSError as error:
+        logger.warning(
+            "Scores not kept at %s (%s): the model gate scores again", scored.ref.uri, error
+        )
+        return replace(scored, ref=None)
+    return scored
 
 
 @task(name="score-model", retries=1, retry_delay_seconds=5, persist_result=False)
 def score_model(
     config: PipelineConfig, model_uri: str, dataset: DatasetRef, split: str
 ) -> SplitScores:
-    """Score a logged model on a split."""
-    return score_model_on_split(model_store(config), model_uri, dataset, split)
+    """Score a logged model on a split and keep the scores in the artifact store."""
+    return keep_scores(score_model_on_split(model_store(config), model_uri, dataset, split))
 
 
 class EvaluationResult(BaseModel):
@@ -167,6 +229,15 @@ class EvaluationResult(BaseModel):
     rows: int
     metrics: dict[str, float]
     primary_metric: str
+    scores: ScoresRef | None = None
+    """The model's scores on the split, kept for the model gate (None: not kept)."""
+
+    def metrics_from(self, kept: ScoresRef) -> dict[str, float] | None:
+        """The metrics :func:`compute_metrics` gives on the scores kept at ``kept``, when they
+        are the scores these metrics came from (else None: compute them)."""
+        if self.scores is None or self.scores != kept:
+            return None
+        return {k: v for k, v in self.metrics.items() if k not in BEST_POSSIBLE}
 
 
 def log_evaluation_run(
@@ -223,6 +294,7 @@ def log_evaluation_run(
         rows=len(targets),
         metrics=metrics,
         primary_metric=primary_metric(dataset.task),
+        scores=scored.ref,
     )
 
 

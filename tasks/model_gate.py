@@ -29,6 +29,7 @@ from prefect_mlops.model_registry import tracking
 from prefect_mlops.model_registry.ledger import record_ledger
 from prefect_mlops.model_registry.promotion import ChampionRef, current_champion
 from prefect_mlops.model_registry.registry import RegisteredVersion
+from prefect_mlops.tasks.evaluation import EvaluationResult
 from prefect_mlops.tasks.model_gate_checks import Comparison, run_model_checks
 from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, model_store
 
@@ -128,10 +129,12 @@ def compare_with_champion(
     dataset: DatasetRef,
     candidate: RegisteredVersion,
     champion: ChampionRef | None,
+    evaluation: EvaluationResult | None = None,
 ) -> Comparison:
-    """Score candidate and champion on the test split and run the model checks."""
+    """Score candidate and champion on the test split (reading the scores evaluation kept)
+    and run the model checks."""
     return run_model_checks(
-        dataset, candidate.model_uri, champion, config.model_gate, model_store(config)
+        dataset, candidate.model_uri, champion, config.model_gate, model_store(config), evaluation
     )
 
 

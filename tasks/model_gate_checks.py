@@ -6,7 +6,8 @@ settings are ``ModelGateConfig`` in :mod:`mlops.config`).
 
 Both models are loaded from their files in the tracking store, natively (never unpickled, and
 checked in a separate process first, see :mod:`model_registry.loading`), and score the
-candidate dataset's test split. The checks, each configurable in ``model_gate`` (``null`` turns
+candidate dataset's test split; scores already kept for that split (:mod:`mlops.scores`: the
+candidate's by evaluation, the champion's by an earlier gate) are read instead. The checks, each configurable in ``model_gate`` (``null`` turns
 one off): absolute floors on test metrics, no regression of the primary metric against the
 champion beyond a tolerance, the same per value of configured categorical columns (slices), a
 p95 single-row latency budget and a model-size budget. The gate's decision, that none failed,
@@ -17,20 +18,41 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
 from prefect_mlops.mlops.config import ModelGateConfig, TaskType
-from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
+from prefect_mlops.mlops.dataset import (
+    TARGET_COLUMN,
+    DatasetRef,
+    read_split,
+    read_split_head,
+    read_split_schema,
+)
 from prefect_mlops.mlops.errors import ConfigError
 from prefect_mlops.mlops.gates import LOWER_IS_BETTER, GateCheck
 from prefect_mlops.mlops.model_files import PipelineModel
 from prefect_mlops.mlops.prediction import DEFAULT_THRESHOLD, class_scores
+from prefect_mlops.mlops.scores import (
+    ScoresRef,
+    load_scores,
+    save_scores,
+    scores_ref,
+    scoring_libraries,
+)
 from prefect_mlops.model_registry.loading import ModelStore
 from prefect_mlops.model_registry.promotion import ChampionRef
-from prefect_mlops.tasks.evaluation import LABEL_METRICS, compute_metrics, primary_metric
+from prefect_mlops.model_registry.registry import model_identity
+from prefect_mlops.tasks.evaluation import (
+    LABEL_METRICS,
+    EvaluationResult,
+    compute_metrics,
+    primary_metric,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +234,9 @@ def _slice_check(
     champion_scores: tuple[np.ndarray, float],
     tolerance: float,
 ) -> GateCheck:
-    candidate = compute_metrics(task, targets, *candidate_scores).get(metric, float("nan"))
-    champion = compute_metrics(task, targets, *champion_scores).get(metric, float("nan"))
+    only = {metric}  # the one judged here
+    candidate = compute_metrics(task, targets, *candidate_scores, only).get(metric, float("nan"))
+    champion = compute_metrics(task, targets, *champion_scores, only).get(metric, float("nan"))
     bound = allowed_bound(metric, champion, tolerance)
     passed = bool(np.isfinite(candidate) and better_or_equal(metric, candidate, bound))
     return GateCheck(
@@ -292,19 +315,28 @@ def score_rows(model: PipelineModel, frame: pd.DataFrame, dataset: DatasetRef) -
     Raises:
         ValueError: if the model predicts other classes than the dataset has.
     """
-    classes = model.classes
-    if dataset.task != "regression" and list(classes or []) != list(dataset.classes or []):
-        raise ValueError(f"it predicts classes {classes}, the test split has {dataset.classes}")
+    check_classes(model, dataset)
     predictions = model.predict(frame[dataset.feature_spec.input_columns])
     return class_scores(predictions, dataset.task, dataset.classes)
 
 
-def _check_slice_columns(gate: ModelGateConfig, frame: pd.DataFrame) -> None:
-    absent = [c for c in gate.slices if c not in frame.columns]
+def check_classes(model: PipelineModel, dataset: DatasetRef) -> None:
+    """Refuse a model that predicts other classes than the dataset has.
+
+    Raises:
+        ValueError: naming both.
+    """
+    classes = model.classes
+    if dataset.task != "regression" and list(classes or []) != list(dataset.classes or []):
+        raise ValueError(f"it predicts classes {classes}, the test split has {dataset.classes}")
+
+
+def _check_slice_columns(gate: ModelGateConfig, columns: list[str]) -> None:
+    absent = [c for c in gate.slices if c not in columns]
     if absent:
         raise ConfigError(
             f"model_gate.slices names {absent}, which are not columns of the test split. "
-            f"Columns: {sorted(c for c in frame.columns if c != TARGET_COLUMN)}."
+            f"Columns: {sorted(c for c in columns if c != TARGET_COLUMN)}."
         )
 
 
@@ -325,6 +357,8 @@ class Scored(BaseModel):
     loaded: PipelineModel | None
     scores: np.ndarray | None
     problem: str | None = None
+    known: dict[str, float] | None = None
+    """Its metrics on these scores, when already computed (by evaluation)."""
 
     @property
     def threshold(self) -> float:
@@ -335,26 +369,108 @@ class Scored(BaseModel):
         """Its test metrics, labels at its own decision threshold (None if it did not score)."""
         if self.scores is None:
             return None
+        if self.known is not None:
+            return dict(self.known)
         return compute_metrics(task, targets, self.scores, self.threshold)
 
 
-def score_champion(
-    champion: ChampionRef | None, frame: pd.DataFrame, dataset: DatasetRef, store: ModelStore
-) -> Scored:
-    """Load and score the champion; a failure is recorded, not raised (the gate fails on it).
+@dataclass(frozen=True)
+class Contender:
+    """A loaded model, where its test-split scores are kept, and those scores if they were."""
+
+    loaded: PipelineModel
+    ref: ScoresRef
+    kept: np.ndarray | None
+
+
+def load_contender(store: ModelStore, model_uri: str, dataset: DatasetRef) -> Contender:
+    """Load a model (checked in a child process first) and look up its kept test scores.
+
+    Raises:
+        ModelLoadError: when it cannot be loaded.
+        ValueError: when it predicts other classes than the dataset has.
+    """
+    loaded = store.load(model_uri)
+    check_classes(loaded, dataset)
+    identity = model_identity(store.client, model_uri)
+    ref = scores_ref(dataset, "test", identity, scoring_libraries(loaded))
+    return Contender(loaded, ref, load_scores(ref))
+
+
+def scores_of(contender: Contender, frame: pd.DataFrame, dataset: DatasetRef) -> Scored:
+    """The contender's kept scores, or its scores on ``frame`` (then kept for the next gate)."""
+    if contender.kept is not None:
+        logger.info("Test scores of %s read from %s", contender.loaded.uri, contender.ref.uri)
+        return Scored(loaded=contender.loaded, scores=contender.kept)
+    scores = score_rows(contender.loaded, frame, dataset)
+    try:
+        save_scores(contender.ref, scores)
+    except OSError as error:
+        logger.warning("Test scores not kept at %s: %s", contender.ref.uri, error)
+    return Scored(loaded=contender.loaded, scores=scores)
+
+
+def load_champion(
+    champion: ChampionRef | None, dataset: DatasetRef, store: ModelStore
+) -> Contender | str | None:
+    """The champion, ready to be scored; a failure is returned as its reason (the gate fails
+    on it), not raised.
 
     Its files are checked in a separate process first: a corrupt champion must fail the
     comparison with a reason, not crash the gate (and so every later retraining).
     """
     if champion is None:
-        return Scored(loaded=None, scores=None)
+        return None
     try:
-        loaded = store.load(champion.model_uri)
-        return Scored(loaded=loaded, scores=score_rows(loaded, frame, dataset))
-    except Exception as error:  # any load or predict failure means: cannot compare
-        problem = f"champion version {champion.version} cannot score these rows: {error}"
-        logger.warning(problem)
-        return Scored(loaded=None, scores=None, problem=problem)
+        return load_contender(store, champion.model_uri, dataset)
+    except Exception as error:  # any load failure means: cannot compare
+        return _champion_problem(champion, error)
+
+
+def load_both(
+    store: ModelStore, candidate_uri: str, champion: ChampionRef | None, dataset: DatasetRef
+) -> tuple[Contender, Contender | str | None]:
+    """The candidate (:func:`load_contender`) and the champion (:func:`load_champion`), loaded
+    at the same time: each is checked in a child process of its own, and the two overlap.
+
+    Raises:
+        ModelLoadError: when the candidate cannot be loaded.
+        ValueError: when the candidate predicts other classes than the dataset has.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-champion") as pool:
+        rival = pool.submit(load_champion, champion, dataset, store)
+        candidate = load_contender(store, candidate_uri, dataset)
+    return candidate, rival.result()
+
+
+def score_champion(
+    champion: ChampionRef | None,
+    rival: Contender | str | None,
+    frame: pd.DataFrame,
+    dataset: DatasetRef,
+) -> Scored:
+    """The champion's scores; a failure is recorded, not raised (the gate fails on it)."""
+    if champion is None or rival is None:
+        return Scored(loaded=None, scores=None)
+    if isinstance(rival, str):
+        return Scored(loaded=None, scores=None, problem=rival)
+    try:
+        return scores_of(rival, frame, dataset)
+    except Exception as error:  # any predict failure means: cannot compare
+        return Scored(loaded=None, scores=None, problem=_champion_problem(champion, error))
+
+
+def _champion_problem(champion: ChampionRef, error: Exception) -> str:
+    problem = f"champion version {champion.version} cannot score these rows: {error}"
+    logger.warning(problem)
+    return problem
+
+
+def columns_to_read(gate: ModelGateConfig, dataset: DatasetRef, score: bool) -> list[str]:
+    """The test-split columns the gate reads: the target, the slice columns, and the model's
+    input columns when a model must be scored (its scores were not kept)."""
+    inputs = dataset.feature_spec.input_columns if score else []
+    return list(dict.fromkeys([TARGET_COLUMN, *gate.slices, *inputs]))
 
 
 def run_model_checks(
@@ -363,51 +479,70 @@ def run_model_checks(
     champion: ChampionRef | None,
     gate: ModelGateConfig,
     store: ModelStore,
+    evaluation: EvaluationResult | None = None,
 ) -> Comparison:
     """Score candidate and champion on the dataset's test split and run every model check.
 
-    A champion that cannot score these rows (other columns or classes) fails the
-    no-regression check with the reason: the gate cannot show the candidate is not worse.
+    Scores kept in the artifact store (:mod:`mlops.scores`: the candidate's by evaluation, the
+    champion's by an earlier gate on this dataset version) are read instead of scoring again;
+    the test split is read once, only the columns needed. A champion that cannot score these
+    rows (other columns or classes) fails the no-regression check with the reason: the gate
+    cannot show the candidate is not worse. The candidate's metrics are ``evaluation``'s when
+    they were computed from the very scores read here.
 
     Raises:
         ConfigError: for metrics or slice columns the config names that do not exist.
     """
-    frame = read_split(dataset, "test")
-    _check_slice_columns(gate, frame)
-    targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
+    _check_slice_columns(gate, read_split_schema(dataset, "test").names)
     metric = resolve_primary_metric(gate, dataset.task)
-    loaded = store.load(candidate_uri)
-    candidate = Scored(loaded=loaded, scores=score_rows(loaded, frame, dataset))
-    metrics = candidate.metrics(dataset.task, targets)
+    candidate, rival = load_both(store, candidate_uri, champion if gate.enabled else None, dataset)
+    unscored = [c for c in (candidate, rival) if isinstance(c, Contender) and c.kept is None]
+    frame = read_split(dataset, "test", columns=columns_to_read(gate, dataset, bool(unscored)))
+    targets = frame[TARGET_COLUMN].to_numpy(dtype="float64")
+    scored = scores_of(candidate, frame, dataset)
+    if candidate.kept is not None and evaluation is not None:  # the scores evaluation kept
+        scored.known = evaluation.metrics_from(candidate.ref)
+    metrics = scored.metrics(dataset.task, targets)
     check_metric_names(gate, dataset.task, set(metrics))
     if not gate.enabled:
         return Comparison(checks=[], primary_metric=metric, candidate_metrics=metrics)
-    rival = score_champion(champion, frame, dataset, store)
-    rival_metrics = rival.metrics(dataset.task, targets)
+    rival_scored = score_champion(champion, rival, frame, dataset)
+    rival_metrics = rival_scored.metrics(dataset.task, targets)
     checks = floor_checks(metrics, gate.metric_floors or CHANCE_FLOORS[dataset.task])
     if gate.max_regression is not None:
         checks.append(
-            _regression_or_problem(metric, metrics, champion, rival_metrics, gate, rival.problem)
+            _regression_or_problem(
+                metric, metrics, champion, rival_metrics, gate, rival_scored.problem
+            )
         )
     checks += slice_checks(
         frame,
         dataset.task,
-        candidate.scores,
-        rival.scores,
+        scored.scores,
+        rival_scored.scores,
         gate,
         metric,
-        (candidate.threshold, rival.threshold),
+        (scored.threshold, rival_scored.threshold),
     )
     if gate.max_latency_p95_ms is not None:
-        checks.append(_latency(loaded, rival, frame[dataset.feature_spec.input_columns], gate))
+        rows = _latency_rows(dataset, frame, gate.latency_samples + _WARMUP)
+        checks.append(_latency(candidate.loaded, rival_scored, rows, gate))
     if gate.max_model_size_mb is not None:
-        checks.append(size_check(loaded.size_bytes, gate.max_model_size_mb))
+        checks.append(size_check(candidate.loaded.size_bytes, gate.max_model_size_mb))
     return Comparison(
         checks=checks,
         primary_metric=metric,
         candidate_metrics=metrics,
         champion_metrics=rival_metrics,
     )
+
+
+def _latency_rows(dataset: DatasetRef, frame: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The first ``count`` test rows' inputs: from ``frame`` when it holds them, else read."""
+    inputs = dataset.feature_spec.input_columns
+    if all(c in frame.columns for c in inputs):
+        return frame[inputs].iloc[:count]
+    return read_split_head(dataset, "test", inputs, count)
 
 
 def _latency(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -85,6 +87,8 @@ def test_fraud_pipeline_registers_a_tracked_champion(fraud_config):
         "plots/validation_confusion_matrix.png",
     } <= plots
     assert {i.dataset.digest for i in train_run.inputs.dataset_inputs} == {result.dataset_version}
+    # Evaluation kept the candidate's test scores beside the dataset version, for the gate.
+    assert len(list(Path(result.dataset_uri, "scores", "test").glob("*.npz"))) == 1
     evaluate_run = next(r for r in children if r.data.tags["mlops.stage"] == "evaluate")
     assert "plots/test_precision_recall_curve.png" in artifact_paths(
         client, evaluate_run.info.run_id

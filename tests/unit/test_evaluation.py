@@ -70,3 +70,21 @@ def test_the_binary_confusion_matrix_is_drawn_at_the_threshold():
     )
     title = figures["test_confusion_matrix"].axes[0].get_title()
     assert title == "Confusion matrix (test, threshold 0.25)"
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_metrics_asked_for_one_by_one_are_the_ones_computed_together(task):
+    rng = np.random.default_rng(4)
+    if task == "binary":
+        targets = (rng.random(300) < 0.2).astype(float)
+        scores = np.clip(targets * 0.4 + rng.random(300) * 0.6, 0, 1)
+    elif task == "multiclass":
+        targets = rng.integers(0, 3, 300).astype(float)
+        scores = rng.dirichlet([1, 1, 1], 300)
+    else:
+        targets = rng.normal(size=300)
+        scores = targets + rng.normal(size=300)
+    together = compute_metrics(task, targets, scores, 0.3)
+    for name, value in together.items():
+        assert compute_metrics(task, targets, scores, 0.3, only={name}) == {name: value}
+    assert compute_metrics(task, targets, scores, 0.3, only={"no such metric"}) == {}
