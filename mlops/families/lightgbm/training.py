@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from distributed import Client, wait
+from distributed import Client, get_worker, wait
 
 from ...config import TaskType, TrainingConfig
 from ...dask_workers import cluster_workers
@@ -27,7 +28,7 @@ from ...features import FeatureSpec, build_features
 from ...prediction import ModelFacts, class_scores
 from ...storage import open_url, store_options
 from .. import TrainedModel
-from ..partitions import feature_partitions
+from ..partitions import feature_partitions, read_feature_matrix
 from .predictor import FAMILY, LightGBMPredictor
 
 _METRIC = {"binary": "binary_logloss", "multiclass": "multi_logloss", "regression": "rmse"}
@@ -69,7 +70,7 @@ class GlobalValidationScorer:
         task: TaskType,
         n_classes: int,
         patience: int,
-        curve_path: str,
+        curve_path: str | None,
         validation_options: dict[str, Any] | None = None,
         curve_options: dict[str, Any] | None = None,
     ) -> None:
@@ -108,18 +109,27 @@ class GlobalValidationScorer:
             self._kept = self._scores.copy()  # the model will be cut back to this round
         last_round = env.iteration == env.end_iteration - 1
         stop = self.patience > 0 and len(self.curve) - 1 - best >= self.patience
-        if stop or last_round:
+        if (stop or last_round) and self.curve_path:
             self._write_curve(env.params.get("local_listen_port", 0))
         if stop:
             score = [("validation", _METRIC[self.task], self.curve[best], False)]
             raise lgb.callback.EarlyStopException(best, score)
 
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The validation labels (once the first round has been scored)."""
+        return self._labels
+
+    @property
+    def kept_scores(self) -> np.ndarray | None:
+        """Raw validation scores of the round the model keeps (the best one with early stopping)."""
+        return self._kept if self.patience > 0 else self._scores
+
     def _write_curve(self, port: int) -> None:
         fs, base = open_url(self.curve_path, self.curve_options)
         fs.makedirs(base, exist_ok=True)
-        kept = self._kept if self.patience > 0 else self._scores
         with fs.open(f"{base}/scores-{port}.npz", "wb") as handle:
-            np.savez(handle, raw_scores=kept, labels=self._labels)
+            np.savez(handle, raw_scores=self.kept_scores, labels=self._labels)
         with fs.open(f"{base}/curve-{port}.json", "w") as handle:  # written last: marks completion
             json.dump(self.curve, handle)
 
@@ -181,6 +191,16 @@ def lightgbm_params(training: TrainingConfig, dataset: DatasetRef) -> dict[str, 
     return params | training.extra_params
 
 
+@dataclass
+class FitOutput:
+    """A fitted booster and what its validation scorer saw (labels and scores None if nothing)."""
+
+    booster: lgb.Booster
+    curve: list[float]
+    labels: np.ndarray | None
+    raw_scores: np.ndarray | None
+
+
 def train_lightgbm_on_dask(
     client: Client,
     dataset: DatasetRef,
@@ -189,6 +209,10 @@ def train_lightgbm_on_dask(
     workers: list[str] | None = None,
 ) -> TrainedModel:
     """Train a LightGBM model on the dataset's training split across the client's workers.
+
+    On several workers, ``lightgbm.dask`` trains data-parallel. On one, a single task reads
+    the split on that worker and fits there (:func:`fit_on_this_worker`): the same model,
+    without Dask moving the data in pieces.
 
     Args:
         client: A connected Dask client.
@@ -207,23 +231,104 @@ def train_lightgbm_on_dask(
     if dataset.row_counts.get("train", 0) == 0:
         raise DataError(f"Dataset {dataset.version} has an empty training split.")
     params = lightgbm_params(training, dataset)
+    targets = workers or sorted(cluster_workers(client))
+    started = time.perf_counter()
+    if len(targets) == 1:
+        scorer = validation_scorer(dataset, training, None)
+        fit = fit_on_one_worker(client, dataset, params, scorer, targets[0])
+    else:
+        scorer = validation_scorer(dataset, training, work_uri)
+        fit = fit_data_parallel(client, dataset, params, scorer, workers)
+        fit = FitOutput(fit.booster, *read_validation_output(work_uri))
+    wall_time = time.perf_counter() - started
+    return trained_model(fit, dataset, training, params, wall_time)
+
+
+def validation_scorer(
+    dataset: DatasetRef, training: TrainingConfig, work_uri: str | None
+) -> GlobalValidationScorer:
+    """The per-round scorer of the dataset's validation split (curve files under ``work_uri``)."""
+    uri = dataset.split_uris["validation"]
+    return GlobalValidationScorer(
+        uri,
+        dataset.feature_spec,
+        dataset.task,
+        dataset.n_classes,
+        training.early_stopping_rounds,
+        work_uri,
+        store_options(uri),
+        store_options(work_uri) if work_uri else None,
+    )
+
+
+def _estimator_class(task: TaskType) -> type[lgb.LGBMModel]:
+    return lgb.LGBMRegressor if task == "regression" else lgb.LGBMClassifier
+
+
+def fit_on_this_worker(
+    dataset: DatasetRef,
+    params: dict[str, Any],
+    scorer: GlobalValidationScorer,
+    train_options: dict[str, Any],
+) -> FitOutput:
+    """Read the training split and fit on the Dask worker this runs on, with all its threads.
+
+    The same estimator, parameters and rows (in the split files' order) as ``lightgbm.dask``
+    on one worker, so the same trees.
+    """
+    spec = dataset.feature_spec
+    features, labels = read_feature_matrix(dataset.split_uris["train"], spec, train_options)
+    threads = get_worker().state.nthreads
+    estimator = _estimator_class(dataset.task)(**params, num_threads=threads)
+    estimator.fit(
+        features,
+        labels,
+        feature_name=spec.feature_names,
+        categorical_feature=spec.categorical_features or "auto",
+        callbacks=[scorer],
+    )
+    return FitOutput(estimator.booster_, scorer.curve, scorer.labels, scorer.kept_scores)
+
+
+def fit_on_one_worker(
+    client: Client,
+    dataset: DatasetRef,
+    params: dict[str, Any],
+    scorer: GlobalValidationScorer,
+    worker: str,
+) -> FitOutput:
+    """Run :func:`fit_on_this_worker` as one task on ``worker``."""
+    future = client.submit(
+        fit_on_this_worker,
+        dataset,
+        params,
+        scorer,
+        store_options(dataset.split_uris["train"]),
+        workers=[worker],
+        allow_other_workers=False,
+        pure=False,
+    )
+    return future.result()
+
+
+def fit_data_parallel(
+    client: Client,
+    dataset: DatasetRef,
+    params: dict[str, Any],
+    scorer: GlobalValidationScorer,
+    workers: list[str] | None,
+) -> FitOutput:
+    """Data-parallel training with ``lightgbm.dask`` on ``workers`` (default: all).
+
+    Returns:
+        The booster; the curve is in the scorer's files, not here.
+    """
     estimator_class = (
         lgb.DaskLGBMRegressor if dataset.task == "regression" else lgb.DaskLGBMClassifier
     )
     model = estimator_class(client=client, **params)
     n_workers = len(workers or cluster_workers(client))
     features, labels = feature_partitions(dataset, "train", n_workers)
-    scorer = GlobalValidationScorer(
-        dataset.split_uris["validation"],
-        dataset.feature_spec,
-        dataset.task,
-        dataset.n_classes,
-        training.early_stopping_rounds,
-        work_uri,
-        store_options(dataset.split_uris["validation"]),
-        store_options(work_uri),
-    )
-    started = time.perf_counter()
     warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
     if workers:  # LightGBM trains where the data's parts are: placing them selects the workers
         features, labels = client.persist([features, labels], workers=workers)
@@ -234,9 +339,18 @@ def train_lightgbm_on_dask(
         categorical_feature=dataset.feature_spec.categorical_features or "auto",
         callbacks=[scorer],
     )
-    wall_time = time.perf_counter() - started
-    curve, labels, raw_scores = read_validation_output(work_uri)
-    booster = model.booster_
+    return FitOutput(model.booster_, [], None, None)
+
+
+def trained_model(
+    fit: FitOutput,
+    dataset: DatasetRef,
+    training: TrainingConfig,
+    params: dict[str, Any],
+    wall_time: float,
+) -> TrainedModel:
+    """The trained model: the booster cut to its best round when early stopping is on."""
+    booster, curve = fit.booster, fit.curve
     stopping = training.early_stopping_rounds > 0 and curve
     best = int(np.argmin(curve)) + 1 if stopping else booster.current_iteration()
     final = LightGBMPredictor(
@@ -249,10 +363,10 @@ def train_lightgbm_on_dask(
             target=dataset.target,
         ),
     )
-    if raw_scores is None:  # no worker finished its callback: score the validation split here
+    if fit.raw_scores is None:  # no worker finished its callback: score the validation split here
         labels, scores = _validation_scores(final, dataset)
     else:
-        scores = scores_from_raw(dataset.task, raw_scores)
+        labels, scores = fit.labels, scores_from_raw(dataset.task, fit.raw_scores)
     return TrainedModel(
         predictor=final,
         params=params,
