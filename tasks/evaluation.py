@@ -9,7 +9,6 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from prefect import task
 from pydantic import BaseModel
-from sklearn import metrics as skm
 
 from prefect_mlops.mlops.config import PipelineConfig, TaskType
 from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
@@ -18,8 +17,11 @@ from prefect_mlops.mlops.thresholds import best_f1
 from prefect_mlops.model_registry import tracking
 from prefect_mlops.model_registry.loading import ModelStore
 from prefect_mlops.model_registry.registry import logged_model_id
-from prefect_mlops.tasks.figures import evaluation_figures
 from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, log_split_inputs, model_store
+
+DEFERRED_IMPORTS = ("sklearn.metrics", "prefect_mlops.tasks.figures")
+"""Imported by the functions that compute metrics or draw plots, not by importing this module
+(the register stage reads only its result type); the fork servers import them ahead."""
 
 
 class LoggedModel(Protocol):
@@ -48,6 +50,8 @@ def classification_metrics(
         threshold: A binary model's decision threshold: the label metrics are at it, and again
             at 0.5 as ``<metric>_at_0.5``, beside ``decision_threshold``.
     """
+    from sklearn import metrics as skm
+
     labels = labels.astype(int)
     if task == "binary":
         proba = np.column_stack([1 - scores, scores])
@@ -72,6 +76,8 @@ def classification_metrics(
 
 
 def _label_metrics(labels: np.ndarray, predicted: np.ndarray, average: str) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     return {
         "accuracy": skm.accuracy_score(labels, predicted),
         "precision": skm.precision_score(labels, predicted, average=average, zero_division=0),
@@ -82,6 +88,8 @@ def _label_metrics(labels: np.ndarray, predicted: np.ndarray, average: str) -> d
 
 def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     """RMSE, MAE and R²."""
+    from sklearn import metrics as skm
+
     return {
         "rmse": float(np.sqrt(skm.mean_squared_error(targets, predictions))),
         "mae": float(skm.mean_absolute_error(targets, predictions)),
@@ -186,6 +194,8 @@ def log_evaluation_run(
     A binary model's label metrics are at its decision threshold (``f1``) and at 0.5
     (``f1_at_0.5``); ``best_possible_f1`` is the best F1 any threshold gives on the test split.
     """
+    from prefect_mlops.tasks.figures import evaluation_figures
+
     targets, scores = scored.targets, scored.scores
     metrics = compute_metrics(dataset.task, targets, scores, scored.threshold)
     metrics |= best_threshold_metrics(dataset.task, targets, scores)
