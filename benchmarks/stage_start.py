@@ -165,10 +165,13 @@ def stack_pipeline(project: Path, config: Path, work: Path, env: dict[str, str])
         api = f"http://127.0.0.1:{ports['prefect']}/api"
         result = run_through_api(api, yaml.safe_load(config.read_text()))
         result["up_seconds"] = round(up_seconds, 1)
-        result["fork_server_lines"] = sum(
-            log.read_text().count("forked pid")
-            for log in (home / "stack" / "logs").glob("fork-server-*.log")
-        )
+        logs = home / "stack" / "logs"
+        forked = logs / "fork-server.log"
+        result["warm_starts"] = forked.read_text().count("forked pid") if forked.exists() else 0
+        server_log = (logs / "prefect-server.log").read_text(errors="replace")
+        result["locked_errors"] = server_log.count("database is locked")
+        stalls = [int(ms) for ms in re.findall(r"\[\s*(\d+)ms\]", server_log)]
+        result["stalls_over_30s"] = sum(ms >= 30_000 for ms in stalls)
         return result
     finally:
         mlops(project, home, "down", env=env, timeout=180)
@@ -238,18 +241,26 @@ def local_run(project: Path, config: Path, work: Path) -> dict:
     }
 
 
-def measure_pipeline(projects: list[Path], rounds: int, rows: int, work: Path) -> list[dict]:
+def variant(spec: str) -> tuple[Path, dict[str, str]]:
+    """``PATH`` or ``PATH::NAME=VALUE,...``: a checkout and the settings its stack runs with."""
+    path, _, settings = spec.partition("::")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return Path(path).resolve(), env
+
+
+def measure_pipeline(variants: list[str], rounds: int, rows: int, work: Path, local: bool) -> list:
     config = bench_config(work, rows)
     results = []
     for round_ in range(rounds):
-        for project in projects:
-            for mode in ("stack", "run"):
+        for spec in variants:
+            project, env = variant(spec)
+            for mode in ("stack", "run") if local else ("stack",):
                 load = os.getloadavg()[0]
                 if mode == "stack":
-                    result = stack_pipeline(project, config, work, {})
+                    result = stack_pipeline(project, config, work, env)
                 else:
                     result = local_run(project, config, work)
-                result |= {"project": str(project), "mode": mode, "round": round_, "load": load}
+                result |= {"project": spec, "mode": mode, "round": round_, "load": load}
                 results.append(result)
                 print(json.dumps(summary(result)), flush=True)
     return results
@@ -263,8 +274,10 @@ def summary(result: dict) -> dict:
         out["stages"] = {
             s["name"]: (s["to_running"], s["running"], s.get("handoff")) for s in result["stages"]
         }
-        out["warm"] = result["fork_server_lines"]
+        out["warm"] = result["warm_starts"]
         out["up"] = result["up_seconds"]
+        out["locked"] = result["locked_errors"]
+        out["stalls"] = result["stalls_over_30s"]
     out["load"] = round(result["load"], 1)
     return out
 
@@ -402,7 +415,12 @@ def wait_healthy(url: str, timeout: float = 120) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["imports", "pipeline", "polling"])
-    parser.add_argument("--project", type=Path, action="append", help="Checkout(s) with .venv.")
+    parser.add_argument(
+        "--project",
+        action="append",
+        help="A checkout with its .venv, optionally with settings: PATH::MLOPS_WORKER_POLL_S=2",
+    )
+    parser.add_argument("--no-run", action="store_true", help="Skip mlops run (stack only).")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=200_000)
@@ -412,14 +430,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="Write the results here too.")
     args = parser.parse_args()
-    projects = [p.resolve() for p in (args.project or [ROOT])]
+    specs = args.project or [str(ROOT)]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="stage-start-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; work in {work}", flush=True)
     if args.what == "imports":
-        results: Any = {str(p): measure_imports(p, args.repeat) for p in projects}
+        results: Any = {s: measure_imports(variant(s)[0], args.repeat) for s in specs}
     elif args.what == "pipeline":
-        results = measure_pipeline(projects, args.rounds, args.rows, work)
+        results = measure_pipeline(specs, args.rounds, args.rows, work, not args.no_run)
     else:
         results = measure_polling(args.rates, args.workers, args.seconds, work)
     if args.json:

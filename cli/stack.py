@@ -198,7 +198,8 @@ def _scheduled_run_text(run: Any) -> str:
 def down() -> None:
     """Stop everything `mlops up` started here (by recorded pid; safe to run twice).
 
-    The supervisor first, so that it restarts nothing; then the workers; then the servers.
+    The supervisor first, so that it restarts nothing; then the workers; then the fork server
+    (with the flow runs it forked) and the servers.
     """
     from prefect_mlops.infra.stack.down import bring_down
 

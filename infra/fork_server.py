@@ -226,7 +226,14 @@ class ForkServer:
         started = time.perf_counter()
         for name in ENGINE_MODULES if self.module == ENGINE else (self.module,):
             importlib.import_module(name)
-        deferred = [name for entrypoint in self.entrypoints for name in load_entrypoint(entrypoint)]
+        deferred: list[str] = []
+        for entrypoint in self.entrypoints:
+            try:
+                deferred += load_entrypoint(entrypoint)
+            except Exception as error:  # a broken flow file fails its own runs, not the others'
+                logger.warning(
+                    "Not preloaded: %s (%s: %s)", entrypoint, type(error).__name__, error
+                )
         for name, error in import_deferred(tuple(deferred)):
             logger.warning("Not preloaded: %s (%s: %s)", name, type(error).__name__, error)
         threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
