@@ -129,11 +129,11 @@ def status(
         return
     rows = stack_status(state)
     typer.echo(f"Local stack in {state.home} (project {state.project_dir})")
-    typer.echo(f"  {'component':<26} {'pid':>7}  {'status':<44} {'restarts':>8}  url")
+    typer.echo(f"  {'component':<30} {'pid':>7}  {'status':<44} {'restarts':>8}  url")
     for row in rows:
         colour = typer.colors.GREEN if row.healthy else typer.colors.RED
         pid = str(row.pid) if row.pid else "-"
-        typer.echo(f"  {row.name:<26} {pid:>7}  ", nl=False)
+        typer.echo(f"  {row.name:<30} {pid:>7}  ", nl=False)
         typer.secho(f"{row.detail:<44}", fg=colour, nl=False)
         typer.echo(f" {row.restarts:>8}  {row.url or ''}")
     firing = _print_schedules(state)
@@ -198,7 +198,8 @@ def _scheduled_run_text(run: Any) -> str:
 def down() -> None:
     """Stop everything `mlops up` started here (by recorded pid; safe to run twice).
 
-    The supervisor first, so that it restarts nothing; then the workers; then the servers.
+    The supervisor first, so that it restarts nothing; then the workers; then the fork server
+    (with the flow runs it forked) and the servers.
     """
     from prefect_mlops.infra.stack.down import bring_down
 

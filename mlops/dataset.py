@@ -8,9 +8,8 @@ which marks the version complete.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -20,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .config import TaskType
 from .features import FeatureSpec
 from .storage import open_url
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 TARGET_COLUMN = "__target__"
 """Encoded target in the split files: class index for classification, the value for regression."""

@@ -100,7 +100,24 @@ class Settings(BaseSettings):
         "fails the pipeline (its work pool has no live worker).",
     )
     stage_poll_s: float = Field(
-        default=1.0, gt=0, description="How often the pipeline checks on a stage run."
+        default=0.25,
+        gt=0,
+        description="How often the pipeline checks on a stage run (each check costs the "
+        "Prefect server about 6 ms of CPU).",
+    )
+    worker_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often each worker of the local stack (mlops up) asks its pool for runs: "
+        "a stage run waits half of it on average before its worker sees it. Each ask costs the "
+        "Prefect server about 25 ms of CPU (Prefect's default is 10 s).",
+    )
+    warm_stages: bool = Field(
+        default=True,
+        description="The local stack (mlops up) starts a fork server that has imported the "
+        "flows once; each stage's process is forked from it instead of starting Python and "
+        "importing everything afresh (docs/operations.md). False: every stage process starts "
+        "cold, as Prefect starts it.",
     )
     api_outage_s: float = Field(
         default=600,

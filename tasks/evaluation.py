@@ -12,7 +12,6 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from prefect import task
 from pydantic import BaseModel
-from sklearn import metrics as skm
 
 from prefect_mlops.mlops.config import PipelineConfig, TaskType
 from prefect_mlops.mlops.dataset import TARGET_COLUMN, DatasetRef, read_split
@@ -22,10 +21,13 @@ from prefect_mlops.mlops.thresholds import best_f1
 from prefect_mlops.model_registry import tracking
 from prefect_mlops.model_registry.loading import ModelStore
 from prefect_mlops.model_registry.registry import logged_model_id, model_identity
-from prefect_mlops.tasks.figures import evaluation_figures
 from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, log_split_inputs, model_store
 
 logger = logging.getLogger(__name__)
+
+DEFERRED_IMPORTS = ("sklearn.metrics", "prefect_mlops.tasks.figures")
+"""Imported by the functions that compute metrics or draw plots, not by importing this module
+(the register stage reads only its result type); the fork servers import them ahead."""
 
 
 class LoggedModel(Protocol):
@@ -67,6 +69,8 @@ def _classification_makers(
     labels: np.ndarray, scores: np.ndarray, task: TaskType, threshold: float
 ) -> dict[str, Callable[[], float]]:
     """Each metric as a function computing it, in reporting order."""
+    from sklearn import metrics as skm
+
     if task == "binary":
         n_classes = 2
         makers = _label_makers(labels, lambda: (scores >= threshold).astype(int), "binary")
@@ -95,6 +99,8 @@ def _classification_makers(
 def _label_makers(
     labels: np.ndarray, predicted: Callable[[], np.ndarray], average: str
 ) -> dict[str, Callable[[], float]]:
+    from sklearn import metrics as skm
+
     @cache
     def precision_recall_f1() -> tuple[float, float, float]:
         # What precision_score, recall_score and f1_score each compute, computed once.
@@ -113,6 +119,8 @@ def _label_makers(
 
 def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     """RMSE, MAE and R²."""
+    from sklearn import metrics as skm
+
     return {
         "rmse": float(np.sqrt(skm.mean_squared_error(targets, predictions))),
         "mae": float(skm.mean_absolute_error(targets, predictions)),
@@ -257,6 +265,8 @@ def log_evaluation_run(
     A binary model's label metrics are at its decision threshold (``f1``) and at 0.5
     (``f1_at_0.5``); ``best_possible_f1`` is the best F1 any threshold gives on the test split.
     """
+    from prefect_mlops.tasks.figures import evaluation_figures
+
     targets, scores = scored.targets, scored.scores
     metrics = compute_metrics(dataset.task, targets, scores, scored.threshold)
     metrics |= best_threshold_metrics(dataset.task, targets, scores)

@@ -24,6 +24,9 @@ from prefect_mlops.mlops.gates import GateCheck
 from prefect_mlops.tasks.data_gate_checks import COLUMN_SET, COLUMN_TYPE
 
 SAMPLE_ROWS = 5  # offending rows shown per failed check
+DEFERRED_IMPORTS = ("great_expectations", "great_expectations.data_context.types.base")
+"""Great Expectations takes seconds to import: only :func:`validate_frame` does, and the fork
+servers of the pools running the data gate import it ahead."""
 
 
 # ---------------------------------------------------------------- running the suite with GX

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from distributed import Client
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +26,6 @@ from prefect_mlops.infra.allocator.profiling import (
     profile_row,
 )
 from prefect_mlops.infra.allocator.report import allocation_params, allocation_tags, outcome_metrics
-from prefect_mlops.infra.dask_cluster import worker_peak_memory
 from prefect_mlops.mlops.config import (
     ClusterConfig,
     PipelineConfig,
@@ -44,22 +42,22 @@ from prefect_mlops.mlops.thresholds import choose_threshold, metrics_at
 from prefect_mlops.mlops.training_config import check_threshold_fits
 from prefect_mlops.model_registry import tracking
 from prefect_mlops.model_registry.registry import log_pipeline_model, logged_model_id
-from prefect_mlops.tasks.figures import (
-    evaluation_figures,
-    feature_importance_figure,
-    learning_curve_figure,
-    threshold_figure,
-)
 from prefect_mlops.tasks.tracking import experiment_for, lineage_tags, log_split_inputs
-from prefect_mlops.tasks.tuning import (
-    TuningOutcome,
-    log_trial_runs,
-    tuning_metrics,
-    tuning_params,
-    tuning_tags,
-)
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from prefect_mlops.tasks.tuning import TuningOutcome
 
 logger = logging.getLogger(__name__)
+
+DEFERRED_IMPORTS = (
+    "prefect_mlops.infra.dask_cluster",
+    "prefect_mlops.tasks.figures",
+    "prefect_mlops.tasks.tuning",
+)
+"""Imported by the functions that train, draw and log, not by importing this module (the
+evaluate and register stages read only its result type); the fork servers import them ahead."""
 
 # ---------------------------------------------------------------- logging and Prefect tasks
 
@@ -155,6 +153,13 @@ def log_training_run(
     so the model's page lists them; the others (the curve, time, memory, ``extra_metrics``)
     belong to the run alone.
     """
+    from prefect_mlops.tasks.figures import (
+        evaluation_figures,
+        feature_importance_figure,
+        learning_curve_figure,
+        threshold_figure,
+    )
+
     with tracking.stage_run(client, experiment_id, "train", parent_run_id, tags) as run:
         run_id = run.run_id
         cluster = trained.cluster
@@ -279,6 +284,7 @@ def dask_trainer(
 ) -> TrainOnCluster[TrainedModel]:
     """The family's training on a dataset, as :func:`measure_training` runs it, with the
     workers' peak memory measured after it."""
+    from prefect_mlops.infra.dask_cluster import worker_peak_memory
 
     def train(client: Client, training: TrainingConfig, workers: list[str] | None) -> TrainedModel:
         trained = model_family.train(client, dataset, training, work_uri, workers)
@@ -449,6 +455,13 @@ def log_training(
 ) -> TrainingResult:
     """Log the training run, its allocation (predicted vs actual) and the model to MLflow;
     after a search, its summary on the run and each trial as a child run of it."""
+    from prefect_mlops.tasks.tuning import (
+        log_trial_runs,
+        tuning_metrics,
+        tuning_params,
+        tuning_tags,
+    )
+
     client, experiment_id = experiment_for(config)
     tags = lineage_tags(config) | allocation_tags(allocation) | family_tags(attempt)
     trained = decide_threshold(attempt.trained, dataset.task, config.training.threshold)

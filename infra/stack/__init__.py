@@ -1,5 +1,8 @@
 """The local stack behind ``mlops up``: Prefect and MLflow servers, a serving instance, a worker per pool.
 
+The workers' flow-run processes are forked by the fork server (``infra/fork_server.py``), which
+``mlops up`` starts after the workers, with the flows already imported.
+
 Every process is started in the background in its own process group, bound to loopback, with
 its log under ``<home>/stack/logs/`` and its pid (and start time, so a reused pid is never
 mistaken for ours) in ``<home>/stack/stack.json``. ``mlops down`` stops exactly those groups.

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect_mlops.infra.environment import QUIET_ENVIRONMENT, client_credentials
+from prefect_mlops.infra.fork_server import ping, socket_path_fits
 from prefect_mlops.infra.mlflow_server import MlflowServerLaunch, mlflow_server_launch
 from prefect_mlops.infra.prefect_sqlite import sqlite_server_env
+from prefect_mlops.infra.stack.prefect_file import project_deployments
 from prefect_mlops.infra.stack.processes import (
     console_script,
     http_ok,
@@ -21,6 +23,7 @@ from prefect_mlops.infra.stack.processes import (
     wait_until,
 )
 from prefect_mlops.infra.stack.state import (
+    FORK_SERVER,
     MLFLOW_SERVER,
     PREFECT_SERVER,
     SERVERS,
@@ -36,13 +39,13 @@ from prefect_mlops.mlops.settings import get_settings
 
 SERVING_POLL_SECONDS = 10
 """How often the stack's serving instance checks the champion alias (besides deploy's reload)."""
-WORKER_POLL_SECONDS = 2
-"""How often a stack worker asks its pool for runs (Prefect's default is 10 s)."""
 SERVER_START_SECONDS = 120
 """How long a server may take to answer its health check (the serving instance loads the
 champion, if there is one, before it answers)."""
 WORKER_START_SECONDS = 60
 """How long a worker may take to report to its pool."""
+FORK_SERVER_START_SECONDS = 180
+"""How long the fork server may take to import the flows and answer on its socket."""
 
 KEPT_VARIABLES = frozenset(
     {
@@ -72,6 +75,8 @@ def base_env(state: StackState) -> dict[str, str]:
     env.update(QUIET_ENVIRONMENT)
     env.update(client_credentials(env, get_settings()))
     env.update(
+        # `python` of the stage launcher (the local pools' command in prefect.yaml) is this one.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_API_URL=state.prefect_api_url,
         MLFLOW_TRACKING_URI=state.mlflow_url,
@@ -135,6 +140,35 @@ def worker_command(pool: str) -> list[str]:
     ]
 
 
+def fork_server_socket(state: StackState) -> Path:
+    """Where the stack's fork server listens: ``<home>/stack/fork-server.sock``."""
+    return stack_dir(Path(state.home)) / "fork-server.sock"
+
+
+def warm_stages(state: StackState) -> bool:
+    """Whether flow runs start from the fork server: on, and its socket's path fits.
+
+    A Unix socket's path has at most 108 bytes: a stack whose home is deeper than that runs
+    its stages cold.
+    """
+    return get_settings().warm_stages and socket_path_fits(fork_server_socket(state))
+
+
+def fork_server_command(state: StackState) -> list[str]:
+    """The fork server, importing the flow of every deployment of the project."""
+    command = [
+        sys.executable,
+        "-m",
+        "prefect_mlops.infra.fork_server",
+        "--socket",
+        str(fork_server_socket(state)),
+    ]
+    entrypoints = [d["entrypoint"] for d in project_deployments(Path(state.project_dir))]
+    for entrypoint in dict.fromkeys(entrypoints):
+        command += ["--entrypoint", entrypoint]
+    return command
+
+
 def supervisor_command(state: StackState) -> list[str]:
     """The supervisor (``infra/supervisor.py``) in this environment's Python."""
     return [sys.executable, "-m", "prefect_mlops.infra.supervisor", "--home", state.home]
@@ -184,9 +218,15 @@ def component_launch(state: StackState, name: str) -> tuple[list[str], dict[str,
         UnsafeServerSettings: for the MLflow server, when its admin password is unsafe.
     """
     if name.startswith(WORKER_PREFIX):
+        pool = name.removeprefix(WORKER_PREFIX)
         env = base_env(state) | serving_env(state)  # the deploy stage reloads the instance
-        env["PREFECT_WORKER_QUERY_SECONDS"] = str(WORKER_POLL_SECONDS)
-        return worker_command(name.removeprefix(WORKER_PREFIX)), env, None
+        env["PREFECT_WORKER_QUERY_SECONDS"] = str(get_settings().worker_poll_s)
+        if warm_stages(state):  # its runs are forked by the fork server
+            env["MLOPS_WARM_SOCKET"] = str(fork_server_socket(state))
+        return worker_command(pool), env, None
+    if name == FORK_SERVER:
+        # The workers' environment: what the imports read is what a flow run reads.
+        return fork_server_command(state), base_env(state) | serving_env(state), None
     if name == SUPERVISOR:
         return supervisor_command(state), base_env(state), None
     url = server_specs(state)[name].url
@@ -241,7 +281,7 @@ def start_component(state: StackState, name: str, restart: bool = False) -> Proc
 
 
 def wait_ready(state: StackState, record: ProcessRecord) -> float:
-    """Wait until a component answers: a server its health check, a worker its pool.
+    """Wait until a component answers: a server's health check, a worker's pool, a fork server.
 
     Returns:
         The seconds it took.
@@ -261,6 +301,11 @@ def wait_ready(state: StackState, record: ProcessRecord) -> float:
                 f"worker for {pool}",
                 record,
             )
+    if record.name == FORK_SERVER:
+        path = fork_server_socket(state)
+        return wait_until(
+            lambda: ping(path) is not None, FORK_SERVER_START_SECONDS, record.name, record
+        )
     return 0.0
 
 

@@ -25,7 +25,8 @@ def bring_down(home: Path, say: Callable[[str], None] = print) -> int:
     """Stop every process ``mlops up`` started under ``home``; safe to run twice.
 
     The supervisor goes first, so that it restarts nothing that is being stopped; then the
-    workers, so that none starts a run against a server that is going away; then the servers.
+    workers, so that none starts a run against a server that is going away; then the fork
+    server (and the flow runs it forked) and the servers.
 
     Returns:
         How many processes were stopped.

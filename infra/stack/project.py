@@ -9,21 +9,10 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from prefect_mlops.infra.stack.components import base_env, prefect_api
+from prefect_mlops.infra.stack.prefect_file import project_deployments
 from prefect_mlops.infra.stack.processes import console_script
 from prefect_mlops.infra.stack.state import StackError, StackState, stack_dir, write_state
-
-
-def project_deployments(project_dir: Path, prefect_file: str = "prefect.yaml") -> list[dict]:
-    """The deployments a project's prefect file declares."""
-    return yaml.safe_load((project_dir / prefect_file).read_text()).get("deployments", [])
-
-
-def project_pools(project_dir: Path) -> list[str]:
-    """The work pools the project's ``prefect.yaml`` deploys to, in order of first use."""
-    return list(dict.fromkeys(d["work_pool"]["name"] for d in project_deployments(project_dir)))
 
 
 def find_project_dir(explicit: Path | None = None) -> Path:

@@ -18,6 +18,8 @@ SERVING = "serving"
 SERVERS = (PREFECT_SERVER, MLFLOW_SERVER, SERVING)
 """In the order they must come up: workers need Prefect, the serving instance needs MLflow."""
 WORKER_PREFIX = "worker:"
+FORK_SERVER = "fork-server"
+"""``infra/fork_server.py``: the workers' flow-run processes are forked from it, warm."""
 SUPERVISOR = "supervisor"
 RESTART_LIMIT = 5
 RESTART_WINDOW_SECONDS = 600

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from prefect_mlops.infra.stack.components import pool_has_online_worker, prefect_api, server_specs
+from prefect_mlops.infra.fork_server import ping
+from prefect_mlops.infra.stack.components import (
+    fork_server_socket,
+    pool_has_online_worker,
+    prefect_api,
+    server_specs,
+)
 from prefect_mlops.infra.stack.processes import http_ok, is_alive, recent_restarts
 from prefect_mlops.infra.stack.state import (
+    FORK_SERVER,
     PREFECT_SERVER,
     RESTART_LIMIT,
     RESTART_WINDOW_SECONDS,
@@ -41,6 +48,8 @@ def stack_status(state: StackState) -> list[ComponentStatus]:
             detail = "healthy" if ok else "running, not responding"
         elif name == SUPERVISOR:
             ok, detail = True, "watching the others"
+        elif name == FORK_SERVER:
+            ok, detail = _fork_server(state)
         else:
             ok = answering[PREFECT_SERVER] and _worker_online(
                 state, name.removeprefix(WORKER_PREFIX)
@@ -70,3 +79,13 @@ def _not_running(record: ProcessRecord) -> str:
 def _worker_online(state: StackState, pool: str) -> bool:
     with prefect_api(state):
         return pool_has_online_worker(pool)
+
+
+def _fork_server(state: StackState) -> tuple[bool, str]:
+    """Whether the fork server answers, and what it has done."""
+    found = ping(fork_server_socket(state))
+    if found is None:
+        return False, "running, not answering (importing?)"
+    if found["stale"]:
+        return True, f"code changed: restarts after {found['running']} run(s)"
+    return True, f"{found['served']} run(s) started warm, {found['running']} running"

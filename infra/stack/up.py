@@ -16,7 +16,9 @@ from prefect_mlops.infra.stack.components import (
     server_specs,
     start_component,
     wait_ready,
+    warm_stages,
 )
+from prefect_mlops.infra.stack.prefect_file import project_pools
 from prefect_mlops.infra.stack.processes import (
     http_ok,
     is_alive,
@@ -25,8 +27,9 @@ from prefect_mlops.infra.stack.processes import (
     stop_process,
     stop_processes,
 )
-from prefect_mlops.infra.stack.project import prepare_prefect, project_pools
+from prefect_mlops.infra.stack.project import prepare_prefect
 from prefect_mlops.infra.stack.state import (
+    FORK_SERVER,
     LOCK_SECONDS,
     MLFLOW_SERVER,
     PREFECT_SERVER,
@@ -43,6 +46,7 @@ from prefect_mlops.infra.stack.state import (
     state_path,
     write_state,
 )
+from prefect_mlops.mlops.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,24 @@ def _start_everything(
     for pool in pools:
         wait_ready(state, state.processes[f"{WORKER_PREFIX}{pool}"])
     say("All workers online.")
+    if _warm_stages(state, say):  # until it answers, the workers' runs start cold
+        _ensure_component(state, FORK_SERVER, started, say)
+        seconds = wait_ready(state, state.processes[FORK_SERVER])
+        say(f"Fork server ready: the flows imported ({seconds:.0f} s).")
     _ensure_component(state, SUPERVISOR, started, say)
+
+
+def _warm_stages(state: StackState, say: Callable[[str], None]) -> bool:
+    """Whether stage processes start warm, from the fork server (unless turned off)."""
+    if warm_stages(state):
+        return True
+    reason = (
+        "MLOPS_WARM_STAGES=false"
+        if not get_settings().warm_stages
+        else "the stack's home is too deep for a Unix socket's path (108 bytes)"
+    )
+    say(f"  {'fork server':<26} off ({reason}): stage processes start cold")
+    return False
 
 
 class StartedHere:
@@ -283,7 +304,7 @@ def _start_server(
 def _ensure_component(
     state: StackState, name: str, started: StartedHere, say: Callable[[str], None]
 ) -> None:
-    """Start a worker or the supervisor unless it runs."""
+    """Start a worker, the fork server or the supervisor unless it runs."""
     label = name.replace(WORKER_PREFIX, "worker ", 1)
     record = state.processes.get(name)
     if record and is_alive(record):

@@ -46,6 +46,11 @@ name of its own)."""
 DEFAULT_FAMILY = "lightgbm"
 """The family a use case trains when its config names none (``training.family``), and the
 family of a model whose files predate families."""
+DEFERRED_IMPORTS = tuple(
+    f"{package}.{part}" for package in FAMILIES.values() for part in ("family", "predictor")
+)
+"""Each family's trainer and predictor: imported by name when a stage trains or scores, not
+with this module; the fork servers (``infra/fork_server.py``) import them ahead."""
 
 
 @runtime_checkable

@@ -146,7 +146,7 @@ def test_the_scheduler_creates_the_nightly_and_half_hourly_runs_at_their_times(s
 def test_up_deploys_every_stage_on_its_own_pool_and_reports_healthy(stack):
     status = mlops_cli(Path(stack.home), "status")
     assert status.returncode == 0, status.stdout
-    servers = ["prefect-server", "mlflow-server", "serving", "supervisor"]
+    servers = ["prefect-server", "mlflow-server", "serving", "fork-server", "supervisor"]
     for name in [*servers, *(f"worker:{p}" for p in POOL_OF.values())]:
         assert name in status.stdout
     assert "not running" not in status.stdout
@@ -223,6 +223,10 @@ def test_pipeline_deployment_runs_each_stage_as_its_own_deployment_run(stack, so
             assert stage.parameters["config"]["data"]["source"] == str(source)
             pids.add(stage.infrastructure_pid)
     assert len(pids) == len(STAGES)  # each stage in its own worker process
+    # ...each forked, warm, by the fork server (the pipeline's own run too), not started cold.
+    forked = (Path(stack.home) / "stack" / "logs" / "fork-server.log").read_text()
+    for flow_run in [run, *stages.values()]:
+        assert f"Flow run {flow_run.id}: forked pid" in forked, flow_run.name
     assert champion_over_rest(stack) == result.model_version == "1"
     # The deploy stage reloaded the stack's serving instance onto it and smoke-tested it there.
     assert "live on 1 serving instance(s)" in result.deployment
@@ -348,6 +352,11 @@ def test_a_worker_killed_mid_stage_crashes_the_run_and_the_next_run_completes(st
 
     assert crashed.state.type == StateType.CRASHED
     assert "No heartbeat" in crashed.state.message
+    # The stage's process was forked by the fork server, not the worker: the fork server saw
+    # its launcher (the worker's child) die and killed it, as if it had been the worker's.
+    forked = (home / "stack" / "logs" / "fork-server.log").read_text()
+    assert f"Flow run {train.id}: forked pid" in forked
+    assert "its launcher went away" in forked
     bound = SILENCE.total_seconds() + 30 + 30  # silence + one heartbeat interval + evaluation lag
     assert waited < bound, f"marked Crashed after {waited:.0f} s"
     assert pipeline.state.type == StateType.FAILED

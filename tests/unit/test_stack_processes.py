@@ -18,8 +18,8 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRu
 from prefect_mlops.infra.crash_detection import SILENCE, crash_silent_runs_automation
 from prefect_mlops.infra.mlflow_server import mlflow_server_launch
 from prefect_mlops.infra.schedules import describe_schedule, expects_runs
+from prefect_mlops.infra.stack.prefect_file import project_pools
 from prefect_mlops.infra.stack.processes import is_alive, reap_orphans, start_process, stop_process
-from prefect_mlops.infra.stack.project import project_pools
 from prefect_mlops.infra.stack.state import (
     RESTART_LIMIT,
     ProcessRecord,
