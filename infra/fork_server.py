@@ -68,9 +68,26 @@ REQUEST_TIMEOUT_S = 5.0
 """How long a launcher has to send its whole request once connected."""
 MAX_SOCKET_PATH = 107
 """The longest path a Unix socket may have on Linux (``sun_path`` is 108 bytes)."""
-MATCHING_PREFIXES = ("PYTHON", "PREFECT_LOGGING_")
-"""Variables read when the interpreter starts or Prefect's logging is set up at import: a
-request whose environment differs in one of them is started cold."""
+MATCHING_PREFIXES = (
+    "PYTHON",
+    "PREFECT_LOGGING_",
+    "DASK_",
+    "OMP_",
+    "OPENBLAS_",
+    "MKL_",
+    "LD_",
+    "MALLOC_",
+    "LC_",
+    "LANG",
+    "TZ",
+)
+"""Variables read once, when the interpreter starts or a module the server imported set itself
+up (Prefect's logging, Dask's config, the thread pools of OpenMP and BLAS that LightGBM and
+NumPy load, the C library's allocator and locale): a request whose environment differs in one
+of them is started cold."""
+
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class ForkUnsafe(RuntimeError):
@@ -159,23 +176,30 @@ def import_deferred(named_elsewhere: tuple[str, ...] = ()) -> list[tuple[str, Ex
                 failed.append((name, error))
 
 
-def module_files() -> dict[str, int]:
-    """Each imported module's file and its modification time (ns)."""
+def file_identity(path: str) -> tuple[int, int, int, int]:
+    """What changes when a file is rewritten, even by a copy that keeps its modification time
+    (``cp -p``, ``rsync -a``): modification and change times (ns), size and inode."""
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino
+
+
+def module_files() -> dict[str, tuple[int, int, int, int]]:
+    """Each imported module's file and its :func:`file_identity`."""
     files = {}
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if isinstance(path, str):
             with contextlib.suppress(OSError):
-                files[path] = os.stat(path).st_mtime_ns
+                files[path] = file_identity(path)
     return files
 
 
-def changed_files(snapshot: dict[str, int]) -> list[str]:
-    """The files of ``snapshot`` modified (or removed) since it was taken."""
+def changed_files(snapshot: dict[str, tuple[int, int, int, int]]) -> list[str]:
+    """The files of ``snapshot`` changed (or removed) since it was taken."""
     changed = []
-    for path, mtime in snapshot.items():
+    for path, identity in snapshot.items():
         try:
-            if os.stat(path).st_mtime_ns != mtime:
+            if file_identity(path) != identity:
                 changed.append(path)
         except OSError:
             changed.append(path)
@@ -342,10 +366,17 @@ class ForkServer:
             return None
         sys.stdout.flush()
         sys.stderr.flush()
+        # A signal forwarded as soon as the launcher learns the pid must reach the child's
+        # default handlers, not this server's: held back until the child has reset them.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
             self._become_child(connection)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
             return Job(message["module"], message["argv"], message["env"], message["cwd"], fds)
+        with contextlib.suppress(OSError):  # the child may have done it first
+            os.setpgid(pid, pid)  # so that killing its group can never miss it
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         flow_run = message["env"].get("PREFECT__FLOW_RUN_ID", "-")
         self.children[pid] = Child(connection, flow_run)
         self.served += 1
@@ -432,6 +463,8 @@ class ForkServer:
         logger.warning("Killing process group %d: %s", pid, why)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)  # itself, whatever its group
 
     def _reap(self) -> None:
         while True:
@@ -610,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--module", default=ENGINE, help="What a child runs as __main__.")
     args = parser.parse_args(argv)
+    # A process started while its parent held SIGTERM back (the supervisor does, while it
+    # records a restart) inherits the block; this server and every run it forks must not.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     _log_to_stderr()
     if not socket_path_fits(args.socket):
         logger.error("The socket path %s is too long for a Unix socket: not serving", args.socket)

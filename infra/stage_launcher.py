@@ -210,6 +210,11 @@ def run_cold(module: str, args: list[str], note: str | None, pending: list[int])
 
 def main(argv: list[str] | None = None) -> None:
     module, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # see fork_server.main
+    # A session of its own, as Prefect gives a flow run it starts itself: a signal sent to
+    # the worker's process group does not reach the run (a configured command gets none).
+    with contextlib.suppress(OSError):  # already a session leader
+        os.setsid()
     path = os.environ.get(SOCKET_VARIABLE)
     if not path or os.environ.get(SWITCH_VARIABLE, "").strip().lower() in OFF:
         run_cold(module, args, None, [])

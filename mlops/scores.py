@@ -25,6 +25,8 @@ import importlib.metadata as md
 import io
 import logging
 import zipfile
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -55,6 +57,19 @@ class ScoresRef(BaseModel):
     """The libraries the model predicts with, as ``name==version``."""
 
 
+@lru_cache(maxsize=1)
+def project_code() -> str:
+    """A digest of this package's own code (``mlops/``: features, prediction, the families'
+    predictors): scores kept by one version of it are not read by another, which might score
+    the same model differently."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def scoring_libraries(model: PipelineModel) -> str:
     """The packages (with versions) a model's family predicts with, e.g. ``lightgbm==4.6.0``."""
     family = predictor_module(model.predictor.facts.family)
@@ -70,7 +85,7 @@ def scores_ref(dataset: DatasetRef, split: str, model: str, scorer: str) -> Scor
         model: The model's immutable identity (see :func:`model_registry.registry.model_identity`).
         scorer: The libraries it predicts with (:func:`scoring_libraries`).
     """
-    key = "\n".join([model, dataset.version, split, scorer, str(FORMAT)])
+    key = "\n".join([model, dataset.version, split, scorer, str(FORMAT), project_code()])
     name = hashlib.sha256(key.encode()).hexdigest()[:32]
     return ScoresRef(
         uri=f"{dataset.uri.rstrip('/')}/{SCORES}/{split}/{name}.npz",

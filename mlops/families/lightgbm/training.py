@@ -327,6 +327,32 @@ def validation_scorer(
     )
 
 
+WORKER_DECIDES = frozenset(
+    {
+        "num_threads",
+        "n_jobs",
+        "nthread",
+        "nthreads",
+        "num_thread",
+        "machines",
+        "workers",
+        "nodes",
+        "num_machines",
+        "num_machine",
+        "local_listen_port",
+        "local_port",
+        "port",
+        "listen_port",
+        "machine_list_filename",
+        "machine_list_file",
+        "machine_list",
+        "mlist",
+    }
+)
+"""Parameters (and their aliases) that ``lightgbm.dask`` sets from the cluster, overriding a
+config's ``extra_params`` with a warning: on one worker, its thread count and no network."""
+
+
 def _estimator_class(task: TaskType) -> type[lgb.LGBMModel]:
     return lgb.LGBMRegressor if task == "regression" else lgb.LGBMClassifier
 
@@ -345,7 +371,8 @@ def fit_on_this_worker(
     spec = dataset.feature_spec
     features, labels = read_feature_matrix(dataset.split_uris["train"], spec, train_options)
     threads = get_worker().state.nthreads
-    estimator = _estimator_class(dataset.task)(**params, num_threads=threads)
+    own = {k: v for k, v in params.items() if k not in WORKER_DECIDES}
+    estimator = _estimator_class(dataset.task)(**own, num_threads=threads)
     estimator.fit(
         features,
         labels,
