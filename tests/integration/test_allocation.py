@@ -82,16 +82,18 @@ def test_out_of_memory_is_recorded_and_replanned_on_a_bigger_shape(fraud_file):
     config = bundled_config("fraud_detection", fraud_file).model_copy(update={"name": "fraud-oom"})
     dataset = preprocess_flow(config)
 
-    trained = train_flow(config, dataset, allocation=forced(300 * MIB))
+    # A worker that has imported LightGBM holds about 240 MiB before it reads a row (measured):
+    # 150 MiB is out of memory whatever the training path, 300 MiB only by a small margin.
+    trained = train_flow(config, dataset, allocation=forced(150 * MIB))
 
     first, second = recorded_runs()
-    assert first.status == "out-of-memory" and first.memory_per_worker_bytes == 300 * MIB
+    assert first.status == "out-of-memory" and first.memory_per_worker_bytes == 150 * MIB
     assert second.status == "success"
     assert second.shape != first.shape
     assert second.memory_per_worker_bytes > first.memory_per_worker_bytes
     assert trained.allocation.shape == second.shape
     report = Artifact.get("allocation-fraud-oom").data
-    assert "| 1 | 1x1 @ 0.29 GiB | out-of-memory |" in report
+    assert "| 1 | 1x1 @ 0.15 GiB | out-of-memory |" in report
     assert "| 2 |" in report and "success" in report
 
 
@@ -103,7 +105,7 @@ def test_training_that_runs_out_of_memory_everywhere_fails_clearly(fraud_file):
             "training": config.training.model_copy(
                 update={
                     "allocator": config.training.allocator.model_copy(
-                        update={"max_memory_per_worker": "300MiB", "max_replans": 1}
+                        update={"max_memory_per_worker": "150MiB", "max_replans": 1}
                     )
                 }
             ),
