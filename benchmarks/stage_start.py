@@ -158,9 +158,10 @@ def stack_pipeline(project: Path, config: Path, work: Path, env: dict[str, str])
     started = time.perf_counter()
     up = mlops(project, home, "up", *options, env=env)
     up_seconds = time.perf_counter() - started
-    if up.returncode != 0:
-        raise RuntimeError(f"mlops up failed:\n{up.stdout}\n{up.stderr}")
     try:
+        if up.returncode != 0:  # counted, not fatal: the next round starts a stack afresh
+            print(up.stdout + up.stderr, file=sys.stderr, flush=True)
+            return {"state": "mlops up failed", "up_seconds": round(up_seconds, 1)}
         time.sleep(5)  # let the workers' first polls and heartbeats pass
         api = f"http://127.0.0.1:{ports['prefect']}/api"
         result = run_through_api(api, yaml.safe_load(config.read_text()))
@@ -269,13 +270,14 @@ def measure_pipeline(variants: list[str], rounds: int, rows: int, work: Path, lo
 def summary(result: dict) -> dict:
     keep = ["project", "mode", "round", "state", "trigger_to_result", "command", "pipeline"]
     out = {k: result[k] for k in keep if k in result}
+    if "up_seconds" in result:
+        out["up"] = result["up_seconds"]
     if "stages" in result:
         out["pipeline"] = result["pipeline"]["to_running"]
         out["stages"] = {
             s["name"]: (s["to_running"], s["running"], s.get("handoff")) for s in result["stages"]
         }
         out["warm"] = result["warm_starts"]
-        out["up"] = result["up_seconds"]
         out["locked"] = result["locked_errors"]
         out["stalls"] = result["stalls_over_30s"]
     out["load"] = round(result["load"], 1)
